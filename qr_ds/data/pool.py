@@ -1,0 +1,127 @@
+"""The path pool: one JSONL record per teacher reasoning path, with a versioned schema.
+
+Every stage reads and writes this format: ``generate`` fills prompt/response, ``filter`` fills
+answer/correct/judge, ``embed`` fills embedding, and the trainer reads the result.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from qr_ds.data.jsonl import LoadReport, RecordError, load_jsonl, write_jsonl
+
+SCHEMA = "qr_ds.path/1"
+VERDICTS = ("VALID", "INVALID", "UNPARSEABLE")
+
+
+@dataclass
+class JudgeVerdict:
+    verdict: Literal["VALID", "INVALID", "UNPARSEABLE"]
+    reason: str = ""
+    model: str = ""
+
+
+@dataclass
+class EmbeddingRef:
+    """Row ``row`` of the float32 matrix ``file`` (a .npy, relative to the pool file's folder)."""
+
+    file: str
+    row: int
+    text_hash: str = ""
+
+
+@dataclass
+class PathRecord:
+    id: str  # unique per pool: question_id/style/sample[@teacher]
+    task: str
+    question_id: str
+    question: str
+    gold: str
+    teacher: str
+    style: str
+    sample: int
+    prompt: str
+    response: str | None = None
+    error: str | None = None  # why generation failed; response is None then
+    sampling: dict[str, Any] = field(default_factory=dict)
+    level: str | None = None  # difficulty where the task has levels (MATH "Level 3")
+    answer: str | None = None  # extracted from response
+    correct: bool | None = None
+    judge: JudgeVerdict | None = None
+    embedding: EmbeddingRef | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    @property
+    def ok(self) -> bool:
+        return self.response is not None and self.error is None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "PathRecord":
+        return parse_record(obj)
+
+
+_REQUIRED_STR = ("id", "task", "question_id", "question", "gold", "teacher", "style", "prompt")
+_OPT_STR = ("response", "error", "level", "answer")
+
+
+def parse_record(obj: dict) -> PathRecord:
+    """Validate one JSON object against the schema; raises RecordError naming the bad field."""
+    schema = obj.get("schema", SCHEMA)
+    if schema != SCHEMA:
+        raise RecordError("schema", f"unsupported schema {schema!r}; this version reads {SCHEMA!r}")
+    allowed = {f.name for f in dataclasses.fields(PathRecord)}
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise RecordError(unknown[0], "unknown field (put extra data under 'meta')")
+    for k in _REQUIRED_STR:
+        if k not in obj:
+            raise RecordError(k, "missing")
+        if not isinstance(obj[k], str):
+            raise RecordError(k, f"expected a string, got {type(obj[k]).__name__}")
+    for k in ("id", "task", "question_id", "style", "teacher"):
+        if not obj[k].strip():
+            raise RecordError(k, "must not be empty")
+    for k in _OPT_STR:
+        if obj.get(k) is not None and not isinstance(obj[k], str):
+            raise RecordError(k, f"expected a string or null, got {type(obj[k]).__name__}")
+    sample = obj.get("sample")
+    if not isinstance(sample, int) or isinstance(sample, bool) or sample < 0:
+        raise RecordError("sample", f"expected an integer >= 0, got {sample!r}")
+    if obj.get("response") is None and obj.get("error") is None:
+        raise RecordError("response", "missing: a record needs a response or an error")
+    correct = obj.get("correct")
+    if correct is not None and not isinstance(correct, bool):
+        raise RecordError("correct", f"expected true/false/null, got {correct!r}")
+    for k in ("sampling", "meta"):
+        if not isinstance(obj.get(k, {}), dict):
+            raise RecordError(k, "expected an object")
+    judge = obj.get("judge")
+    if judge is not None:
+        if not isinstance(judge, dict) or judge.get("verdict") not in VERDICTS:
+            raise RecordError("judge", f"expected {{verdict: {'|'.join(VERDICTS)}, reason}}, got {judge!r}")
+        judge = JudgeVerdict(verdict=judge["verdict"], reason=str(judge.get("reason", "")),
+                             model=str(judge.get("model", "")))
+    emb = obj.get("embedding")
+    if emb is not None:
+        if not (isinstance(emb, dict) and isinstance(emb.get("file"), str)
+                and isinstance(emb.get("row"), int) and emb["row"] >= 0):
+            raise RecordError("embedding", f"expected {{file: str, row: int >= 0}}, got {emb!r}")
+        emb = EmbeddingRef(file=emb["file"], row=emb["row"], text_hash=str(emb.get("text_hash", "")))
+    kw = {k: obj[k] for k in allowed if k in obj}
+    kw.update(judge=judge, embedding=emb, schema=SCHEMA)
+    return PathRecord(**kw)
+
+
+def load_pool(path: str | Path, *, log: Callable[[str], None] | None = None) -> LoadReport[PathRecord]:
+    """Load a pool file; malformed lines are quarantined next to it and counted, never dropped."""
+    return load_jsonl(path, parse_record, log=log)
+
+
+def write_pool(path: str | Path, records: list[PathRecord]) -> int:
+    return write_jsonl(path, (r.to_json() for r in records))
