@@ -1,0 +1,263 @@
+"""Task interface: read a benchmark's records, extract a model's final answer, judge it, and
+render the final part of a teacher path in each reasoning style.
+
+Every task accepts both its public release format and its Hugging Face hub format, so a file
+downloaded either way loads. Extraction never guesses: no stated answer means ``None``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from qr_ds.data.jsonl import RecordError
+from qr_ds.tasks import extract as ex
+
+
+@dataclass
+class Example:
+    id: str
+    task: str
+    question: str  # with the choices rendered, exactly what the model sees
+    gold: str  # canonical answer (letter, number, yes/no, label, LaTeX)
+    choices: list[tuple[str, str]] | None = None  # (label, text)
+    level: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.id:  # releases without ids (GSM8K): a stable id from the content
+            self.id = f"{self.task}-{hashlib.sha1(self.question.encode()).hexdigest()[:12]}"
+
+
+def require(rec: dict, *keys: str) -> Any:
+    """The first present key's value; RecordError naming the keys when none is there."""
+    for k in keys:
+        if k in rec and rec[k] is not None:
+            return rec[k]
+    raise RecordError(" / ".join(keys), f"missing (record has keys: {', '.join(sorted(rec)) or 'none'})")
+
+
+def render_choices(stem: str, choices: list[tuple[str, str]]) -> str:
+    opts = " ".join(f"({label}) {text}" for label, text in choices)
+    return f"{stem}\nAnswer Choices: {opts}"
+
+
+class Task:
+    """Base class; subclasses set the class attributes and implement ``from_record``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    answer_kind: ClassVar[str] = ""  # "choice", "number", "yes_no", "nli_label", "latex"
+    instruction: ClassVar[str] = ""
+    hub: ClassVar[tuple[str, str | None, str]] = ("", None, "test")  # (dataset, config, split)
+
+    # ---- records ---------------------------------------------------------------------------
+    def from_record(self, rec: dict) -> Example:
+        raise NotImplementedError
+
+    def normalized(self, rec: dict) -> Example | None:
+        """An Example from already-normalized fields (id/question/gold), as ``score`` accepts."""
+        if {"question", "gold"} <= rec.keys() and isinstance(rec["question"], str):
+            choices = rec.get("choices")
+            if choices is not None and not (
+                isinstance(choices, list) and all(isinstance(c, (list, tuple)) and len(c) == 2 for c in choices)
+            ):
+                raise RecordError("choices", "expected a list of [label, text] pairs")
+            return Example(
+                id=str(rec.get("id", "")), task=self.name, question=rec["question"], gold=str(rec["gold"]),
+                choices=[tuple(c) for c in choices] if choices else None, level=rec.get("level"),
+            )
+        return None
+
+    def load(self, source: str, split: str | None = None, limit: int | None = None) -> list[Example]:
+        """Examples from a local .jsonl/.json/.parquet file or a hub dataset name (``name[:config]``)."""
+        path = Path(source)
+        if path.suffix in (".jsonl", ".json") and path.exists():
+            rows = _read_json_rows(path, limit)
+        elif path.suffix == ".parquet" and path.exists():
+            rows = _datasets_rows(lambda d: d.load_dataset("parquet", data_files=str(path), split="train"), limit)
+            rows = [(i + 1, r) for i, r in enumerate(rows)]
+        elif path.exists():
+            raise ValueError(f"{source}: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)")
+        elif path.suffix in (".jsonl", ".json", ".parquet"):
+            raise FileNotFoundError(f"no such file: {source}")
+        else:
+            name, _, config = source.partition(":")
+            config = config or (self.hub[1] if name == self.hub[0] else None)
+            split = split or self.hub[2]
+            rows = _datasets_rows(lambda d: d.load_dataset(name, config, split=split), limit)
+            rows = [(i + 1, r) for i, r in enumerate(rows)]
+        out = []
+        for where, rec in rows:
+            try:
+                out.append(self.from_record(rec))
+            except (RecordError, ValueError, TypeError, KeyError) as e:
+                raise ValueError(f"{source}:{where}: {self.name} record: {e}") from e
+        return out
+
+    # ---- answers ---------------------------------------------------------------------------
+    def parse_candidate(self, text: str, example: Example | None) -> str | None:
+        """The canonical answer stated in a short candidate span, or None."""
+        raise NotImplementedError
+
+    def extract(self, text: str, example: Example | None = None) -> str | None:
+        """The final stated answer in a model output, canonical; None when none is stated."""
+        if not text or not text.strip():
+            return None
+        for cand in reversed(ex.candidates(text)):
+            ans = self.parse_candidate(cand, example)
+            if ans is not None:
+                return ans
+        bare = ex.bare_answer(text)
+        return self.parse_candidate(bare, example) if bare is not None else None
+
+    def same(self, pred: str, gold: str) -> bool:
+        return pred.strip() == gold.strip()
+
+    def is_correct(self, pred: str | None, example: Example) -> bool:
+        return pred is not None and self.same(pred, example.gold)
+
+    def wrong_answer(self, example: Example, seed: int = 0) -> str:
+        """A plausible answer that is not the gold (for deliberately wrong teacher paths)."""
+        raise NotImplementedError
+
+    # ---- teacher-style endings -------------------------------------------------------------
+    def answer_text(self, answer: str, example: Example) -> str:
+        """How a path states ``answer`` in prose ("(B)", "\\boxed{...}", "42")."""
+        return answer
+
+    def code_literal(self, answer: str, example: Example) -> str:
+        """A Python expression a program would print to show ``answer``."""
+        return repr(answer)
+
+    def render_final(self, example: Example, style: str, answer: str | None = None) -> str:
+        """A realistic last part of a teacher response in ``style`` ending with ``answer`` (gold by default)."""
+        answer = example.gold if answer is None else answer
+        if style not in RENDERERS:
+            raise ValueError(f"unknown style {style!r}; known: {', '.join(RENDERERS)}")
+        return RENDERERS[style](self, example, answer)
+
+
+def _read_json_rows(path: Path, limit: int | None) -> list[tuple[int, dict]]:
+    """(line number, object) pairs; a malformed line raises naming file:line."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
+        data = data.get("examples", data.get("data", data)) if isinstance(data, dict) else data
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a list of records (or an 'examples' list)")
+        rows = list(enumerate(data, start=1))
+    else:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+    for where, rec in rows:
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{where}: expected a JSON object, got {type(rec).__name__}")
+    return rows[:limit] if limit is not None else rows
+
+
+def _datasets_rows(open_ds: Callable[[Any], Any], limit: int | None) -> list[dict]:
+    import datasets  # heavy: only when a parquet file or hub name is asked for
+
+    try:
+        ds = open_ds(datasets)
+    except Exception as e:  # offline / unknown name: say so plainly
+        raise ValueError(f"could not load dataset: {type(e).__name__}: {e}") from e
+    n = len(ds) if limit is None else min(limit, len(ds))
+    return [ds[i] for i in range(n)]
+
+
+# ---- style renderers: each ends with the answer stated the way such paths usually do ----------
+
+def _vanilla(t: Task, e: Example, a: str) -> str:
+    return f"Putting the given information together, the result follows directly.\nTherefore, the answer is {t.answer_text(a, e)}."
+
+
+def _cot(t: Task, e: Example, a: str) -> str:
+    return (
+        "Step 1: Identify what the question asks for.\n"
+        "Step 2: Work through the relevant details one at a time.\n"
+        f"Step 3: Combine the intermediate results, which gives {t.answer_text(a, e)}.\n"
+        f"So the answer is {t.answer_text(a, e)}."
+    )
+
+
+def _tot(t: Task, e: Example, a: str) -> str:
+    other = t.wrong_answer(replace(e, gold=a), seed=1)
+    return (
+        f"Path 1: Reason directly from the main facts; this leads to {t.answer_text(a, e)}.\n"
+        f"Path 2: Try a shortcut; it suggests {t.answer_text(other, e)}, but it skips a necessary step.\n"
+        "Path 3: Check edge cases; they agree with Path 1.\n"
+        f"Path 1 is the most promising and consistent.\n**Final answer:** {t.answer_text(a, e)}"
+    )
+
+
+def _program(t: Task, e: Example, a: str) -> str:
+    return (
+        "```python\ndef solve():\n    # encode the reasoning above\n"
+        f"    result = {t.code_literal(a, e)}\n    return result\n\nprint(solve())\n```\n"
+        f"Output: {a}"
+    )
+
+
+def _fact_retrieval(t: Task, e: Example, a: str) -> str:
+    return (
+        "Relevant facts:\n1. The question's key terms have their standard meanings.\n"
+        "2. The quantities and relations stated in the question hold.\n"
+        f"Reasoning: Applying these facts to the question yields {t.answer_text(a, e)}.\n"
+        f"The answer is {t.answer_text(a, e)}."
+    )
+
+
+def _backward(t: Task, e: Example, a: str) -> str:
+    return (
+        f"Forward reasoning: Working from the question, a candidate answer is {t.answer_text(a, e)}.\n"
+        f"Backward verification: Assume the answer is {t.answer_text(a, e)} and check it against every "
+        "condition in the question; each condition is satisfied, and no other option fits.\n"
+        f"The verified answer is {t.answer_text(a, e)}."
+    )
+
+
+RENDERERS: dict[str, Callable[[Task, Example, str], str]] = {
+    "vanilla": _vanilla, "cot": _cot, "tot": _tot, "program": _program,
+    "fact_retrieval": _fact_retrieval, "backward": _backward,
+}
+
+# ---- registry ---------------------------------------------------------------------------------
+_REGISTRY: dict[str, Task] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_task(name: str) -> Task:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def list_tasks() -> list[Task]:
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def pick_other(options: list[str], gold: str, seed: int) -> str:
+    """A deterministic option other than ``gold``."""
+    rest = [o for o in options if o != gold]
+    return rest[random.Random(f"{gold}|{seed}").randrange(len(rest))]

@@ -1,0 +1,209 @@
+"""Final-answer patterns shared by the tasks.
+
+``candidates`` finds every place an output states an answer ("The answer is", "**Answer:**",
+``\\boxed{}``, "#### ", a program's "Output:" or ``print(...)  # 42``, "verified answer is") and
+returns the text that follows each, in order; a task parses them from the last backwards, so
+the final stated answer counts. Parsers read only the start of a candidate and return None
+rather than guess.
+"""
+from __future__ import annotations
+
+import re
+
+# A connector is required after "answer" so that "To answer this, we need 3" states nothing.
+_CONNECT = r"\s*(?:is|was|would be|should be|must be|will be|=|:|-|\u2014|\u2013)\s*:?"
+_MARKERS = re.compile(
+    "|".join([
+        r"\banswer(?:\s+(?:choice|option))?" + _CONNECT,
+        r"\b(?:correct|right|best|final)\s+(?:option|choice|label)" + _CONNECT,
+        r"\b(?:label|relationship|relation|classification|verdict)\s*(?:is|:)\s*:?",
+        r"^\s*#{4}\s*",  # GSM8K-style "#### 42"
+        r"\b(?:program|code|script|function)\s+(?:prints|outputs|returns|will print|would print|printed)\s*:?",
+        r"\b(?:it|this)\s+(?:prints|outputs|will print|would print)\s*:?",
+        r"\b(?:output|printed result|result|prints)\s*(?:is|:|=|->)\s*",
+        r"\bprint\(.*\)\s*#\s*(?:output:?|prints:?|->|=>)?\s*",
+    ]),
+    re.IGNORECASE | re.MULTILINE,
+)
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_MARKDOWN = re.compile(r"\*\*|__|`")
+_FENCE = re.compile(r"^\s*```\w*\s*$")
+
+
+def strip_markdown(text: str) -> str:
+    return _MARKDOWN.sub("", text)
+
+
+def braced(text: str, start: int) -> str | None:
+    """Content of the brace group opening at ``text[start - 1] == '{'``; None if unbalanced."""
+    depth = 1
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (MATH solutions), or of ``\\boxed 5``."""
+    found = None
+    for m in _BOXED.finditer(text):
+        found = braced(text, m.end()) or found
+    if found is None:
+        m = list(re.finditer(r"\\boxed\s+([^\s$]+)", text))
+        found = m[-1].group(1) if m else None
+    return found
+
+
+def _rest(text: str, pos: int) -> str:
+    """Text after a marker: the rest of the line, or the next content line (after "Output:\\n```")."""
+    end = text.find("\n", pos)
+    line = text[pos:] if end < 0 else text[pos:end]
+    if line.strip() and not _FENCE.match(line):
+        return line.strip()
+    for nxt in text[pos:].splitlines()[1:6]:
+        if nxt.strip() and not _FENCE.match(nxt):
+            return nxt.strip()
+    return ""
+
+
+def candidates(text: str) -> list[str]:
+    """Answer spans in the order they are stated."""
+    text = strip_markdown(text)
+    found: list[tuple[int, str]] = []
+    for m in _BOXED.finditer(text):
+        content = braced(text, m.end())
+        if content is not None:
+            found.append((m.start(), content))
+    for m in _MARKERS.finditer(text):
+        rest = _rest(text, m.end())
+        if rest and not rest.lstrip().startswith(("\\boxed", "\\fbox", "$\\boxed")):  # boxed counted above
+            found.append((m.start(), rest))
+    found.sort(key=lambda x: x[0])
+    return [c for _, c in found]
+
+
+def bare_answer(text: str) -> str | None:
+    """The whole output when it is only an answer ("B", "(B).", "42", "yes"); else None."""
+    s = strip_markdown(text).strip().rstrip(".").strip()
+    if "\n" in s or len(s) > 40 or len(s.split()) > 2:
+        return None
+    return s or None
+
+
+# ---- parsers for candidate spans ----------------------------------------------------------------
+_NUMBER = re.compile(r"-?\s?\\?\$?\s?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
+
+
+def parse_number(cand: str) -> str | None:
+    """The first number in a candidate (after the last '=' of its first line), canonical."""
+    s = cand.replace("\u2212", "-").split("\n")[0]
+    if "=" in s:
+        s = s[s.rindex("=") + 1:]
+    m = _NUMBER.search(s[:80])
+    if not m:
+        return None
+    return canonical_number(m.group(0))
+
+
+def canonical_number(s: str) -> str | None:
+    """'$1,234.50' -> '1234.5'; '3.0' -> '3'; '50%' -> '50'; None when not a number."""
+    s = re.sub(r"[\s$,%\\]", "", s.replace("\u2212", "-")).rstrip(".")
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    if v != v or abs(v) == float("inf"):
+        return None
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return repr(v)
+
+
+def numbers_equal(a: str, b: str) -> bool:
+    x, y = canonical_number(a), canonical_number(b)
+    if x is None or y is None:
+        return a.strip() == b.strip()
+    return abs(float(x) - float(y)) <= 1e-6 * max(1.0, abs(float(y)))
+
+
+_YES_NO = re.compile(r"^\W*(?:[a-z]+\W+){0,2}?(yes|no|true|false)\b", re.IGNORECASE)
+
+
+def parse_yes_no(cand: str) -> str | None:
+    m = _YES_NO.match(cand)
+    if not m:
+        return None
+    return "yes" if m.group(1).lower() in ("yes", "true") else "no"
+
+
+def _norm_choice_text(s: str) -> str:
+    return re.sub(r"[^a-z0-9/]+", " ", s.lower()).strip()
+
+
+_LABEL = re.compile(r"^\W*?(?:option|choice)?\s*[\(\[]?([A-Z]|\d)[\)\]]?(?=$|[\s.,:;!)\]])")
+
+
+def parse_choice(cand: str, choices: list[tuple[str, str]] | None) -> str | None:
+    """A choice label given by letter ("(B)", "B.", "Option B") or by its text."""
+    labels = [lab for lab, _ in choices] if choices else None
+    m = _LABEL.match(cand)
+    if m:
+        lab = m.group(1)
+        if labels is None or lab in labels:
+            return lab
+        if lab.isalpha() and all(x.isdigit() for x in labels) and ord(lab) - 65 < len(labels):
+            return labels[ord(lab) - 65]  # "B" for choices labelled 1-4
+        return None
+    if not choices:
+        return None
+    c = _norm_choice_text(cand)
+    hits = []
+    for lab, text in choices:
+        t = _norm_choice_text(text)
+        if t and (pos := f" {c} ".find(f" {t} ")) >= 0:
+            hits.append((pos, -len(t), lab))
+    return min(hits)[2] if hits else None
+
+
+_NLI = [
+    ("neutral", r"neutral|neither|undetermined|indeterminate|inconclusive|unknown|cannot be determined|"
+                r"can ?not be (?:determined|inferred|concluded)|not (?:be )?(?:determined|entailed)|"
+                r"not enough information|not possible to (?:tell|say|determine)|impossible to (?:tell|say)|maybe"),
+    ("contradiction", r"contradict\w*|false|no\b|refuted"),
+    ("entailment", r"entail\w*|true|yes\b|follows"),
+]
+
+
+def parse_nli(cand: str) -> str | None:
+    """entailment / neutral / contradiction, also from true / neither / false; earliest mention wins."""
+    s = cand[:100].lower()
+    hits = []
+    for label, pat in _NLI:
+        m = re.search(rf"\b(?:{pat})", s)
+        if m:
+            hits.append((m.start(), label))
+    return min(hits)[1] if hits else None
+
+
+_MATH_WORDS = {"sin", "cos", "tan", "log", "exp", "max", "min", "mod", "gcd", "lcm"}
+_INLINE_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]")
+
+
+def parse_latex_answer(cand: str) -> str | None:
+    """A LaTeX answer: the first inline-math segment, else the span up to the sentence end."""
+    m = _INLINE_MATH.search(cand)
+    if m:
+        s = next(g for g in m.groups() if g is not None)
+    else:
+        s = re.split(r"\.\s|\.$|,\s+(?:so|since|because|which)\b|\s+(?:because|since)\b", cand.split("\n")[0])[0]
+    s = s.strip().rstrip(".").strip()
+    words = re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}", re.sub(r"\\text\{[^}]*\}", "", s))
+    if not s or len(words) > 2:  # prose, not an answer
+        return None
+    if words and not re.search(r"[\d\\]", s) and words[0].islower() and words[0] not in _MATH_WORDS:
+        return None  # "see above", "below": no value stated (units after a number are fine)
+    return s
