@@ -1,0 +1,75 @@
+"""Which rank runs which student on which data: a pure function of the config and world size.
+
+``separate``: students get disjoint, contiguous rank blocks (student 0 first) and run
+concurrently. ``colocated``: every rank runs every student, one after another.
+Each global micro-batch is cut into ``n_chunks`` = lcm(rank counts) equal chunks; a student with
+n ranks gives each rank n_chunks / n consecutive chunks. The ranks that hold the same chunk in
+each student form that chunk's cross-student group, which all-gathers projected states.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+Placement = Literal["separate", "colocated"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    placement: Placement
+    world_size: int
+    student_ranks: tuple[tuple[int, ...], ...]  # student -> its global ranks (its data-parallel group)
+    n_chunks: int
+
+    @property
+    def n_students(self) -> int:
+        return len(self.student_ranks)
+
+    def students_on(self, rank: int) -> list[int]:
+        return [s for s, ranks in enumerate(self.student_ranks) if rank in ranks]
+
+    def dp_rank(self, student: int, rank: int) -> int:
+        return self.student_ranks[student].index(rank)
+
+    def chunks_of(self, student: int, rank: int) -> list[int]:
+        n = len(self.student_ranks[student])
+        d = self.dp_rank(student, rank)
+        per = self.n_chunks // n
+        return list(range(d * per, (d + 1) * per))
+
+    def chunk_owner(self, student: int, chunk: int) -> int:
+        ranks = self.student_ranks[student]
+        return ranks[chunk // (self.n_chunks // len(ranks))]
+
+    def cross_group(self, chunk: int) -> tuple[int, ...]:
+        """Ranks holding ``chunk``, one per student in student order (a rank may repeat when colocated)."""
+        return tuple(self.chunk_owner(s, chunk) for s in range(self.n_students))
+
+    def cross_groups(self) -> list[tuple[int, ...]]:
+        """Distinct cross-student groups in a fixed order, so every rank creates them identically."""
+        seen: dict[tuple[int, ...], None] = {}
+        for k in range(self.n_chunks):
+            seen.setdefault(tuple(sorted(set(self.cross_group(k)))), None)
+        return list(seen)
+
+
+def make_layout(rank_counts: list[int], world_size: int, placement: Placement) -> Layout:
+    if not rank_counts or any(n < 1 for n in rank_counts):
+        raise ValueError(f"every student needs at least one rank, got {rank_counts}")
+    if placement == "separate":
+        need = sum(rank_counts)
+        if world_size != need:
+            raise ValueError(
+                f"placement 'separate' needs one process per student rank: students ask for "
+                f"{' + '.join(map(str, rank_counts))} = {need} ranks but the launcher started {world_size}"
+            )
+        blocks, start = [], 0
+        for n in rank_counts:
+            blocks.append(tuple(range(start, start + n)))
+            start += n
+        return Layout(placement, world_size, tuple(blocks), math.lcm(*rank_counts))
+    if placement == "colocated":
+        everyone = tuple(range(world_size))
+        return Layout(placement, world_size, tuple(everyone for _ in rank_counts), world_size)
+    raise ValueError(f"unknown placement {placement!r}; use 'separate' or 'colocated'")

@@ -1,0 +1,111 @@
+"""Checkpoints: PEFT adapters (loadable by peft and vLLM), engine states, router, RNG and data position.
+
+Layout (``RUN/checkpoints/step_000100``): ``students/<name>/adapter/`` (PEFT), ``students/<name>/
+mutual_head.pt``, ``engines/<name>/`` (DeepSpeed: module, optimizer, scheduler), ``router.pt``,
+``rng/rank<r>.pt``, ``trainer_state.json``, ``meta.json``. ``RUN/checkpoints/latest`` names the
+newest complete one; it is written last, so a crash mid-save never becomes the resume point.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gathered(engine):
+    """ZeRO-3 shards parameters: gather the trainable ones before saving the adapter."""
+    if hasattr(engine, "zero_optimization_stage") and engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([p for p in engine.module.parameters() if p.requires_grad])
+    return nullcontext()
+
+
+def save(trainer, out_dir: Path) -> Path:
+    cfg, dist, pos = trainer.cfg, trainer.dist, trainer.pos
+    root = out_dir / "checkpoints"
+    ckpt = root / f"step_{pos.step:06d}"
+    for sub in ("students", "engines", "rng"):
+        (ckpt / sub).mkdir(parents=True, exist_ok=True)
+    for st in trainer.students:
+        module = st.model if st.frozen else st.model.module
+        if not st.frozen:
+            st.model.save_checkpoint(str(ckpt / "engines" / st.name), tag="state")
+        with nullcontext() if st.frozen else _gathered(st.model):
+            if trainer.layout.dp_rank(st.index, dist.rank) == 0:
+                sdir = ckpt / "students" / st.name
+                module.lm.save_pretrained(str(sdir / "adapter"))
+                if module.head is not None:
+                    torch.save(module.head.state_dict(), sdir / "mutual_head.pt")
+    torch.save(_rng_state(), ckpt / "rng" / f"rank{dist.rank}.pt")
+    if trainer.is_coord:
+        if trainer.router is not None:
+            torch.save({"router": trainer.router.state_dict(), "optimizer": trainer.router_opt.state_dict(),
+                        "gumbel": trainer.gumbel.get_state()}, ckpt / "router.pt")
+        (ckpt / "trainer_state.json").write_text(json.dumps(vars(pos)))
+        meta = {"step": pos.step, "students": [
+            {"name": s.name, "model": s.model, "tokenizer": s.tokenizer or s.model} for s in cfg.students]}
+        (ckpt / "meta.json").write_text(json.dumps(meta, indent=1))
+    dist.barrier()  # every rank's files are on disk before 'latest' moves
+    if trainer.is_coord:
+        tmp = root / "latest.tmp"
+        tmp.write_text(ckpt.name)
+        os.replace(tmp, root / "latest")
+        done = sorted(p for p in root.glob("step_*") if p.is_dir())
+        for old in done[: -cfg.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        trainer.say(f"saved {ckpt}")
+    dist.barrier()
+    return ckpt
+
+
+def latest(out_dir: Path) -> Path:
+    marker = out_dir / "checkpoints" / "latest"
+    if not marker.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {out_dir / 'checkpoints'} (no 'latest' file)")
+    return out_dir / "checkpoints" / marker.read_text().strip()
+
+
+def load(trainer, out_dir: Path):
+    from qr_ds.train.trainer import Position
+
+    ckpt = latest(out_dir)
+    for st in trainer.students:
+        if st.frozen:
+            head = ckpt / "students" / st.name / "mutual_head.pt"
+            if st.model.head is not None and head.is_file():
+                st.model.head.load_state_dict(torch.load(head))
+            continue
+        path, _ = st.model.load_checkpoint(str(ckpt / "engines" / st.name), tag="state")
+        if path is None:
+            raise FileNotFoundError(f"--resume: engine state for student '{st.name}' missing in {ckpt}")
+    if trainer.router is not None:
+        state = torch.load(ckpt / "router.pt")
+        trainer.router.load_state_dict(state["router"])
+        trainer.router_opt.load_state_dict(state["optimizer"])
+        trainer.gumbel.set_state(state["gumbel"])
+    _set_rng_state(torch.load(ckpt / "rng" / f"rank{trainer.dist.rank}.pt", weights_only=False))
+    pos = Position(**json.loads((ckpt / "trainer_state.json").read_text()))
+    trainer.say(f"resumed from {ckpt} at step {pos.step} (epoch {pos.epoch}, batch {pos.batch})")
+    return pos

@@ -1,0 +1,115 @@
+"""The training config: students, router, mutual loss, data, schedule. Validated at load."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from qr_ds.config import ConfigError, rule
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraSettings:
+    r: int = field(default=32, metadata=rule(min=1, max=1024, help="LoRA rank (paper: 32)"))
+    alpha: int = field(default=64, metadata=rule(min=1))
+    dropout: float = field(default=0.0, metadata=rule(min=0.0, max=0.9))
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    quantize: Literal["none", "nf4"] = field(
+        default="none", metadata=rule(help="nf4 = QLoRA through bitsandbytes (the paper's setup)"))
+
+
+@dataclass
+class StudentConfig:
+    name: str = field(metadata=rule(help="short unique name, used in paths and metrics"))
+    model: str = field(metadata=rule(help="HF model name or local directory"))
+    tokenizer: str | None = field(default=None, metadata=rule(help="defaults to model"))
+    lr: float = field(default=2e-4, metadata=rule(min=0.0, max=1.0, help="paper: 5e-6 Mistral, 2e-4 Gemma"))
+    weight_decay: float = field(default=0.0, metadata=rule(min=0.0))
+    ranks: int = field(default=1, metadata=rule(min=1, help="processes (GPUs) for this student (separate placement)"))
+    deepspeed: str = field(default="ds_configs/zero2.json", metadata=rule(help="DeepSpeed JSON for this student"))
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    frozen: bool = field(default=False, metadata=rule(help="no updates (paper Table 5); still a peer for mutual loss"))
+    gradient_checkpointing: bool = False
+    use_kernels: bool = field(default=True, metadata=rule(help="fused linear+CE and span pooling kernels"))
+
+
+@dataclass
+class RouterConfig:
+    enabled: bool = field(default=True, metadata=rule(help="false = every path to every student (w/o Route)"))
+    hidden: int = field(default=256, metadata=rule(min=1))
+    tau: float = field(default=1.0, metadata=rule(min=1e-3, max=100.0, help="Gumbel-softmax temperature"))
+    lr: float = field(default=1e-3, metadata=rule(min=0.0, max=1.0))
+    ensure_one: bool = field(default=True, metadata=rule(help="a path no student got goes to its likeliest one"))
+
+
+@dataclass
+class MutualConfig:
+    enabled: bool = field(default=True, metadata=rule(help="false = w/o Collab"))
+    shared_dim: int = field(default=256, metadata=rule(min=1))
+    max_spans: int = field(default=64, metadata=rule(min=1, help="span vectors per path (bounds the exchange)"))
+
+
+@dataclass
+class DataConfig:
+    pool: Path = field(metadata=rule(help="embedded path pool (PathRecord JSONL) from `qr-ds embed`"))
+    quality_filter: bool = field(default=True, metadata=rule(help="false = w/o QF: every generated path"))
+    paths_per_question: int = field(default=0, metadata=rule(min=0, help="0 = all; 1 = single-path SFT baseline"))
+    max_len: int = field(default=512, metadata=rule(min=8))
+    limit: int = field(default=0, metadata=rule(min=0, help="use only the first N paths (0 = all)"))
+
+
+@dataclass
+class EvalDuringTrainingConfig:
+    every_steps: int = field(default=0, metadata=rule(min=0, help="0 = off"))
+    tasks: dict[str, str] = field(default_factory=dict, metadata=rule(help="task name -> dev file"))
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    max_new_tokens: int = field(default=128, metadata=rule(min=1))
+    limit: int = field(default=0, metadata=rule(min=0))
+
+
+@dataclass
+class TrainConfig:
+    students: list[StudentConfig]
+    data: DataConfig
+    router: RouterConfig = field(default_factory=RouterConfig)
+    mutual: MutualConfig = field(default_factory=MutualConfig)
+    lambda1: float = field(default=0.1, metadata=rule(min=0.0, help="entropy weight (eq. 9)"))
+    lambda2: float = field(default=0.1, metadata=rule(min=0.0, help="mutual loss weight (eq. 9)"))
+    placement: Literal["separate", "colocated"] = "separate"
+    epochs: int = field(default=1, metadata=rule(min=1))
+    max_steps: int = field(default=0, metadata=rule(min=0, help="optimizer steps; 0 = run all epochs"))
+    micro_batch_paths: int = field(default=8, metadata=rule(min=1, help="paths per chunk per micro-step"))
+    grad_accum: int = field(default=1, metadata=rule(min=1))
+    warmup_steps: int = field(default=0, metadata=rule(min=0))
+    grad_clip: float = field(default=1.0, metadata=rule(min=0.0))
+    seed: int = 0
+    output_dir: Path = Path("runs/train")
+    save_every: int = field(default=0, metadata=rule(min=0, help="optimizer steps between checkpoints; 0 = final only"))
+    keep_last: int = field(default=2, metadata=rule(min=1))
+    log_every: int = field(default=1, metadata=rule(min=1))
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    collective_timeout_s: float = field(default=300.0, metadata=rule(min=1.0))
+    tensorboard: bool = True
+    eval: EvalDuringTrainingConfig = field(default_factory=EvalDuringTrainingConfig)
+
+    def validate(self, key: str = "") -> None:
+        names = [s.name for s in self.students]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"config key 'students': student names must be unique, got {names}")
+        multi = self.router.enabled or (self.mutual.enabled and self.lambda2 > 0)
+        if len(self.students) < 2 and multi:
+            raise ConfigError(
+                "config key 'students': routing and mutual distillation need >= 2 students; "
+                "for a single-student SFT baseline set router.enabled: false and mutual.enabled: false")
+        if all(s.frozen for s in self.students):
+            raise ConfigError("config key 'students': every student is frozen; nothing would train")
+        if self.placement == "colocated" and len({s.ranks for s in self.students}) > 1:
+            raise ConfigError("config key 'students[].ranks': colocated placement runs every student on "
+                              "every rank; leave ranks at the same value")
+
+    @property
+    def use_mutual(self) -> bool:
+        return self.mutual.enabled and self.lambda2 > 0 and len(self.students) > 1

@@ -1,0 +1,139 @@
+"""Training data: the selected paths, tokenized for every student and aligned on shared character spans.
+
+Every rank builds the same ``TrainData`` (deterministic), so batch order, chunking and spans agree
+across ranks without communication.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from qr_ds.data.format import encode_sft, render_prompt
+from qr_ds.data.pool import PathRecord, load_pool
+from qr_ds.mutual.spans import common_spans, group_spans, token_span_ids
+from qr_ds.train.config import TrainConfig
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # -100 on prompt tokens: the SFT loss covers the response only
+    span_ids: list[int]  # -1 outside every shared span
+
+
+def select_paths(cfg: TrainConfig, records: list[PathRecord]) -> list[PathRecord]:
+    recs = [r for r in records if r.ok]
+    if cfg.data.quality_filter:
+        if recs and all(r.correct is None for r in recs):
+            raise ValueError(f"{cfg.data.pool}: no record has 'correct' set: run `qr-ds filter` first, "
+                             "or set data.quality_filter: false to train on unfiltered paths")
+        recs = [r for r in recs if r.correct and (r.judge is None or r.judge.verdict == "VALID")]
+    if cfg.data.paths_per_question:
+        by_q: dict[str, list[PathRecord]] = defaultdict(list)
+        for r in recs:
+            by_q[r.question_id].append(r)
+        recs = [r for q in by_q.values() for r in q[: cfg.data.paths_per_question]]
+    if cfg.data.limit:
+        recs = recs[: cfg.data.limit]
+    if not recs:
+        raise ValueError(f"{cfg.data.pool}: no paths left to train on after selection "
+                         f"(quality_filter={cfg.data.quality_filter}, paths_per_question={cfg.data.paths_per_question})")
+    return recs
+
+
+def load_embeddings(pool: Path, recs: list[PathRecord]) -> torch.Tensor:
+    missing = [r.id for r in recs if r.embedding is None]
+    if missing:
+        raise ValueError(f"{pool}: {len(missing)} paths have no embedding (first: {missing[0]}); "
+                         "run `qr-ds embed` or set router.enabled: false")
+    mats: dict[str, np.ndarray] = {}
+    rows = []
+    for r in recs:
+        f = r.embedding.file
+        if f not in mats:
+            mats[f] = np.load(pool.parent / f, mmap_mode="r")
+        rows.append(np.asarray(mats[f][r.embedding.row], dtype=np.float32))
+    return torch.from_numpy(np.stack(rows))
+
+
+def instruction_for(task: str) -> str:
+    from qr_ds.tasks import get_task
+
+    return get_task(task).instruction
+
+
+def encode_all(recs: list[PathRecord], tokenizers: list, max_len: int, max_spans: int,
+               progress: Callable = lambda it, **kw: it) -> tuple[list[list[Encoded]], list[int]]:
+    """Per student, per path: ids, labels and span ids over spans shared by all tokenizers."""
+    per_student: list[list[Encoded]] = [[] for _ in tokenizers]
+    n_spans: list[int] = []
+    for rec in progress(recs, desc="tokenize+align", unit="path"):
+        instr = instruction_for(rec.task)
+        encs, rel_offsets, ends = [], [], []
+        for tok in tokenizers:
+            e = encode_sft(tok, render_prompt(tok, rec.question, instr), rec.response)
+            ids, offs = e.input_ids[:max_len], e.offsets[:max_len]
+            # Offsets relative to the response: prompts differ per student, the path text does not.
+            rel = [(a - e.response_start, b - e.response_start) if b > a else (0, 0) for a, b in offs]
+            encs.append((ids, offs, e.response_start))
+            rel_offsets.append(rel)
+            ends.append(max([b for a, b in rel if b > a] + [0]))
+        end = min(min(ends), len(rec.response))  # spans only where every student kept the text
+        spans = group_spans(common_spans(rel_offsets, 0, end), max_spans)
+        n_spans.append(len(spans))
+        for s, (ids, offs, rstart) in enumerate(encs):
+            # The response and the EOS after it (an added token keeps its offsets in the text).
+            labels = [t if a >= rstart and b > a else -100 for t, (a, b) in zip(ids, offs)]
+            per_student[s].append(Encoded(ids, labels, token_span_ids(rel_offsets[s], spans)))
+    return per_student, n_spans
+
+
+def collate(items: list[Encoded], pad_id: int, device) -> dict[str, torch.Tensor]:
+    T = max(len(e.input_ids) for e in items)
+    B = len(items)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    labels = torch.full((B, T), -100, dtype=torch.long)
+    spans = torch.full((B, T), -1, dtype=torch.long)
+    for i, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        mask[i, :n] = 1
+        labels[i, :n] = torch.tensor(e.labels)
+        spans[i, :n] = torch.tensor(e.span_ids)
+    return {k: v.to(device) for k, v in
+            dict(input_ids=ids, attention_mask=mask, labels=labels, span_ids=spans).items()}
+
+
+class TrainData:
+    def __init__(self, cfg: TrainConfig, tokenizers: list, log: Callable[[str], None], progress=None):
+        report = load_pool(cfg.data.pool, log=log)
+        self.records = select_paths(cfg, report.records)
+        self.embeddings = load_embeddings(cfg.data.pool, self.records) if cfg.router.enabled else None
+        self.encoded, self.n_spans = encode_all(self.records, tokenizers, cfg.data.max_len,
+                                                cfg.mutual.max_spans, progress or (lambda it, **kw: it))
+        qids = {q: i for i, q in enumerate(dict.fromkeys(r.question_id for r in self.records))}
+        self.question_index = torch.tensor([qids[r.question_id] for r in self.records])
+        self.seed = cfg.seed
+        log(f"training on {len(self.records)} paths of {len(qids)} questions")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def epoch_batches(self, epoch: int, batch: int) -> list[torch.Tensor]:
+        """The global batch order of ``epoch``: the same on every rank. The last batch wraps to the
+        start of the order, so no path is skipped."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self), generator=g)
+        n = -(-len(order) // batch)
+        padded = torch.cat([order, order[: n * batch - len(order)]]) if n * batch > len(order) else order
+        return list(padded.view(n, batch))
+
+    def span_mask(self, idx: torch.Tensor, max_spans: int) -> torch.Tensor:
+        counts = torch.tensor([self.n_spans[i] for i in idx.tolist()])
+        return torch.arange(max_spans)[None, :] < counts[:, None]

@@ -1,0 +1,138 @@
+"""One student: a (Q)LoRA-adapted causal LM plus its mutual-distillation head, as one module,
+so that a single DeepSpeed engine owns all of the student's trainable parameters."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from qr_ds.train.config import MutualConfig, StudentConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(cfg: StudentConfig):
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer or cfg.model
+    tok = AutoTokenizer.from_pretrained(name, use_fast=True)
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"student '{cfg.name}': tokenizer {name} has no fast version, so no offset "
+                         "mapping; qr_ds aligns students on character spans and needs offsets")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+class Student(nn.Module):
+    def __init__(self, lm: nn.Module, head: nn.Module | None, use_kernels: bool):
+        super().__init__()
+        self.lm = lm
+        self.head = head
+        self.use_kernels = use_kernels
+
+    def forward(self, input_ids, attention_mask, labels, token_weights, span_ids=None, n_spans: int = 0):
+        """Returns (weighted loss, per-path mean CE [B], z [B,M,D] | None, competence logit [B] | None).
+
+        The backbone's last hidden states feed both the loss (without materializing logits when
+        the fused kernel is on) and the span pooling, so one forward serves SFT and mutual loss.
+        """
+        from qr_ds.kernels import causal_lm_loss, span_mean_pool
+
+        loss, per_token, hidden = causal_lm_loss(self.lm, input_ids, attention_mask, labels,
+                                                 token_weights=token_weights, use_kernels=self.use_kernels)
+        per_token = per_token.view(input_ids.shape[0], -1)
+        n_tok = (labels[:, 1:] != -100).sum(1).clamp(min=1)
+        per_path = per_token.sum(1) / n_tok
+        if self.head is None or n_spans == 0:
+            return loss, per_path, None, None
+        pooled, counts = span_mean_pool(hidden, span_ids, n_spans)
+        z, logit = self.head(pooled.to(self.head.proj.weight.dtype), counts > 0)
+        return loss, per_path, z, logit
+
+
+def build_student(cfg: StudentConfig, mutual: MutualConfig | None, device: torch.device) -> Student:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from qr_ds.mutual.heads import MutualHead
+
+    dtype = DTYPES[cfg.dtype]
+    kw: dict = {"dtype": dtype}
+    if cfg.lora.quantize == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+            # ZeRO-3 partitions parameters by storage dtype: 4-bit weights must be stored in the compute dtype.
+            bnb_4bit_quant_storage=dtype,
+        )
+        if device.type == "cuda":
+            kw["device_map"] = {"": device.index or 0}
+    lm = AutoModelForCausalLM.from_pretrained(cfg.model, **kw)
+    if cfg.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.enable_input_require_grads()
+    present = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
+    targets = [t for t in cfg.lora.target_modules if t in present]
+    if not targets:
+        raise ValueError(f"student '{cfg.name}': none of lora.target_modules {cfg.lora.target_modules} "
+                         f"exist in {cfg.model}")
+    lm = get_peft_model(lm, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                       target_modules=targets, task_type="CAUSAL_LM"))
+    head = None
+    if mutual is not None:
+        head = MutualHead(lm.get_base_model().config.hidden_size, mutual.shared_dim).to(dtype)
+    student = Student(lm, head, cfg.use_kernels)
+    if cfg.lora.quantize == "nf4":  # placed by device_map; only the head moves
+        head is not None and head.to(device)
+    else:
+        student.to(device)
+    if cfg.frozen:
+        student.requires_grad_(False)
+    return student
+
+
+def ds_config_for(cfg: StudentConfig, micro_batch: int, grad_accum: int, grad_clip: float) -> dict:
+    """The student's DeepSpeed JSON, with batch, accumulation, clipping and precision from our config
+    (one source of truth: the JSON keeps ZeRO and communication settings)."""
+    path = Path(cfg.deepspeed)
+    if not path.is_file():
+        raise FileNotFoundError(f"student '{cfg.name}': deepspeed config {path} not found")
+    ds = json.loads(path.read_text())
+    ds.pop("train_batch_size", None)
+    ds["train_micro_batch_size_per_gpu"] = micro_batch
+    ds["gradient_accumulation_steps"] = grad_accum
+    ds["gradient_clipping"] = grad_clip
+    ds["bf16"] = {"enabled": cfg.dtype == "bfloat16"}
+    ds["fp16"] = {"enabled": cfg.dtype == "float16"}
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warmup, then linear decay to 10% of the peak."""
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if total <= warmup:
+            return 1.0
+        return max(0.1, 1.0 - 0.9 * (step - warmup) / max(1, total - warmup))
+    return f
+
+
+def create_engine(student: Student, cfg: StudentConfig, ds_config: dict, mpu, warmup: int, total_steps: int):
+    import deepspeed
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    fused = torch.cuda.is_available()
+    # torch AdamW rather than DeepSpeed's FusedAdam: no JIT build (which fails on TORCH_CUDA_ARCH_LIST=9.0a).
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps))
+    engine, *_ = deepspeed.initialize(model=student, optimizer=opt, lr_scheduler=sched,
+                                      config=ds_config, mpu=mpu, dist_init_required=False)
+    return engine

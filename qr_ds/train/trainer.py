@@ -1,0 +1,248 @@
+"""The QR-Distill train loop (eq. 9). One micro-step, on every rank:
+
+1. all ranks take the same global batch (seeded order);
+2. the coordinator routes it (router MLP on frozen embeddings, straight-through Gumbel) and
+   broadcasts the hard assignments;
+3. each local student trains on the paths of its chunks routed to it (response-only SFT) and
+   pools its last hidden states over the spans shared by all tokenizers;
+4. projected span states are all-gathered in each chunk's cross-student group, and every student
+   adds the mutual loss (eq. 5-8) with its own states live and its peers' detached;
+5. one backward and step per engine; per-path losses go back to the coordinator, whose router
+   gets its gradient through the straight-through estimator plus the entropy term (eq. 3-4).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from qr_ds.dist.strategy import Strategy
+from qr_ds.dist.topology import make_layout
+from qr_ds.mutual.loss import mutual_loss_for_student
+from qr_ds.routing.gumbel import straight_through_route
+from qr_ds.routing.losses import router_objective
+from qr_ds.routing.router import Router
+from qr_ds.train import checkpoint
+from qr_ds.train.config import TrainConfig
+from qr_ds.train.data import TrainData, collate
+from qr_ds.train.metrics import MetricsLog
+from qr_ds.train.student import build_student, create_engine, ds_config_for, load_tokenizer
+
+
+@dataclass
+class LocalStudent:
+    index: int
+    name: str
+    model: torch.nn.Module  # the DeepSpeed engine, or the plain module when frozen
+    frozen: bool
+    pad_id: int
+    dp_size: int
+
+
+@dataclass
+class Position:
+    epoch: int = 0
+    batch: int = 0  # next batch index within the epoch
+    micro_step: int = 0
+    step: int = 0  # optimizer steps done
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log=print):
+        self.cfg = cfg
+        self.log = log
+        S = len(cfg.students)
+        self.dist = Strategy(lambda ws: make_layout([s.ranks for s in cfg.students], ws, cfg.placement),
+                             cfg.backend, cfg.collective_timeout_s)
+        self.is_coord = self.dist.is_coordinator
+        self.say = log if self.is_coord else (lambda *_: None)
+        # Tokenizers first: a bad tokenizer or an empty pool is refused before any model loads.
+        tokenizers = [load_tokenizer(s) for s in cfg.students]
+        self.data = TrainData(cfg, tokenizers, self.say, progress=self._progress)
+        self.layout = self.dist.layout
+        self.P = cfg.micro_batch_paths * self.layout.n_chunks
+        micro_per_epoch = math.ceil(len(self.data) / self.P)
+        total = cfg.epochs * micro_per_epoch // cfg.grad_accum
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        if self.total_steps < 1:
+            raise ValueError(f"{len(self.data)} paths at {self.P} per micro-step and grad_accum "
+                             f"{cfg.grad_accum} give no optimizer step; lower grad_accum or micro_batch_paths")
+        self.students: list[LocalStudent] = []
+        for s in self.dist.local_students:
+            sc = cfg.students[s]
+            module = build_student(sc, cfg.mutual if cfg.use_mutual else None, self.dist.device)
+            if sc.frozen:
+                model = module.eval()
+            else:
+                ds = ds_config_for(sc, cfg.micro_batch_paths, cfg.grad_accum, cfg.grad_clip)
+                model = create_engine(module, sc, ds, self.dist.mpu(s), cfg.warmup_steps, self.total_steps)
+            self.students.append(LocalStudent(s, sc.name, model, sc.frozen, tokenizers[s].pad_token_id,
+                                              len(self.layout.student_ranks[s])))
+        self.router = self.router_opt = self.gumbel = None
+        if cfg.router.enabled and self.is_coord:
+            torch.manual_seed(cfg.seed)
+            self.router = Router(self.data.embeddings.shape[1], S, cfg.router.hidden)
+            self.router_opt = torch.optim.Adam(self.router.parameters(), lr=cfg.router.lr)
+            self.gumbel = torch.Generator().manual_seed(cfg.seed)
+        self.pos = Position()
+        self.metrics = MetricsLog(cfg.output_dir, enabled=self.is_coord, tensorboard=cfg.tensorboard)
+        self.names = [s.name for s in cfg.students]
+
+    def _progress(self, it, **kw):
+        if not self.is_coord:
+            return it
+        from tqdm import tqdm
+
+        return tqdm(it, **kw)
+
+    # -- one micro-step -----------------------------------------------------------------------
+    def route(self, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(alpha with straight-through graph on the coordinator, hard 0/1 [P,S] on every rank)."""
+        S = len(self.cfg.students)
+        if not self.cfg.router.enabled:
+            return None, torch.ones(len(idx), S)
+        alpha = None
+        hard = torch.zeros(len(idx), S)
+        if self.is_coord:
+            logits = self.router(self.data.embeddings[idx])
+            alpha = straight_through_route(logits, self.cfg.router.tau, self.gumbel,
+                                           ensure_one=self.cfg.router.ensure_one)
+            hard = alpha.detach().clone()
+        return alpha, self.dist.broadcast_from_coordinator(hard)
+
+    def forward_student(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
+                        with_grad: bool):
+        """Forward ``positions`` of the batch for one student. The SFT weight of a path is
+        dp_size / P, so averaging over the student's data-parallel ranks gives the global mean."""
+        dev = self.dist.device
+        items = [self.data.encoded[st.index][i] for i in idx[positions].tolist()]
+        batch = collate(items, st.pad_id, dev)
+        labels = batch["labels"]
+        n_tok = (labels[:, 1:] != -100).sum(1, keepdim=True).clamp(min=1)
+        w_path = hard[positions, st.index].to(dev) * st.dp_size / self.P
+        weights = torch.zeros_like(labels, dtype=torch.float32)
+        weights[:, 1:] = (labels[:, 1:] != -100) * (w_path[:, None] / n_tok)
+        M = self.cfg.mutual.max_spans if self.cfg.use_mutual else 0
+        with torch.set_grad_enabled(with_grad):
+            return st.model(batch["input_ids"], batch["attention_mask"], labels, weights, batch["span_ids"], M)
+
+    def micro_step(self, idx: torch.Tensor) -> dict:
+        cfg, layout, S, P = self.cfg, self.layout, len(self.cfg.students), self.P
+        c = cfg.micro_batch_paths
+        alpha, hard = self.route(idx)
+        path_loss = torch.zeros(2, P, S)  # [value, known] per (path, student), summed to the coordinator
+        stats = torch.zeros(S, 4)  # sft loss sum, routed paths, tokens, seconds
+        outs = {}
+        for st in self.students:
+            t0 = time.perf_counter()
+            chunks = layout.chunks_of(st.index, self.dist.rank)
+            positions = [k * c + j for k in chunks for j in range(c)]
+            trainable = not st.frozen
+            loss, per_path, z, logit = self.forward_student(st, idx, positions, hard, with_grad=trainable)
+            # Every path of the chunk is forwarded (unrouted ones carry zero SFT weight), so the
+            # router sees each student's loss on every path, not only on the paths it was given.
+            routed = hard[positions, st.index] > 0
+            pos_t = torch.tensor(positions)
+            path_loss[0, pos_t, st.index] = per_path.detach().float().cpu()
+            path_loss[1, pos_t, st.index] = 1
+            stats[st.index, 0] += per_path.detach().float().cpu()[routed].sum()
+            stats[st.index, 1] += routed.sum()
+            ids = self.data.encoded[st.index]
+            stats[st.index, 2] += sum(len(ids[i].input_ids) for i in idx[positions].tolist())
+            stats[st.index, 3] += time.perf_counter() - t0
+            outs[st.index] = (loss, z, logit, chunks)
+
+        mutual_value = torch.zeros(())
+        t_wait = time.perf_counter()
+        if cfg.use_mutual:
+            mutual_value = self.mutual_losses(outs, hard)
+        t_wait = time.perf_counter() - t_wait
+
+        for st in self.students:
+            if st.frozen:
+                continue
+            loss = outs[st.index][0]
+            st.model.backward(loss)
+            st.model.step()
+
+        path_loss = self.dist.sum_to_coordinator(path_loss)
+        stats = self.dist.sum_to_coordinator(stats)
+        record = {"stats": stats, "mutual": float(mutual_value), "exchange_s": t_wait}
+        if self.is_coord and alpha is not None:
+            known = path_loss[1] > 0
+            losses = torch.where(known, path_loss[0], torch.full_like(path_loss[0], float("nan")))
+            r_loss, r_stats = router_objective(alpha, losses, self.data.question_index[idx], cfg.lambda1)
+            (r_loss / cfg.grad_accum).backward()
+            record.update(router_loss=float(r_loss), **{f"router/{k}": v for k, v in r_stats.items()
+                                                        if isinstance(v, (int, float))})
+        record["hard"] = hard
+        return record
+
+    def mutual_losses(self, outs: dict, hard: torch.Tensor) -> torch.Tensor:
+        """Exchange projected states per chunk and add λ2·L_mutual to each local student's loss."""
+        cfg, c, S = self.cfg, self.cfg.micro_batch_paths, len(self.cfg.students)
+        some = next(iter(outs.values()))
+        chunks = some[3]
+        M, D = cfg.mutual.max_spans, cfg.mutual.shared_dim
+        value = torch.zeros(())
+        for k in chunks:
+            rows = slice((k - chunks[0]) * c, (k - chunks[0] + 1) * c)
+            local = {}
+            for s, (_, z, logit, _) in outs.items():
+                local[s] = torch.cat([z[rows].reshape(-1).float(), logit[rows].float()])
+            flat = self.dist.gather_chunk(k, local)
+            all_z = torch.stack([f[: c * M * D].view(c, M, D) for f in flat])
+            all_logits = torch.stack([f[c * M * D:] for f in flat])
+            routed = hard[k * c:(k + 1) * c].T.bool().to(all_z.device)
+            span_mask = self.data.span_mask(self._idx[k * c:(k + 1) * c], M).to(all_z.device)
+            for st in self.students:
+                loss, z, logit, _ = outs[st.index]
+                if st.frozen:
+                    continue
+                m = mutual_loss_for_student(st.index, z[rows].float(), logit[rows].float(), all_z, all_logits,
+                                            routed, span_mask, self.P)
+                outs[st.index] = (loss + cfg.lambda2 * st.dp_size * m, z, logit, chunks)
+                value = value + m.detach().cpu()
+        return value
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        if resume:
+            self.pos = checkpoint.load(self, cfg.output_dir)
+        self.say(f"{len(self.cfg.students)} students ({', '.join(self.names)}), placement {cfg.placement}, "
+                 f"world {self.dist.world_size}, {self.P} paths per micro-step, {self.total_steps} optimizer steps")
+        bar = self._progress(range(self.total_steps), initial=self.pos.step, desc="train", unit="step")
+        if hasattr(bar, "update"):
+            bar.total = self.total_steps
+        last = {}
+        t_step = time.perf_counter()
+        while self.pos.step < self.total_steps:
+            batches = self.data.epoch_batches(self.pos.epoch, self.P)
+            if self.pos.batch >= len(batches):
+                self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
+                continue
+            self._idx = batches[self.pos.batch]
+            rec = self.micro_step(self._idx)
+            self.pos.batch += 1
+            self.pos.micro_step += 1
+            if self.pos.micro_step % cfg.grad_accum:
+                continue
+            if self.router_opt is not None:
+                self.router_opt.step()
+                self.router_opt.zero_grad(set_to_none=True)
+            self.pos.step += 1
+            dt, t_step = time.perf_counter() - t_step, time.perf_counter()
+            last = self.metrics.step(self.pos, rec, self.names, self.data, self._idx, dt)
+            if hasattr(bar, "update"):
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{last.get('tokens_per_s', 0):.0f}", loss=f"{last.get('loss_sum', 0):.3f}")
+            if cfg.save_every and self.pos.step % cfg.save_every == 0 and self.pos.step < self.total_steps:
+                checkpoint.save(self, cfg.output_dir)
+        checkpoint.save(self, cfg.output_dir)
+        if hasattr(bar, "close"):
+            bar.close()
+        self.metrics.close()
+        return last

@@ -1,0 +1,35 @@
+import pytest
+
+from qr_ds.dist.topology import make_layout
+
+
+def test_separate_equal_ranks_pairs_same_shard():
+    lay = make_layout([2, 2], 4, "separate")
+    assert lay.student_ranks == ((0, 1), (2, 3))
+    assert lay.n_chunks == 2
+    assert [lay.cross_group(k) for k in range(2)] == [(0, 2), (1, 3)]
+    assert lay.chunks_of(1, 3) == [1]
+
+
+def test_separate_unequal_ranks_use_lcm_chunks():
+    lay = make_layout([2, 1, 3], 6, "separate")
+    assert lay.n_chunks == 6
+    assert lay.chunks_of(0, 1) == [3, 4, 5]  # student 0's second rank
+    assert lay.chunks_of(1, 2) == list(range(6))  # one rank holds everything
+    assert lay.cross_group(4) == (1, 2, 5)
+    # every chunk is held by exactly one rank per student
+    for s in range(3):
+        held = sorted(k for r in lay.student_ranks[s] for k in lay.chunks_of(s, r))
+        assert held == list(range(6))
+
+
+def test_colocated_runs_everyone_everywhere():
+    lay = make_layout([1, 1, 1], 2, "colocated")
+    assert lay.students_on(1) == [0, 1, 2]
+    assert lay.cross_group(1) == (1, 1, 1)
+    assert lay.cross_groups() == [(0,), (1,)]
+
+
+def test_world_size_mismatch_is_explained():
+    with pytest.raises(ValueError, match=r"1 \+ 2 = 3 ranks but the launcher started 2"):
+        make_layout([1, 2], 2, "separate")
