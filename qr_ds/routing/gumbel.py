@@ -1,0 +1,52 @@
+"""Straight-through Gumbel-softmax routing (eq. 2): hard 0/1 assignments with soft gradients."""
+from __future__ import annotations
+
+import torch
+
+ON = 1  # index of the "on" logit in the last dim
+
+
+def _check(logits: torch.Tensor, tau: float) -> None:
+    if logits.dim() != 3 or logits.shape[-1] != 2:
+        raise ValueError(f"routing logits must be [P, S, 2], got {tuple(logits.shape)}")
+    if not tau > 0:
+        raise ValueError(f"Gumbel temperature tau must be > 0, got {tau}")
+
+
+def gumbel_noise(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Gumbel(0, 1) noise drawn from ``generator`` on its own device, so its saved state replays exactly."""
+    gen_device = generator.device if generator is not None else device
+    u = torch.rand(shape, generator=generator, device=gen_device, dtype=torch.float32)
+    u = u.clamp(torch.finfo(torch.float32).tiny, 1.0 - torch.finfo(torch.float32).eps)
+    return (-torch.log(-torch.log(u))).to(device)
+
+
+def route_probs(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Noise-free probability that each student gets each path, [P, S] (evaluation/inspection)."""
+    _check(logits, tau)
+    return torch.softmax(logits.float() / tau, dim=-1)[..., ON]
+
+
+def straight_through_route(
+    logits: torch.Tensor,
+    tau: float,
+    generator: torch.Generator | None,
+    hard: bool = True,
+    ensure_one: bool = True,
+) -> torch.Tensor:
+    """alpha [P, S]: 1 where "on" wins after Gumbel noise; backward is d(soft "on" prob).
+
+    With ``ensure_one`` (hard routing only) a path no student won goes to the student with the
+    highest soft "on" probability, so no teacher path is silently dropped from the batch.
+    """
+    _check(logits, tau)
+    noise = gumbel_noise(logits.shape, generator, logits.device)
+    soft = torch.softmax((logits.float() + noise) / tau, dim=-1)[..., ON]
+    if not hard:
+        return soft
+    decision = (soft > 0.5).float()  # "on" beats "off" exactly when its two-way softmax is > 1/2
+    if ensure_one:
+        orphan = decision.sum(dim=1) == 0
+        best = torch.nn.functional.one_hot(soft.argmax(dim=1), soft.shape[1]).float()
+        decision = torch.where(orphan[:, None], best, decision)
+    return decision + (soft - soft.detach())  # exactly 0/1 forward; d alpha = d soft backward

@@ -1,0 +1,37 @@
+"""Routing rates per student and per path key (style, level): metrics and the report heatmap (Fig. 4/5)."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+
+class RoutingTally:
+    """Accumulates how often paths of each key went to each student, across batches."""
+
+    def __init__(self, students: list[str]):
+        self.students = list(students)
+        self.routed: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(self.students))
+        self.seen: dict[str, int] = defaultdict(int)
+
+    def update(self, alpha: torch.Tensor, keys: list[str]) -> None:
+        if alpha.dim() != 2 or alpha.shape != (len(keys), len(self.students)):
+            raise ValueError(
+                f"RoutingTally.update: alpha {tuple(alpha.shape)} must be [len(keys)={len(keys)}, "
+                f"len(students)={len(self.students)}]"
+            )
+        for key, row in zip(keys, alpha.detach().float().cpu().tolist()):
+            self.seen[key] += 1
+            self.routed[key] = [a + b for a, b in zip(self.routed[key], row)]
+
+    def rates(self) -> dict[str, dict[str, float]]:
+        """{key: {student: fraction of key's paths routed to student}} in first-seen key order."""
+        return {
+            k: {s: r / self.seen[k] for s, r in zip(self.students, self.routed[k])} for k in self.seen
+        }
+
+
+def routing_rates(alpha: torch.Tensor, keys: list[str], students: list[str]) -> dict[str, dict[str, float]]:
+    tally = RoutingTally(students)
+    tally.update(alpha, keys)
+    return tally.rates()
