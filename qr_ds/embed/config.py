@@ -1,0 +1,19 @@
+"""Typed config of the ``embed`` stage."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qr_ds.config import rule
+
+
+@dataclass
+class EmbedConfig:
+    pool: Path = field(metadata=rule(help="pool JSONL to embed (usually the filtered pool)"))
+    out: Path = field(metadata=rule(help="embedded pool JSONL; the matrix is <out stem>.npy beside it"))
+    encoder: str = field(default="default", metadata=rule(help="'default' (offline all-MiniLM-L6-v2), a sentence-transformers or HF encoder name/dir"))
+    batch_size: int = field(default=64, metadata=rule(min=1, help="texts per encoder batch"))
+    max_seq_length: int | None = field(default=None, metadata=rule(min=8, help="truncate texts to this many tokens"))
+    normalize: bool = field(default=True, metadata=rule(help="L2-normalize embeddings"))
+    cache_dir: Path | None = field(default=None, metadata=rule(help="text-hash cache (default: <out folder>/embed_cache)"))
+    device: str | None = field(default=None, metadata=rule(help="torch device (default: cuda if available)"))

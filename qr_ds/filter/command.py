@@ -1,0 +1,28 @@
+"""``qr-ds filter``: keep correct paths, then those an LLM judge finds free of spurious steps."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qr_ds.config import parse_override
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("filter", help="two-step quality filter of the path pool (paper 2.3)",
+                              description=__doc__)
+    p.add_argument("config", type=Path, help="YAML with a FilterConfig, or a pipeline YAML with a filter: section")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--no-judge", action="store_true", help="skip step 2 (same as use_judge: false)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qr_ds.filter.config import FilterConfig
+    from qr_ds.filter.run import print_result, run_filter
+    from qr_ds.teacher.config import load_stage_config
+
+    overrides = [parse_override(s) for s in args.set] + ([("use_judge", False)] if args.no_judge else [])
+    cfg = load_stage_config(FilterConfig, args.config, "filter", overrides)
+    print_result(run_filter(cfg, progress=not args.no_progress))
+    return 0

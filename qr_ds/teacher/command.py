@@ -1,0 +1,26 @@
+"""``qr-ds generate``: teacher paths for every question in every style, resumable."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qr_ds.config import parse_override
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate teacher reasoning paths (paper 2.2)",
+                              description=__doc__)
+    p.add_argument("config", type=Path, help="YAML with a GenerateConfig, or a pipeline YAML with a generate: section")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qr_ds.teacher.config import GenerateConfig, load_stage_config
+    from qr_ds.teacher.generate import generate, print_summary
+
+    cfg = load_stage_config(GenerateConfig, args.config, "generate", [parse_override(s) for s in args.set])
+    stats = generate(cfg, progress=not args.no_progress)
+    print_summary(stats, cfg.out)
+    return 0

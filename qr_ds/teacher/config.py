@@ -1,0 +1,93 @@
+"""Typed configs for the teacher backends and the ``generate`` stage."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qr_ds.config import ConfigError, apply_override, from_dict, load_yaml, rule
+
+BACKENDS = ("openai", "vllm", "hf", "scripted")
+
+
+def load_stage_config(cls, path: Path, stage: str, overrides: list[tuple[str, object]] = ()):
+    """A stage's config from its own YAML, or from the ``<stage>:`` section of a pipeline YAML."""
+    data = load_yaml(path)
+    if isinstance(data.get(stage), dict):
+        data = data[stage]
+    for dotted, value in overrides:
+        apply_override(data, dotted, value)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = field(default=0.7, metadata=rule(min=0.0, max=2.0, help="sampling temperature"))
+    top_p: float = field(default=1.0, metadata=rule(min=0.0, max=1.0, help="nucleus sampling mass"))
+    max_tokens: int = field(default=1024, metadata=rule(min=1, help="cap on generated tokens per path"))
+    seed: int = field(default=0, metadata=rule(help="base seed; each path gets its own derived seed"))
+
+
+@dataclass
+class ScriptedConfig:
+    """Error rates of the scripted stand-in teacher (synthetic task only)."""
+
+    wrong_rate: float = field(default=0.25, metadata=rule(min=0.0, max=1.0, help="base fraction of paths with a wrong final answer"))
+    spurious_rate: float = field(default=0.2, metadata=rule(min=0.0, max=1.0, help="fraction of right-answer paths with a planted spurious step"))
+    unparseable_rate: float = field(default=0.0, metadata=rule(min=0.0, max=1.0, help="fraction of scripted judge replies that state no verdict"))
+
+
+@dataclass
+class TeacherConfig:
+    backend: str = field(default="openai", metadata=rule(choices=BACKENDS, help="how the teacher is reached"))
+    model: str = field(default="", metadata=rule(help="model name (openai), local dir (vllm/hf); scripted: ignored"))
+    base_url: str = field(default="https://api.openai.com/v1", metadata=rule(help="OpenAI-compatible endpoint (openai backend)"))
+    api_key_env: str | None = field(default=None, metadata=rule(help="name of the env var holding the API key; never logged"))
+    concurrency: int = field(default=8, metadata=rule(min=1, max=1024, help="requests in flight (openai backend)"))
+    timeout_s: float = field(default=120.0, metadata=rule(min=0.01, help="per-request timeout"))
+    max_retries: int = field(default=4, metadata=rule(min=0, max=50, help="retries after the first try on 429/5xx/timeouts/bad bodies"))
+    backoff_s: float = field(default=1.0, metadata=rule(min=0.0, help="first backoff; doubles per retry, with jitter"))
+    backoff_max_s: float = field(default=60.0, metadata=rule(min=0.0, help="cap on one backoff wait"))
+    batch_size: int = field(default=16, metadata=rule(min=1, help="prompts per batch (vllm, hf)"))
+    dtype: str = field(default="auto", metadata=rule(choices=("auto", "float32", "bfloat16", "float16"), help="weights dtype (vllm, hf); float32 on CPU"))
+    max_model_len: int = field(default=4096, metadata=rule(min=16, help="context length (vllm)"))
+    gpu_memory_utilization: float = field(default=0.5, metadata=rule(min=0.01, max=1.0, help="vllm memory fraction (host RAM on CPU)"))
+    enforce_eager: bool = field(default=False, metadata=rule(help="vllm: no CUDA graphs / compilation (set on CPU)"))
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    scripted: ScriptedConfig = field(default_factory=ScriptedConfig)
+
+    def validate(self, key: str = "") -> None:
+        where = f"{key}." if key else ""
+        if self.backend != "scripted" and not self.model:
+            raise ConfigError(f"config key '{where}model' is required for backend '{self.backend}'")
+
+
+@dataclass
+class GenerateConfig:
+    task: str = field(metadata=rule(help="task name (qr-ds tasks lists them)"))
+    data: Path = field(metadata=rule(help="dataset file the task loads"))
+    out: Path = field(metadata=rule(help="output pool JSONL; the append-only log is <out>.log.jsonl"))
+    limit: int | None = field(default=None, metadata=rule(min=1, help="first N questions only"))
+    samples_per_style: int = field(default=1, metadata=rule(min=1, max=1000, help="k paths per style per question"))
+    styles: list[str] | None = field(default=None, metadata=rule(help="styles to use (default: all templates)"))
+    templates: dict[str, str] = field(default_factory=dict, metadata=rule(help="extra or overriding style templates, with {question}"))
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def validate(self, key: str = "") -> None:
+        for name, tpl in self.templates.items():
+            if "{question}" not in tpl:
+                raise ConfigError(f"config key 'templates.{name}': template has no {{question}} placeholder")
+        known = set(self.style_templates(all_styles=True))
+        for s in self.styles or []:
+            if s not in known:
+                raise ConfigError(f"config key 'styles': unknown style {s!r}; known: {', '.join(sorted(known))}")
+
+    def style_templates(self, all_styles: bool = False) -> dict[str, str]:
+        from qr_ds.data.styles import DEFAULT_TEMPLATES
+
+        tpl = {**DEFAULT_TEMPLATES, **self.templates}
+        if all_styles or not self.styles:
+            return tpl
+        return {s: tpl[s] for s in self.styles}

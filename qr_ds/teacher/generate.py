@@ -1,0 +1,144 @@
+"""Resumable, lossless path generation: every (question, style, sample) ends as one pool record.
+
+Each finished request is appended to ``<out>.log.jsonl`` (flushed and fsync'ed) as it arrives,
+so a kill loses only requests in flight. A re-run skips keys that already have a response and
+retries those recorded as failed. The log is the source of truth; the pool at ``out`` is its
+compaction: one record per key (the latest success, else the latest failure), in plan order.
+A key is (record id, teacher model, sampling parameters): changing either asks again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from qr_ds.data.jsonl import JsonlAppender
+from qr_ds.data.pool import PathRecord, load_pool, write_pool
+from qr_ds.teacher.base import Completion, Request, Teacher, derive_seed, make_teacher
+from qr_ds.teacher.config import GenerateConfig, TeacherConfig
+
+Key = tuple[str, str, str]
+
+
+@dataclass
+class GenerateStats:
+    planned: int = 0
+    skipped: int = 0  # already done in an earlier run
+    requests: int = 0
+    tries: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    failures: Counter = field(default_factory=Counter)  # reason -> count
+
+    def summary(self) -> str:
+        lines = [
+            f"paths planned {self.planned}, already done {self.skipped}, requested {self.requests} "
+            f"({self.tries} tries), failed {sum(self.failures.values())}",
+            f"tokens in {self.tokens_in}, tokens out {self.tokens_out}",
+        ]
+        lines += [f"  failed: {n} x {reason}" for reason, n in self.failures.most_common()]
+        return "\n".join(lines)
+
+
+def log_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".log.jsonl")
+
+
+def sampling_params(cfg: TeacherConfig) -> dict:
+    return asdict(cfg.sampling)
+
+
+def record_key(rec: PathRecord) -> Key:
+    return rec.id, rec.teacher, json.dumps(rec.sampling, sort_keys=True)
+
+
+def repair_tail(path: Path) -> None:
+    """Drop a half-written last line (a kill mid-write) so appends start on a fresh line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as fh:
+        data = fh.read()
+        if not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def plan(cfg: GenerateConfig, model: str) -> tuple[list[Request], dict[str, PathRecord]]:
+    """Every request of the run, and a record skeleton (response still empty) per request key."""
+    from qr_ds.tasks import get_task
+
+    task = get_task(cfg.task)
+    examples = task.load(str(cfg.data), limit=cfg.limit)
+    sampling = sampling_params(cfg.teacher)
+    requests, skeletons = [], {}
+    for ex in examples:
+        for style, template in cfg.style_templates().items():
+            prompt = template.replace("{question}", ex.question)
+            for k in range(cfg.samples_per_style):
+                rid = f"{ex.id}/{style}/{k}"
+                requests.append(Request(rid, prompt, derive_seed(cfg.teacher.sampling.seed, rid),
+                                        context={"task": task, "example": ex, "style": style, "sample": k}))
+                skeletons[rid] = PathRecord(
+                    id=rid, task=ex.task, question_id=ex.id, question=ex.question, gold=ex.gold, teacher=model,
+                    style=style, sample=k, prompt=prompt, error="pending", sampling=sampling, level=ex.level,
+                    meta={"choices": [list(c) for c in ex.choices] if ex.choices else None, "example_meta": ex.meta},
+                )
+    if len(skeletons) != len(requests):
+        raise ValueError(f"{cfg.data}: duplicate question ids: record ids must be unique")
+    return requests, skeletons
+
+
+def compact(log: Path, keys: list[Key]) -> list[PathRecord]:
+    """One record per key, in ``keys`` order: the latest success, else the latest failure."""
+    best: dict[Key, PathRecord] = {}
+    if log.is_file():
+        for rec in load_pool(log, log=lambda m: None).records:
+            k = record_key(rec)
+            if rec.ok or k not in best or not best[k].ok:
+                best[k] = rec
+    return [best[k] for k in keys if k in best]
+
+
+def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool = True) -> GenerateStats:
+    teacher = teacher or make_teacher(cfg.teacher)
+    requests, skeletons = plan(cfg, teacher.model)
+    keys = [record_key(skeletons[r.key]) for r in requests]
+    log = log_path(cfg.out)
+    repair_tail(log)
+    done = {record_key(r) for r in compact(log, keys) if r.ok}
+    todo = [r for r, k in zip(requests, keys) if k not in done]
+    stats = GenerateStats(planned=len(requests), skipped=len(requests) - len(todo))
+    bar = tqdm(total=len(todo), unit="path", desc="generate", disable=not progress, dynamic_ncols=True)
+
+    with JsonlAppender(log) as out:
+
+        def on_done(req: Request, comp: Completion) -> None:
+            rec = skeletons[req.key]
+            rec.response, rec.error = comp.text, comp.error
+            rec.meta.update(tokens_in=comp.tokens_in, tokens_out=comp.tokens_out, tries=comp.tries,
+                            finish_reason=comp.finish_reason)
+            out.write(rec.to_json())
+            stats.requests += 1
+            stats.tries += comp.tries
+            stats.tokens_in += comp.tokens_in
+            stats.tokens_out += comp.tokens_out
+            if comp.error:
+                stats.failures[comp.error] += 1
+            bar.update(1)
+            bar.set_postfix(failed=sum(stats.failures.values()), tok_out=stats.tokens_out, refresh=False)
+
+        teacher.run(todo, on_done)
+    bar.close()
+    write_pool(cfg.out, compact(log, keys))
+    return stats
+
+
+def print_summary(stats: GenerateStats, out: Path) -> None:
+    print(stats.summary(), file=sys.stderr)
+    print(f"pool written to {out} (log: {log_path(out)})", file=sys.stderr)

@@ -1,0 +1,97 @@
+"""qr-ds filter on a pool from the scripted stand-in teacher, judged by its scripted judge."""
+import json
+from collections import Counter
+
+import pytest
+import yaml
+
+from qr_ds.cli import main
+from qr_ds.config import from_dict
+from qr_ds.data.pool import load_pool
+from qr_ds.filter.config import FilterConfig
+from qr_ds.filter.run import judge_log_path, report_paths, run_filter
+from qr_ds.tasks import write_synthetic
+from qr_ds.teacher.config import GenerateConfig
+from qr_ds.teacher.generate import generate
+from qr_ds.teacher.scripted import spurious_step
+
+
+@pytest.fixture(scope="module")
+def scripted_pool(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pool")
+    write_synthetic(d / "syn.jsonl", 12, seed=3)
+    cfg = from_dict(GenerateConfig, {"task": "synthetic", "data": str(d / "syn.jsonl"), "out": str(d / "pool.jsonl"),
+                                     "samples_per_style": 2, "teacher": {"backend": "scripted"}})
+    generate(cfg, progress=False)
+    return cfg.out
+
+
+def filter_cfg(pool, out, **kw):
+    return from_dict(FilterConfig, {"pool": str(pool), "out": str(out), **kw})
+
+
+def test_two_steps_and_retention_table(scripted_pool, tmp_path):
+    cfg = filter_cfg(scripted_pool, tmp_path / "kept.jsonl")
+    res = run_filter(cfg, progress=False)
+    pool = load_pool(scripted_pool).records
+    kept = load_pool(cfg.out).records
+    assert len(pool) == 144
+
+    wrong = [r for r in pool if not r.response.rstrip(".").endswith(r.gold)]
+    planted = [r for r in pool if spurious_step(r.response) and r not in wrong]
+    assert wrong and planted  # the scripted teacher gave both steps work
+    kept_ids = {r.id for r in kept}
+    assert not kept_ids & {r.id for r in wrong + planted}
+    assert len(kept) == len(pool) - len(wrong) - len(planted)
+    for r in kept:
+        assert r.correct is True and r.answer == r.gold and r.judge.verdict == "VALID"
+
+    invalid = [json.loads(line) for line in open(judge_log_path(cfg.out))]
+    assert sorted(j["id"] for j in invalid if j["verdict"] == "INVALID") == sorted(r.id for r in planted)
+    step_of = {r.id: spurious_step(r.response) for r in planted}
+    assert all(f"step {step_of[j['id']]} " in j["reason"].lower() for j in invalid if j["verdict"] == "INVALID")
+
+    total = res.rows[-1]
+    assert (total["task"], total["paths"], total["correct"], total["invalid"], total["kept"]) == (
+        "all", 144, 144 - len(wrong), len(planted), len(kept))
+    per_style = Counter(r.style for r in kept)
+    assert {r["style"]: r["kept"] for r in res.rows[:-1]} == dict(per_style)
+    assert total["step1_rate"] == round((144 - len(wrong)) / 144, 4)
+    md, js = report_paths(cfg.out)
+    assert json.loads(js.read_text())["rows"] == res.rows and "| synthetic | program |" in md.read_text()
+
+    again = run_filter(cfg, progress=False)  # every verdict comes from the cache
+    assert again.judge.asked == 0 and again.judge.cached == 144 - len(wrong)
+    assert [r.id for r in load_pool(cfg.out).records] == [r.id for r in kept]
+
+
+def test_unparseable_retries_and_keep_switch(scripted_pool, tmp_path):
+    judge = {"backend": "scripted", "scripted": {"unparseable_rate": 1.0}}
+    res = run_filter(filter_cfg(scripted_pool, tmp_path / "a.jsonl", judge=judge, judge_retries=2), progress=False)
+    n_correct = res.rows[-1]["correct"]
+    assert res.judge.tries == 3 * n_correct and res.rows[-1]["unparseable"] == n_correct and res.kept == 0
+    rows = [json.loads(line) for line in open(judge_log_path(tmp_path / "a.jsonl"))]
+    assert all(r["verdict"] == "UNPARSEABLE" and r["tries"] == 3 and "no verdict in 3 replies" in r["reason"] for r in rows)
+
+    res = run_filter(filter_cfg(scripted_pool, tmp_path / "b.jsonl", judge=judge, judge_retries=0,
+                                keep_unparseable=True), progress=False)
+    assert res.judge.tries == n_correct and res.kept == n_correct
+
+    # a judge that is unparseable only sometimes: retries recover most verdicts
+    res = run_filter(filter_cfg(scripted_pool, tmp_path / "c.jsonl", judge_retries=3,
+                                judge={"backend": "scripted", "scripted": {"unparseable_rate": 0.5}}), progress=False)
+    assert res.judge.tries > n_correct and res.rows[-1]["unparseable"] < n_correct // 4
+
+
+def test_cli_no_judge_keeps_every_correct_path(scripted_pool, tmp_path):
+    cfg_file = tmp_path / "pipe.yaml"
+    cfg_file.write_text(yaml.safe_dump({"filter": {"pool": str(scripted_pool), "out": str(tmp_path / "k.jsonl")}}))
+    assert main(["filter", str(cfg_file), "--no-judge", "--no-progress"]) == 0
+    kept = load_pool(tmp_path / "k.jsonl").records
+    table = json.loads(report_paths(tmp_path / "k.jsonl")[1].read_text())
+    assert table["judge"] is False and len(kept) == table["rows"][-1]["correct"] > 0
+    assert all(r.correct and r.judge is None for r in kept)
+    assert not judge_log_path(tmp_path / "k.jsonl").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"pool": "x", "out": "y", "judge_retries": -1}))
+    assert main(["filter", str(bad)]) == 2
