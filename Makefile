@@ -22,13 +22,13 @@ $(STAMP): setup.py
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(VPY) -m qr_ds demo --out runs/demo
+	$(VENV)/bin/qr-ds demo --out runs/demo
 
 test: $(STAMP)
-	$(VPY) -m pytest tests -q
+	$(VENV)/bin/pytest tests -q
 
 test-fast: $(STAMP)
-	$(VPY) -m pytest tests -q -m "not slow"
+	$(VENV)/bin/pytest tests -q -m "not slow"
 
 bench: $(STAMP)
 	bash benchmarks/run_all.sh

@@ -24,6 +24,7 @@ def main() -> int:
     from qr_ds.train.config import TrainConfig
 
     rank = os.environ.get("RANK", "0")
+    cfg = None
     try:
         cfg = load_config(TrainConfig, args.config, dict(parse_override(o) for o in args.overrides))
         from qr_ds.train.trainer import Trainer
@@ -35,6 +36,11 @@ def main() -> int:
         trainer.fit(resume=args.resume)
     except Exception as e:  # name the rank, then leave at once: peers blocked in a collective must not wait on us
         print(f"[qr_ds] rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        if cfg is not None:
+            from qr_ds.dist.health import dead_ranks
+
+            for r, pid in dead_ranks(cfg.output_dir):
+                print(f"[qr_ds] rank {r} (pid {pid}) is gone: it died first", file=sys.stderr, flush=True)
         if os.environ.get("QR_DS_TRACEBACK", "1") == "1":
             traceback.print_exc()
         sys.stderr.flush()

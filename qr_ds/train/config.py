@@ -42,6 +42,9 @@ class RouterConfig:
     hidden: int = field(default=256, metadata=rule(min=1))
     tau: float = field(default=1.0, metadata=rule(min=1e-3, max=100.0, help="Gumbel-softmax temperature"))
     lr: float = field(default=1e-3, metadata=rule(min=0.0, max=1.0))
+    entropy: Literal["per_student", "pooled"] = field(
+        default="per_student", metadata=rule(help="pooled = eq. 3 literally (mean over students; lets one student "
+                                                  "take every path); per_student = each student's own rate"))
     ensure_one: bool = field(default=True, metadata=rule(help="a path no student got goes to its likeliest one"))
 
 

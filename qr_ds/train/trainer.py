@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
+from qr_ds.dist.health import write_pid_file
 from qr_ds.dist.strategy import Strategy
 from qr_ds.dist.topology import make_layout
-from qr_ds.mutual.loss import mutual_loss_for_student
+from qr_ds.mutual.loss import mutual_loss, mutual_loss_for_student
 from qr_ds.routing.gumbel import straight_through_route
 from qr_ds.routing.losses import router_objective
 from qr_ds.routing.router import Router
@@ -57,6 +58,7 @@ class Trainer:
         self.dist = Strategy(lambda ws: make_layout([s.ranks for s in cfg.students], ws, cfg.placement),
                              cfg.backend, cfg.collective_timeout_s)
         self.is_coord = self.dist.is_coordinator
+        write_pid_file(cfg.output_dir, self.dist.rank)
         self.say = log if self.is_coord else (lambda *_: None)
         # Tokenizers first: a bad tokenizer or an empty pool is refused before any model loads.
         tokenizers = [load_tokenizer(s) for s in cfg.students]
@@ -133,7 +135,7 @@ class Trainer:
         c = cfg.micro_batch_paths
         alpha, hard = self.route(idx)
         path_loss = torch.zeros(2, P, S)  # [value, known] per (path, student), summed to the coordinator
-        stats = torch.zeros(S, 4)  # sft loss sum, routed paths, tokens, seconds
+        stats = torch.zeros(S + 1, 4)  # per student: sft loss sum, routed paths, tokens, seconds; last row: mutual
         outs = {}
         for st in self.students:
             t0 = time.perf_counter()
@@ -154,10 +156,9 @@ class Trainer:
             stats[st.index, 3] += time.perf_counter() - t0
             outs[st.index] = (loss, z, logit, chunks)
 
-        mutual_value = torch.zeros(())
         t_wait = time.perf_counter()
         if cfg.use_mutual:
-            mutual_value = self.mutual_losses(outs, hard)
+            stats[S, 0] = self.mutual_losses(outs, hard)
         t_wait = time.perf_counter() - t_wait
 
         for st in self.students:
@@ -169,13 +170,14 @@ class Trainer:
 
         path_loss = self.dist.sum_to_coordinator(path_loss)
         stats = self.dist.sum_to_coordinator(stats)
-        record = {"stats": stats, "mutual": float(mutual_value), "exchange_s": t_wait}
+        record = {"stats": stats[:S], "mutual": float(stats[S, 0]), "exchange_s": t_wait}
         if self.is_coord and alpha is not None:
             known = path_loss[1] > 0
             losses = torch.where(known, path_loss[0], torch.full_like(path_loss[0], float("nan")))
-            r_loss, r_stats = router_objective(alpha, losses, self.data.question_index[idx], cfg.lambda1)
+            r_loss, r_stats = router_objective(alpha, losses, self.data.question_index[idx], cfg.lambda1,
+                                               per_student=cfg.router.entropy == "per_student")
             (r_loss / cfg.grad_accum).backward()
-            record.update(router_loss=float(r_loss), **{f"router/{k}": v for k, v in r_stats.items()
+            record.update(router_loss=r_loss.item(), **{f"router/{k}": v for k, v in r_stats.items()
                                                         if isinstance(v, (int, float))})
         record["hard"] = hard
         return record
@@ -186,7 +188,7 @@ class Trainer:
         some = next(iter(outs.values()))
         chunks = some[3]
         M, D = cfg.mutual.max_spans, cfg.mutual.shared_dim
-        value = torch.zeros(())
+        value = torch.zeros(())  # the loss of this rank's chunks, counted once (on student 0's ranks)
         for k in chunks:
             rows = slice((k - chunks[0]) * c, (k - chunks[0] + 1) * c)
             local = {}
@@ -204,7 +206,8 @@ class Trainer:
                 m = mutual_loss_for_student(st.index, z[rows].float(), logit[rows].float(), all_z, all_logits,
                                             routed, span_mask, self.P)
                 outs[st.index] = (loss + cfg.lambda2 * st.dp_size * m, z, logit, chunks)
-                value = value + m.detach().cpu()
+            if 0 in outs:
+                value += mutual_loss(all_z, all_logits, routed, span_mask, self.P).detach().cpu()
         return value
 
     # -- the loop ------------------------------------------------------------------------------

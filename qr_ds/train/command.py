@@ -1,0 +1,55 @@
+"""`qr-ds train`: start launch/train.py under the DeepSpeed launcher with one process per student rank."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "train.py"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train students together (wraps `deepspeed launch/train.py`)",
+                       description="Runs `deepspeed [--hostfile H] --num_gpus N launch/train.py --config C`. "
+                                   "N defaults to the sum of the students' ranks (separate placement).")
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--num-procs", type=int, default=None, help="processes on this node")
+    p.add_argument("--hostfile", type=Path, default=None, help="DeepSpeed hostfile for multi-node runs")
+    p.add_argument("--master-port", type=int, default=None)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    p.set_defaults(func=run)
+
+
+def launcher_command(args, n_procs: int) -> list[str]:
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner"]
+    if args.hostfile:
+        cmd += ["--hostfile", str(args.hostfile)]
+    else:
+        cmd += ["--num_gpus", str(n_procs)]
+    if args.master_port:
+        cmd += ["--master_port", str(args.master_port)]
+    cmd += [str(LAUNCH), "--config", str(args.config)]
+    if args.resume:
+        cmd.append("--resume")
+    return cmd + list(args.overrides)
+
+
+def run(args) -> int:
+    from qr_ds.config import load_config, parse_override
+    from qr_ds.train.config import TrainConfig
+
+    # Validate here so a bad config fails before any process starts.
+    cfg = load_config(TrainConfig, args.config, dict(parse_override(o) for o in args.overrides))
+    n = args.num_procs or (sum(s.ranks for s in cfg.students) if cfg.placement == "separate"
+                           else cfg.students[0].ranks)
+    env = dict(os.environ)
+    env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+    return subprocess.call(launcher_command(args, n), env=env)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

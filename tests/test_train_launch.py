@@ -1,0 +1,133 @@
+"""The trainer through the real DeepSpeed launcher on CPU (gloo): runs, resume, adapters, failures."""
+import json
+import shutil
+import time
+
+import pytest
+import torch
+
+import trainkit
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    pool = trainkit.make_pool(d / "pool")
+    studs = trainkit.make_students(d / "students", pool, kinds=("llama-bpe", "gemma-unigram", "qwen-wordpiece"))
+    return d, pool, studs
+
+
+def _ok(res):
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+
+
+def _metrics(run):
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _adapter(run, name, step):
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "checkpoints" / f"step_{step:06d}" / "students" / name / "adapter" /
+                         "adapter_model.safetensors"))
+
+
+def test_two_students_resume_equals_straight_run(kit):
+    """4 steps straight == 2 steps, stop, resume, 2 steps; adapters load with peft; router learns."""
+    d, pool, studs = kit
+    run = d / "run2"
+    cfg = trainkit.write_config(d / "two.yaml", studs[:2], pool, run, max_steps=4, save_every=2, keep_last=3)
+    _ok(trainkit.launch(cfg, 2))
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["mutual_loss"] > 0 for r in rows) and all(r["sft_loss/llama"] > 0 for r in rows)
+    assert set(rows[0]["route_rate/gemma"]) <= {"vanilla", "cot", "tot", "program", "fact_retrieval", "backward"}
+
+    # The router moved: its saved weights differ from the seeded initial ones.
+    from qr_ds.routing.router import Router
+
+    torch.manual_seed(0)
+    init = Router(16, 2, 16).state_dict()
+    saved = torch.load(run / "checkpoints/step_000004/router.pt")["router"]
+    assert any(not torch.equal(init[k], saved[k]) for k in init)
+
+    # Resume from step 2 in a copy of the run and finish: same adapters as the straight run.
+    resumed = d / "run2r"
+    shutil.copytree(run, resumed)
+    (resumed / "checkpoints/latest").write_text("step_000002")
+    shutil.rmtree(resumed / "checkpoints/step_000004")
+    (resumed / "metrics.jsonl").unlink()
+    cfg_r = trainkit.write_config(d / "two_r.yaml", studs[:2], pool, resumed, max_steps=4, save_every=2, keep_last=3)
+    _ok(trainkit.launch(cfg_r, 2, "--resume"))
+    assert [r["step"] for r in _metrics(resumed)] == [3, 4]
+    for name in ("llama", "gemma"):
+        a, b = _adapter(run, name, 4), _adapter(resumed, name, 4)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+        assert any(not torch.equal(a[k], _adapter(run, name, 2)[k]) for k in a)  # it trained
+
+    # A saved adapter loads with peft on its base model.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(studs[0]))
+    model = PeftModel.from_pretrained(base, str(run / "checkpoints/step_000004/students/llama/adapter"))
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert loaded and all(torch.isfinite(v).all() for v in loaded.values())
+    meta = json.loads((run / "checkpoints/step_000004/meta.json").read_text())
+    assert [s["name"] for s in meta["students"]] == ["llama", "gemma"]
+
+
+def test_two_students_two_ranks_each(kit):
+    d, pool, studs = kit
+    run = d / "run22"
+    cfg = trainkit.write_config(d / "twotwo.yaml", studs[:2], pool, run, ranks=[2, 2], max_steps=2)
+    _ok(trainkit.launch(cfg, 4))
+    rows = _metrics(run)
+    assert len(rows) == 2 and rows[-1]["mutual_loss"] > 0
+    assert (run / "checkpoints/step_000002/students/gemma/adapter/adapter_config.json").is_file()
+
+
+def test_three_students_unequal_tokenizers(kit):
+    d, pool, studs = kit
+    run = d / "run3"
+    cfg = trainkit.write_config(d / "three.yaml", studs, pool, run, max_steps=2)
+    _ok(trainkit.launch(cfg, 3))
+    row = _metrics(run)[-1]
+    assert {"sft_loss/llama", "sft_loss/gemma", "sft_loss/qwen"} <= set(row)
+
+
+def test_killed_rank_ends_job_naming_it(kit):
+    d, pool, studs = kit
+    run = d / "runkill"
+    cfg = trainkit.write_config(d / "kill.yaml", studs[:2], pool, run, max_steps=500, collective_timeout_s=60)
+    proc = trainkit.launch(cfg, 2, background=True)
+    pid_file = run / "ranks" / "rank1.pid"
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and pid_file.is_file()):
+        time.sleep(0.5)
+    assert pid_file.is_file(), "training never started"
+    import os
+    import signal
+
+    t0 = time.time()
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert time.time() - t0 < 60, "the job outlived its collective timeout"
+    # Named by the survivor (the launcher's own line prints the last command it spawned, whichever died).
+    assert "[qr_ds] rank 1 (pid" in err and "is gone" in err
+
+
+def test_bad_inputs_refused_before_models_load(kit, tmp_path):
+    d, pool, studs = kit
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cfg = trainkit.write_config(tmp_path / "c.yaml", studs[:2], empty, tmp_path / "run")
+    res = trainkit.launch(cfg, 2)
+    assert res.returncode != 0
+    assert "no paths left to train on" in res.stderr
+    assert "Loading weights" not in res.stderr  # refused before any model loaded
