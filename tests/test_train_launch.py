@@ -131,3 +131,39 @@ def test_bad_inputs_refused_before_models_load(kit, tmp_path):
     assert res.returncode != 0
     assert "no paths left to train on" in res.stderr
     assert "Loading weights" not in res.stderr  # refused before any model loaded
+
+
+@pytest.mark.parametrize("name,over,procs", [
+    ("colocated", {"placement": "colocated"}, 1),
+    ("no_route_no_filter", {"router": {"enabled": False}, "data": {"quality_filter": False}}, 2),
+    ("no_mutual_frozen", {"mutual": {"enabled": False}, "frozen": 1}, 2),
+    ("single_path_sft", {"router": {"enabled": False}, "mutual": {"enabled": False}, "single": True}, 1),
+])
+def test_placements_and_ablations(kit, name, over, procs):
+    d, pool, studs = kit
+    run = d / f"abl_{name}"
+    over = dict(over)
+    frozen, single = over.pop("frozen", None), over.pop("single", False)
+    data = {"pool": str(pool), "max_len": 256, **over.pop("data", {})}
+    if single:
+        data["paths_per_question"] = 1
+    cfg = trainkit.write_config(d / f"{name}.yaml", studs[:1] if single else studs[:2], pool, run,
+                                max_steps=2, data=data, **over)
+    if frozen is not None:
+        import yaml
+
+        c = yaml.safe_load(cfg.read_text())
+        c["students"][frozen]["frozen"] = True
+        cfg.write_text(yaml.safe_dump(c))
+    _ok(trainkit.launch(cfg, procs))
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == [1, 2]
+    if "router" in over:
+        assert all(r["routed/llama"] == 1.0 for r in rows)
+    if over.get("mutual") == {"enabled": False} or single:
+        assert all(r["mutual_loss"] == 0 for r in rows)
+    if name == "colocated":
+        assert rows[-1]["mutual_loss"] > 0
+    if frozen is not None:
+        a = _adapter(run, "gemma", 2)
+        assert all(torch.count_nonzero(v) == 0 for k, v in a.items() if "lora_B" in k)  # never updated

@@ -49,10 +49,9 @@ def save(trainer, out_dir: Path) -> Path:
     for sub in ("students", "engines", "rng"):
         (ckpt / sub).mkdir(parents=True, exist_ok=True)
     for st in trainer.students:
-        module = st.model if st.frozen else st.model.module
-        if not st.frozen:
-            st.model.save_checkpoint(str(ckpt / "engines" / st.name), tag="state")
-        with nullcontext() if st.frozen else _gathered(st.model):
+        module = st.model.module
+        st.model.save_checkpoint(str(ckpt / "engines" / st.name), tag="state")
+        with _gathered(st.model):
             if trainer.layout.dp_rank(st.index, dist.rank) == 0:
                 sdir = ckpt / "students" / st.name
                 module.lm.save_pretrained(str(sdir / "adapter"))
@@ -92,11 +91,6 @@ def load(trainer, out_dir: Path):
 
     ckpt = latest(out_dir)
     for st in trainer.students:
-        if st.frozen:
-            head = ckpt / "students" / st.name / "mutual_head.pt"
-            if st.model.head is not None and head.is_file():
-                st.model.head.load_state_dict(torch.load(head))
-            continue
         path, _ = st.model.load_checkpoint(str(ckpt / "engines" / st.name), tag="state")
         if path is None:
             raise FileNotFoundError(f"--resume: engine state for student '{st.name}' missing in {ckpt}")

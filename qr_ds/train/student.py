@@ -91,8 +91,6 @@ def build_student(cfg: StudentConfig, mutual: MutualConfig | None, device: torch
         head is not None and head.to(device)
     else:
         student.to(device)
-    if cfg.frozen:
-        student.requires_grad_(False)
     return student
 
 
@@ -130,8 +128,11 @@ def create_engine(student: Student, cfg: StudentConfig, ds_config: dict, mpu, wa
 
     params = [p for p in student.parameters() if p.requires_grad]
     fused = torch.cuda.is_available()
+    # A frozen student (paper Table 5) is still an engine, with learning rate 0: its weights never
+    # move, yet its ranks make every collective DeepSpeed makes (checkpoint saves are world-wide).
+    lr, wd = (0.0, 0.0) if cfg.frozen else (cfg.lr, cfg.weight_decay)
     # torch AdamW rather than DeepSpeed's FusedAdam: no JIT build (which fails on TORCH_CUDA_ARCH_LIST=9.0a).
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps))
     engine, *_ = deepspeed.initialize(model=student, optimizer=opt, lr_scheduler=sched,
                                       config=ds_config, mpu=mpu, dist_init_required=False)

@@ -36,8 +36,7 @@ from qr_ds.train.student import build_student, create_engine, ds_config_for, loa
 class LocalStudent:
     index: int
     name: str
-    model: torch.nn.Module  # the DeepSpeed engine, or the plain module when frozen
-    frozen: bool
+    model: torch.nn.Module  # the DeepSpeed engine
     pad_id: int
     dp_size: int
 
@@ -74,13 +73,11 @@ class Trainer:
         self.students: list[LocalStudent] = []
         for s in self.dist.local_students:
             sc = cfg.students[s]
+            torch.manual_seed(cfg.seed + s)  # the same LoRA and head init on every rank of a student
             module = build_student(sc, cfg.mutual if cfg.use_mutual else None, self.dist.device)
-            if sc.frozen:
-                model = module.eval()
-            else:
-                ds = ds_config_for(sc, cfg.micro_batch_paths, cfg.grad_accum, cfg.grad_clip)
-                model = create_engine(module, sc, ds, self.dist.mpu(s), cfg.warmup_steps, self.total_steps)
-            self.students.append(LocalStudent(s, sc.name, model, sc.frozen, tokenizers[s].pad_token_id,
+            ds = ds_config_for(sc, cfg.micro_batch_paths, cfg.grad_accum, cfg.grad_clip)
+            model = create_engine(module, sc, ds, self.dist.mpu(s), cfg.warmup_steps, self.total_steps)
+            self.students.append(LocalStudent(s, sc.name, model, tokenizers[s].pad_token_id,
                                               len(self.layout.student_ranks[s])))
         self.router = self.router_opt = self.gumbel = None
         if cfg.router.enabled and self.is_coord:
@@ -114,8 +111,7 @@ class Trainer:
             hard = alpha.detach().clone()
         return alpha, self.dist.broadcast_from_coordinator(hard)
 
-    def forward_student(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
-                        with_grad: bool):
+    def forward_student(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor):
         """Forward ``positions`` of the batch for one student. The SFT weight of a path is
         dp_size / P, so averaging over the student's data-parallel ranks gives the global mean."""
         dev = self.dist.device
@@ -127,8 +123,7 @@ class Trainer:
         weights = torch.zeros_like(labels, dtype=torch.float32)
         weights[:, 1:] = (labels[:, 1:] != -100) * (w_path[:, None] / n_tok)
         M = self.cfg.mutual.max_spans if self.cfg.use_mutual else 0
-        with torch.set_grad_enabled(with_grad):
-            return st.model(batch["input_ids"], batch["attention_mask"], labels, weights, batch["span_ids"], M)
+        return st.model(batch["input_ids"], batch["attention_mask"], labels, weights, batch["span_ids"], M)
 
     def micro_step(self, idx: torch.Tensor) -> dict:
         cfg, layout, S, P = self.cfg, self.layout, len(self.cfg.students), self.P
@@ -141,8 +136,7 @@ class Trainer:
             t0 = time.perf_counter()
             chunks = layout.chunks_of(st.index, self.dist.rank)
             positions = [k * c + j for k in chunks for j in range(c)]
-            trainable = not st.frozen
-            loss, per_path, z, logit = self.forward_student(st, idx, positions, hard, with_grad=trainable)
+            loss, per_path, z, logit = self.forward_student(st, idx, positions, hard)
             # Every path of the chunk is forwarded (unrouted ones carry zero SFT weight), so the
             # router sees each student's loss on every path, not only on the paths it was given.
             routed = hard[positions, st.index] > 0
@@ -162,8 +156,6 @@ class Trainer:
         t_wait = time.perf_counter() - t_wait
 
         for st in self.students:
-            if st.frozen:
-                continue
             loss = outs[st.index][0]
             st.model.backward(loss)
             st.model.step()
@@ -201,8 +193,6 @@ class Trainer:
             span_mask = self.data.span_mask(self._idx[k * c:(k + 1) * c], M).to(all_z.device)
             for st in self.students:
                 loss, z, logit, _ = outs[st.index]
-                if st.frozen:
-                    continue
                 m = mutual_loss_for_student(st.index, z[rows].float(), logit[rows].float(), all_z, all_logits,
                                             routed, span_mask, self.P)
                 outs[st.index] = (loss + cfg.lambda2 * st.dp_size * m, z, logit, chunks)
