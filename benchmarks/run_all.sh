@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Every benchmark at toy size on CPU, one after another (make bench). Add one `run` line per benchmark.
+# Extra arguments (e.g. --out DIR, --plot) are passed to each; results land in benchmarks/results.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+
+run() {
+    echo
+    echo "=== $1"
+    "$PY" "$@"
+}
+
+run benchmarks/bench_kernels.py --size toy "$@"
+run benchmarks/bench_student_step.py --size toy "$@"
