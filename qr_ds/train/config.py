@@ -45,6 +45,10 @@ class RouterConfig:
     entropy: Literal["per_student", "pooled"] = field(
         default="per_student", metadata=rule(help="pooled = eq. 3 literally (mean over students; lets one student "
                                                   "take every path); per_student = each student's own rate"))
+    baseline: bool = field(
+        default=True, metadata=rule(help="subtract each path's mean loss over students, so routing follows which "
+                                         "student fits a path, not the absolute loss level (which only pushes "
+                                         "every path away from everyone)"))
     ensure_one: bool = field(default=True, metadata=rule(help="a path no student got goes to its likeliest one"))
 
 

@@ -119,6 +119,7 @@ class TrainData:
                                                 cfg.mutual.max_spans, progress or (lambda it, **kw: it))
         qids = {q: i for i, q in enumerate(dict.fromkeys(r.question_id for r in self.records))}
         self.question_index = torch.tensor([qids[r.question_id] for r in self.records])
+        self._by_question = [torch.nonzero(self.question_index == q).flatten() for q in range(len(qids))]
         self.seed = cfg.seed
         log(f"training on {len(self.records)} paths of {len(qids)} questions")
 
@@ -126,10 +127,12 @@ class TrainData:
         return len(self.records)
 
     def epoch_batches(self, epoch: int, batch: int) -> list[torch.Tensor]:
-        """The global batch order of ``epoch``: the same on every rank. The last batch wraps to the
-        start of the order, so no path is skipped."""
+        """The global batch order of ``epoch``: the same on every rank. Questions are shuffled and
+        each keeps its paths together (eq. 3 balances routing per question, over its paths); the
+        last batch wraps to the start of the order, so no path is skipped."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self), generator=g)
+        order = torch.cat([self._by_question[q][torch.randperm(len(self._by_question[q]), generator=g)]
+                           for q in torch.randperm(len(self._by_question), generator=g).tolist()])
         n = -(-len(order) // batch)
         padded = torch.cat([order, order[: n * batch - len(order)]]) if n * batch > len(order) else order
         return list(padded.view(n, batch))
