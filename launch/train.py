@@ -6,8 +6,31 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import time
 import traceback
+
+
+class Terminated(Exception):
+    """The launcher is stopping this rank (another rank failed)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated(f"stopped by signal {signum}, most likely because another rank failed")
+
+
+def _report_dead_ranks(out_dir, wait_s: float = 3.0) -> None:
+    """Name the rank that died. Its sockets close while it is still exiting, so poll briefly;
+    the launcher waits 30 s after SIGTERM, which this rank ignores meanwhile."""
+    from qr_ds.dist.health import dead_ranks
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    deadline = time.time() + wait_s
+    while not (gone := dead_ranks(out_dir)) and time.time() < deadline:
+        time.sleep(0.1)
+    for r, pid in gone:
+        print(f"[qr_ds] rank {r} (pid {pid}) is gone: it died first", file=sys.stderr, flush=True)
 
 
 def main() -> int:
@@ -24,6 +47,7 @@ def main() -> int:
     from qr_ds.train.config import TrainConfig
 
     rank = os.environ.get("RANK", "0")
+    signal.signal(signal.SIGTERM, _terminated)
     cfg = None
     try:
         cfg = load_config(TrainConfig, args.config, dict(parse_override(o) for o in args.overrides))
@@ -37,10 +61,7 @@ def main() -> int:
     except Exception as e:  # name the rank, then leave at once: peers blocked in a collective must not wait on us
         print(f"[qr_ds] rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         if cfg is not None:
-            from qr_ds.dist.health import dead_ranks
-
-            for r, pid in dead_ranks(cfg.output_dir):
-                print(f"[qr_ds] rank {r} (pid {pid}) is gone: it died first", file=sys.stderr, flush=True)
+            _report_dead_ranks(cfg.output_dir)
         if os.environ.get("QR_DS_TRACEBACK", "1") == "1":
             traceback.print_exc()
         sys.stderr.flush()

@@ -17,6 +17,7 @@ COMMANDS = [
     "qr_ds.embed.command",  # embed
     "qr_ds.train.command",  # train
     "qr_ds.eval.command",  # eval
+    "qr_ds.demo",  # demo
 ]
 
 

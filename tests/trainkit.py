@@ -74,7 +74,8 @@ def write_config(path: Path, students: list[Path], pool: Path, out_dir: Path, ra
 
 def launch(config: Path, nprocs: int, *extra: str, timeout: float = 300, env_extra=None, background=False):
     """The real DeepSpeed launcher on CPU (gloo); a running Popen when ``background``."""
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # trainer uses the torch path on CPU
+    env = dict(env, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                MASTER_PORT=str(_free_port()), **(env_extra or {}))
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nprocs),
            "--master_port", env["MASTER_PORT"], str(ROOT / "launch/train.py"), "--config", str(config), *extra]

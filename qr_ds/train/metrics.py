@@ -51,11 +51,14 @@ class MetricsLog:
         for k, v in rec.items():
             if k.startswith("router") and isinstance(v, float):
                 row[k] = v
-        styles = [data.records[i].style for i in idx.tolist()]
-        count = Counter(styles)
-        for s, name in enumerate(names):
-            hit = Counter(st for st, h in zip(styles, hard[:, s].tolist()) if h > 0)
-            row[f"route_rate/{name}"] = {st: hit[st] / count[st] for st in sorted(count)}
+        recs = [data.records[i] for i in idx.tolist()]
+        for key, values in (("route_rate", [r.style for r in recs]), ("route_rate_level", [r.level for r in recs])):
+            if key == "route_rate_level" and all(v is None for v in values):
+                continue
+            count = Counter(values)
+            for s, name in enumerate(names):  # routed / seen, per style (Figure 4) and per level (Figure 5)
+                hit = Counter(v for v, h in zip(values, hard[:, s].tolist()) if h > 0)
+                row[f"{key}/{name}"] = {str(v): [hit[v], count[v]] for v in sorted(count, key=str)}
         self.jsonl.write(row)
         if self.tb is not None:
             for k, v in row.items():
