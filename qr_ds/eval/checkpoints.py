@@ -1,0 +1,89 @@
+"""Find checkpoints and their student adapters, and refuse ones that cannot be served correctly.
+
+Layout (written by qr_ds/train/checkpoint.py): ``RUN/checkpoints/step_000100/meta.json`` lists
+the students (name, base model, tokenizer); each adapter is ``students/<name>/adapter/`` (PEFT).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Adapter:
+    checkpoint: str  # "step_000100"
+    step: int
+    student: str
+    model: str  # base model name or dir, from meta.json
+    tokenizer: str
+    path: Path  # the PEFT adapter dir
+    rank: int
+
+
+def checkpoints_of_run(run_dir: Path, which: str = "latest") -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        raise FileNotFoundError(f"run dir {run_dir}: no checkpoints/ folder")
+    if which == "latest":
+        marker = root / "latest"
+        if not marker.is_file():
+            raise FileNotFoundError(f"run dir {run_dir}: no checkpoints/latest file (no complete checkpoint)")
+        return [root / marker.read_text().strip()]
+    found = sorted(p for p in root.glob("step_*") if (p / "meta.json").is_file())
+    if not found:
+        raise FileNotFoundError(f"run dir {run_dir}: no complete checkpoint (step_*/meta.json)")
+    return found
+
+
+def adapter_rank(config: dict) -> int:
+    """The largest LoRA rank in a PEFT adapter_config (rank_pattern can raise it per module)."""
+    return max([int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())])
+
+
+def _same_model(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def read_checkpoint(ckpt: Path) -> list[Adapter]:
+    """The student adapters of one checkpoint, each checked: present, PEFT LoRA, on the meta's base."""
+    ckpt = Path(ckpt)
+    meta_path = ckpt / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt}: no meta.json (not a checkpoint dir, or an incomplete one)")
+    meta = json.loads(meta_path.read_text())
+    step = int(meta.get("step", -1))
+    out = []
+    for st in meta.get("students", []):
+        name, model = st["name"], st["model"]
+        path = ckpt / "students" / name / "adapter"
+        cfg_path = path / "adapter_config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"checkpoint {ckpt}: adapter of student '{name}' missing ({cfg_path} not found)")
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("peft_type", "LORA") != "LORA":
+            raise ValueError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r}; only LoRA adapters can be served")
+        base = cfg.get("base_model_name_or_path")
+        if base and not _same_model(base, model):
+            raise ValueError(f"{cfg_path}: adapter of student '{name}' was trained on base model {base!r}, "
+                             f"but {meta_path} serves it on {model!r}")
+        out.append(Adapter(ckpt.name, step, name, model, st.get("tokenizer") or model, path, adapter_rank(cfg)))
+    if not out:
+        raise ValueError(f"{meta_path}: lists no students")
+    return out
+
+
+def run_pool(run_dir: Path) -> Path | None:
+    """The teacher's path pool of a training run: config.yaml's data.pool, else RUN/pool.jsonl."""
+    import yaml
+
+    cfg = Path(run_dir) / "config.yaml"
+    if cfg.is_file():
+        pool = ((yaml.safe_load(cfg.read_text()) or {}).get("data") or {}).get("pool")
+        if pool and Path(pool).is_file():
+            return Path(pool)
+    local = Path(run_dir) / "pool.jsonl"
+    return local if local.is_file() else None

@@ -1,0 +1,101 @@
+"""Evaluate checkpoints: generate for every (student adapter | base model) x task example, score,
+ensemble, and write predictions.jsonl, summary.json and summary.md."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+from qr_ds.data.format import encode_prompt, render_prompt
+from qr_ds.data.jsonl import write_jsonl
+from qr_ds.eval.checkpoints import Adapter, checkpoints_of_run, read_checkpoint, run_pool
+from qr_ds.eval.config import EvalConfig
+from qr_ds.eval.generation import Request, make_backend, new_lora, stop_ids
+from qr_ds.eval.scoring import ensemble, markdown, summarize, teacher_rows
+from qr_ds.tasks import Example, get_task
+
+
+def load_tasks(tasks: dict[str, str], limit: int) -> dict[str, list[Example]]:
+    out = {}
+    for name, path in tasks.items():
+        task = get_task(name)  # ValueError naming the unknown task and the known ones
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"data file for task '{name}' not found: {path}")
+        out[name] = task.load(str(path), limit=limit or None)
+    return out
+
+
+def collect_adapters(cfg: EvalConfig) -> list[Adapter]:
+    ckpts = list(cfg.checkpoints)
+    if cfg.run_dir is not None:
+        ckpts += checkpoints_of_run(cfg.run_dir, cfg.which)
+    adapters = [a for c in ckpts for a in read_checkpoint(c)]
+    if cfg.max_lora_rank:
+        for a in adapters:
+            if a.rank > cfg.max_lora_rank:
+                raise ValueError(f"adapter {a.path} (student '{a.student}') has LoRA rank {a.rank}, above the "
+                                 f"engine's max_lora_rank {cfg.max_lora_rank}; raise max_lora_rank or set it to 0")
+    return adapters
+
+
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    examples = load_tasks(cfg.tasks, cfg.limit)
+    adapters = collect_adapters(cfg)
+    backend = make_backend(cfg.backend, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                           gpu_memory_utilization=cfg.gpu_memory_utilization, batch_size=cfg.batch_size,
+                           max_loras=cfg.max_loras)
+    bases: dict[tuple[str, str], list[Adapter]] = defaultdict(list)  # one engine per base model
+    for a in adapters:
+        bases[(a.model, a.tokenizer)].append(a)
+    rows, served = [], []
+    for (model, tok_name), group in bases.items():
+        tok = AutoTokenizer.from_pretrained(tok_name)
+        prompts = {(t, ex.id): render_prompt(tok, ex.question, get_task(t).instruction)
+                   for t, exs in examples.items() for ex in exs}
+        ids = {k: encode_prompt(tok, p) for k, p in prompts.items()}
+        # (checkpoint, student, lora): zero-shot once per base, then every adapter
+        jobs = [("zero-shot", "+".join(sorted({a.student for a in group})), None)] if cfg.zero_shot else []
+        for a in group:
+            lora = new_lora(f"{a.checkpoint}/{a.student}", a.path)
+            served.append({"model": model, "checkpoint": a.checkpoint, "student": a.student,
+                           "lora_id": lora.lora_id, "path": str(a.path), "rank": a.rank})
+            jobs.append((a.checkpoint, a.student, lora))
+        reqs, keys = [], []
+        for ckpt, student, lora in jobs:
+            for t, exs in examples.items():
+                for ex in exs:
+                    reqs.append(Request(ids[(t, ex.id)], lora))
+                    keys.append((ckpt, student, t, ex))
+        log(f"eval: {model}: {len(reqs)} prompts ({len(jobs)} models x {sum(map(len, examples.values()))} "
+            f"examples) on {backend.name}")
+        gens = backend.generate(model, tok_name, reqs, stop_ids(tok, model), cfg.max_new_tokens,
+                                max(cfg.max_lora_rank, max(a.rank for a in group)))
+        for (ckpt, student, t, ex), g in zip(keys, gens):
+            task = get_task(t)
+            text = tok.decode(g.token_ids, skip_special_tokens=True)
+            pred = task.extract(text, ex)
+            rows.append({"checkpoint": ckpt, "student": student, "task": t, "id": ex.id,
+                         "prompt": prompts[(t, ex.id)], "output": text, "extracted": pred, "gold": ex.gold,
+                         "correct": task.is_correct(pred, ex), "logprob": g.logprob, "tokens": len(g.token_ids)})
+    rows += ensemble([r for r in rows if r["checkpoint"] != "zero-shot"])
+    pool = cfg.teacher_pool or (run_pool(cfg.run_dir) if cfg.run_dir is not None else None)
+    teacher = teacher_rows(pool, list(cfg.tasks)) if pool else []
+    tasks = list(cfg.tasks)
+    table = summarize(teacher + rows, tasks)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "predictions.jsonl", rows)
+    (out / "adapters.json").write_text(json.dumps(served, indent=1))
+    summary = {"tasks": tasks, "backend": backend.name, "teacher_pool": str(pool) if pool else None,
+               "seconds": round(time.perf_counter() - t0, 2), "rows": table}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    md = markdown(table, tasks)
+    (out / "summary.md").write_text(md + "\n")
+    log(md)
+    return summary

@@ -1,0 +1,135 @@
+"""The transformers backend and the checks every backend relies on (no vLLM engine here)."""
+import json
+
+import pytest
+import torch
+
+from evalkit import build_adapter, build_base, build_run, write_task_data
+from qr_ds.config import ConfigError, from_dict
+from qr_ds.eval.checkpoints import read_checkpoint
+from qr_ds.eval.config import EvalConfig
+from qr_ds.eval.generation import Request, new_lora, stop_ids
+from qr_ds.eval.hf_backend import HFBackend
+from qr_ds.eval.run import collect_adapters, evaluate, load_tasks
+from qr_ds.eval.scoring import ensemble
+from qr_ds.eval.vllm_backend import engine_rank
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    base = build_base(root / "base")
+    build_run(root / "run", {"a": base, "b": base}, steps=[100])
+    return root, base
+
+
+def prompts(tok, n=5):
+    texts = ["Ava has 3 apples.", "Ben has 12 coins. He gets 4 more and then doubles them.", "How many?",
+             "Mia has 7 books. She loses 2.", "Zoe has 1 shell."][:n]
+    return [tok(t)["input_ids"] for t in texts]
+
+
+def test_batched_generation_matches_one_by_one_and_logprob_is_the_sequence_logprob(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, base = tiny
+    tok = AutoTokenizer.from_pretrained(base)
+    lora = new_lora("a", root / "run/checkpoints/step_000100/students/a/adapter")
+    reqs = [Request(p, lora) for p in prompts(tok)] + [Request(p) for p in prompts(tok, 2)]
+    stops = stop_ids(tok, str(base))
+    batched = HFBackend(batch_size=8).generate(str(base), str(base), reqs, stops, max_new_tokens=8)
+    single = HFBackend(batch_size=1).generate(str(base), str(base), reqs, stops, max_new_tokens=8)
+    assert [g.token_ids for g in batched] == [g.token_ids for g in single]
+    assert [g.logprob for g in batched] == pytest.approx([g.logprob for g in single], abs=1e-4)
+    assert batched[0].token_ids != batched[5].token_ids  # adapter vs base on the same prompt
+
+    # the sum of the chosen tokens' log-probs, recomputed by one teacher-forced forward pass
+    model = AutoModelForCausalLM.from_pretrained(base)
+    g, p = batched[5], reqs[5].prompt_ids
+    with torch.no_grad():
+        logits = model(torch.tensor([p + g.token_ids])).logits[0, len(p) - 1:-1]
+    ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(g.token_ids)[:, None]).sum().item()
+    assert g.logprob == pytest.approx(ref, abs=1e-3)
+
+
+def test_lora_ids_are_never_reused():
+    ids = [new_lora("x", "same/path").lora_id for _ in range(5)]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+
+
+def test_engine_rank_rounds_up_to_a_vllm_rank():
+    assert [engine_rank(r) for r in (1, 2, 8, 9, 32, 33)] == [1, 8, 8, 16, 32, 64]
+    with pytest.raises(ValueError, match="above vLLM's largest"):
+        engine_rank(1000)
+
+
+def test_missing_adapter_is_named(tiny, tmp_path):
+    root, base = tiny
+    run = build_run(tmp_path / "run", {"a": base}, steps=[5])
+    adapter = run / "checkpoints/step_000005/students/a/adapter"
+    for f in adapter.iterdir():
+        f.unlink()
+    adapter.rmdir()
+    with pytest.raises(FileNotFoundError, match="adapter of student 'a' missing"):
+        read_checkpoint(run / "checkpoints/step_000005")
+
+
+def test_adapter_on_another_base_is_refused(tiny, tmp_path):
+    root, base = tiny
+    ckpt = root / "run/checkpoints/step_000100"
+    meta = json.loads((ckpt / "meta.json").read_text())
+    other = tmp_path / "ckpt"
+    other.mkdir()
+    (other / "students").symlink_to(ckpt / "students")
+    meta["students"][0]["model"] = "org/some-other-model"
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"trained on base model .* serves it on 'org/some-other-model'"):
+        read_checkpoint(other)
+
+
+def test_rank_above_max_lora_rank_is_refused(tiny, tmp_path):
+    root, base = tiny
+    run = tmp_path / "run"
+    build_run(run, {"a": base}, steps=[1], r=16)
+    cfg = from_dict(EvalConfig, {"run_dir": str(run), "tasks": {"synthetic": "x.jsonl"}, "max_lora_rank": 8})
+    with pytest.raises(ValueError, match="has LoRA rank 16, above the engine's max_lora_rank 8"):
+        collect_adapters(cfg)
+
+
+def test_unknown_task_and_missing_data_file(tmp_path):
+    data = write_task_data(tmp_path / "syn.jsonl")
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'"):
+        load_tasks({"gsm9k": str(data)}, 0)
+    with pytest.raises(FileNotFoundError, match="data file for task 'synthetic' not found: nope.jsonl"):
+        load_tasks({"synthetic": "nope.jsonl"}, 0)
+    assert len(load_tasks({"synthetic": str(data)}, 2)["synthetic"]) == 2
+    with pytest.raises(ConfigError, match="tasks"):
+        from_dict(EvalConfig, {"checkpoints": ["x"]})
+
+
+def row(student, extracted, logprob, gold="5"):
+    return {"checkpoint": "s1", "task": "synthetic", "id": "q", "student": student, "extracted": extracted,
+            "logprob": logprob, "gold": gold, "correct": extracted == gold}
+
+
+def test_ensembles_pick_by_logprob_and_by_vote_with_logprob_tiebreak():
+    rows = [row("a", "5", -9.0), row("b", "5", -8.0), row("c", "7", -1.0)]
+    picks = {r["student"]: r for r in ensemble(rows)}
+    assert picks["ensemble-logprob"]["extracted"] == "7" and not picks["ensemble-logprob"]["correct"]
+    assert picks["ensemble-vote"]["extracted"] == "5" and picks["ensemble-vote"]["from_student"] == "b"
+    tie = {r["student"]: r for r in ensemble([row("a", "5", -3.0), row("b", "7", -2.0), row("c", None, -0.5)])}
+    assert tie["ensemble-vote"]["extracted"] == "7"  # 1-1 tie: the likelier answer; no-answer does not vote
+    assert tie["ensemble-logprob"]["extracted"] is None
+
+
+def test_two_base_models_each_get_their_engine(tiny, tmp_path):
+    root, base = tiny
+    qwen = build_base(tmp_path / "qwen", kind="qwen-wordpiece", chat=False)  # plain prompt, tokenizer's BOS
+    run = build_run(tmp_path / "run", {"llama": base, "qwen": qwen}, steps=[3])
+    data = write_task_data(tmp_path / "syn.jsonl", n=2)
+    cfg = from_dict(EvalConfig, {"run_dir": str(run), "tasks": {"synthetic": str(data)}, "backend": "hf",
+                                 "max_new_tokens": 4, "zero_shot": False, "out": str(tmp_path / "out")})
+    summary = evaluate(cfg, log=lambda m: None)
+    methods = [r["method"] for r in summary["rows"]]
+    assert methods == ["llama @ step_000003", "qwen @ step_000003", "ensemble-logprob @ step_000003",
+                       "ensemble-vote @ step_000003"]

@@ -1,0 +1,103 @@
+"""`qr-ds eval` end to end on the transformers backend, and evaluation in the background of training."""
+import json
+import time
+
+import pytest
+
+from evalkit import build_base, build_run, write_task_data, write_teacher_pool
+from qr_ds.cli import main
+from qr_ds.eval.during_training import BackgroundEvaluator, EvalDuringTraining
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalcli")
+    base = build_base(root / "base")
+    run = build_run(root / "run", {"a": base, "b": base}, steps=[10, 20])
+    _, teacher_acc = write_teacher_pool(run / "pool.jsonl", n=3)
+    data = write_task_data(root / "syn.jsonl", n=3)
+    return root, run, data, teacher_acc
+
+
+def test_cli_writes_predictions_and_table1_summary(run):
+    root, run_dir, data, teacher_acc = run
+    out = root / "out"
+    rc = main(["eval", "--run", str(run_dir), "--task", f"synthetic={data}", "--backend", "hf",
+               "--max-new-tokens", "6", "--out", str(out)])
+    assert rc == 0
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert {p["checkpoint"] for p in preds} == {"zero-shot", "step_000020"}  # latest only by default
+    assert {"checkpoint", "student", "task", "id", "prompt", "output", "extracted", "gold", "correct",
+            "logprob"} <= preds[0].keys()
+    summary = json.loads((out / "summary.json").read_text())
+    methods = [r["method"] for r in summary["rows"]]
+    assert methods == ["Teacher (scripted, per path)", "Zero-shot a+b", "a @ step_000020", "b @ step_000020",
+                       "ensemble-logprob @ step_000020", "ensemble-vote @ step_000020"]
+    teacher = summary["rows"][0]["tasks"]["synthetic"]
+    assert teacher["accuracy"] == teacher_acc and teacher["n"] == 6
+    assert teacher["ci95"][0] < teacher_acc < teacher["ci95"][1]
+    for r in summary["rows"][1:]:
+        cell = r["tasks"]["synthetic"]
+        assert cell["n"] == 3 and cell["correct"] == sum(
+            p["correct"] for p in preds if (p["checkpoint"], p["student"]) == (r["checkpoint"], r["student"]))
+    table = (out / "summary.md").read_text().splitlines()
+    assert table[0] == "| Method | synthetic | Avg |" and table[2].startswith("| Teacher (scripted, per path) | 50.0 [")
+
+
+def test_cli_reports_bad_input_by_name(run, capsys):
+    root, run_dir, data, _ = run
+    assert main(["eval", "--run", str(run_dir), "--task", "nosuchtask=x.jsonl", "--backend", "hf"]) == 2
+    assert "unknown task 'nosuchtask'" in capsys.readouterr().err
+    assert main(["eval", "--run", str(root / "nowhere"), "--task", f"synthetic={data}"]) == 2
+    assert "no checkpoints/ folder" in capsys.readouterr().err
+
+
+def test_background_evaluator_hands_off_fast_and_reports_through_poll(run, tmp_path):
+    root, run_dir, data, _ = run
+    logs = []
+    ev = BackgroundEvaluator(EvalDuringTraining(every_steps=10, tasks={"synthetic": str(data)}, backend="hf",
+                                                max_new_tokens=4, limit=2), tmp_path / "evals", log=logs.append)
+    ckpts = run_dir / "checkpoints"
+    t = time.perf_counter()
+    ev.submit(ckpts / "step_000010", 10)
+    ev.submit(ckpts / "step_000020", 20)  # busy: waits
+    ev.submit(ckpts / "step_000020", 30)  # supersedes the waiting one, which is skipped
+    assert time.perf_counter() - t < 1.0
+    assert any("skipping step 20" in m for m in logs)
+    results, deadline = [], time.monotonic() + 240
+    while len(results) < 2 and time.monotonic() < deadline:
+        results += ev.poll()
+        time.sleep(0.5)
+    ev.close()
+    assert [r["step"] for r in results] == [10, 30], results
+    for r in results:
+        assert r["returncode"] == 0 and set(r["accuracy"]) == {"a/synthetic", "b/synthetic",
+                                                                "ensemble-logprob/synthetic", "ensemble-vote/synthetic"}
+    assert (tmp_path / "evals/step_000030/summary.md").is_file()
+
+
+def test_background_evaluator_close_terminates_running_evaluation(run, tmp_path):
+    root, run_dir, data, _ = run
+    ev = BackgroundEvaluator(EvalDuringTraining(tasks={"synthetic": str(data)}, backend="hf"), tmp_path / "e",
+                             log=lambda m: None)
+    ev.submit(run_dir / "checkpoints" / "step_000010", 10)
+    proc = ev.running[0].proc
+    ev.close(wait=False)
+    assert proc.poll() is not None and ev.running == []
+
+
+@pytest.mark.parametrize("name", ["eval-synthetic.yaml", "eval-paper.yaml"])
+def test_shipped_eval_configs_load(name):
+    from pathlib import Path
+
+    from qr_ds.config import load_config
+    from qr_ds.eval.config import EvalConfig
+    from qr_ds.eval.run import load_tasks
+
+    cfg = load_config(EvalConfig, Path(__file__).parents[1] / "configs" / name)
+    assert cfg.tasks and cfg.run_dir is not None
+    if name == "eval-paper.yaml":  # its sample files ship with the repo: every task's records load
+        root = Path(__file__).parents[1]
+        loaded = load_tasks({t: str(root / p) for t, p in cfg.tasks.items()}, limit=3)
+        assert set(loaded) == {"strategyqa", "gsm8k", "math", "arc_challenge", "date_understanding", "anli"}
+        assert all(len(v) == 3 for v in loaded.values())
