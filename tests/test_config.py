@@ -1,0 +1,64 @@
+import pytest
+
+from qr_ds.config import ConfigError, from_dict, load_config
+from qr_ds.train.config import TrainConfig
+
+BASE = {"students": [{"name": "a", "model": "m1"}, {"name": "b", "model": "m2"}], "data": {"pool": "p.jsonl"}}
+
+
+def _with(**over):
+    d = {**BASE, **over}
+    return from_dict(TrainConfig, d)
+
+
+def test_defaults_load():
+    cfg = _with()
+    assert cfg.students[1].lora.r == 32 and cfg.router.enabled and cfg.placement == "separate"
+
+
+@pytest.mark.parametrize("over,needle", [
+    ({"lamda1": 0.1}, "unknown config key 'lamda1'"),
+    ({"router": {"tau": "hot"}}, "config key 'router.tau': got 'hot'; allowed: a number"),
+    ({"router": {"tau": 0}}, "config key 'router.tau': got 0.0; allowed: >= 0.001"),
+    ({"placement": "sideways"}, "config key 'placement': got 'sideways'; allowed: 'separate' | 'colocated'"),
+    ({"students": [{"name": "a", "model": "m", "lora": {"r": 0}}, {"name": "b", "model": "m"}]},
+     "config key 'students[0].lora.r': got 0; allowed: >= 1"),
+    ({"students": [{"name": "a", "model": "m", "ranks": True}, {"name": "b", "model": "m"}]},
+     "config key 'students[0].ranks': got True; allowed: an integer"),
+    ({"students": [{"name": "a", "model": "m"}]}, "need >= 2 students"),
+    ({"students": [{"name": "a", "model": "m"}, {"name": "a", "model": "m"}]}, "must be unique"),
+    ({"data": {}}, "config key 'data.pool' is required"),
+])
+def test_bad_values_name_the_key(over, needle):
+    with pytest.raises(ConfigError) as e:
+        _with(**over)
+    assert needle in str(e.value)
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("students: [\n")
+    with pytest.raises(ConfigError, match="c.yaml: not valid YAML"):
+        load_config(TrainConfig, p)
+    p.write_text("students: []\ndata: {pool: x}\nepochs: -1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: config key 'epochs': got -1; allowed: >= 1"):
+        load_config(TrainConfig, p)
+
+
+def test_overrides_and_scientific_floats(tmp_path):
+    import yaml
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "students": [{"name": "a", "model": "m", "lr": "5e-6"},
+                                                      {"name": "b", "model": "m"}]}))
+    cfg = load_config(TrainConfig, p, {"students.1.lr": 1e-4, "lambda2": 0})
+    assert cfg.students[0].lr == 5e-6 and cfg.students[1].lr == 1e-4 and not cfg.use_mutual
+
+
+def test_config_reference_is_current():
+    from pathlib import Path
+
+    from qr_ds.configdoc import render
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
+    assert doc.read_text() == render(), "regenerate: python -m qr_ds.configdoc > docs/config-reference.md"

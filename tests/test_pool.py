@@ -1,0 +1,52 @@
+import json
+
+from qr_ds.data.pool import SCHEMA, load_pool
+
+
+def _rec(i, **over):
+    r = {"id": f"q{i}/cot/0", "task": "gsm8k", "question_id": f"q{i}", "question": "1+1?", "gold": "2",
+         "teacher": "t", "style": "cot", "sample": 0, "prompt": "p", "response": "The answer is 2.",
+         "schema": SCHEMA}
+    r.update(over)
+    return json.dumps(r)
+
+
+def test_broken_lines_are_quarantined_with_line_numbers(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    lines = [
+        _rec(0),
+        "{not json",
+        _rec(2, sample=-1),
+        "",
+        _rec(4, judge={"verdict": "MAYBE"}),
+        _rec(5, extra_field=1),
+        json.dumps([1, 2]),
+        _rec(7, response=None),
+        _rec(8, correct=True, judge={"verdict": "VALID", "reason": "ok"}, embedding={"file": "e.npy", "row": 3}),
+        _rec(9, schema="qr_ds.path/0"),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    said = []
+    rep = load_pool(path, log=said.append)
+    assert [r.id for r in rep.records] == ["q0/cot/0", "q8/cot/0"]
+    assert rep.records[1].judge.verdict == "VALID" and rep.records[1].embedding.row == 3
+    assert [n for n, _ in rep.rejected] == [2, 3, 5, 6, 7, 8, 10]
+    reasons = dict(rep.rejected)
+    assert "not valid JSON" in reasons[2]
+    assert "field 'sample'" in reasons[3]
+    assert "field 'judge'" in reasons[5]
+    assert "field 'extra_field'" in reasons[6]
+    assert "field 'response'" in reasons[8]
+    assert "field 'schema'" in reasons[10]
+    q = [json.loads(l) for l in rep.quarantine.read_text().splitlines()]
+    assert [e["line"] for e in q] == [2, 3, 5, 6, 7, 8, 10] and q[0]["raw"] == "{not json"
+    assert said[0].endswith("accepted 2, rejected 7 (quarantined to " + str(rep.quarantine) + ")")
+    assert f"{path}:2: not valid JSON" in said[1]
+
+
+def test_clean_file_has_no_quarantine(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    path.write_text(_rec(0) + "\n")
+    rep = load_pool(path, log=lambda m: None)
+    assert len(rep.records) == 1 and rep.quarantine is None
+    assert not (tmp_path / "pool.jsonl.quarantine.jsonl").exists()
