@@ -13,3 +13,6 @@ run() {
 
 run benchmarks/bench_kernels.py --size toy "$@"
 run benchmarks/bench_student_step.py --size toy "$@"
+run benchmarks/bench_generate.py "$@"
+run benchmarks/bench_eval.py "$@"
+run benchmarks/bench_multi_student.py "$@"

@@ -60,21 +60,37 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: run_demo(a.out, a.size, a.skip_eval))
 
 
-def _stage(name: str):
-    print(f"\n== {name}", flush=True)
-    return time.perf_counter()
+class Timings:
+    """Seconds per stage, kept on disk so a resumed demo still reports what the whole run took."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done = json.loads(path.read_text()) if path.is_file() else {}
+
+    def run(self, name: str, fn, *args):
+        print(f"\n== {name}", flush=True)
+        t = time.perf_counter()
+        out = fn(*args)
+        self.done[name] = self.done.get(name, 0.0) + time.perf_counter() - t
+        self.path.write_text(json.dumps(self.done, indent=1))
+        return out
+
+    def total(self) -> float:
+        return sum(self.done.values())
 
 
-def _qr_ds(*args: str) -> None:
-    """Our own CLI in a subprocess, the way a user runs it (and vLLM wants its own main process)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+def _qr_ds(out: Path, *args: str) -> None:
+    """Our own CLI in a subprocess, the way a user runs it (and vLLM wants its own main process).
+    Safe-path: the checkout's kernels/ folder must not shadow the `kernels` package transformers probes."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONSAFEPATH="1")
     env.setdefault("DS_ACCELERATOR", "cpu")
     cmd = [sys.executable, "-m", "qr_ds", *args]
-    if subprocess.call(cmd, env=env, cwd=str(ROOT.parent)) != 0:
+    if subprocess.call(cmd, env=env, cwd=str(out)) != 0:
         raise RuntimeError(f"stage failed: qr-ds {' '.join(args)}")
 
 
-def pipeline_data(out: Path, size: Size) -> tuple[Path, Path, Path, Path]:
+def pipeline_data(out: Path, size: Size, timings: Timings) -> tuple[Path, Path, Path, Path]:
+    from qr_ds.config import from_dict
     from qr_ds.embed.config import EmbedConfig
     from qr_ds.embed.run import run_embed
     from qr_ds.filter.config import FilterConfig
@@ -82,29 +98,28 @@ def pipeline_data(out: Path, size: Size) -> tuple[Path, Path, Path, Path]:
     from qr_ds.tasks import write_synthetic
     from qr_ds.teacher.config import GenerateConfig
     from qr_ds.teacher.generate import generate, print_summary
-    from qr_ds.config import from_dict
 
     data = out / "data"
     train_q, test_q = data / "train.jsonl", data / "test.jsonl"
     if not test_q.is_file():
         write_synthetic(train_q, size.train_questions, seed=0)
         write_synthetic(test_q, size.test_questions, seed=1)
-    pool = data / "pool.jsonl"
-    t = _stage("generate: scripted stand-in teacher, six styles")
+    pool, filtered = data / "pool.jsonl", data / "filtered.jsonl"
+    embedded, unfiltered = data / "embedded.jsonl", data / "embedded_unfiltered.jsonl"
     gen = from_dict(GenerateConfig, {"task": "synthetic", "data": str(train_q), "out": str(pool),
                                      "samples_per_style": size.samples_per_style,
                                      "teacher": {"backend": "scripted", "sampling": {"seed": 0}}})
-    print_summary(generate(gen), pool)
-    t = _stage(f"filter: answer check + scripted judge ({time.perf_counter() - t:.0f}s before)")
-    filtered = data / "filtered.jsonl"
-    print_result(run_filter(from_dict(FilterConfig, {"pool": str(pool), "out": str(filtered),
-                                                     "judge": {"backend": "scripted"}})))
-    _stage("embed: frozen MiniLM encoder")
-    embedded = data / "embedded.jsonl"
-    unfiltered = data / "embedded_unfiltered.jsonl"  # the w/o-QF ablation trains on every generated path
-    for src, dst in ((filtered, embedded), (pool, unfiltered)):
-        run_embed(from_dict(EmbedConfig, {"pool": str(src), "out": str(dst), "cache_dir": str(data / "emb_cache")}))
-    retention = json.loads(filtered.with_name(filtered.stem + ".retention.json").read_text())
+    timings.run("generate: scripted stand-in teacher, six styles", lambda: print_summary(generate(gen), pool))
+    flt = from_dict(FilterConfig, {"pool": str(pool), "out": str(filtered), "judge": {"backend": "scripted"}})
+    timings.run("filter: answer check + scripted judge", lambda: print_result(run_filter(flt)))
+
+    def embed():  # the w/o-QF ablation trains on every generated path, so both pools get embeddings
+        for src, dst in ((filtered, embedded), (pool, unfiltered)):
+            run_embed(from_dict(EmbedConfig, {"pool": str(src), "out": str(dst),
+                                              "cache_dir": str(data / "emb_cache")}))
+
+    timings.run("embed: frozen MiniLM encoder", embed)
+    retention = json.loads(filtered.with_name(filtered.stem + ".retention.json").read_text())["rows"]
     (out / "retention.json").write_text(json.dumps(retention))
     return embedded, unfiltered, test_q, out / "retention.json"
 
@@ -127,7 +142,7 @@ def train_config(out: Path, name: str, over: dict, models: list[Path], pool: Pat
                  size: Size) -> Path:
     cfg = {
         "students": [{"name": m.name.split("-")[0], "model": str(m), "lr": 3e-3,
-                      "deepspeed": str(ROOT.parent / "ds_configs" / "zero2.json"),
+                      "deepspeed": str(ROOT / "ds_configs" / "zero2.json"),
                       "lora": {"r": 16, "alpha": 32}} for m in models],
         "data": {"pool": str(pool), "max_len": 192},
         "router": {"hidden": 64, "lr": 3e-3},
@@ -154,48 +169,51 @@ def _finished(run: Path) -> bool:
 def run_demo(out: Path, size_name: str, skip_eval: bool = False) -> int:
     size = SIZES[size_name]
     out = out.resolve()
-    t0 = time.perf_counter()
-    pool, unfiltered, test_q, retention = pipeline_data(out, size)
-    _stage("students: tiny Llama (byte-level BPE) and tiny Gemma (Unigram), random init")
-    models = students(out, pool)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = Timings(out / "timings.json")
+    pool, unfiltered, test_q, retention = pipeline_data(out, size, timings)
+    models = timings.run("students: tiny Llama (byte-level BPE) and tiny Gemma (Unigram), random init",
+                         students, out, pool)
     runs = {}
     for name, label, over in RUNS:
-        run = out / "runs" / name
-        runs[name] = run
+        run = runs[name] = out / "runs" / name
         cfg = train_config(out, name, over, models, pool, unfiltered, size)
         if _finished(run):
             print(f"\n== train {name}: done already ({run})")
             continue
-        _stage(f"train {name} ({label}) through the DeepSpeed launcher")
-        _qr_ds("train", "--config", str(cfg))
+        timings.run(f"train {name} ({label}) through the DeepSpeed launcher",
+                    _qr_ds, out, "train", "--config", str(cfg))
     if skip_eval:
         return 0
-    _stage("evaluate every student of every run with vLLM (one engine per base model)")
     ev = out / "eval"
     if not (ev / "summary.json").is_file():
         args = ["eval", "--task", f"synthetic={test_q}", "--out", str(ev), "--limit", str(size.eval_limit),
                 "--max-new-tokens", str(size.max_new_tokens), "--max-model-len", "512",
                 "--gpu-memory-utilization", "0.1", "--teacher-pool", str(pool)]
-        for name, _, _ in RUNS:
+        for name in runs:
             args += ["--checkpoint", str(runs[name] / "checkpoints" / (runs[name] / "checkpoints/latest").read_text().strip())]
-        _qr_ds(*args)
-    _stage("report")
-    from qr_ds.report.build import build_report
-
+        timings.run("evaluate every student of every run with vLLM (one engine per base model)", _qr_ds, out, *args)
     summary = json.loads((ev / "summary.json").read_text())
-    labels = {name: label for name, label, _ in RUNS}
-    table = relabel(summary["rows"], labels)
+    table = relabel(summary["rows"], {name: label for name, label, _ in RUNS})
     student_names = [m.name.split("-")[0] for m in models]
     comparisons = [(f"QR-Distill {s}", f"SFT (one path per question) {s}") for s in student_names]
     notes = [f"Size '{size_name}': {size.train_questions} training and {size.test_questions} test questions of the "
              f"synthetic task; paths from a scripted stand-in teacher (no real LLM), judged by a scripted judge.",
              "Students are tiny random-init transformers (2 layers, hidden 128) with locally trained tokenizers; "
              "they learn from scratch in minutes, so absolute accuracies are low.",
-             f"Whole demo wall time: {time.perf_counter() - t0:.0f} s on this machine ({os.cpu_count()} CPUs)."]
-    report = build_report(out / "report", {n: r for n, r in runs.items()}, "qr_distill", table,
-                          summary["tasks"], json.loads(retention.read_text()), comparisons, notes)
+             f"Demo wall time, all stages: {timings.total():.0f} s on this machine ({os.cpu_count()} CPUs); "
+             f"per stage in {timings.path.name}."]
+    report = timings.run("report", build_report_for, out, runs, table, summary["tasks"], retention,
+                         comparisons, notes)
     print(f"\nreport: {report}")
     return 0
+
+
+def build_report_for(out, runs, table, tasks, retention, comparisons, notes):
+    from qr_ds.report.build import build_report
+
+    return build_report(out / "report", runs, "qr_distill", table, tasks, json.loads(retention.read_text()),
+                        comparisons, notes)
 
 
 def relabel(rows: list[dict], labels: dict[str, str]) -> list[dict]:

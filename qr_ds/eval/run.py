@@ -2,6 +2,8 @@
 ensemble, and write predictions.jsonl, summary.json and summary.md."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import sys
 import time
@@ -33,6 +35,9 @@ def collect_adapters(cfg: EvalConfig) -> list[Adapter]:
     if cfg.run_dir is not None:
         ckpts += checkpoints_of_run(cfg.run_dir, cfg.which)
     adapters = [a for c in ckpts for a in read_checkpoint(c)]
+    labels = [(a.checkpoint, a.student) for a in adapters]
+    if len(set(labels)) < len(labels):  # same step of several runs: name rows "run/step_N"
+        adapters = [dataclasses.replace(a, checkpoint=f"{a.path.parents[4].name}/{a.checkpoint}") for a in adapters]
     if cfg.max_lora_rank:
         for a in adapters:
             if a.rank > cfg.max_lora_rank:

@@ -73,6 +73,8 @@ def save(trainer, out_dir: Path) -> Path:
         os.replace(tmp, root / "latest")
         done = sorted(p for p in root.glob("step_*") if p.is_dir())
         for old in done[: -cfg.keep_last]:
+            if old.name in trainer.protected_checkpoints():
+                continue
             shutil.rmtree(old, ignore_errors=True)
         trainer.say(f"saved {ckpt}")
     dist.barrier()

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from qr_ds.config import ConfigError, rule
+from qr_ds.eval.during_training import EvalDuringTraining
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -69,15 +70,6 @@ class DataConfig:
 
 
 @dataclass
-class EvalDuringTrainingConfig:
-    every_steps: int = field(default=0, metadata=rule(min=0, help="0 = off"))
-    tasks: dict[str, str] = field(default_factory=dict, metadata=rule(help="task name -> dev file"))
-    backend: Literal["auto", "vllm", "hf"] = "auto"
-    max_new_tokens: int = field(default=128, metadata=rule(min=1))
-    limit: int = field(default=0, metadata=rule(min=0))
-
-
-@dataclass
 class TrainConfig:
     students: list[StudentConfig]
     data: DataConfig
@@ -100,7 +92,7 @@ class TrainConfig:
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     collective_timeout_s: float = field(default=300.0, metadata=rule(min=1.0))
     tensorboard: bool = True
-    eval: EvalDuringTrainingConfig = field(default_factory=EvalDuringTrainingConfig)
+    eval: EvalDuringTraining = field(default_factory=EvalDuringTraining)
 
     def validate(self, key: str = "") -> None:
         names = [s.name for s in self.students]
@@ -113,6 +105,8 @@ class TrainConfig:
                 "for a single-student SFT baseline set router.enabled: false and mutual.enabled: false")
         if all(s.frozen for s in self.students):
             raise ConfigError("config key 'students': every student is frozen; nothing would train")
+        if self.eval.every_steps and not self.eval.tasks:
+            raise ConfigError("config key 'eval.tasks': eval.every_steps is set but no task -> dev file is given")
         if self.placement == "colocated" and len({s.ranks for s in self.students}) > 1:
             raise ConfigError("config key 'students[].ranks': colocated placement runs every student on "
                               "every rank; leave ranks at the same value")

@@ -38,6 +38,7 @@ class MetricsLog:
         stats, hard = rec["stats"], rec["hard"]
         row: dict = {"step": pos.step, "epoch": pos.epoch, "micro_step": pos.micro_step, "step_s": dt,
                      "mutual_loss": rec["mutual"], "exchange_s": rec["exchange_s"],
+                     "exchange_bytes": rec["exchange_bytes"],
                      "peak_mem_GiB": round(peak_memory_gib(), 3)}
         total_tok = 0.0
         for s, name in enumerate(names):
@@ -45,6 +46,8 @@ class MetricsLog:
             row[f"sft_loss/{name}"] = float(stats[s, 0]) / n if n else None
             row[f"tokens_per_s/{name}"] = float(stats[s, 2]) / max(float(stats[s, 3]), 1e-9)
             row[f"routed/{name}"] = n / len(idx)
+            row[f"compute_s/{name}"] = float(stats[s, 3])  # forward, probes, backward and step
+            row[f"exchange_s/{name}"] = float(stats[s, 4])  # waiting for peers + the all-gathers
             total_tok += float(stats[s, 2])
         row["tokens_per_s"] = total_tok / max(dt, 1e-9)
         row["loss_sum"] = sum(v for k, v in row.items() if k.startswith("sft_loss/") and v is not None)
@@ -65,6 +68,16 @@ class MetricsLog:
                 if isinstance(v, (int, float)) and v is not None:
                     self.tb.add_scalar(k, v, pos.step)
         return row
+
+    def eval(self, result: dict) -> None:
+        """A finished background evaluation, into eval.jsonl (and TensorBoard)."""
+        if not self.enabled:
+            return
+        with JsonlAppender(self.jsonl.path.with_name("eval.jsonl"), fsync=False) as out:
+            out.write(result)
+        if self.tb is not None:
+            for k, v in result.get("accuracy", {}).items():
+                self.tb.add_scalar(f"eval/{k}", v, result["step"])
 
     def close(self) -> None:
         if self.enabled:

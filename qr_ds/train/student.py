@@ -98,8 +98,11 @@ def ds_config_for(cfg: StudentConfig, micro_batch: int, grad_accum: int, grad_cl
     """The student's DeepSpeed JSON, with batch, accumulation, clipping and precision from our config
     (one source of truth: the JSON keeps ZeRO and communication settings)."""
     path = Path(cfg.deepspeed)
+    shipped = Path(__file__).resolve().parents[2] / path  # ds_configs/ of this checkout
+    if not path.is_file() and not path.is_absolute() and shipped.is_file():
+        path = shipped
     if not path.is_file():
-        raise FileNotFoundError(f"student '{cfg.name}': deepspeed config {path} not found")
+        raise FileNotFoundError(f"student '{cfg.name}': deepspeed config {cfg.deepspeed} not found")
     ds = json.loads(path.read_text())
     ds.pop("train_batch_size", None)
     ds["train_micro_batch_size_per_gpu"] = micro_batch

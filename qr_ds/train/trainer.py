@@ -87,6 +87,11 @@ class Trainer:
             self.gumbel = torch.Generator().manual_seed(cfg.seed)
         self.pos = Position()
         self.metrics = MetricsLog(cfg.output_dir, enabled=self.is_coord, tensorboard=cfg.tensorboard)
+        self.evaluator = None
+        if cfg.eval.every_steps and self.is_coord:  # a separate process: training waits only for the hand-off
+            from qr_ds.eval.during_training import BackgroundEvaluator
+
+            self.evaluator = BackgroundEvaluator(cfg.eval, cfg.output_dir / "eval", log=self.say)
         self.names = [s.name for s in cfg.students]
 
     def _progress(self, it, **kw):
@@ -111,7 +116,8 @@ class Trainer:
             hard = alpha.detach().clone()
         return alpha, self.dist.broadcast_from_coordinator(hard)
 
-    def forward_student(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor):
+    def forward_student(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
+                        states: bool = True):
         """Forward ``positions`` of the batch for one student. The SFT weight of a path is
         dp_size / P, so averaging over the student's data-parallel ranks gives the global mean."""
         dev = self.dist.device
@@ -122,47 +128,73 @@ class Trainer:
         w_path = hard[positions, st.index].to(dev) * st.dp_size / self.P
         weights = torch.zeros_like(labels, dtype=torch.float32)
         weights[:, 1:] = (labels[:, 1:] != -100) * (w_path[:, None] / n_tok)
-        M = self.cfg.mutual.max_spans if self.cfg.use_mutual else 0
+        M = self.cfg.mutual.max_spans if self.cfg.use_mutual and states else 0
         return st.model(batch["input_ids"], batch["attention_mask"], labels, weights, batch["span_ids"], M)
+
+    def train_forward(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
+                      path_loss: torch.Tensor, stats: torch.Tensor):
+        """Forward with grad the paths routed to ``st``; forward without grad the rest, so the router
+        still sees this student's loss on every path at a third of the cost of training on it."""
+        pos_t = torch.tensor(positions)
+        routed = hard[positions, st.index] > 0
+        # An engine must backprop every micro-step (its data-parallel peers and ZeRO's hooks wait
+        # for it), so a student with nothing routed here trains one path at weight 0.
+        train = pos_t[routed] if routed.any() else pos_t[:1]
+        loss, per_path, z, logit = self.forward_student(st, idx, train.tolist(), hard)
+        path_loss[0, train, st.index] = per_path.detach().float().cpu()
+        path_loss[1, train, st.index] = 1
+        probe = pos_t[~routed & ~torch.isin(pos_t, train)]
+        if self.cfg.router.enabled and len(probe):
+            with torch.no_grad():
+                _, pp, _, _ = self.forward_student(st, idx, probe.tolist(), hard, states=False)
+            path_loss[0, probe, st.index] = pp.float().cpu()
+            path_loss[1, probe, st.index] = 1
+        stats[st.index, 0] += path_loss[0, pos_t[routed], st.index].sum()
+        stats[st.index, 1] += routed.sum()
+        ids = self.data.encoded[st.index]
+        stats[st.index, 2] += sum(len(ids[i].input_ids) for i in idx[train].tolist())
+        if z is not None:
+            # Full-chunk tensors for the exchange: routed rows carry states, the others zeros. The
+            # 0-weighted sum keeps the head in the graph when nothing of this chunk is co-routed.
+            rows = torch.nonzero(torch.isin(pos_t, train)).flatten().to(z.device)
+            z_full = z.new_zeros((len(positions), *z.shape[1:])).index_copy(0, rows, z)
+            logit_full = logit.new_zeros(len(positions)).index_copy(0, rows, logit)
+            loss = loss + 0.0 * (z.sum() + logit.sum())
+            z, logit = z_full, logit_full
+        return loss, z, logit
 
     def micro_step(self, idx: torch.Tensor) -> dict:
         cfg, layout, S, P = self.cfg, self.layout, len(self.cfg.students), self.P
         c = cfg.micro_batch_paths
         alpha, hard = self.route(idx)
         path_loss = torch.zeros(2, P, S)  # [value, known] per (path, student), summed to the coordinator
-        stats = torch.zeros(S + 1, 4)  # per student: sft loss sum, routed paths, tokens, seconds; last row: mutual
+        # per student: sft loss sum, routed paths, trained tokens, compute s, exchange s; last row: mutual
+        stats = torch.zeros(S + 1, 5)
         outs = {}
         for st in self.students:
             t0 = time.perf_counter()
             chunks = layout.chunks_of(st.index, self.dist.rank)
             positions = [k * c + j for k in chunks for j in range(c)]
-            loss, per_path, z, logit = self.forward_student(st, idx, positions, hard)
-            # Every path of the chunk is forwarded (unrouted ones carry zero SFT weight), so the
-            # router sees each student's loss on every path, not only on the paths it was given.
-            routed = hard[positions, st.index] > 0
-            pos_t = torch.tensor(positions)
-            path_loss[0, pos_t, st.index] = per_path.detach().float().cpu()
-            path_loss[1, pos_t, st.index] = 1
-            stats[st.index, 0] += per_path.detach().float().cpu()[routed].sum()
-            stats[st.index, 1] += routed.sum()
-            ids = self.data.encoded[st.index]
-            stats[st.index, 2] += sum(len(ids[i].input_ids) for i in idx[positions].tolist())
+            loss, z, logit = self.train_forward(st, idx, positions, hard, path_loss, stats)
             stats[st.index, 3] += time.perf_counter() - t0
             outs[st.index] = (loss, z, logit, chunks)
 
-        t_wait = time.perf_counter()
+        t_x = time.perf_counter()
         if cfg.use_mutual:
             stats[S, 0] = self.mutual_losses(outs, hard)
-        t_wait = time.perf_counter() - t_wait
+        t_x = time.perf_counter() - t_x
 
         for st in self.students:
-            loss = outs[st.index][0]
-            st.model.backward(loss)
+            t0 = time.perf_counter()
+            st.model.backward(outs[st.index][0])
             st.model.step()
+            stats[st.index, 3] += time.perf_counter() - t0
+            stats[st.index, 4] += t_x
 
         path_loss = self.dist.sum_to_coordinator(path_loss)
         stats = self.dist.sum_to_coordinator(stats)
-        record = {"stats": stats[:S], "mutual": float(stats[S, 0]), "exchange_s": t_wait}
+        record = {"stats": stats[:S], "mutual": float(stats[S, 0]), "exchange_s": t_x,
+                  "exchange_bytes": self._exchange_bytes()}
         if self.is_coord and alpha is not None:
             known = path_loss[1] > 0
             losses = torch.where(known, path_loss[0], torch.full_like(path_loss[0], float("nan")))
@@ -175,6 +207,14 @@ class Trainer:
                                                         if isinstance(v, (int, float))})
         record["hard"] = hard
         return record
+
+    def _exchange_bytes(self) -> int:
+        """Bytes this rank receives per micro-step in the mutual all-gathers (float32)."""
+        if not self.cfg.use_mutual or self.cfg.placement == "colocated":
+            return 0
+        c, m = self.cfg.micro_batch_paths, self.cfg.mutual
+        chunks = self.layout.chunks_of(self.dist.local_students[0], self.dist.rank)
+        return len(chunks) * (len(self.cfg.students) - 1) * (c * m.max_spans * m.shared_dim + c) * 4
 
     def mutual_losses(self, outs: dict, hard: torch.Tensor) -> torch.Tensor:
         """Exchange projected states per chunk and add λ2·L_mutual to each local student's loss."""
@@ -234,10 +274,34 @@ class Trainer:
             if hasattr(bar, "update"):
                 bar.update(1)
                 bar.set_postfix(tok_s=f"{last.get('tokens_per_s', 0):.0f}", loss=f"{last.get('loss_sum', 0):.3f}")
-            if cfg.save_every and self.pos.step % cfg.save_every == 0 and self.pos.step < self.total_steps:
-                checkpoint.save(self, cfg.output_dir)
-        checkpoint.save(self, cfg.output_dir)
+            if self._due(cfg.save_every) or self._due(cfg.eval.every_steps):
+                ckpt = checkpoint.save(self, cfg.output_dir)
+                if self.evaluator is not None and self._due(cfg.eval.every_steps):
+                    self.evaluator.submit(ckpt, self.pos.step)
+            self._log_evals(self.evaluator.poll() if self.evaluator else [])
+        ckpt = checkpoint.save(self, cfg.output_dir)
         if hasattr(bar, "close"):
             bar.close()
+        if self.evaluator is not None:
+            if cfg.eval.every_steps:
+                self.evaluator.submit(ckpt, self.pos.step)
+            self._log_evals(self.evaluator.close(wait=True))
         self.metrics.close()
         return last
+
+    def _due(self, every: int) -> bool:
+        return bool(every) and self.pos.step % every == 0 and self.pos.step < self.total_steps
+
+    def _log_evals(self, results: list[dict]) -> None:
+        for r in results:
+            self.metrics.eval(r)
+            if "accuracy" in r:
+                accs = ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
+                self.say(f"eval step {r['step']}: {accs}")
+
+    def protected_checkpoints(self) -> set[str]:
+        """Checkpoints an evaluation still has to read: pruning keeps them."""
+        if self.evaluator is None:
+            return set()
+        jobs = self.evaluator.running + ([self.evaluator.pending] if self.evaluator.pending else [])
+        return {j.checkpoint.name for j in jobs}

@@ -1,0 +1,57 @@
+"""The reduced demo end to end (scripted teacher -> filter -> embed -> DeepSpeed training of the method
+and its ablations -> vLLM evaluation -> report), and the report's numbers against the metrics."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qr_ds.report.build import read_metrics, routing_table, throughput
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-m", "qr_ds", "demo", "--size", "small", "--out", str(out)],
+                         env=env, capture_output=True, text=True, timeout=1500, cwd=out)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return out
+
+
+def test_report_files_exist(demo):
+    rep = demo / "report"
+    assert (rep / "report.md").is_file()
+    data = json.loads((rep / "report.json").read_text())
+    for name in data["figures"].values():
+        assert (rep / name).stat().st_size > 1000  # a real PNG
+    assert {"loss", "routing_style", "routing_level", "retention"} <= set(data["figures"])
+    md = (rep / "report.md").read_text()
+    for label in ("QR-Distill llama", "w/o QF gemma", "w/o Route llama", "w/o Collab gemma",
+                  "SFT (one path per question) llama", "Zero-shot", "Teacher"):
+        assert label in md
+
+
+def test_report_numbers_match_metrics(demo):
+    data = json.loads((demo / "report" / "report.json").read_text())
+    for name, run in data["runs"].items():
+        rows = read_metrics(Path(run))
+        assert rows, name
+        assert data["throughput"][name] == pytest.approx(throughput(rows))
+    main = read_metrics(Path(data["runs"]["qr_distill"]))
+    assert data["routing_style"] == pytest.approx(routing_table(main, "route_rate"))
+    # every path each step was seen once per student: routing rates are fractions of real counts
+    for student, rates in data["routing_style"].items():
+        assert all(0.0 <= r <= 1.0 for r in rates.values())
+    acc = {r["method"]: r for r in data["accuracy"]}
+    preds = [json.loads(l) for l in (demo / "eval" / "predictions.jsonl").read_text().splitlines()]
+    for r in preds:
+        if r["checkpoint"].startswith("qr_distill/") and r["student"] == "llama":
+            break
+    mine = [p for p in preds if p["checkpoint"].startswith("qr_distill/") and p["student"] == "llama"]
+    cell = acc["QR-Distill llama"]["tasks"]["synthetic"]
+    assert cell["n"] == len(mine) and cell["correct"] == sum(p["correct"] for p in mine)
