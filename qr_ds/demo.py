@@ -35,8 +35,8 @@ class Size:
 SIZES = {
     "small": Size(train_questions=24, test_questions=24, samples_per_style=1, epochs=1, max_steps=6,
                   eval_limit=24, max_new_tokens=40),
-    "full": Size(train_questions=150, test_questions=120, samples_per_style=2, epochs=4, max_steps=0,
-                 eval_limit=120, max_new_tokens=64),
+    "full": Size(train_questions=100, test_questions=100, samples_per_style=1, epochs=3, max_steps=0,
+                 eval_limit=100, max_new_tokens=64),
 }
 
 # (run name, report label, config overrides): the full method and the ablations of Table 2, plus SFT.

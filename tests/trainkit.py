@@ -72,13 +72,19 @@ def write_config(path: Path, students: list[Path], pool: Path, out_dir: Path, ra
     return path
 
 
-def launch(config: Path, nprocs: int, *extra: str, timeout: float = 300, env_extra=None, background=False):
-    """The real DeepSpeed launcher on CPU (gloo); a running Popen when ``background``."""
+def launch(config: Path, nprocs: int, *extra: str, timeout: float = 300, env_extra=None, background=False,
+           launcher: str = "deepspeed"):
+    """The real DeepSpeed launcher (or torchrun) on CPU (gloo); a running Popen when ``background``."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # trainer uses the torch path on CPU
     env = dict(env, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                MASTER_PORT=str(_free_port()), **(env_extra or {}))
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nprocs),
-           "--master_port", env["MASTER_PORT"], str(ROOT / "launch/train.py"), "--config", str(config), *extra]
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nprocs),
+               "--master-port", env["MASTER_PORT"]]
+    else:
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nprocs),
+               "--master_port", env["MASTER_PORT"]]
+    cmd += [str(ROOT / "launch/train.py"), "--config", str(config), *extra]
     if background:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)

@@ -105,6 +105,21 @@ class Strategy:
     def is_coordinator(self) -> bool:
         return self.rank == 0
 
+    def scope_zero3_checks(self, student: int) -> None:
+        """ZeRO-3 verifies over the *world* that every rank traced the same module order, assuming
+        one model everywhere; here each student has its own, so the check runs in its own group."""
+        from deepspeed.runtime.zero import partitioned_param_coordinator as ppc
+
+        group = self.student_groups[student]
+
+        def same_on_student_ranks(ints: list[int]) -> None:
+            seen: list = [None] * dist.get_world_size(group)
+            dist.all_gather_object(seen, list(ints), group=group)
+            if any(x != seen[0] for x in seen):
+                raise RuntimeError(f"ZeRO-3: ranks of student {student} traced different module orders")
+
+        ppc.assert_ints_same_as_other_ranks = same_on_student_ranks
+
     def mpu(self, student: int) -> _StudentMPU:
         return _StudentMPU(self.student_groups[student], self.layout.student_ranks[student],
                            self.singletons[self.rank])

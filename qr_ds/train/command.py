@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--num-procs", type=int, default=None, help="processes on this node")
     p.add_argument("--hostfile", type=Path, default=None, help="DeepSpeed hostfile for multi-node runs")
-    p.add_argument("--master-port", type=int, default=None)
+    p.add_argument("--master-port", type=int, default=None, help="default: a free port on this node")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.set_defaults(func=run)
 
@@ -28,8 +28,7 @@ def launcher_command(args, n_procs: int) -> list[str]:
         cmd += ["--hostfile", str(args.hostfile)]
     else:
         cmd += ["--num_gpus", str(n_procs)]
-    if args.master_port:
-        cmd += ["--master_port", str(args.master_port)]
+    cmd += ["--master_port", str(args.master_port or _free_port())]
     cmd += [str(LAUNCH), "--config", str(args.config)]
     if args.resume:
         cmd.append("--resume")
@@ -47,6 +46,15 @@ def run(args) -> int:
     env = dict(os.environ)
     env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
     return subprocess.call(launcher_command(args, n), env=env)
+
+
+def _free_port() -> int:
+    """A free port on this (the launching) node, so two jobs on one machine never collide on 29500."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def _has_cuda() -> bool:

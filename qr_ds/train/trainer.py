@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -54,10 +55,10 @@ class Trainer:
         self.cfg = cfg
         self.log = log
         S = len(cfg.students)
+        write_pid_file(cfg.output_dir, int(os.environ.get("RANK", "0")))  # before any collective can fail
         self.dist = Strategy(lambda ws: make_layout([s.ranks for s in cfg.students], ws, cfg.placement),
                              cfg.backend, cfg.collective_timeout_s)
         self.is_coord = self.dist.is_coordinator
-        write_pid_file(cfg.output_dir, self.dist.rank)
         self.say = log if self.is_coord else (lambda *_: None)
         # Tokenizers first: a bad tokenizer or an empty pool is refused before any model loads.
         tokenizers = [load_tokenizer(s) for s in cfg.students]
@@ -79,6 +80,11 @@ class Trainer:
             model = create_engine(module, sc, ds, self.dist.mpu(s), cfg.warmup_steps, self.total_steps)
             self.students.append(LocalStudent(s, sc.name, model, tokenizers[s].pad_token_id,
                                               len(self.layout.student_ranks[s])))
+            if model.zero_optimization_stage() == 3 and cfg.placement == "separate":
+                self.dist.scope_zero3_checks(s)
+        # ZeRO-3 prefetches by a recorded module order that must repeat every step, so there each
+        # student forwards its whole chunk in one pass (unrouted paths at weight 0) and never probes.
+        self.one_pass = any(st.model.zero_optimization_stage() == 3 for st in self.students)
         self.router = self.router_opt = self.gumbel = None
         if cfg.router.enabled and self.is_coord:
             torch.manual_seed(cfg.seed)
@@ -139,7 +145,7 @@ class Trainer:
         routed = hard[positions, st.index] > 0
         # An engine must backprop every micro-step (its data-parallel peers and ZeRO's hooks wait
         # for it), so a student with nothing routed here trains one path at weight 0.
-        train = pos_t[routed] if routed.any() else pos_t[:1]
+        train = pos_t if self.one_pass else pos_t[routed] if routed.any() else pos_t[:1]
         loss, per_path, z, logit = self.forward_student(st, idx, train.tolist(), hard)
         path_loss[0, train, st.index] = per_path.detach().float().cpu()
         path_loss[1, train, st.index] = 1
