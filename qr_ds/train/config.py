@@ -47,10 +47,15 @@ class RouterConfig:
         default="per_student", metadata=rule(help="pooled = eq. 3 literally (mean over students; lets one student "
                                                   "take every path); per_student = each student's own rate"))
     baseline: bool = field(
-        default=True, metadata=rule(help="subtract each path's mean loss over students, so routing follows which "
-                                         "student fits a path, not the absolute loss level (which only pushes "
-                                         "every path away from everyone)"))
-    ensure_one: bool = field(default=True, metadata=rule(help="a path no student got goes to its likeliest one"))
+        default=True, metadata=rule(help="subtract each student's mean path loss in the batch, so a path goes to "
+                                         "the students it suits better than their usual path; raw losses only push "
+                                         "every path away from every student, and centring over students makes "
+                                         "routing zero-sum (exclusive), which starves the mutual loss"))
+    ensure_one: bool = field(
+        default=False, metadata=rule(help="give a path no student drew to its likeliest student; off by default: "
+                                          "with the entropy term it drives every on-probability down until "
+                                          "this rule does all routing, one student per path, and no path is "
+                                          "co-routed for the mutual loss"))
 
 
 @dataclass

@@ -204,8 +204,8 @@ class Trainer:
         if self.is_coord and alpha is not None:
             known = path_loss[1] > 0
             losses = torch.where(known, path_loss[0], torch.full_like(path_loss[0], float("nan")))
-            if cfg.router.baseline:
-                losses = losses - losses.nanmean(dim=1, keepdim=True)
+            if cfg.router.baseline:  # each student's loss against its own batch mean
+                losses = losses - losses.nanmean(dim=0, keepdim=True)
             r_loss, r_stats = router_objective(alpha, losses, self.data.question_index[idx], cfg.lambda1,
                                                per_student=cfg.router.entropy == "per_student")
             (r_loss / cfg.grad_accum).backward()
