@@ -144,9 +144,16 @@ def build_report(out: Path, runs: dict[str, Path], main: str, eval_table: list[d
     md += ["## Accuracy (95% Wilson intervals)", "", accuracy_markdown(eval_table, tasks), ""]
     for v in verdicts:
         said = "beats" if v["beats_by_ci"] else "does not beat"
-        md.append(f"- **{v['a']}** {said} **{v['b']}** by more than the 95% intervals: "
-                  f"{_pct(v['a_acc'])} [{_pct(v['a_ci'][0])}, {_pct(v['a_ci'][1])}] vs "
-                  f"{_pct(v['b_acc'])} [{_pct(v['b_ci'][0])}, {_pct(v['b_ci'][1])}].")
+        line = (f"- **{v['a']}** {said} **{v['b']}** by more than the 95% intervals: "
+                f"{_pct(v['a_acc'])} [{_pct(v['a_ci'][0])}, {_pct(v['a_ci'][1])}] vs "
+                f"{_pct(v['b_acc'])} [{_pct(v['b_ci'][0])}, {_pct(v['b_ci'][1])}].")
+        if not v["beats_by_ci"]:
+            line += (" Why: both are near the floor, so the intervals overlap; these students have not yet learned "
+                     "the task's arithmetic in this run's few minutes of training, and no difference between "
+                     "methods can show." if max(v["a_acc"], v["b_acc"]) < 0.1 else
+                     " Why: the gap is smaller than the sampling error of this test set; more test questions "
+                     "or longer training would be needed to separate them.")
+        md.append(line)
     md += ["", "## Training losses", "", f"![losses]({figs['loss'].name})", "",
            "## Routing", "", f"![routing per style]({figs['routing_style'].name})", ""]
     if "routing_level" in figs:
