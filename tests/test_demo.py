@@ -10,7 +10,8 @@ import pytest
 
 from qr_ds.report.build import read_metrics, routing_table, throughput
 
-pytestmark = pytest.mark.slow
+# five trainings through the launcher plus a vLLM start: minutes, more than the suite-wide 600 s limit
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +44,13 @@ def test_report_numbers_match_metrics(demo):
         assert rows, name
         assert data["throughput"][name] == pytest.approx(throughput(rows))
     main = read_metrics(Path(data["runs"]["qr_distill"]))
-    assert data["routing_style"] == pytest.approx(routing_table(main, "route_rate"))
-    # every path each step was seen once per student: routing rates are fractions of real counts
-    for student, rates in data["routing_style"].items():
+    expected = routing_table(main, "route_rate")
+    assert data["routing_style"].keys() == expected.keys() == {"llama", "gemma"}
+    for student, rates in expected.items():
+        assert data["routing_style"][student] == pytest.approx(rates)
         assert all(0.0 <= r <= 1.0 for r in rates.values())
     acc = {r["method"]: r for r in data["accuracy"]}
     preds = [json.loads(l) for l in (demo / "eval" / "predictions.jsonl").read_text().splitlines()]
-    for r in preds:
-        if r["checkpoint"].startswith("qr_distill/") and r["student"] == "llama":
-            break
     mine = [p for p in preds if p["checkpoint"].startswith("qr_distill/") and p["student"] == "llama"]
     cell = acc["QR-Distill llama"]["tasks"]["synthetic"]
     assert cell["n"] == len(mine) and cell["correct"] == sum(p["correct"] for p in mine)
