@@ -187,7 +187,7 @@ class Trainer:
 
         t_x = time.perf_counter()
         if cfg.use_mutual:
-            stats[S, 0] = self.mutual_losses(outs, hard)
+            stats[S, 0] = self.mutual_losses(outs, hard, idx)
         t_x = time.perf_counter() - t_x
 
         for st in self.students:
@@ -222,11 +222,10 @@ class Trainer:
         chunks = self.layout.chunks_of(self.dist.local_students[0], self.dist.rank)
         return len(chunks) * (len(self.cfg.students) - 1) * (c * m.max_spans * m.shared_dim + c) * 4
 
-    def mutual_losses(self, outs: dict, hard: torch.Tensor) -> torch.Tensor:
+    def mutual_losses(self, outs: dict, hard: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Exchange projected states per chunk and add λ2·L_mutual to each local student's loss."""
-        cfg, c, S = self.cfg, self.cfg.micro_batch_paths, len(self.cfg.students)
-        some = next(iter(outs.values()))
-        chunks = some[3]
+        cfg, c = self.cfg, self.cfg.micro_batch_paths
+        chunks = next(iter(outs.values()))[3]
         M, D = cfg.mutual.max_spans, cfg.mutual.shared_dim
         value = torch.zeros(())  # the loss of this rank's chunks, counted once (on student 0's ranks)
         for k in chunks:
@@ -238,7 +237,7 @@ class Trainer:
             all_z = torch.stack([f[: c * M * D].view(c, M, D) for f in flat])
             all_logits = torch.stack([f[c * M * D:] for f in flat])
             routed = hard[k * c:(k + 1) * c].T.bool().to(all_z.device)
-            span_mask = self.data.span_mask(self._idx[k * c:(k + 1) * c], M).to(all_z.device)
+            span_mask = self.data.span_mask(idx[k * c:(k + 1) * c], M).to(all_z.device)
             for st in self.students:
                 loss, z, logit, _ = outs[st.index]
                 m = mutual_loss_for_student(st.index, z[rows].float(), logit[rows].float(), all_z, all_logits,
@@ -260,13 +259,15 @@ class Trainer:
             bar.total = self.total_steps
         last = {}
         t_step = time.perf_counter()
+        batches, epoch = None, None
         while self.pos.step < self.total_steps:
-            batches = self.data.epoch_batches(self.pos.epoch, self.P)
+            if epoch != self.pos.epoch:
+                batches, epoch = self.data.epoch_batches(self.pos.epoch, self.P), self.pos.epoch
             if self.pos.batch >= len(batches):
                 self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
                 continue
-            self._idx = batches[self.pos.batch]
-            rec = self.micro_step(self._idx)
+            idx = batches[self.pos.batch]
+            rec = self.micro_step(idx)
             self.pos.batch += 1
             self.pos.micro_step += 1
             if self.pos.micro_step % cfg.grad_accum:
@@ -276,7 +277,7 @@ class Trainer:
                 self.router_opt.zero_grad(set_to_none=True)
             self.pos.step += 1
             dt, t_step = time.perf_counter() - t_step, time.perf_counter()
-            last = self.metrics.step(self.pos, rec, self.names, self.data, self._idx, dt)
+            last = self.metrics.step(self.pos, rec, self.names, self.data, idx, dt)
             if hasattr(bar, "update"):
                 bar.update(1)
                 bar.set_postfix(tok_s=f"{last.get('tokens_per_s', 0):.0f}", loss=f"{last.get('loss_sum', 0):.3f}")
