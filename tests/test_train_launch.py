@@ -175,3 +175,22 @@ def test_placements_and_ablations(kit, name, over, procs):
     if frozen is not None:
         a = _adapter(run, "gemma", 2)
         assert all(torch.count_nonzero(v) == 0 for k, v in a.items() if "lora_B" in k)  # never updated
+
+
+def test_evaluation_during_training(kit, tmp_path):
+    """Checkpoints are evaluated in a background process while training goes on; results are logged."""
+    from qr_ds.tasks import write_synthetic
+
+    d, pool, studs = kit
+    write_synthetic(tmp_path / "dev.jsonl", 4, seed=3)
+    run = tmp_path / "run_eval"
+    cfg = trainkit.write_config(tmp_path / "ev.yaml", studs[:2], pool, run, max_steps=2,
+                                eval={"every_steps": 1, "tasks": {"synthetic": str(tmp_path / "dev.jsonl")},
+                                      "backend": "hf", "max_new_tokens": 8, "limit": 4})
+    _ok(trainkit.launch(cfg, 2, timeout=600))
+    evals = [json.loads(l) for l in (run / "eval.jsonl").read_text().splitlines()]
+    assert {e["step"] for e in evals} <= {1, 2} and 2 in {e["step"] for e in evals}  # step 1 may be superseded
+    last = [e for e in evals if e["step"] == 2][0]
+    assert last["returncode"] == 0
+    assert set(last["accuracy"]) == {f"{m}/synthetic" for m in ("llama", "gemma", "ensemble-logprob", "ensemble-vote")}
+    assert (run / "eval" / "step_000002" / "summary.md").is_file()
