@@ -27,15 +27,15 @@ def render_prompt(tokenizer, question: str, instruction: str) -> str:
     return PLAIN_TEMPLATE.format(question=question, instruction=instruction)
 
 
-def _adds_bos_itself(tokenizer, text: str) -> bool:
+def _tokenizer_adds_specials(tokenizer, prompt: str) -> bool:
+    """BOS exactly once: from the chat template or the prompt text when they carry it, else from the tokenizer."""
     bos = getattr(tokenizer, "bos_token", None)
-    return bool(bos) and text.startswith(bos)
+    return not (bos and prompt.startswith(bos)) and not getattr(tokenizer, "chat_template", None)
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Prompt ids exactly as training saw them: BOS once (from the template or the tokenizer)."""
-    add_special = not _adds_bos_itself(tokenizer, prompt) and not getattr(tokenizer, "chat_template", None)
-    return tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+    """Prompt ids exactly as training saw them."""
+    return tokenizer(prompt, add_special_tokens=_tokenizer_adds_specials(tokenizer, prompt))["input_ids"]
 
 
 @dataclass
@@ -50,8 +50,7 @@ def encode_sft(tokenizer, prompt: str, response: str) -> EncodedExample:
     """Prompt + response + EOS, tokenized together, with character offsets for span alignment."""
     eos = tokenizer.eos_token or ""
     text = prompt + response + eos
-    add_special = not _adds_bos_itself(tokenizer, prompt) and not getattr(tokenizer, "chat_template", None)
-    enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=_tokenizer_adds_specials(tokenizer, prompt), return_offsets_mapping=True)
     offsets = enc.get("offset_mapping")
     if offsets is None:
         raise ValueError(
