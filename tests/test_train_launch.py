@@ -1,4 +1,5 @@
 """The trainer through the real DeepSpeed launcher on CPU (gloo): runs, resume, adapters, failures."""
+import glob
 import json
 import shutil
 import time
@@ -85,9 +86,13 @@ def test_two_students_two_ranks_each(kit):
     d, pool, studs = kit
     run = d / "run22"
     cfg = trainkit.write_config(d / "twotwo.yaml", studs[:2], pool, run, ranks=[2, 2], max_steps=2)
+    shm_before = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
     _ok(trainkit.launch(cfg, 4))
     rows = _metrics(run)
     assert len(rows) == 2 and rows[-1]["mutual_loss"] > 0
+    # DeepSpeed's CPU all-reduce leaves a 66 MiB /dev/shm file per rank; hundreds of runs filled a
+    # CI machine's memory until vLLM refused to start. The trainer must leave none behind.
+    assert set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*")) - shm_before == set()
     assert (run / "checkpoints/step_000002/students/gemma/adapter/adapter_config.json").is_file()
 
 

@@ -61,6 +61,22 @@ def device_for_local_rank(backend: str) -> torch.device:
     return torch.device("cpu")
 
 
+def release_deepspeed_shm_name(rank: int) -> None:
+    """Unlink the shared-memory file DeepSpeed's CPU all-reduce creates per rank and never removes.
+
+    Each run leaves ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` (66 MiB)
+    behind; a few hundred launches fill /dev/shm and starve the machine's memory. Peers open the
+    name only during ``init_distributed``, so once a collective has completed on every rank the
+    name can go; the mappings stay valid until exit, even a SIGKILL leaves nothing behind.
+    """
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    path = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 class Strategy:
     def __init__(self, layout_fn, backend: str = "auto", timeout_s: float = 600.0):
         """``layout_fn(world_size) -> Layout``: the world size is known only after init."""
@@ -75,6 +91,7 @@ class Strategy:
         self.device = device_for_local_rank(self.backend)
         self.local_students = self.layout.students_on(self.rank)
         self._build_groups()
+        release_deepspeed_shm_name(self.rank)
 
     # -- groups -----------------------------------------------------------------------------
     def _devices_of(self, ranks) -> list[int]:
