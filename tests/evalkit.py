@@ -43,14 +43,33 @@ def build_adapter(base: Path, out: Path, seed: int, r: int = 8) -> Path:
     return out
 
 
-def build_run(run: Path, bases: dict[str, Path], steps: list[int], r: int = 8) -> Path:
+def build_full(base: Path, out: Path, seed: int) -> Path:
+    """Whole weights of ``base``, every tensor moved by seeded noise, as a fully fine-tuned student saves them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(out)
+    return out
+
+
+def build_run(run: Path, bases: dict[str, Path], steps: list[int], r: int = 8, full: tuple[str, ...] = ()) -> Path:
     """RUN/checkpoints/step_*/ (meta.json + students/<name>/adapter), latest, config.yaml, pool.jsonl.
-    ``bases`` maps student name -> base model dir; each (step, student) adapter gets its own seed."""
+    ``bases`` maps student name -> base model dir; each (step, student) adapter gets its own seed.
+    Students named in ``full`` are fully fine-tuned: whole weights in students/<name>/model."""
     for i, step in enumerate(steps):
         ckpt = run / "checkpoints" / f"step_{step:06d}"
-        meta = {"step": step, "students": [{"name": n, "model": str(b), "tokenizer": str(b)} for n, b in bases.items()]}
+        meta = {"step": step, "students": [{"name": n, "model": str(b), "tokenizer": str(b),
+                                            "finetune": "full" if n in full else "lora"} for n, b in bases.items()]}
         for j, (name, base) in enumerate(bases.items()):
-            build_adapter(base, ckpt / "students" / name / "adapter", seed=100 * i + j, r=r)
+            if name in full:
+                build_full(base, ckpt / "students" / name / "model", seed=100 * i + j)
+            else:
+                build_adapter(base, ckpt / "students" / name / "adapter", seed=100 * i + j, r=r)
         (ckpt / "meta.json").write_text(json.dumps(meta))
     (run / "checkpoints" / "latest").write_text(f"step_{steps[-1]:06d}")
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"pool": str(run / "pool.jsonl")}}))

@@ -28,6 +28,10 @@ def test_defaults_load():
     ({"students": [{"name": "a", "model": "m"}]}, "need >= 2 students"),
     ({"students": [{"name": "a", "model": "m"}, {"name": "a", "model": "m"}]}, "must be unique"),
     ({"data": {}}, "config key 'data.pool' is required"),
+    ({"students": [{"name": "a", "model": "m", "finetune": "full", "lora": {"quantize": "nf4"}},
+                   {"name": "b", "model": "m"}]}, "config key 'students[0].lora.quantize': 'nf4'"),
+    ({"students": [{"name": "a", "model": "m", "finetune": "partial"}, {"name": "b", "model": "m"}]},
+     "config key 'students[0].finetune': got 'partial'; allowed: 'lora' | 'full'"),
 ])
 def test_bad_values_name_the_key(over, needle):
     with pytest.raises(ConfigError) as e:

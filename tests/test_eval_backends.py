@@ -87,6 +87,27 @@ def test_adapter_on_another_base_is_refused(tiny, tmp_path):
         read_checkpoint(other)
 
 
+def test_full_weights_missing_or_of_another_shape_are_refused(tiny, tmp_path):
+    from evalkit import build_full
+
+    from qr_ds.tiny import build_tiny_student
+
+    root, base = tiny
+    run = build_run(tmp_path / "run", {"c": base}, steps=[1], full=("c",))
+    ckpt = run / "checkpoints/step_000001"
+    (a,) = read_checkpoint(ckpt)
+    assert a.full and a.rank == 0 and a.path == ckpt / "students/c/model"
+    wide = build_tiny_student("llama-bpe", tmp_path / "wide", ["Ava has 3 apples."], vocab_size=300, hidden=192)
+    build_full(wide, ckpt / "students/c/model", seed=0)
+    with pytest.raises(ValueError, match=r"student 'c' does not have the shape of its base model .*hidden_size: 192 vs 128"):
+        read_checkpoint(ckpt)
+    import shutil
+
+    shutil.rmtree(ckpt / "students/c/model")
+    with pytest.raises(FileNotFoundError, match=r"weights of student 'c' missing"):
+        read_checkpoint(ckpt)
+
+
 def test_rank_above_max_lora_rank_is_refused(tiny, tmp_path):
     root, base = tiny
     run = tmp_path / "run"

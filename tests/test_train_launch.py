@@ -144,6 +144,7 @@ def test_bad_inputs_refused_before_models_load(kit, tmp_path):
     ("no_mutual_frozen", {"mutual": {"enabled": False}, "frozen": 1}, 2),
     ("single_path_sft", {"router": {"enabled": False}, "mutual": {"enabled": False}, "single": True}, 1),
     ("zero3", {"zero3": True}, 2),
+    ("full_finetune_zero3", {"zero3": True, "full": True}, 2),
     ("torchrun", {"torchrun": True}, 2),
 ])
 def test_placements_and_ablations(kit, name, over, procs):
@@ -151,7 +152,7 @@ def test_placements_and_ablations(kit, name, over, procs):
     run = d / f"abl_{name}"
     over = dict(over)
     frozen, single = over.pop("frozen", None), over.pop("single", False)
-    zero3, torchrun = over.pop("zero3", False), over.pop("torchrun", False)
+    zero3, torchrun, full = over.pop("zero3", False), over.pop("torchrun", False), over.pop("full", False)
     data = {"pool": str(pool), "max_len": 256, **over.pop("data", {})}
     if single:
         data["paths_per_question"] = 1
@@ -165,6 +166,9 @@ def test_placements_and_ablations(kit, name, over, procs):
     if zero3:  # different students under ZeRO-3: its trace check must stay inside each student's group
         for s in c["students"]:
             s["deepspeed"] = s["deepspeed"].replace("zero2", "zero3")
+    if full:
+        for s in c["students"]:
+            s["finetune"] = "full"
     cfg.write_text(yaml.safe_dump(c))
     _ok(trainkit.launch(cfg, procs, launcher="torchrun" if torchrun else "deepspeed"))
     rows = _metrics(run)
@@ -175,7 +179,19 @@ def test_placements_and_ablations(kit, name, over, procs):
         assert all(r["mutual_loss"] == 0 for r in rows)
     if name == "colocated":
         assert rows[-1]["mutual_loss"] > 0
-    if zero3:  # the adapter was gathered from its shards, not saved empty
+    if full:  # whole models, gathered from ZeRO-3 shards, trained, and served by eval as weight swaps
+        from safetensors.torch import load_file
+
+        from qr_ds.eval.checkpoints import read_checkpoint
+
+        ckpt = run / "checkpoints" / "step_000002"
+        for name, base in (("llama", studs[0]), ("gemma", studs[1])):
+            trained, init = load_file(str(ckpt / "students" / name / "model" / "model.safetensors")), \
+                load_file(str(base / "model.safetensors"))
+            assert trained.keys() == init.keys() and all(v.numel() > 0 for v in trained.values())
+            assert any(not torch.equal(trained[k], init[k]) for k in init)
+        assert all(a.full and a.path.name == "model" for a in read_checkpoint(ckpt))
+    elif zero3:  # the adapter was gathered from its shards, not saved empty
         assert all(v.numel() > 0 for v in _adapter(run, "llama", 2).values())
     if frozen is not None:
         a = _adapter(run, "gemma", 2)

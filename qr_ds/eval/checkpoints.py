@@ -1,7 +1,8 @@
 """Find checkpoints and their student adapters, and refuse ones that cannot be served correctly.
 
 Layout (written by qr_ds/train/checkpoint.py): ``RUN/checkpoints/step_000100/meta.json`` lists
-the students (name, base model, tokenizer); each adapter is ``students/<name>/adapter/`` (PEFT).
+the students (name, base model, tokenizer, finetune); each adapter is ``students/<name>/adapter/``
+(PEFT), or ``students/<name>/model/`` (whole weights) for a fully fine-tuned student.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ class Adapter:
     student: str
     model: str  # base model name or dir, from meta.json
     tokenizer: str
-    path: Path  # the PEFT adapter dir
-    rank: int
+    path: Path  # the PEFT adapter dir, or the whole model's dir when ``full``
+    rank: int  # 0 when ``full``
+    full: bool = False  # fully fine-tuned: served by swapping the engine's weights, not as a LoRA
 
 
 def checkpoints_of_run(run_dir: Path, which: str = "latest") -> list[Path]:
@@ -59,6 +61,9 @@ def read_checkpoint(ckpt: Path) -> list[Adapter]:
     out = []
     for st in meta.get("students", []):
         name, model = st["name"], st["model"]
+        if st.get("finetune", "lora") == "full":
+            out.append(_full_model(ckpt, step, name, model, st.get("tokenizer") or model))
+            continue
         path = ckpt / "students" / name / "adapter"
         cfg_path = path / "adapter_config.json"
         if not cfg_path.is_file():
@@ -74,6 +79,26 @@ def read_checkpoint(ckpt: Path) -> list[Adapter]:
     if not out:
         raise ValueError(f"{meta_path}: lists no students")
     return out
+
+
+SHAPE_KEYS = ("architectures", "hidden_size", "num_hidden_layers", "vocab_size")
+
+
+def _full_model(ckpt: Path, step: int, name: str, model: str, tokenizer: str) -> Adapter:
+    """A fully fine-tuned student's weights, checked to fit the base model's engine."""
+    path = ckpt / "students" / name / "model"
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt}: weights of student '{name}' missing ({cfg_path} not found)")
+    mine = json.loads(cfg_path.read_text())
+    base_cfg = Path(model) / "config.json"
+    if base_cfg.is_file():  # a hub name is checked by the engine when it loads the weights
+        base = json.loads(base_cfg.read_text())
+        bad = [k for k in SHAPE_KEYS if mine.get(k) != base.get(k)]
+        if bad:
+            raise ValueError(f"{cfg_path}: student '{name}' does not have the shape of its base model {model!r} "
+                             f"({', '.join(f'{k}: {mine.get(k)!r} vs {base.get(k)!r}' for k in bad)})")
+    return Adapter(ckpt.name, step, name, model, tokenizer, path, 0, full=True)
 
 
 def run_pool(run_dir: Path) -> Path | None:

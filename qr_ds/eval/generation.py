@@ -33,10 +33,18 @@ class LoraRef:
     path: Path
 
 
+@dataclass(frozen=True)
+class FullRef:
+    """Whole fine-tuned weights of the engine's base architecture, swapped into the engine in place."""
+    name: str
+    path: Path
+
+
 @dataclass
 class Request:
     prompt_ids: list[int]
-    lora: LoraRef | None = None  # None = the base model (zero-shot)
+    lora: LoraRef | None = None  # None (and no ``full``) = the base model (zero-shot)
+    full: FullRef | None = None
 
 
 @dataclass

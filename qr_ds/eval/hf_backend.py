@@ -11,7 +11,7 @@ from collections import defaultdict
 import torch
 from tqdm import tqdm
 
-from qr_ds.eval.generation import Generation, LoraRef, Request, trim
+from qr_ds.eval.generation import FullRef, Generation, LoraRef, Request, trim
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,15 +31,17 @@ class HFBackend:
         tok = AutoTokenizer.from_pretrained(tokenizer)
         pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
         net = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
-        groups: dict[LoraRef | None, list[int]] = defaultdict(list)
+        groups: dict[LoraRef | FullRef | None, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            groups[r.lora].append(i)
+            groups[r.lora or r.full].append(i)
         out: list[Generation | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc=f"hf generate {model}", unit="prompt")
         peft_net = None
         for lora, idx in sorted(groups.items(), key=lambda kv: kv[0] is not None):  # base model first
             if lora is None:
                 runner = net
+            elif isinstance(lora, FullRef):
+                runner = AutoModelForCausalLM.from_pretrained(str(lora.path), dtype=self.dtype).to(self.device).eval()
             else:
                 from peft import PeftModel
 
@@ -59,7 +61,7 @@ class HFBackend:
                     out[i] = g
                 self.generate_s += time.perf_counter() - t0
                 bar.update(len(chunk))
-            if lora is not None:
+            if isinstance(lora, LoraRef):
                 peft_net.delete_adapter(name)
         bar.close()
         return out  # type: ignore[return-value]

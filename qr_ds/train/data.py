@@ -120,19 +120,23 @@ class TrainData:
         qids = {q: i for i, q in enumerate(dict.fromkeys(r.question_id for r in self.records))}
         self.question_index = torch.tensor([qids[r.question_id] for r in self.records])
         self._by_question = [torch.nonzero(self.question_index == q).flatten() for q in range(len(qids))]
-        self.seed = cfg.seed
+        self.seed, self.by_question = cfg.seed, cfg.data.batch_order == "by_question"
         log(f"training on {len(self.records)} paths of {len(qids)} questions")
 
     def __len__(self) -> int:
         return len(self.records)
 
     def epoch_batches(self, epoch: int, batch: int) -> list[torch.Tensor]:
-        """The global batch order of ``epoch``: the same on every rank. Questions are shuffled and
-        each keeps its paths together (eq. 3 balances routing per question, over its paths); the
-        last batch wraps to the start of the order, so no path is skipped."""
+        """The global batch order of ``epoch``: the same on every rank. Paths are shuffled, or with
+        ``by_question`` questions are shuffled and each keeps its paths together (eq. 3 then balances
+        routing over all of a question's paths); the last batch wraps to the start of the order, so
+        no path is skipped."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.cat([self._by_question[q][torch.randperm(len(self._by_question[q]), generator=g)]
-                           for q in torch.randperm(len(self._by_question), generator=g).tolist()])
+        if self.by_question:
+            order = torch.cat([self._by_question[q][torch.randperm(len(self._by_question[q]), generator=g)]
+                               for q in torch.randperm(len(self._by_question), generator=g).tolist()])
+        else:
+            order = torch.randperm(len(self.records), generator=g)
         n = -(-len(order) // batch)
         padded = torch.cat([order, order[: n * batch - len(order)]]) if n * batch > len(order) else order
         return list(padded.view(n, batch))

@@ -1,4 +1,4 @@
-"""One student: a (Q)LoRA-adapted causal LM plus its mutual-distillation head, as one module,
+"""One student: a (Q)LoRA-adapted (or fully trained) causal LM plus its mutual-distillation head, as one module,
 so that a single DeepSpeed engine owns all of the student's trainable parameters."""
 from __future__ import annotations
 
@@ -76,16 +76,17 @@ def build_student(cfg: StudentConfig, mutual: MutualConfig | None, device: torch
     if cfg.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.enable_input_require_grads()
-    present = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
-    targets = [t for t in cfg.lora.target_modules if t in present]
-    if not targets:
-        raise ValueError(f"student '{cfg.name}': none of lora.target_modules {cfg.lora.target_modules} "
-                         f"exist in {cfg.model}")
-    lm = get_peft_model(lm, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                       target_modules=targets, task_type="CAUSAL_LM"))
+    if cfg.finetune == "lora":
+        present = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
+        targets = [t for t in cfg.lora.target_modules if t in present]
+        if not targets:
+            raise ValueError(f"student '{cfg.name}': none of lora.target_modules {cfg.lora.target_modules} "
+                             f"exist in {cfg.model}")
+        lm = get_peft_model(lm, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                           target_modules=targets, task_type="CAUSAL_LM"))
     head = None
     if mutual is not None:
-        head = MutualHead(lm.get_base_model().config.hidden_size, mutual.shared_dim).to(dtype)
+        head = MutualHead(lm.config.hidden_size, mutual.shared_dim).to(dtype)
     student = Student(lm, head, cfg.use_kernels)
     if cfg.lora.quantize == "nf4":  # placed by device_map; only the head moves
         head is not None and head.to(device)
