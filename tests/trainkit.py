@@ -12,7 +12,7 @@ import yaml
 from qr_ds.data.pool import EmbeddingRef, JudgeVerdict, PathRecord, write_pool
 from qr_ds.data.styles import DEFAULT_TEMPLATES, STYLES
 from qr_ds.tasks import generate_synthetic, get_task
-from qr_ds.tiny import build_tiny_student
+from qr_ds.tiny import build_tiny_student, tokenizer_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,8 @@ def make_students(out: Path, pool: Path, kinds=("llama-bpe", "gemma-unigram")) -
 def write_config(path: Path, students: list[Path], pool: Path, out_dir: Path, ranks=None, **over) -> Path:
     ranks = ranks or [1] * len(students)
     cfg = {
-        "students": [{"name": s.name.split("-")[0], "model": str(s), "ranks": r, "lr": 1e-3,
+        "students": [{"name": s.name.split("-")[0], "model": str(s), "tokenizer": str(tokenizer_dir(s)),
+                      "ranks": r, "lr": 1e-3,
                       "deepspeed": str(ROOT / "ds_configs/zero2.json"), "lora": {"r": 4, "alpha": 8}}
                      for s, r in zip(students, ranks)],
         "data": {"pool": str(pool), "max_len": 256},
