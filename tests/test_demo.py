@@ -32,7 +32,7 @@ def test_report_files_exist(demo):
         assert (rep / name).stat().st_size > 1000  # a real PNG
     assert {"loss", "routing_style", "routing_level", "retention"} <= set(data["figures"])
     md = (rep / "report.md").read_text()
-    for label in ("QR-Distill llama", "w/o QF gemma", "w/o Route llama", "w/o Collab gemma",
+    for label in ("QR-Distill llama", "w/o QF qwen", "w/o Route llama", "w/o Collab qwen",
                   "SFT (one path per question) llama", "Zero-shot", "Teacher"):
         assert label in md
 
@@ -45,7 +45,7 @@ def test_report_numbers_match_metrics(demo):
         assert data["throughput"][name] == pytest.approx(throughput(rows))
     main = read_metrics(Path(data["runs"]["qr_distill"]))
     expected = routing_table(main, "route_rate")
-    assert data["routing_style"].keys() == expected.keys() == {"llama", "gemma"}
+    assert data["routing_style"].keys() == expected.keys() == {"llama", "qwen"}
     for student, rates in expected.items():
         assert data["routing_style"][student] == pytest.approx(rates)
         assert all(0.0 <= r <= 1.0 for r in rates.values())
