@@ -156,7 +156,7 @@ def train_config(out: Path, name: str, over: dict, models: list[Path], pool: Pat
         "router": {"hidden": 64, "lr": 3e-3},
         "mutual": {"shared_dim": 32, "max_spans": 16},
         "lambda1": 1.0, "lambda2": 0.1, "micro_batch_paths": 8, "epochs": size.epochs,
-        "max_steps": size.max_steps, "warmup_steps": 2, "seed": 0, "output_dir": str(out / "runs" / name),
+        "max_steps": size.max_steps, "warmup_steps": 10, "seed": 0, "output_dir": str(out / "runs" / name),
         "tensorboard": False, "collective_timeout_s": 120,
     }
     for key, value in over.items():
