@@ -148,7 +148,7 @@ def train_config(out: Path, name: str, over: dict, models: list[Path], pool: Pat
 
     cfg = {
         # full fine-tuning: LoRA on a tiny random-init model cannot sharpen its frozen random
-        # output layer, and its loss stalled near 4.7 nats where full training reaches 0.1.
+        # output layer: after 150 steps its loss was 4.7 nats, full training's 0.5.
         "students": [{"name": m.name.split("-")[0], "model": str(m), "tokenizer": str(tokenizer_dir(m)),
                       "lr": 3e-3, "finetune": "full",
                       "deepspeed": str(ROOT / "ds_configs" / "zero2.json")} for m in models],

@@ -1,8 +1,7 @@
 """Tiny random-init students with locally trained tokenizers, for CPU tests and the demo.
 
 Each kind pairs an architecture with a different tokenizer type, so cross-tokenizer code meets
-real differences: Llama + byte-level BPE, Gemma + Unigram, Qwen2 + WordPiece (and Qwen2 + Unigram,
-the demo's second student: WordPiece drops spaces, which a tiny student learns badly). head_dim is 64
+real differences: Llama + byte-level BPE, Gemma + Unigram, Qwen2 + WordPiece. head_dim is 64
 because vLLM's CPU attention refuses smaller heads. Saved with save_pretrained and loaded back
 through from_pretrained(dir), the same path a 7B checkpoint takes.
 """
@@ -11,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-KINDS = ("llama-bpe", "gemma-unigram", "qwen-wordpiece", "qwen-unigram")
+KINDS = ("llama-bpe", "gemma-unigram", "qwen-wordpiece")
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 

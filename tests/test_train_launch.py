@@ -185,8 +185,8 @@ def test_placements_and_ablations(kit, name, over, procs):
         from qr_ds.eval.checkpoints import read_checkpoint
 
         ckpt = run / "checkpoints" / "step_000002"
-        for name, base in (("llama", studs[0]), ("gemma", studs[1])):
-            trained, init = load_file(str(ckpt / "students" / name / "model" / "model.safetensors")), \
+        for student, base in (("llama", studs[0]), ("gemma", studs[1])):
+            trained, init = load_file(str(ckpt / "students" / student / "model" / "model.safetensors")), \
                 load_file(str(base / "model.safetensors"))
             assert trained.keys() == init.keys() and all(v.numel() > 0 for v in trained.values())
             assert any(not torch.equal(trained[k], init[k]) for k in init)

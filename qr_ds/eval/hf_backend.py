@@ -30,7 +30,10 @@ class HFBackend:
 
         tok = AutoTokenizer.from_pretrained(tokenizer)
         pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
-        net = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
+        def load(path: str):
+            return AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+
+        net = load(model) if any(r.full is None for r in requests) else None  # only full checkpoints: no base
         groups: dict[LoraRef | FullRef | None, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             groups[r.lora or r.full].append(i)
@@ -41,7 +44,7 @@ class HFBackend:
             if lora is None:
                 runner = net
             elif isinstance(lora, FullRef):
-                runner = AutoModelForCausalLM.from_pretrained(str(lora.path), dtype=self.dtype).to(self.device).eval()
+                runner = load(str(lora.path))
             else:
                 from peft import PeftModel
 

@@ -64,7 +64,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, fi
         prompts = {(t, ex.id): render_prompt(tok, ex.question, get_task(t).instruction)
                    for t, exs in examples.items() for ex in exs}
         ids = {k: encode_prompt(tok, p) for k, p in prompts.items()}
-        # (checkpoint, student, lora): zero-shot once per base, then every adapter
+        # (checkpoint, student, Request weights): zero-shot once per base, then every adapter or full model
         jobs = [("zero-shot", "+".join(sorted({a.student for a in group})), {})] if cfg.zero_shot else []
         for a in group:
             if a.full:  # whole weights, swapped into this base model's engine

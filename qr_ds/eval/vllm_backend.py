@@ -39,11 +39,31 @@ class VLLMBackend:
 
     def generate(self, model: str, tokenizer: str, requests: list[Request], stops: list[int],
                  max_new_tokens: int, max_lora_rank: int) -> list[Generation]:
-        from vllm import LLM, SamplingParams
-
         # vLLM starts `python -m` helpers, which put the working dir first on sys.path: from the repo
         # root its kernels/ folder would shadow the `kernels` package transformers probes.
         os.environ.setdefault("PYTHONSAFEPATH", "1")
+        gens: list[Generation | None] = [None] * len(requests)
+        fulls: dict = {}
+        for i, r in enumerate(requests):
+            if r.full is not None:
+                fulls.setdefault(r.full, []).append(i)
+        in_place = bool(fulls) and architecture(model) in IN_PLACE_RELOAD
+        if in_place or any(r.full is None for r in requests):  # else the base engine would serve nothing
+            self._on_engine(model, tokenizer, requests, stops, max_new_tokens, max_lora_rank,
+                            fulls if in_place else {}, gens)
+        for ref, part in fulls.items() if not in_place else ():  # a fresh engine each: slower, never wrong
+            own = self.generate(str(ref.path), tokenizer, [Request(requests[i].prompt_ids) for i in part], stops,
+                                max_new_tokens, 0)
+            for i, g in zip(part, own):
+                gens[i] = g
+        return gens  # type: ignore[return-value]
+
+    def _on_engine(self, model: str, tokenizer: str, requests: list[Request], stops: list[int],
+                   max_new_tokens: int, max_lora_rank: int, swaps: dict, gens: list) -> None:
+        """One engine on ``model``: base prompts, LoRA prompts, then ``swaps`` (FullRef -> request
+        indices) with the weights loaded in place."""
+        from vllm import LLM, SamplingParams
+
         loras = {r.lora.lora_id: r.lora for r in requests if r.lora is not None}
         lora_kw = dict(enable_lora=True, max_lora_rank=engine_rank(max_lora_rank),
                        max_loras=min(len(loras), self.max_loras), max_cpu_loras=len(loras)) if loras else {}
@@ -60,7 +80,6 @@ class VLLMBackend:
             # adapter prompt of every checkpoint in one call; vLLM swaps adapters through its
             # max_loras slots. LoRA names are made unique too: two ids under one name killed
             # vLLM's worker (KeyError in punica's mapping).
-            gens: list[Generation | None] = [None] * len(requests)
             t0 = time.perf_counter()
             base = [i for i, r in enumerate(requests) if r.lora is None and r.full is None]
             adapted = [i for i, r in enumerate(requests) if r.lora is not None]
@@ -70,12 +89,7 @@ class VLLMBackend:
             # Fully fine-tuned checkpoints last: their weights replace the base's in place (the
             # RLHF weight-sync path, milliseconds instead of a new engine), so nothing that needs the
             # base may follow. Cached prefixes hold the old weights' KV: drop them at every swap.
-            fulls: dict = {}
-            for i, r in enumerate(requests):
-                if r.full is not None:
-                    fulls.setdefault(r.full, []).append(i)
-            in_place = architecture(model) in IN_PLACE_RELOAD
-            for ref, part in fulls.items() if in_place else ():
+            for ref, part in swaps.items():
                 llm.collective_rpc("reload_weights", kwargs={"weights_path": str(ref.path)})
                 llm.reset_prefix_cache()
                 self._run(llm, requests, part, params, stops, gens)
@@ -84,12 +98,6 @@ class VLLMBackend:
             llm.llm_engine.engine_core.shutdown()  # frees the engine process before the next base model
             del llm
             gc.collect()
-        for ref, part in fulls.items() if not in_place else ():
-            own = self.generate(str(ref.path), tokenizer, [Request(requests[i].prompt_ids) for i in part], stops,
-                                max_new_tokens, 0)
-            for i, g in zip(part, own):
-                gens[i] = g
-        return gens  # type: ignore[return-value]
 
     @staticmethod
     def _run(llm, requests: list[Request], part: list[int], params, stops: list[int], gens: list) -> None:

@@ -4,9 +4,10 @@ One-digit values (every intermediate and final value in 0..9), operations of one
 one fewer, doubling), a fixed small vocabulary, and level = number of operations (1-3), so a tiny
 randomly-initialised transformer learns the task in minutes. Measured in a plain PyTorch loop (one
 student, 2 layers of width 128, full fine-tuning, 3 epochs over 200 questions' filtered paths, 30 s
-on 2 cores): 79% accuracy, 97% on level 1. With operands up to 9 and values up to 99 the same
-student stayed near 2%: the arithmetic, not the reasoning, was what it could not learn. ``solve_steps`` gives the intermediate
-operations, and ``step_phrases`` the words that asked for them, for scripted teachers.
+on 2 cores): 79% accuracy, 97% on level 1. With operands up to 9 and values up to 99, a student
+trained alike (100 questions, 150 steps) scored 2%: the arithmetic, not the reasoning, was what it
+could not learn. ``solve_steps`` gives the intermediate operations, and ``step_phrases`` the words
+that asked for them, for scripted teachers.
 """
 from __future__ import annotations
 

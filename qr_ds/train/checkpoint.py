@@ -81,10 +81,11 @@ def save(trainer, out_dir: Path) -> Path:
         with _gathered(st.model):
             if trainer.layout.dp_rank(st.index, dist.rank) == 0:
                 sdir = ckpt / "students" / st.name
-                if cfg.students[st.index].finetune == "full":
-                    save_whole_model(module.lm, sdir / WEIGHTS_DIR["full"])
+                finetune = cfg.students[st.index].finetune
+                if finetune == "full":
+                    save_whole_model(module.lm, sdir / WEIGHTS_DIR[finetune])
                 else:
-                    module.lm.save_pretrained(str(sdir / WEIGHTS_DIR["lora"]))
+                    module.lm.save_pretrained(str(sdir / WEIGHTS_DIR[finetune]))
                 if module.head is not None:
                     torch.save(module.head.state_dict(), sdir / "mutual_head.pt")
     torch.save(_rng_state(), ckpt / "rng" / f"rank{dist.rank}.pt")

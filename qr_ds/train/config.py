@@ -77,8 +77,8 @@ class DataConfig:
     limit: int = field(default=0, metadata=rule(min=0, help="use only the first N paths (0 = all)"))
     batch_order: Literal["shuffled", "by_question"] = field(
         default="shuffled", metadata=rule(help="shuffled = paths in random order; by_question = each question's "
-                                               "paths in one batch, so eq. 3 averages over all of them. Measured on "
-                                               "the demo task: 79% vs 27% accuracy after 3 epochs; batches of "
+                                               "paths in one batch, so eq. 3 averages over all of them. In a plain "
+                                               "training loop on the demo task: 79% vs 27% after 3 epochs; batches of "
                                                "two or three questions teach too little per step"))
 
 
