@@ -12,6 +12,7 @@ import sys
 # (subcommand module, one-line help): each module defines register(subparsers).
 COMMANDS = [
     "qr_ds.tasks.command",  # tasks, score
+    "qr_ds.tasks.export",  # data export
     "qr_ds.teacher.command",  # generate
     "qr_ds.filter.command",  # filter
     "qr_ds.embed.command",  # embed
