@@ -4,10 +4,13 @@ A config class is a dataclass whose fields carry optional constraints in metadat
 ``field(default=..., metadata=rule(min=0, max=1, choices=(...), help="..."))``.
 ``load_config(Cls, "run.yaml")`` or ``from_dict(Cls, mapping)`` refuses unknown keys,
 wrong types and out-of-range values, naming the dotted key, the value and what is allowed.
+Floats must be finite: NaN passes every ``<``/``>`` range check, and infinity rarely means what
+was meant, so both are refused unless a field opts in with ``rule(allow_inf=True)`` ("no limit").
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -23,9 +26,10 @@ class ConfigError(ValueError):
     """A config value that cannot be accepted; the message names key, value and what is allowed."""
 
 
-def rule(*, min=None, max=None, choices=None, help: str = "") -> dict:
-    """Field metadata: bounds (inclusive), allowed values, and a one-line description."""
-    return {"min": min, "max": max, "choices": choices, "help": help}
+def rule(*, min=None, max=None, choices=None, allow_inf: bool = False, help: str = "") -> dict:
+    """Field metadata: bounds (inclusive), allowed values, whether +-inf is a meaningful
+    "no limit" for this float field (NaN never is), and a one-line description."""
+    return {"min": min, "max": max, "choices": choices, "allow_inf": allow_inf, "help": help}
 
 
 def _type_name(tp) -> str:
@@ -50,7 +54,7 @@ def _fail(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"config key '{key or '<root>'}': got {value!r}; allowed: {allowed}")
 
 
-def _convert(tp, value: Any, key: str):
+def _convert(tp, value: Any, key: str, allow_inf: bool = False):
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -63,9 +67,11 @@ def _convert(tp, value: Any, key: str):
             if a is type(None):
                 continue
             try:
-                return _convert(a, value, key)
+                return _convert(a, value, key, allow_inf)
             except ConfigError as e:
                 errors.append(e)
+        if len(errors) == 1:  # an optional value: the one real type's reason ("a finite number") says more
+            raise errors[0]
         raise _fail(key, value, _type_name(tp))
     if origin is Literal:
         if value in get_args(tp):
@@ -75,13 +81,13 @@ def _convert(tp, value: Any, key: str):
         if not isinstance(value, (list, tuple)):
             raise _fail(key, value, _type_name(tp))
         (item_tp, *_) = get_args(tp) or (Any,)
-        out = [_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        out = [_convert(item_tp, v, f"{key}[{i}]", allow_inf) for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
             raise _fail(key, value, _type_name(tp))
         kt, vt = get_args(tp) or (Any, Any)
-        return {_convert(kt, k, key): _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
+        return {_convert(kt, k, key): _convert(vt, v, f"{key}.{k}", allow_inf) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -95,14 +101,7 @@ def _convert(tp, value: Any, key: str):
             return value
         raise _fail(key, value, "an integer")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 5e-6 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _fail(key, value, "a number")
+        return _finite(_number(value, key), key, allow_inf)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -112,6 +111,23 @@ def _convert(tp, value: Any, key: str):
             return Path(value)
         raise _fail(key, value, "a path string")
     raise _fail(key, value, _type_name(tp))
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # YAML reads 5e-6 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise _fail(key, value, "a number")
+
+
+def _finite(value: float, key: str, allow_inf: bool) -> float:
+    if math.isfinite(value) or (allow_inf and math.isinf(value)):
+        return value
+    raise _fail(key, value, "a finite number")
 
 
 def _check_rule(meta: dict, value: Any, key: str) -> None:
@@ -147,7 +163,7 @@ def from_dict(cls: type[T], data: Any, key: str = "") -> T:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"config key '{sub}' is required ({_type_name(hints[name])})")
             continue
-        value = _convert(hints[name], data[name], sub)
+        value = _convert(hints[name], data[name], sub, f.metadata.get("allow_inf", False))
         _check_rule(f.metadata, value, sub)
         kwargs[name] = value
     obj = cls(**kwargs)
@@ -175,9 +191,13 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data or {}
 
 
@@ -194,15 +214,34 @@ def load_config(cls: type[T], path: str | Path, overrides: dict | None = None) -
 
 def apply_override(data: dict, dotted: str, value: Any) -> None:
     """Set ``a.b.c=value`` in nested dicts; list items by index (``students.1.lr``)."""
-    parts = dotted.split(".")
+    *parents, last = dotted.split(".")
     node: Any = data
-    for p in parts[:-1]:
-        node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
-    last = parts[-1]
+    for part in parents:
+        node = _override_step(node, part, dotted)
     if isinstance(node, list):
-        node[int(last)] = value
-    else:
+        node[_list_index(node, last, dotted)] = value
+    elif isinstance(node, dict):
         node[last] = value
+    else:
+        raise _not_a_container(node, last, dotted)
+
+
+def _override_step(node: Any, part: str, dotted: str) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, part, dotted)]
+    if isinstance(node, dict):
+        return node.setdefault(part, {})
+    raise _not_a_container(node, part, dotted)
+
+
+def _not_a_container(node: Any, part: str, dotted: str) -> ConfigError:
+    return ConfigError(f"override '{dotted}': '{part}' is under a {type(node).__name__}, not a mapping or list")
+
+
+def _list_index(items: list, part: str, dotted: str) -> int:
+    if not (part.isdigit() and int(part) < len(items)):
+        raise ConfigError(f"override '{dotted}': '{part}' is not an index of a list of {len(items)}")
+    return int(part)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

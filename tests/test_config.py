@@ -66,3 +66,31 @@ def test_config_reference_is_current():
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
     assert doc.read_text() == render(), "regenerate: python -m qr_ds.configdoc > docs/config-reference.md"
+
+
+@pytest.mark.parametrize("yaml_value", [".nan", ".inf", "-.inf", "nan", "'inf'", "1e999"])
+def test_non_finite_floats_are_refused_naming_the_key(tmp_path, yaml_value):
+    p = tmp_path / "c.yaml"
+    p.write_text(f"students:\n- {{name: a, model: m, lr: {yaml_value}}}\n- {{name: b, model: m}}\n"
+                 "data: {pool: p.jsonl}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: config key 'students\[0\].lr': got .*; allowed: a finite number"):
+        load_config(TrainConfig, p)
+
+
+def test_bad_override_paths_name_the_override():
+    from qr_ds.config import apply_override
+
+    for dotted in ("students.5.lr", "students.x.lr", "epochs.x"):
+        with pytest.raises(ConfigError, match=f"override '{dotted}'"):
+            apply_override({"students": [{}], "epochs": 1}, dotted, 1)
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"lr: 1\n\xff\n", "not UTF-8"),
+    (b"- a\n- b\n", "expected a mapping at the top level, got list"),
+])
+def test_unreadable_yaml_names_the_file(tmp_path, content, needle):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"c.yaml: {needle}"):
+        load_config(TrainConfig, p)
