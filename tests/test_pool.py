@@ -1,4 +1,7 @@
+import errno
 import json
+
+import pytest
 
 from qr_ds.data.pool import SCHEMA, load_pool
 
@@ -50,3 +53,35 @@ def test_clean_file_has_no_quarantine(tmp_path):
     rep = load_pool(path, log=lambda m: None)
     assert len(rep.records) == 1 and rep.quarantine is None
     assert not (tmp_path / "pool.jsonl.quarantine.jsonl").exists()
+
+
+def test_undecodable_bytes_are_quarantined_not_fatal(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    bad = _rec(1, response="cafX").encode().replace(b"cafX", b"caf\xff")
+    path.write_bytes(_rec(0).encode() + b"\n" + bad + b"\n" + _rec(2).encode() + b"\n")
+    said = []
+    rep = load_pool(path, log=said.append)
+    assert [r.id for r in rep.records] == ["q0/cot/0", "q2/cot/0"] and rep.lines == [1, 3]
+    (lineno, reason), = rep.rejected
+    assert lineno == 2 and reason.startswith("not UTF-8 (byte 0xff at byte ")
+    assert f"{path}:2: not UTF-8" in said[1]
+    (q,) = [json.loads(l) for l in rep.quarantine.read_text().split("\n") if l]
+    assert q["line"] == 2 and "caf\\xff" in q["raw"]
+
+
+def test_line_separators_inside_strings_and_crlf_endings(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    texts = ["one\u2028two", "three\u2029four", "five\x85six", "seven\x1cx"]
+    lines = [json.dumps({**json.loads(_rec(i)), "response": t}, ensure_ascii=False) for i, t in enumerate(texts)]
+    path.write_bytes("\r\n".join(lines).encode() + b"\r\n")
+    rep = load_pool(path, log=lambda m: None)
+    assert [r.response for r in rep.records] == texts and rep.rejected == [] and rep.lines == [1, 2, 3, 4]
+
+
+def test_a_full_disk_names_the_file():
+    from qr_ds.data.jsonl import JsonlAppender
+
+    with pytest.raises(OSError) as e:
+        with JsonlAppender("/dev/full", fsync=False) as out:
+            out.write({"a": 1})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == "/dev/full"

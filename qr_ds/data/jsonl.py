@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
@@ -23,6 +24,7 @@ class RecordError(ValueError):
 class LoadReport(Generic[T]):
     path: Path
     records: list[T] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # line number of each record, for later errors
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
     quarantine: Path | None = None
 
@@ -55,26 +57,15 @@ def load_jsonl(
         raise FileNotFoundError(f"no such file: {path}")
     report: LoadReport[T] = LoadReport(path=path)
     bad_lines: list[dict] = []
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            text = raw.strip()
-            if not text:
+    for lineno, raw in iter_lines(path):
+        text, reason = _decode(raw)
+        if reason is None:
+            if not text.strip():
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                reason = f"not valid JSON ({e.msg} at column {e.colno})"
-            else:
-                if not isinstance(obj, dict):
-                    reason = f"expected a JSON object, got {type(obj).__name__}"
-                else:
-                    try:
-                        report.records.append(parse(obj))
-                        continue
-                    except (RecordError, ValueError, TypeError, KeyError) as e:
-                        reason = str(e)
+            reason = _parse_line(text, parse, report, lineno)
+        if reason is not None:
             report.rejected.append((lineno, reason))
-            bad_lines.append({"line": lineno, "reason": reason, "raw": raw.rstrip("\n")})
+            bad_lines.append({"line": lineno, "reason": reason, "raw": text})
     if bad_lines:
         report.quarantine = quarantine_path(path)
         with report.quarantine.open("w", encoding="utf-8") as q:
@@ -88,12 +79,59 @@ def load_jsonl(
     return report
 
 
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) split on "\n" only (a trailing "\r" dropped): JSON strings may hold raw
+    U+2028 or other separators that ``str.splitlines`` would cut, and bytes let one undecodable
+    line be reported instead of aborting the file."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            yield lineno, raw.rstrip(b"\n").removesuffix(b"\r")
+
+
+def _decode(raw: bytes) -> tuple[str, str | None]:
+    """The line's text, and why it is refused if it is not UTF-8 (then shown with \\x escapes)."""
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        reason = f"not UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line)"
+        return raw.decode("utf-8", errors="backslashreplace"), reason
+
+
+def _parse_line(text: str, parse: Callable[[dict], T], report: LoadReport[T], lineno: int) -> str | None:
+    """Append the parsed record (and its line) to ``report``; or return why the line is refused."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"not valid JSON ({e.msg} at column {e.colno})"
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    try:
+        record = parse(obj)
+    except (RecordError, ValueError, TypeError, KeyError) as e:
+        return str(e)
+    report.records.append(record)
+    report.lines.append(lineno)
+    return None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
     """Raw objects from a JSONL file whose validity the caller checks (or trusts: our own output)."""
     with Path(path).open("r", encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
+
+
+@contextmanager
+def naming_path(path: Path) -> Iterator[None]:
+    """Attach ``path`` to an OSError that has no file name (ENOSPC from write/flush/fsync has none),
+    so the command line can say which file the disk was full for."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
 
 
 class JsonlAppender:
@@ -106,13 +144,15 @@ class JsonlAppender:
         self._fsync = fsync
 
     def write(self, obj: Any) -> None:
-        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        if self._fsync:
-            os.fsync(self._fh.fileno())
+        with naming_path(self.path):
+            self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            self._fh.flush()
+            if self._fsync:
+                os.fsync(self._fh.fileno())
 
     def close(self) -> None:
-        self._fh.close()
+        with naming_path(self.path):
+            self._fh.close()
 
     def __enter__(self) -> "JsonlAppender":
         return self
@@ -127,7 +167,7 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8") as fh:
+    with naming_path(tmp), tmp.open("w", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
             n += 1
