@@ -22,6 +22,7 @@ class ANLI(Task):
     name = "anli"
     description = "ANLI round 3: does the premise entail, contradict, or neither the hypothesis"
     answer_kind = "nli_label"
+    verdict_lines = True
     instruction = ("Let's think step by step. End with 'The answer is X.' where X is entailment, "
                    "neutral, or contradiction.")
     hub = ("facebook/anli", None, "test_r3")

@@ -53,6 +53,7 @@ class Task:
     answer_kind: ClassVar[str] = ""  # "choice", "number", "yes_no", "nli_label", "latex"
     instruction: ClassVar[str] = ""
     hub: ClassVar[tuple[str, str | None, str]] = ("", None, "test")  # (dataset, config, split)
+    verdict_lines: ClassVar[bool] = False  # word answers: a line "Therefore, No." states the answer
 
     # ---- records ---------------------------------------------------------------------------
     def from_record(self, rec: dict) -> Example:
@@ -107,7 +108,7 @@ class Task:
         """The final stated answer in a model output, canonical; None when none is stated."""
         if not text or not text.strip():
             return None
-        for cand in reversed(ex.candidates(text)):
+        for cand in reversed(ex.candidates(text, verdicts=self.verdict_lines)):
             ans = self.parse_candidate(cand, example)
             if ans is not None:
                 return ans

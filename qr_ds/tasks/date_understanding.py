@@ -1,7 +1,9 @@
 """BIG-bench Date Understanding: date arithmetic, rendered as lettered multiple choice.
 
-Options are sorted by their text, so the same question gets the same letters from either
-format (the release lists the correct option first; keeping that order would leak it).
+Options of the release and hub formats are sorted by their text, so the same question gets the same
+letters from either (the release lists the correct option first; keeping that order would leak it).
+Records already lettered (``question``, ``choices: {text, label}``, ``answerKey``, as a model saw
+them, e.g. next to its response) keep their letters.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import string
 
 from qr_ds.data.jsonl import RecordError
 from qr_ds.tasks.base import Example, register, render_choices, require
-from qr_ds.tasks.choice import ChoiceTask
+from qr_ds.tasks.choice import ChoiceTask, choice_pairs
 from qr_ds.tasks.extract import parse_choice
 
 _BBH_OPTION = re.compile(r"^\(([A-F])\)\s*(.+)$", re.MULTILINE)
@@ -47,6 +49,8 @@ class DateUnderstanding(ChoiceTask):
     def from_record(self, rec: dict) -> Example:
         if "target" in rec and "target_scores" not in rec and _BBH_OPTION.search(str(rec.get("input", ""))):
             return self._from_bbh(rec)
+        if "answerKey" in rec and "choices" in rec:  # lettered as a model saw them (ARC hub layout)
+            return self.labelled_example(rec, str(require(rec, "question")).strip(), choice_pairs(rec["choices"]))
         stem, scores = _scores(rec)
         options = sorted(scores, key=_date_key)
         choices = [(string.ascii_uppercase[i], o) for i, o in enumerate(options)]

@@ -22,6 +22,10 @@ _MARKERS = re.compile(
         r"\b(?:it|this)\s+(?:prints|outputs|will print|would print)\s*:?",
         r"\b(?:output|printed result|result|prints)\s*(?:is|:|=|->)\s*",
         r"\bprint\(.*\)\s*#\s*(?:output:?|prints:?|->|=>)?\s*",
+        # 'the statement "..." is **False**': the first "is" followed by a truth value, so that an
+        # "is" inside the quoted hypothesis does not end the marker early
+        r"\b(?:statement|hypothesis|claim)\b[^\n]{0,300}?(?=\b(?:is|was)(?:n't)?\s+"
+        r"(?:(?:\w+ly|therefore|thus|not)\s+){0,2}\W*(?:true|false|neither|untrue|incorrect|correct)\b)",
     ]),
     re.IGNORECASE | re.MULTILINE,
 )
@@ -70,10 +74,42 @@ def _rest(text: str, pos: int) -> str:
     return ""
 
 
-def candidates(text: str) -> list[str]:
-    """Answer spans in the order they are stated."""
+# A line that states only a verdict: "No.", "Therefore, Yes.", "Conclusion: Neither. <notes>".
+_LIST_MARK = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022>])\s+")
+_LEAD_IN = re.compile(
+    r"^(?:therefore|thus|so|hence|overall|in conclusion|in summary|in short|conclusion|verdict|final verdict)"
+    r"\b\s*[,:]?\s*", re.IGNORECASE)
+_CLAUSE_END = re.compile(r"[.,;:!?](?=\s|$)")
+
+
+def verdict_line(line: str) -> str | None:
+    """The verdict of a line that states nothing else first (at most two words, then a sentence end).
+
+    Notes after the verdict's sentence are allowed; a heading ("Contradiction:") is not a verdict.
+    """
+    s = _LEAD_IN.sub("", _LIST_MARK.sub("", line).strip().replace("*", ""), count=1)
+    end = _CLAUSE_END.search(s)
+    clause = s[: end.start()] if end else s
+    if not clause.strip() or len(clause.split()) > 2 or (end and end.group(0) == ":"):
+        return None
+    return clause.strip()
+
+
+def _verdict_lines(text: str) -> list[tuple[int, str]]:
+    found, pos = [], 0
+    for line in text.splitlines(keepends=True):
+        verdict = verdict_line(line)
+        if verdict is not None:
+            found.append((pos, verdict))
+        pos += len(line)
+    return found
+
+
+def candidates(text: str, verdicts: bool = False) -> list[str]:
+    """Answer spans in the order they are stated; with ``verdicts`` also lines that are only a verdict
+    (for word answers: yes/no, true/false/neither), which real teachers end with more often than not."""
     text = strip_markdown(text)
-    found: list[tuple[int, str]] = []
+    found: list[tuple[int, str]] = _verdict_lines(text) if verdicts else []
     for m in _BOXED.finditer(text):
         content = braced(text, m.end())
         if content is not None:
@@ -130,14 +166,18 @@ def numbers_equal(a: str, b: str) -> bool:
     return abs(float(x) - float(y)) <= 1e-6 * max(1.0, abs(float(y)))
 
 
-_YES_NO = re.compile(r"^\W*(?:[a-z]+\W+){0,2}?(yes|no|true|false)\b", re.IGNORECASE)
+_YES_NO = re.compile(r"^\W*(?:[a-z]+\W+){0,2}?(un)?(yes|no|true|false)\b", re.IGNORECASE)
+_NEGATED = re.compile(r"(?:\bnot|n't)\s+$", re.IGNORECASE)
 
 
 def parse_yes_no(cand: str) -> str | None:
+    """yes / no from "Yes", "definitely no", "True", "is not true" (a negation flips a truth value)."""
     m = _YES_NO.match(cand)
     if not m:
         return None
-    return "yes" if m.group(1).lower() in ("yes", "true") else "no"
+    yes = m.group(2).lower() in ("yes", "true")
+    negated = bool(m.group(1)) or bool(_NEGATED.search(cand[: m.start(2)]))
+    return "yes" if yes != negated else "no"
 
 
 def _norm_choice_text(s: str) -> str:
@@ -169,24 +209,27 @@ def parse_choice(cand: str, choices: list[tuple[str, str]] | None) -> str | None
     return min(hits)[2] if hits else None
 
 
+_NOT = r"(?:not|cannot|\w+n't)\s+(?:be\s+)?"
 _NLI = [
     ("neutral", r"neutral|neither|undetermined|indeterminate|inconclusive|unknown|cannot be determined|"
-                r"can ?not be (?:determined|inferred|concluded)|not (?:be )?(?:determined|entailed)|"
-                r"not enough information|not possible to (?:tell|say|determine)|impossible to (?:tell|say)|maybe"),
-    ("contradiction", r"contradict\w*|false|no\b|refuted"),
-    ("entailment", r"entail\w*|true|yes\b|follows"),
+                r"can ?not be (?:determined|inferred|concluded|confirmed|known)|not (?:be )?(?:determined|entailed)|"
+                rf"not enough information|not possible to (?:tell|say|determine)|impossible to (?:tell|say)|maybe|"
+                rf"{_NOT}(?:necessarily|definitely|certainly) (?:true|false)|unclear|uncertain"),
+    ("contradiction", rf"contradict\w*|false|no\b|refuted|untrue|incorrect|{_NOT}true"),
+    ("entailment", rf"entail\w*|true|yes\b|follows|correct|{_NOT}false"),
 ]
 
 
 def parse_nli(cand: str) -> str | None:
-    """entailment / neutral / contradiction, also from true / neither / false; earliest mention wins."""
+    """entailment / neutral / contradiction, also from true / neither / false; the earliest mention
+    wins, and of mentions starting together the longest ("not necessarily true" over "not true")."""
     s = cand[:100].lower()
     hits = []
     for label, pat in _NLI:
-        m = re.search(rf"\b(?:{pat})", s)
+        m = re.search(rf"(?<!\w)(?:{pat})", s)
         if m:
-            hits.append((m.start(), label))
-    return min(hits)[1] if hits else None
+            hits.append((m.start(), -len(m.group(0)), label))
+    return min(hits)[2] if hits else None
 
 
 _MATH_WORDS = {"sin", "cos", "tan", "log", "exp", "max", "min", "mod", "gcd", "lcm"}

@@ -21,6 +21,7 @@ class StrategyQA(Task):
     name = "strategyqa"
     description = "StrategyQA: yes/no questions needing implicit multi-step strategies"
     answer_kind = "yes_no"
+    verdict_lines = True
     instruction = "Let's think step by step. End with 'The answer is yes.' or 'The answer is no.'"
     hub = ("ChilleD/StrategyQA", None, "test")
 
