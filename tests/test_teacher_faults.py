@@ -32,7 +32,9 @@ def make_cfg(tmp_path, url: str) -> dict:
     data = tmp_path / "gsm8k.jsonl"
     data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}: what is {i} plus one?",
                                         "answer": f"#### {i + 1}"}) + "\n" for i in PLAN))
+    # 8 of 12 paths fail on purpose: lower the bar below the 4 that succeed
     return {"task": "gsm8k", "data": str(data), "out": str(tmp_path / "pool.jsonl"), "styles": ["vanilla", "cot"],
+            "min_success_share": 0.3,
             "teacher": {"backend": "openai", "model": "stub-model", "base_url": url, "api_key_env": "QR_TEST_KEY",
                         "concurrency": 4, "timeout_s": 0.5, "max_retries": 1, "backoff_s": 0.05,
                         "sampling": {"temperature": 0.0, "max_tokens": 64}}}

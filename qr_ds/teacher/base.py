@@ -29,6 +29,14 @@ class Completion:
 OnDone = Callable[[Request, Completion], None]
 
 
+class StageFailed(RuntimeError):
+    """A stage run that must not look like success; the message is what the user is told."""
+
+
+class TeacherRefused(StageFailed):
+    """The endpoint refused us (401/403/404): every further request would fail the same way."""
+
+
 class Teacher(Protocol):
     model: str
 
@@ -55,6 +63,8 @@ def make_teacher(cfg: TeacherConfig) -> Teacher:
         from qr_ds.teacher.local import HFTeacher
 
         return HFTeacher(cfg)
-    from qr_ds.teacher.scripted import ScriptedTeacher
+    if cfg.backend == "scripted":  # only when a config names it: it is a stand-in, not a model
+        from qr_ds.teacher.scripted import ScriptedTeacher
 
-    return ScriptedTeacher(cfg)
+        return ScriptedTeacher(cfg)
+    raise ValueError(f"no teacher backend {cfg.backend!r}")

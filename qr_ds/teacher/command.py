@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from qr_ds.config import parse_override
@@ -17,10 +18,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qr_ds.teacher.base import StageFailed
     from qr_ds.teacher.config import GenerateConfig, load_stage_config
     from qr_ds.teacher.generate import generate, print_summary
 
     cfg = load_stage_config(GenerateConfig, args.config, "generate", [parse_override(s) for s in args.set])
-    stats = generate(cfg, progress=not args.no_progress)
+    try:
+        stats = generate(cfg, progress=not args.no_progress)
+    except StageFailed as e:  # refused endpoint, too few paths, output locked: never exit 0
+        print(f"qr-ds generate: failed: {e}", file=sys.stderr)
+        return 1
     print_summary(stats, cfg.out)
     return 0

@@ -74,6 +74,9 @@ class GenerateConfig:
     styles: list[str] | None = field(default=None, metadata=rule(help="styles to use (default: all templates)"))
     templates: dict[str, str] = field(default_factory=dict, metadata=rule(help="extra or overriding style templates, with {question}"))
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    min_success_share: float = field(default=0.5, metadata=rule(min=0.0, max=1.0, help=(
+        "the run fails (exit 1, with a summary) when fewer of the planned paths have a response; "
+        "none at all always fails")))
 
     def validate(self, key: str = "") -> None:
         for name, tpl in self.templates.items():

@@ -5,6 +5,10 @@ so a kill loses only requests in flight. A re-run skips keys that already have a
 retries those recorded as failed. The log is the source of truth; the pool at ``out`` is its
 compaction: one record per key (the latest success, else the latest failure), in plan order.
 A key is (record id, teacher model, sampling parameters): changing either asks again.
+
+A run holds ``<out>.lock`` (a second run on the same output is refused) and fails with
+TooFewSucceeded when less than ``min_success_share`` of the planned paths have a response, so a
+dead server or a bad key cannot end in exit 0 with an empty pool. An empty reply is a failure.
 """
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ from tqdm import tqdm
 
 from qr_ds.data.jsonl import JsonlAppender
 from qr_ds.data.pool import PathRecord, load_pool, write_pool
-from qr_ds.teacher.base import Completion, Request, Teacher, derive_seed, make_teacher
+from qr_ds.teacher.base import Completion, Request, StageFailed, Teacher, derive_seed, make_teacher
 from qr_ds.teacher.config import GenerateConfig, TeacherConfig
+from qr_ds.teacher.lock import output_lock
 
 Key = tuple[str, str, str]
 
@@ -29,6 +34,7 @@ Key = tuple[str, str, str]
 class GenerateStats:
     planned: int = 0
     skipped: int = 0  # already done in an earlier run
+    succeeded: int = 0  # paths in the written pool that have a response (this run's and earlier ones)
     requests: int = 0
     tries: int = 0
     tokens_in: int = 0
@@ -40,9 +46,14 @@ class GenerateStats:
             f"paths planned {self.planned}, already done {self.skipped}, requested {self.requests} "
             f"({self.tries} tries), failed {sum(self.failures.values())}",
             f"tokens in {self.tokens_in}, tokens out {self.tokens_out}",
+            f"pool: {self.succeeded} of {self.planned} paths have a response",
         ]
         lines += [f"  failed: {n} x {reason}" for reason, n in self.failures.most_common()]
         return "\n".join(lines)
+
+
+class TooFewSucceeded(StageFailed):
+    """Less than ``min_success_share`` of the planned paths have a response."""
 
 
 def log_path(out: Path) -> Path:
@@ -106,7 +117,23 @@ def compact(log: Path, keys: list[Key]) -> list[PathRecord]:
 
 
 def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool = True) -> GenerateStats:
-    teacher = teacher or make_teacher(cfg.teacher)
+    """Ask for every path not yet done, write the pool; raise TooFewSucceeded after writing it."""
+    with output_lock(cfg.out):  # before loading a model: a refused second run should cost nothing
+        stats = _generate(cfg, teacher or make_teacher(cfg.teacher), progress)
+    check_success(stats, cfg)
+    return stats
+
+
+def check_success(stats: GenerateStats, cfg: GenerateConfig) -> None:
+    share = stats.succeeded / stats.planned if stats.planned else 0.0
+    if stats.succeeded == 0 or share < cfg.min_success_share:
+        raise TooFewSucceeded(
+            f"only {stats.succeeded} of {stats.planned} planned paths have a response ({share:.0%}; "
+            f"min_success_share is {cfg.min_success_share:.0%}).\n{stats.summary()}\n"
+            f"pool written to {cfg.out}; fix the cause and run again: paths already done are not asked again")
+
+
+def _generate(cfg: GenerateConfig, teacher: Teacher, progress: bool) -> GenerateStats:
     requests, skeletons = plan(cfg, teacher.model)
     keys = [record_key(skeletons[r.key]) for r in requests]
     log = log_path(cfg.out)
@@ -120,6 +147,8 @@ def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool
 
         def on_done(req: Request, comp: Completion) -> None:
             rec = skeletons[req.key]
+            if comp.error is None and not (comp.text or "").strip():  # any backend: nothing to learn from
+                comp.text, comp.error = None, "empty reply"
             rec.response, rec.error = comp.text, comp.error
             rec.meta.update(tokens_in=comp.tokens_in, tokens_out=comp.tokens_out, tries=comp.tries,
                             finish_reason=comp.finish_reason)
@@ -133,9 +162,13 @@ def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool
             bar.update(1)
             bar.set_postfix(failed=sum(stats.failures.values()), tok_out=stats.tokens_out, refresh=False)
 
-        teacher.run(todo, on_done)
-    bar.close()
-    write_pool(cfg.out, compact(log, keys))
+        try:
+            teacher.run(todo, on_done)
+        finally:
+            bar.close()
+    pool = compact(log, keys)
+    write_pool(cfg.out, pool)
+    stats.succeeded = sum(1 for r in pool if r.ok)
     return stats
 
 

@@ -1,9 +1,13 @@
 """OpenAI-compatible chat-completions client (OpenAI, Gemini's OpenAI endpoint, ``vllm serve``).
 
 Async with bounded concurrency; retries 429, 5xx, timeouts and broken bodies with exponential
-backoff and jitter, waiting at least as long as a Retry-After header says. Every final failure
-comes back as a reason string, never an exception, so one bad request cannot stop a run.
-The API key is read from the env var named in config and only ever placed in a request header.
+backoff and jitter, waiting at least as long as a Retry-After header says. An empty reply is a
+failed try too. Every final failure of one request comes back as a reason string, so one bad
+request cannot stop a run; but 401/403/404 (wrong key, URL or model) raise TeacherRefused at
+once, since every other request would fail the same way. The first request goes alone, so such
+a mistake costs one request, not a burst of ``concurrency``.
+The API key is read from the env var named in config and only placed in a request header; a
+server that echoes it (in an error body or a reply) has it replaced by ``<redacted>``.
 """
 from __future__ import annotations
 
@@ -18,10 +22,12 @@ from typing import Iterable
 import httpx
 
 from qr_ds.config import ConfigError
-from qr_ds.teacher.base import Completion, OnDone, Request
+from qr_ds.teacher.base import Completion, OnDone, Request, TeacherRefused
 from qr_ds.teacher.config import TeacherConfig
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+REFUSED_STATUS = {401, 403, 404}
+REDACTED = "<redacted>"
 
 
 class Retryable(Exception):
@@ -57,11 +63,12 @@ class OpenAITeacher:
         self.cfg = cfg
         self.model = cfg.model
         self._headers = {"Content-Type": "application/json"}
+        self._key = None
         if cfg.api_key_env:
-            key = os.environ.get(cfg.api_key_env)
-            if not key:
+            self._key = os.environ.get(cfg.api_key_env)
+            if not self._key:
                 raise ConfigError(f"config key 'teacher.api_key_env': env var {cfg.api_key_env} is not set")
-            self._headers["Authorization"] = f"Bearer {key}"
+            self._headers["Authorization"] = f"Bearer {self._key}"
         self._url = cfg.base_url.rstrip("/") + "/chat/completions"
         self._rng = random.Random()  # jitter only: never affects outputs
 
@@ -76,9 +83,21 @@ class OpenAITeacher:
             async def one(req: Request) -> None:
                 async with sem:
                     comp = await self.complete(client, req)
-                on_done(req, comp)
+                on_done(req, self.redacted(comp))
 
-            await asyncio.gather(*(one(r) for r in requests))
+            if requests:
+                await one(requests[0])  # alone: a wrong key, URL or model is found with one request
+                await _all_or_stop([one(r) for r in requests[1:]])
+
+    def redact(self, text: str | None) -> str | None:
+        """``text`` with the API key replaced: servers echo it in error bodies ("Incorrect API key: sk-...")."""
+        if text is None or not self._key:
+            return text
+        return text.replace(self._key, REDACTED)
+
+    def redacted(self, comp: Completion) -> Completion:
+        comp.text, comp.error = self.redact(comp.text), self.redact(comp.error)
+        return comp
 
     def body(self, req: Request) -> dict:
         s = self.cfg.sampling
@@ -123,10 +142,15 @@ class OpenAITeacher:
             raise Retryable("truncated body") from None
         except httpx.TransportError as e:
             raise Retryable(f"connection error ({type(e).__name__})") from None
+        if resp.status_code in REFUSED_STATUS:
+            key_hint = f", the key in env var {self.cfg.api_key_env}" if self.cfg.api_key_env else ", the API key"
+            raise TeacherRefused(
+                f"{self._url} refused the request (http {resp.status_code}: {_error_message(resp, self.redact)!r}); "
+                f"check model {self.model!r}, base_url{key_hint}. Stopped: every request would fail the same way.")
         if resp.status_code in RETRY_STATUS:
             raise Retryable(f"http {resp.status_code}", parse_retry_after(resp.headers.get("retry-after")))
         if resp.status_code >= 400:
-            raise Fatal(f"http {resp.status_code}: {_error_message(resp)}")
+            raise Fatal(f"http {resp.status_code}: {_error_message(resp, self.redact)}")
         try:
             data = json.loads(resp.content)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -138,6 +162,8 @@ class OpenAITeacher:
                 raise TypeError("content is not a string")
         except (KeyError, IndexError, TypeError) as e:
             raise Retryable(f"unexpected response shape ({e})") from None
+        if not text.strip():
+            raise Retryable("empty reply")
         usage = data.get("usage") or {}
         return Completion(
             text=text,
@@ -147,10 +173,25 @@ class OpenAITeacher:
         )
 
 
-def _error_message(resp: httpx.Response) -> str:
+def _error_message(resp: httpx.Response, redact) -> str:
+    """The server's error message, redacted before it is cut short (a cut could keep half a key)."""
     try:
         err = resp.json().get("error", {})
         msg = err.get("message") if isinstance(err, dict) else str(err)
     except (ValueError, AttributeError):
         msg = resp.text
-    return (msg or "").strip()[:200]
+    return redact((msg or "").strip())[:200]
+
+
+async def _all_or_stop(coros: list) -> None:
+    """Run all; on the first exception (TeacherRefused) cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in done:
+        if t.exception():
+            raise t.exception()

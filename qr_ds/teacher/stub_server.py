@@ -3,7 +3,8 @@
 It stands in for a teacher endpoint in tests and the client benchmark: replies are a fixed
 function of the prompt and seed, after an optional fixed latency, and a ``faults`` callback can
 make any request fail in a chosen way (429 with Retry-After, 500, a hang past the client's
-timeout, malformed JSON, a truncated body) deterministically per (prompt, attempt).
+timeout, malformed JSON, a truncated body, an empty reply, no choices, and 400/401 whose error
+body echoes the API key as some servers do) deterministically per (prompt, attempt).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-FAULTS = ("ok", "429", "500", "hang", "malformed", "truncated")
+FAULTS = ("ok", "429", "500", "hang", "malformed", "truncated", "empty", "no_choices", "400", "401")
 Faults = Callable[[str, int], str]  # (prompt, 0-based attempt for that prompt) -> one of FAULTS
 
 
@@ -100,7 +101,13 @@ class StubChatServer:
                     return self._send(504, b"{}")
                 if action == "malformed":
                     return self._send(200, b'{"choices": [{"message": {"content": "cut')
-                text = stub_reply(prompt, req.get("seed"))
+                if action == "no_choices":
+                    return self._send(200, b'{"id": "stub", "object": "chat.completion", "choices": []}')
+                if action in ("400", "401"):
+                    key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                    msg = {"400": f"bad request for key {key}", "401": f"Incorrect API key provided: {key}"}[action]
+                    return self._send(int(action), json.dumps({"error": {"message": msg}}).encode())
+                text = "" if action == "empty" else stub_reply(prompt, req.get("seed"))
                 body = json.dumps({
                     "id": "stub", "object": "chat.completion", "model": req.get("model"),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
