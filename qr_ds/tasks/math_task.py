@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from qr_ds.data.jsonl import RecordError
 from qr_ds.tasks.base import Example, Task, register, require
-from qr_ds.tasks.equiv import math_equiv, normalize
-from qr_ds.tasks.extract import last_boxed, parse_latex_answer
+from qr_ds.tasks.equiv import math_equiv
+from qr_ds.tasks.extract import canonical_number, last_boxed, parse_latex_answer
 
 
 @register
@@ -37,9 +37,9 @@ class MATH(Task):
         return math_equiv(pred, gold)
 
     def wrong_answer(self, example: Example, seed: int = 0) -> str:
-        g = normalize(example.gold)
-        if g.lstrip("-").replace(".", "", 1).isdigit():
-            return str(float(g) + 1 + seed).removesuffix(".0")
+        value = canonical_number(example.gold.replace("\\!", ""))  # "1,\\!000" is a number
+        if value is not None:
+            return canonical_number(str(float(value) + 1 + seed)) or value
         return f"{example.gold}+{1 + seed}"
 
     def answer_text(self, answer: str, example: Example) -> str:
