@@ -1,4 +1,4 @@
-"""qr-ds filter on a pool from the scripted stand-in teacher, judged by its scripted judge."""
+"""qr-ds filter on a pool from the scripted stand-in teacher, judged by its scripted judge (named in each config)."""
 import json
 from collections import Counter
 
@@ -9,7 +9,7 @@ from qr_ds.cli import main
 from qr_ds.config import from_dict
 from qr_ds.data.pool import load_pool
 from qr_ds.filter.config import FilterConfig
-from qr_ds.filter.run import judge_log_path, report_paths, run_filter
+from qr_ds.filter.run import STAND_IN, FilterFailed, judge_log_path, report_paths, run_filter
 from qr_ds.tasks import write_synthetic
 from qr_ds.teacher.config import GenerateConfig
 from qr_ds.teacher.generate import generate
@@ -27,7 +27,7 @@ def scripted_pool(tmp_path_factory):
 
 
 def filter_cfg(pool, out, **kw):
-    return from_dict(FilterConfig, {"pool": str(pool), "out": str(out), **kw})
+    return from_dict(FilterConfig, {"pool": str(pool), "out": str(out), "judge": {"backend": "scripted"}, **kw})
 
 
 def test_two_steps_and_retention_table(scripted_pool, tmp_path):
@@ -45,6 +45,7 @@ def test_two_steps_and_retention_table(scripted_pool, tmp_path):
     assert len(kept) == len(pool) - len(wrong) - len(planted)
     for r in kept:
         assert r.correct is True and r.answer == r.gold and r.judge.verdict == "VALID"
+        assert r.judge.model == STAND_IN  # every output made with the stand-in says so
 
     invalid = [json.loads(line) for line in open(judge_log_path(cfg.out))]
     assert sorted(j["id"] for j in invalid if j["verdict"] == "INVALID") == sorted(r.id for r in planted)
@@ -59,6 +60,7 @@ def test_two_steps_and_retention_table(scripted_pool, tmp_path):
     assert total["step1_rate"] == round((144 - len(wrong)) / 144, 4)
     md, js = report_paths(cfg.out)
     assert json.loads(js.read_text())["rows"] == res.rows and "| synthetic | program |" in md.read_text()
+    assert json.loads(js.read_text())["judged_by"] == STAND_IN and f"judged by: {STAND_IN}" in md.read_text()
 
     again = run_filter(cfg, progress=False)  # every verdict comes from the cache
     assert again.judge.asked == 0 and again.judge.cached == 144 - len(wrong)
@@ -67,20 +69,26 @@ def test_two_steps_and_retention_table(scripted_pool, tmp_path):
 
 def test_unparseable_retries_and_keep_switch(scripted_pool, tmp_path):
     judge = {"backend": "scripted", "scripted": {"unparseable_rate": 1.0}}
-    res = run_filter(filter_cfg(scripted_pool, tmp_path / "a.jsonl", judge=judge, judge_retries=2), progress=False)
+    with pytest.raises(FilterFailed, match="no path was kept") as failed:
+        run_filter(filter_cfg(scripted_pool, tmp_path / "a.jsonl", judge=judge, judge_retries=2), progress=False)
+    res = failed.value.result
     n_correct = res.rows[-1]["correct"]
     assert res.judge.tries == 3 * n_correct and res.rows[-1]["unparseable"] == n_correct and res.kept == 0
+    assert load_pool(tmp_path / "a.jsonl").records == []
     rows = [json.loads(line) for line in open(judge_log_path(tmp_path / "a.jsonl"))]
     assert all(r["verdict"] == "UNPARSEABLE" and r["tries"] == 3 and "no verdict in 3 replies" in r["reason"] for r in rows)
 
     res = run_filter(filter_cfg(scripted_pool, tmp_path / "b.jsonl", judge=judge, judge_retries=0,
                                 keep_unparseable=True), progress=False)
     assert res.judge.tries == n_correct and res.kept == n_correct
+    assert {r.judge.verdict for r in load_pool(tmp_path / "b.jsonl").records} == {"UNPARSEABLE"}
 
-    # a judge that is unparseable only sometimes: retries recover most verdicts
-    res = run_filter(filter_cfg(scripted_pool, tmp_path / "c.jsonl", judge_retries=3,
+    # a judge that is unparseable only sometimes: retries recover most verdicts; without
+    # keep_unparseable the rest stay out of the output, which is what the trainer reads
+    res = run_filter(filter_cfg(scripted_pool, tmp_path / "c.jsonl", judge_retries=1,
                                 judge={"backend": "scripted", "scripted": {"unparseable_rate": 0.5}}), progress=False)
-    assert res.judge.tries > n_correct and res.rows[-1]["unparseable"] < n_correct // 4
+    assert res.judge.tries > n_correct and 0 < res.rows[-1]["unparseable"] < n_correct // 3
+    assert {r.judge.verdict for r in load_pool(tmp_path / "c.jsonl").records} == {"VALID"}
 
 
 def test_cli_no_judge_keeps_every_correct_path(scripted_pool, tmp_path):
@@ -89,7 +97,8 @@ def test_cli_no_judge_keeps_every_correct_path(scripted_pool, tmp_path):
     assert main(["filter", str(cfg_file), "--no-judge", "--no-progress"]) == 0
     kept = load_pool(tmp_path / "k.jsonl").records
     table = json.loads(report_paths(tmp_path / "k.jsonl")[1].read_text())
-    assert table["judge"] is False and len(kept) == table["rows"][-1]["correct"] > 0
+    assert table["judged_by"] == "none: step 2 skipped" and len(kept) == table["rows"][-1]["correct"] > 0
+    assert "judged by: none: step 2 skipped" in report_paths(tmp_path / "k.jsonl")[0].read_text()
     assert all(r.correct and r.judge is None for r in kept)
     assert not judge_log_path(tmp_path / "k.jsonl").exists()
     bad = tmp_path / "bad.yaml"

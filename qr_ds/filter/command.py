@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from qr_ds.config import parse_override
@@ -12,17 +13,24 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("config", type=Path, help="YAML with a FilterConfig, or a pipeline YAML with a filter: section")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--no-judge", action="store_true", help="skip step 2 (same as use_judge: false)")
+    p.add_argument("--no-judge", action="store_true", help="skip step 2 (same as judge: {backend: none})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from qr_ds.filter.config import FilterConfig
-    from qr_ds.filter.run import print_result, run_filter
+    from qr_ds.filter.run import FilterFailed, print_result, run_filter
+    from qr_ds.teacher.base import StageFailed
     from qr_ds.teacher.config import load_stage_config
 
-    overrides = [parse_override(s) for s in args.set] + ([("use_judge", False)] if args.no_judge else [])
+    overrides = [parse_override(s) for s in args.set] + ([("judge.backend", "none")] if args.no_judge else [])
     cfg = load_stage_config(FilterConfig, args.config, "filter", overrides)
-    print_result(run_filter(cfg, progress=not args.no_progress))
+    try:
+        print_result(run_filter(cfg, progress=not args.no_progress))
+    except StageFailed as e:  # refused judge, too little judged or kept, output locked: never exit 0
+        if isinstance(e, FilterFailed):
+            print_result(e.result)
+        print(f"qr-ds filter: failed: {e}", file=sys.stderr)
+        return 1
     return 0

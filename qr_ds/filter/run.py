@@ -1,11 +1,17 @@
 """Two-step quality filter: answer correctness, then an LLM judge's verdict on spurious steps.
 
-Judge verdicts are appended to ``<out>.judge.jsonl`` as they arrive (keyed by path id and judge
-model), so a re-run asks only about paths not yet judged. A judge request that fails outright
-(HTTP errors after retries) is not cached: the next run asks again.
+Judge verdicts are appended to ``<out>.judge.jsonl`` as they arrive, keyed by a hash of the judge
+(backend, model) and the full judge prompt (question, path text, template), so a re-run asks
+only about paths not yet judged, and a regenerated path or a changed prompt is judged afresh. A
+judge request that fails outright (HTTP errors after retries) is not cached and the path gets
+no verdict: it is not kept, and the next run asks again.
+
+The filtered pool is exactly the set to train on: correct paths judged VALID, plus UNPARSEABLE
+ones only with ``keep_unparseable``. What judged is named in every output (``judged_by``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections import defaultdict
@@ -14,12 +20,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from qr_ds.config import ConfigError
 from qr_ds.data.jsonl import JsonlAppender, iter_jsonl
 from qr_ds.data.pool import JudgeVerdict, PathRecord, load_pool, write_pool
-from qr_ds.filter.config import FilterConfig
+from qr_ds.filter.config import HOW_TO_JUDGE, FilterConfig, JudgeConfig
 from qr_ds.filter.judge import judge_prompt, parse_verdict
-from qr_ds.teacher.base import Completion, Request, Teacher, derive_seed, make_teacher
+from qr_ds.teacher.base import Completion, Request, StageFailed, Teacher, derive_seed, make_teacher
 from qr_ds.teacher.generate import repair_tail
+from qr_ds.teacher.lock import output_lock
+
+STAND_IN = "scripted stand-in judge (not an LLM; synthetic task only)"
+NO_JUDGE = "none: step 2 skipped"
 
 
 def judge_log_path(out: Path) -> Path:
@@ -28,6 +39,49 @@ def judge_log_path(out: Path) -> Path:
 
 def report_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(out.stem + ".retention.md"), out.with_name(out.stem + ".retention.json")
+
+
+def judged_by(judge: JudgeConfig) -> str:
+    """What judged, as every output names it (records, judge log, retention table, stderr)."""
+    if judge.backend == "none":
+        return NO_JUDGE
+    if judge.backend == "scripted":
+        return STAND_IN
+    where = f" at {judge.base_url}" if judge.backend == "openai" else ""
+    return f"{judge.backend} {judge.model}{where}"
+
+
+def cache_key(judge: str, prompt: str) -> str:
+    """A verdict holds for one judge and one exact prompt (question, path text and template)."""
+    return hashlib.sha256(f"{judge}\n{prompt}".encode()).hexdigest()
+
+
+def check_unique_ids(pool: Path) -> None:
+    """Refuse a pool with repeated path ids: verdicts and training rows are matched by id."""
+    lines_of: dict[str, list[int]] = defaultdict(list)
+    with pool.open(encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError:
+                continue  # load_pool quarantines it
+            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                lines_of[obj["id"]].append(lineno)
+    repeated = {i: lines for i, lines in lines_of.items() if len(lines) > 1}
+    if repeated:
+        shown = "; ".join(f"{i!r} at lines {', '.join(map(str, ls))}" for i, ls in list(repeated.items())[:10])
+        more = f"; and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+        raise ValueError(f"{pool}: {len(repeated)} path id(s) occur more than once: {shown}{more}. "
+                         f"Give each path one record (pools merged from several teachers need the teacher in the id)")
+
+
+def check_judge_fits(records: list[PathRecord], judge: JudgeConfig) -> None:
+    """The scripted judge knows only the steps the scripted teacher plants: elsewhere it passes everything."""
+    others = sorted({r.task for r in records} - {"synthetic"})
+    if judge.backend == "scripted" and others:
+        raise ConfigError(f"config key 'judge.backend': the scripted stand-in judge recognises only the spurious "
+                          f"steps the scripted teacher plants in the synthetic task; this pool holds task(s) "
+                          f"{', '.join(others)}, where it would pass every path.\n{HOW_TO_JUDGE}")
 
 
 def example_of(rec: PathRecord):
@@ -56,31 +110,42 @@ class JudgeStats:
     cached: int = 0
     tries: int = 0
     request_failures: int = 0
+    last_error: str = ""
+
+
+def load_cache(log: Path) -> dict[str, dict]:
+    """Cached verdicts by cache key; rows from before keys existed have none and are asked again."""
+    repair_tail(log)
+    if not log.is_file():
+        return {}
+    return {row["key"]: row for row in iter_jsonl(log) if "key" in row}
 
 
 def judge_paths(records: list[PathRecord], cfg: FilterConfig, out: Path, teacher: Teacher | None = None,
                 progress: bool = True) -> JudgeStats:
-    """Step 2: set ``judge`` on every record, from the cache or by asking (re-asking unparseable replies)."""
+    """Step 2: set ``judge`` on every record, from the cache or by asking (re-asking unparseable replies).
+
+    A record whose judge request failed is left with ``judge`` None: it has no verdict."""
     teacher = teacher or make_teacher(cfg.judge)
+    name = judged_by(cfg.judge)
     log = judge_log_path(out)
-    repair_tail(log)
-    cache = {}
-    if log.is_file():
-        for row in iter_jsonl(log):
-            if row["model"] == teacher.model:
-                cache[row["id"]] = row
+    cache = load_cache(log)
+    prompts = {r.id: judge_prompt(r.question, r.response or "") for r in records}
+    keys = {r.id: cache_key(name, prompts[r.id]) for r in records}
     stats = JudgeStats()
     pending = []
     for rec in records:
-        row = cache.get(rec.id)
+        row = cache.get(keys[rec.id])
         if row:
-            rec.judge = JudgeVerdict(row["verdict"], row["reason"], row["model"])
+            rec.judge = JudgeVerdict(row["verdict"], row["reason"], name)
             stats.cached += 1
         else:
+            rec.judge = None
             pending.append(rec)
     by_id = {r.id: r for r in pending}
+    stats.asked = len(pending)
     bar = tqdm(total=len(pending), desc="step 2: judge", unit="path", disable=not progress, dynamic_ncols=True)
-    with JsonlAppender(log) as app:
+    with bar, JsonlAppender(log) as app:
         for attempt in range(cfg.judge_retries + 1):
             unparsed: list[PathRecord] = []
             last = attempt == cfg.judge_retries
@@ -90,7 +155,7 @@ def judge_paths(records: list[PathRecord], cfg: FilterConfig, out: Path, teacher
                 stats.tries += 1
                 if comp.error:  # transport failure: not a verdict, not cached
                     stats.request_failures += 1
-                    rec.judge = JudgeVerdict("UNPARSEABLE", f"judge request failed: {comp.error}", teacher.model)
+                    stats.last_error = comp.error
                     bar.update(1)
                     return
                 parsed = parse_verdict(comp.text)
@@ -98,20 +163,26 @@ def judge_paths(records: list[PathRecord], cfg: FilterConfig, out: Path, teacher
                     unparsed.append(rec)
                     return
                 verdict, reason = parsed or ("UNPARSEABLE", f"no verdict in {attempt + 1} replies; last: {(comp.text or '')[:200]!r}")
-                rec.judge = JudgeVerdict(verdict, reason, teacher.model)
-                app.write({"id": rec.id, "model": teacher.model, "verdict": verdict, "reason": reason,
+                rec.judge = JudgeVerdict(verdict, reason, name)
+                app.write({"id": rec.id, "key": keys[rec.id], "model": name, "verdict": verdict, "reason": reason,
                            "raw": comp.text, "tries": attempt + 1})
                 bar.update(1)
 
-            requests = [Request(r.id, judge_prompt(r.question, r.response or ""), derive_seed(cfg.judge.sampling.seed, r.id, attempt),
+            requests = [Request(r.id, prompts[r.id], derive_seed(cfg.judge.sampling.seed, r.id, attempt),
                                 context={"judge_record": r}) for r in pending]
-            stats.asked += len(requests) if attempt == 0 else 0
             teacher.run(requests, on_done)
             pending = unparsed
             if not pending:
                 break
-    bar.close()
     return stats
+
+
+def kept_paths(correct: list[PathRecord], cfg: FilterConfig) -> list[PathRecord]:
+    """What is trained on: VALID, plus UNPARSEABLE only with keep_unparseable; no verdict, never."""
+    if cfg.judge.backend == "none":
+        return correct
+    allowed = {"VALID", "UNPARSEABLE"} if cfg.keep_unparseable else {"VALID"}
+    return [r for r in correct if r.judge is not None and r.judge.verdict in allowed]
 
 
 def retention_table(all_ok: list[PathRecord], judged: bool, keep_unparseable: bool) -> list[dict]:
@@ -130,6 +201,7 @@ def retention_table(all_ok: list[PathRecord], judged: bool, keep_unparseable: bo
             count = lambda v: sum(1 for r in correct if r.judge and r.judge.verdict == v)
             kept = count("VALID") + (count("UNPARSEABLE") if keep_unparseable else 0)
             row.update(valid=count("VALID"), invalid=count("INVALID"), unparseable=count("UNPARSEABLE"),
+                       judge_failed=sum(1 for r in correct if r.judge is None),
                        kept=kept, step2_rate=round(kept / len(correct), 4) if correct else 0.0)
         else:
             row["kept"] = len(correct)
@@ -143,28 +215,63 @@ class FilterResult:
     rows: list[dict]
     kept: int
     failed_generation: int
+    judged_by: str
     judge: JudgeStats | None = None
     files: list[Path] = field(default_factory=list)
 
 
+class FilterFailed(StageFailed):
+    """Outputs were written, but too little succeeded to train on; ``result`` has the table."""
+
+    def __init__(self, message: str, result: FilterResult):
+        super().__init__(message)
+        self.result = result
+
+
 def run_filter(cfg: FilterConfig, teacher: Teacher | None = None, progress: bool = True) -> FilterResult:
+    """Both steps, the filtered pool and the retention table; FilterFailed (after writing) when too little succeeded."""
+    check_unique_ids(cfg.pool)
     records = load_pool(cfg.pool).records
+    check_judge_fits(records, cfg.judge)
+    with output_lock(cfg.out):
+        res = _filter(cfg, records, teacher, progress)
+    problems = shortfalls(res, len(records), cfg)
+    if problems:
+        raise FilterFailed("; ".join(problems), res)
+    return res
+
+
+def _filter(cfg: FilterConfig, records: list[PathRecord], teacher: Teacher | None, progress: bool) -> FilterResult:
     ok = [r for r in records if r.ok]
     check_answers(ok)
     correct = [r for r in ok if r.correct]
-    jstats = None
-    if cfg.use_judge:
-        jstats = judge_paths(correct, cfg, cfg.out, teacher, progress)
-        allowed = {"VALID", "UNPARSEABLE"} if cfg.keep_unparseable else {"VALID"}
-        kept = [r for r in correct if r.judge.verdict in allowed]
-    else:
-        kept = correct
+    judged = cfg.judge.backend != "none"
+    jstats = judge_paths(correct, cfg, cfg.out, teacher, progress) if judged else None
+    kept = kept_paths(correct, cfg)
     write_pool(cfg.out, kept)
-    rows = retention_table(ok, cfg.use_judge, cfg.keep_unparseable)
+    rows = retention_table(ok, judged, cfg.keep_unparseable)
+    name = judged_by(cfg.judge)
     md, js = report_paths(cfg.out)
-    md.write_text(f"# Retention after quality filtering\n\npool: {cfg.pool}\n\n{markdown(rows)}\n")
-    js.write_text(json.dumps({"pool": str(cfg.pool), "judge": cfg.use_judge, "rows": rows}, indent=1))
-    return FilterResult(rows, len(kept), len(records) - len(ok), jstats, [cfg.out, md, js])
+    md.write_text(f"# Retention after quality filtering\n\npool: {cfg.pool}\n\njudged by: {name}\n\n{markdown(rows)}\n")
+    js.write_text(json.dumps({"pool": str(cfg.pool), "judged_by": name, "rows": rows}, indent=1))
+    return FilterResult(rows, len(kept), len(records) - len(ok), name, jstats, [cfg.out, md, js])
+
+
+def shortfalls(res: FilterResult, n_records: int, cfg: FilterConfig) -> list[str]:
+    """Why this run must not count as a success (empty when it may)."""
+    need = cfg.min_success_share
+    problems = []
+    answered = n_records - res.failed_generation
+    if answered == 0 or answered / n_records < need:
+        problems.append(f"only {answered} of {n_records} pool records have a response "
+                        f"(min_success_share {need:.0%}): regenerate the pool first")
+    j = res.judge
+    if j and j.asked and (j.asked - j.request_failures) / j.asked < need:
+        problems.append(f"{j.request_failures} of {j.asked} judge requests failed ({j.last_error}); "
+                        f"they are not cached, so a re-run asks only those")
+    if res.kept == 0:
+        problems.append("no path was kept")
+    return problems
 
 
 def markdown(rows: list[dict]) -> str:
@@ -176,6 +283,7 @@ def markdown(rows: list[dict]) -> str:
 
 def print_result(res: FilterResult) -> None:
     print(markdown(res.rows), file=sys.stderr)
+    print(f"judged by: {res.judged_by}", file=sys.stderr)
     if res.failed_generation:
         print(f"{res.failed_generation} records without a response (generation failures) were not considered",
               file=sys.stderr)
