@@ -85,3 +85,20 @@ def test_a_full_disk_names_the_file():
         with JsonlAppender("/dev/full", fsync=False) as out:
             out.write({"a": 1})
     assert e.value.errno == errno.ENOSPC and e.value.filename == "/dev/full"
+
+
+@pytest.mark.parametrize("embedding,needle", [
+    ({"file": "/etc/passwd", "row": 0}, "field 'embedding.file': '/etc/passwd' must be relative to the pool's folder"),
+    ({"file": "../other/emb.npy", "row": 0}, "field 'embedding.file': '../other/emb.npy' must be relative"),
+    ({"file": "emb.npy", "row": True}, "field 'embedding.row': expected an integer >= 0, got True"),
+    ({"file": "emb.npy", "row": -1}, "field 'embedding.row': expected an integer >= 0, got -1"),
+    ({"file": "emb.npy", "row": 0, "text_hash": 5}, "field 'embedding.text_hash': expected a string"),
+    ({"file": "emb.npy", "row": 0, "rows": 1}, "field 'embedding.rows': unknown field"),
+    ({"file": "", "row": 0}, "field 'embedding.file': expected a file name"),
+])
+def test_embedding_refs_stay_in_the_pool_folder_and_rows_are_ints(tmp_path, embedding, needle):
+    path = tmp_path / "pool.jsonl"
+    path.write_text(_rec(0) + "\n" + _rec(1, embedding=embedding) + "\n")
+    rep = load_pool(path, log=lambda m: None)
+    assert [r.id for r in rep.records] == ["q0/cot/0"]
+    assert rep.rejected == [(2, needle + rep.rejected[0][1][len(needle):])]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Callable, Literal
 
 from qr_ds.data.jsonl import LoadReport, RecordError, load_jsonl, write_jsonl
@@ -109,13 +109,35 @@ def parse_record(obj: dict) -> PathRecord:
                              model=str(judge.get("model", "")))
     emb = obj.get("embedding")
     if emb is not None:
-        if not (isinstance(emb, dict) and isinstance(emb.get("file"), str)
-                and isinstance(emb.get("row"), int) and emb["row"] >= 0):
-            raise RecordError("embedding", f"expected {{file: str, row: int >= 0}}, got {emb!r}")
-        emb = EmbeddingRef(file=emb["file"], row=emb["row"], text_hash=str(emb.get("text_hash", "")))
+        emb = parse_embedding_ref(emb)
     kw = {k: obj[k] for k in allowed if k in obj}
     kw.update(judge=judge, embedding=emb, schema=SCHEMA)
     return PathRecord(**kw)
+
+
+def parse_embedding_ref(emb: Any) -> EmbeddingRef:
+    """``{file, row, text_hash}``: file relative to the pool's folder and inside it, row an int >= 0."""
+    if not isinstance(emb, dict):
+        raise RecordError("embedding", f"expected {{file, row, text_hash}}, got {emb!r}")
+    unknown = sorted(set(emb) - {"file", "row", "text_hash"})
+    if unknown:
+        raise RecordError(f"embedding.{unknown[0]}", "unknown field")
+    file, row, text_hash = emb.get("file"), emb.get("row"), emb.get("text_hash", "")
+    if not isinstance(file, str) or not file:
+        raise RecordError("embedding.file", f"expected a file name, got {file!r}")
+    # A pool names its matrix beside itself: an absolute or '..' path would let a pool load any file.
+    if PurePath(file).is_absolute() or ".." in PurePath(file).parts:
+        raise RecordError("embedding.file", f"{file!r} must be relative to the pool's folder, without '..'")
+    if not isinstance(row, int) or isinstance(row, bool) or row < 0:
+        raise RecordError("embedding.row", f"expected an integer >= 0, got {row!r}")
+    if not isinstance(text_hash, str):
+        raise RecordError("embedding.text_hash", f"expected a string, got {text_hash!r}")
+    return EmbeddingRef(file=file, row=row, text_hash=text_hash)
+
+
+def record_lines(report: LoadReport[PathRecord]) -> dict[str, int]:
+    """Record id -> its line in the pool file, so errors found after loading can name the line."""
+    return dict(zip((r.id for r in report.records), report.lines))
 
 
 def load_pool(path: str | Path, *, log: Callable[[str], None] | None = None) -> LoadReport[PathRecord]:

@@ -17,3 +17,4 @@ class EmbedConfig:
     normalize: bool = field(default=True, metadata=rule(help="L2-normalize embeddings"))
     cache_dir: Path | None = field(default=None, metadata=rule(help="text-hash cache (default: <out folder>/embed_cache)"))
     device: str | None = field(default=None, metadata=rule(help="torch device (default: cuda if available)"))
+    min_embedded_share: float = field(default=1.0, metadata=rule(min=0.0, max=1.0, help="the run stops before encoding (exit 2, naming the quarantine file) when a smaller share of the pool's paths can be embedded: those with a response, over those plus the lines refused at load; none at all always fails"))

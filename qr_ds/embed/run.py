@@ -7,7 +7,6 @@ each record's ``embedding`` names the file (relative to the pool's folder), row 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -17,15 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qr_ds.data.jsonl import JsonlAppender, iter_jsonl
-from qr_ds.data.pool import EmbeddingRef, load_pool, write_pool
+from qr_ds.data.jsonl import JsonlAppender, LoadReport, iter_jsonl, naming_path
+from qr_ds.data.pool import EmbeddingRef, PathRecord, load_pool, write_pool
 from qr_ds.embed.config import EmbedConfig
 from qr_ds.embed.encoder import Encoder, encoder_slug
+from qr_ds.embed.lookup import text_hash
 from qr_ds.teacher.generate import repair_tail
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
 def matrix_path(out: Path) -> Path:
@@ -52,7 +48,7 @@ class VectorCache:
 
     def add(self, hashes: list[str], vectors: np.ndarray) -> None:
         """Vectors first (fsync'ed), then the index lines pointing at them: a kill never leaves a dangling index."""
-        with self.vec_file.open("ab") as fh:
+        with naming_path(self.vec_file), self.vec_file.open("ab") as fh:
             fh.truncate(self.n * 4 * self.dim)  # drop a partial vector from an interrupted write
             fh.seek(self.n * 4 * self.dim)
             fh.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
@@ -72,10 +68,29 @@ class EmbedResult:
     encoded: int  # texts actually run through the encoder this time
     matrix: Path
     dim: int
+    quarantined: int  # pool lines refused at load: paths that could not be embedded
+    capped: int  # distinct texts cut to the encoder's character bound before tokenizing
+    max_chars: int
+
+
+def check_embeddable(cfg: EmbedConfig, report: LoadReport[PathRecord], embeddable: int) -> None:
+    """Refuse, before the encoder loads, a pool where too few paths can be embedded: an empty
+    matrix, or one silently missing quarantined paths, must not look like a finished stage."""
+    quarantined = len(report.rejected)
+    if not embeddable:
+        raise ValueError(f"{cfg.pool}: nothing to embed: {len(report.records)} records, none with a response; "
+                         f"{quarantined} lines quarantined")
+    share = embeddable / (embeddable + quarantined)
+    if share < cfg.min_embedded_share:
+        raise ValueError(f"{cfg.pool}: only {embeddable} of {embeddable + quarantined} paths can be embedded "
+                         f"({share:.0%}; {quarantined} lines quarantined to {report.quarantine}), below "
+                         f"min_embedded_share {cfg.min_embedded_share:.0%}: fix those lines or lower the share")
 
 
 def run_embed(cfg: EmbedConfig, encoder: Encoder | None = None, progress: bool = True) -> EmbedResult:
-    records = [r for r in load_pool(cfg.pool).records if r.ok]
+    report = load_pool(cfg.pool)
+    records = [r for r in report.records if r.ok]
+    check_embeddable(cfg, report, len(records))
     encoder = encoder or Encoder(cfg.encoder, cfg.device, cfg.max_seq_length, cfg.normalize)
     slug = encoder_slug(cfg.encoder) + ("-norm" if cfg.normalize else "") + (f"-len{cfg.max_seq_length}" if cfg.max_seq_length else "")
     cache = VectorCache((cfg.cache_dir or cfg.out.parent / "embed_cache") / slug, encoder.dim)
@@ -98,7 +113,8 @@ def run_embed(cfg: EmbedConfig, encoder: Encoder | None = None, progress: bool =
     mpath = matrix_path(cfg.out)
     mpath.parent.mkdir(parents=True, exist_ok=True)
     tmp = mpath.with_name(mpath.stem + ".tmp.npy")
-    np.save(tmp, matrix.astype(np.float32))
+    with naming_path(tmp):
+        np.save(tmp, matrix.astype(np.float32))
     os.replace(tmp, mpath)
     row_of = {h: i for i, h in enumerate(hashes)}
     rel = os.path.relpath(mpath, cfg.out.parent)
@@ -108,15 +124,18 @@ def run_embed(cfg: EmbedConfig, encoder: Encoder | None = None, progress: bool =
     write_pool(cfg.out, records)
     meta = {"encoder": cfg.encoder, "dim": encoder.dim, "rows": len(hashes), "normalize": cfg.normalize}
     mpath.with_name(mpath.stem + ".json").write_text(json.dumps(meta, indent=1))
-    return EmbedResult(len(records), len(hashes), len(missing), mpath, encoder.dim)
-
-
-def load_embeddings(pool_file: Path, file: str) -> np.ndarray:
-    """The matrix a record's ``embedding.file`` names, memory-mapped (read-only)."""
-    return np.load(Path(pool_file).parent / file, mmap_mode="r")
+    capped = sum(len(t) > encoder.max_chars for t in order.values())
+    return EmbedResult(len(records), len(hashes), len(missing), mpath, encoder.dim,
+                       quarantined=len(report.rejected), capped=capped, max_chars=encoder.max_chars)
 
 
 def print_result(res: EmbedResult, out: Path) -> None:
     print(f"embedded {res.records} paths ({res.unique_texts} distinct texts, {res.encoded} encoded now, "
           f"{res.unique_texts - res.encoded} from cache) -> {res.matrix} [{res.unique_texts} x {res.dim}] ; pool: {out}",
           file=sys.stderr)
+    if res.capped:
+        print(f"  {res.capped} texts longer than {res.max_chars} characters were cut there before encoding "
+              "(the encoder reads only its max_seq_length tokens)", file=sys.stderr)
+    if res.quarantined:
+        print(f"  {res.quarantined} pool lines were refused and not embedded (see the quarantine file above; "
+              "allowed by min_embedded_share)", file=sys.stderr)

@@ -1,0 +1,71 @@
+"""Reading a pool's embeddings back, checked: the matrix lies in the pool's folder, the row exists,
+and the row was computed from this record's text (its stored text hash), so a stale or copied
+pool cannot hand the router another path's vector."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from qr_ds.data.pool import PathRecord
+
+
+class EmbeddingError(ValueError):
+    """A record's embedding that cannot be used; the message names the pool file, line and record."""
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def load_matrix(pool_file: Path, file: str) -> np.ndarray:
+    """The matrix ``file`` names, memory-mapped read-only; it must resolve inside the pool's folder
+    (symlinks included), since a pool is data anyone may have written."""
+    folder = Path(pool_file).resolve().parent
+    path = (folder / file).resolve()
+    if not path.is_relative_to(folder):
+        raise EmbeddingError(f"embedding file {file!r} resolves to {path}, outside the pool's folder {folder}")
+    if not path.is_file():
+        raise EmbeddingError(f"embedding file {path} not found: run `qr-ds embed`")
+    try:
+        matrix = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise EmbeddingError(f"embedding file {path} is not a .npy matrix ({e})") from None
+    if matrix.ndim != 2:
+        raise EmbeddingError(f"embedding file {path}: expected a 2-d matrix, got shape {matrix.shape}")
+    return matrix
+
+
+def gather_embeddings(pool_file: Path, records: list[PathRecord],
+                      lines: Mapping[str, int] | None = None) -> np.ndarray:
+    """One float32 row per record, in order. ``lines`` (record id -> line, see
+    ``qr_ds.data.pool.record_lines``) lets every error name the record's line in ``pool_file``."""
+    lines = lines or {}
+    matrices: dict[str, np.ndarray] = {}
+    rows = []
+    for rec in records:
+        where = f"{pool_file}:{lines[rec.id]}" if rec.id in lines else str(pool_file)
+        try:
+            rows.append(_row(pool_file, rec, matrices))
+        except EmbeddingError as e:
+            raise EmbeddingError(f"{where}: record {rec.id!r}: {e}") from None
+    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+
+
+def _row(pool_file: Path, rec: PathRecord, matrices: dict[str, np.ndarray]) -> np.ndarray:
+    ref = rec.embedding
+    if ref is None:
+        raise EmbeddingError("no embedding: run `qr-ds embed` (or set router.enabled: false)")
+    if ref.file not in matrices:
+        matrices[ref.file] = load_matrix(pool_file, ref.file)
+    matrix = matrices[ref.file]
+    if ref.row >= len(matrix):
+        raise EmbeddingError(f"embedding.row {ref.row} is out of range: {ref.file} has {len(matrix)} rows; "
+                             "re-run `qr-ds embed`")
+    actual = text_hash(rec.response or "")
+    if ref.text_hash != actual:
+        raise EmbeddingError(f"embedding.text_hash {ref.text_hash!r} is not the hash of this response ({actual!r}): "
+                             "the vector belongs to another text; re-run `qr-ds embed`")
+    return np.asarray(matrix[ref.row], dtype=np.float32)
