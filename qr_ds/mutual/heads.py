@@ -11,7 +11,8 @@ class MutualHead(nn.Module):
         if hidden_size < 1 or shared_dim < 1:
             raise ValueError(f"MutualHead: hidden_size and shared_dim must be >= 1, got {hidden_size}, {shared_dim}")
         self.proj = nn.Linear(hidden_size, shared_dim)
-        self.competence = nn.Linear(shared_dim, 1, bias=False)
+        # eq. 6 has no bias; with one, a student's overall competence need not live in z's mean.
+        self.competence = nn.Linear(shared_dim, 1)
 
     def forward(self, pooled: torch.Tensor, span_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pooled [P, M, H] span means of last hidden states -> (z [P, M, D], competence logit [P]).

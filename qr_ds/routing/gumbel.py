@@ -22,9 +22,13 @@ def gumbel_noise(shape: torch.Size, generator: torch.Generator | None, device: t
 
 
 def route_probs(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """Noise-free probability that each student gets each path, [P, S] (evaluation/inspection)."""
+    """Noise-free probability that each student gets each path, [P, S].
+
+    The hard decision is the Gumbel-max of the two logits, so its probability is the sigmoid of
+    their difference whatever tau is; tau only shapes the straight-through gradient.
+    """
     _check(logits, tau)
-    return torch.softmax(logits.float() / tau, dim=-1)[..., ON]
+    return torch.sigmoid(logits[..., ON].float() - logits[..., 1 - ON].float())
 
 
 def straight_through_route(

@@ -1,24 +1,56 @@
-"""Router losses: the balance entropy of eq. 3-4 and the straight-through routing objective."""
+"""Router losses: the routing signal, the balance entropy (eq. 3-4, and the load form we default to),
+and the straight-through routing objective (eq. 9's router part)."""
 from __future__ import annotations
 
+import math
+
 import torch
+
+from qr_ds.routing.gumbel import route_probs
 
 _EPS = 1e-6
 
 
 def _clamp_keep_grad(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     # Forward value clamped (log 0 is undefined), gradient as if unclamped: a plain clamp would
-    # zero the push-back exactly when routing is all-on or all-off, the case the entropy exists for.
+    # zero the push-back exactly when routing is all-on or all-off.
     return x + (x.clamp(lo, hi) - x).detach()
 
 
-def balance_entropy(alpha: torch.Tensor, question_index: torch.Tensor, per_student: bool = False) -> torch.Tensor:
-    """Mean over questions of H(abar_q), abar_q = mean of alpha over q's paths and all students (eq. 3-4).
+def routing_signal(path_losses: torch.Tensor, mode: str) -> torch.Tensor:
+    """What the router minimises per (path, student), from detached per-path losses [P, S] (NaN = unknown).
 
-    eq. 3 pools the students, so it only stops all-on/all-off routing: one student taking every
-    path scores as well as an even split. ``per_student`` takes H of each student's own rate per
-    question instead (mean over questions and students), which also keeps every student in use.
+    ``relative`` removes each path's mean over students (its difficulty, shared by all) and each
+    student's mean over the batch (its overall level), leaving the interaction: how much better
+    this student does on this path than usual. Raw losses are positive everywhere, so eq. 9 read
+    literally pushes every path away from every student; a student-centred signal still routes a
+    path every student finds easy to all of them and a hard one to none.
     """
+    if mode == "raw":
+        return path_losses
+    if mode != "relative":
+        raise ValueError(f"routing_signal: mode must be 'relative' or 'raw', got {mode!r}")
+    x = path_losses - path_losses.nanmean(dim=1, keepdim=True)
+    return x - x.nanmean(dim=0, keepdim=True)
+
+
+def load_entropy(p_on: torch.Tensor) -> torch.Tensor:
+    """Entropy of the students' shares of the expected routing, / log S (1 = every student equal).
+
+    Taken on the noise-free probabilities (the expectation of the hard samples), it is smooth and
+    zero-gradient at balance, so a path may go wholly to the student it suits; a student whose
+    share falls is pulled back up, so none starves.
+    """
+    if p_on.dim() != 2 or p_on.shape[1] < 2:
+        raise ValueError(f"load_entropy: p_on must be [P, S>=2], got {tuple(p_on.shape)}")
+    share = _clamp_keep_grad(p_on.sum(dim=0) / p_on.sum().clamp(min=_EPS), _EPS, 1.0)
+    return -(share * share.log()).sum() / math.log(p_on.shape[1])
+
+
+def balance_entropy(alpha: torch.Tensor, question_index: torch.Tensor) -> torch.Tensor:
+    """eq. 3-4 literally: mean over questions of H(abar_q), abar_q = mean of the hard alpha over q's
+    paths in the batch and over all students. With one path of a question in a batch abar is 0 or
+    1, its entropy 0, and only the clamp's gradient (about log((1-eps)/eps)/S) is left."""
     if alpha.dim() != 2 or question_index.shape != alpha.shape[:1]:
         raise ValueError(
             f"balance_entropy: alpha must be [P, S] and question_index [P], got {tuple(alpha.shape)} "
@@ -26,41 +58,44 @@ def balance_entropy(alpha: torch.Tensor, question_index: torch.Tensor, per_stude
         )
     _, inverse = torch.unique(question_index, return_inverse=True)
     n_q = int(inverse.max()) + 1 if inverse.numel() else 0
-    per_path = alpha if per_student else alpha.mean(dim=1, keepdim=True)
-    sums = per_path.new_zeros(n_q, per_path.shape[1]).index_add(0, inverse, per_path)
-    counts = per_path.new_zeros(n_q).index_add(0, inverse, torch.ones_like(per_path[:, 0]))
-    abar = _clamp_keep_grad(sums / counts[:, None], _EPS, 1 - _EPS)
-    h = -(abar * abar.log() + (1 - abar) * (1 - abar).log())
-    return h.mean()
+    per_path = alpha.mean(dim=1)
+    sums = per_path.new_zeros(n_q).index_add(0, inverse, per_path)
+    counts = per_path.new_zeros(n_q).index_add(0, inverse, torch.ones_like(per_path))
+    abar = _clamp_keep_grad(sums / counts, _EPS, 1 - _EPS)
+    return -(abar * abar.log() + (1 - abar) * (1 - abar).log()).mean()
 
 
 def router_objective(
     alpha: torch.Tensor,
+    logits: torch.Tensor,
     path_losses: torch.Tensor,
     question_index: torch.Tensor,
     lambda1: float,
-    n_paths: int | None = None,
-    per_student: bool = False,
+    signal: str = "relative",
+    entropy: str = "load",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_{p,s known} alpha*path_loss / P - lambda1 * H.
+    """sum_{p,s known} alpha * signal / P - lambda1 * H.
 
-    ``path_losses`` [P, S] are detached per-path SFT losses of every student (NaN = unknown).
-    Through the straight-through estimator d loss / d soft_on[p, s] = path_losses[p, s] / P, so
-    a student that does badly on a path pushes that path away from it. ``n_paths`` overrides P
-    when the batch is sharded and shard objectives are summed; ``per_student`` is passed to
-    balance_entropy.
+    ``alpha`` [P, S] is the straight-through routing, so d/d soft_on[p, s] = signal[p, s] / P: a
+    student doing better than usual on a path pulls it in. ``path_losses`` are detached per-path
+    losses of every student (NaN = unknown, no signal).
     """
-    if path_losses.shape != alpha.shape:
-        raise ValueError(f"router_objective: path_losses {tuple(path_losses.shape)} != alpha {tuple(alpha.shape)}")
-    denom = n_paths if n_paths is not None else alpha.shape[0]
-    known = ~torch.isnan(path_losses)
-    losses = torch.where(known, path_losses.detach().to(alpha.dtype), torch.zeros_like(alpha))
-    route_loss = (alpha * losses).sum() / max(denom, 1)
-    entropy = balance_entropy(alpha, question_index, per_student)
-    # The paper maximizes the entropy (to penalize extreme routing) yet writes +lambda1*L_entropy in
-    # the minimized eq. 9; minimizing -H is the reading that matches its stated intent.
-    loss = route_loss - lambda1 * entropy
-    a = alpha.detach()
-    stats = {"route_loss": route_loss.item(), "entropy": entropy.item(), "known_frac": known.float().mean().item()}
-    stats.update({f"rate/{s}": r for s, r in enumerate(a.mean(dim=0).tolist())})
+    if path_losses.shape != alpha.shape or logits.shape[:2] != alpha.shape:
+        raise ValueError(f"router_objective: path_losses {tuple(path_losses.shape)} and logits "
+                         f"{tuple(logits.shape)} must match alpha {tuple(alpha.shape)}")
+    sig = routing_signal(path_losses.detach().float(), signal)
+    known = ~torch.isnan(sig)
+    sig = torch.where(known, sig, torch.zeros_like(sig)).to(alpha.dtype)
+    route_loss = (alpha * sig).sum() / max(alpha.shape[0], 1)
+    if entropy == "load":
+        h = load_entropy(route_probs(logits))
+    elif entropy == "paper":
+        h = balance_entropy(alpha, question_index)
+    else:
+        raise ValueError(f"router_objective: entropy must be 'load' or 'paper', got {entropy!r}")
+    # The paper maximises the entropy yet writes +lambda1*L_entropy in the minimised eq. 9;
+    # minimising -H is the reading that matches its stated intent.
+    loss = route_loss - lambda1 * h
+    stats = {"route_loss": route_loss.item(), "entropy": h.item(), "known_frac": known.float().mean().item()}
+    stats.update({f"rate/{s}": r for s, r in enumerate(alpha.detach().mean(dim=0).tolist())})
     return loss, stats

@@ -90,9 +90,8 @@ def save(trainer, out_dir: Path) -> Path:
                     torch.save(module.head.state_dict(), sdir / "mutual_head.pt")
     torch.save(_rng_state(), ckpt / "rng" / f"rank{dist.rank}.pt")
     if trainer.is_coord:
-        if trainer.router is not None:
-            torch.save({"router": trainer.router.state_dict(), "optimizer": trainer.router_opt.state_dict(),
-                        "gumbel": trainer.gumbel.get_state()}, ckpt / "router.pt")
+        if trainer.routing is not None:
+            torch.save(trainer.routing.state_dict(), ckpt / "router.pt")
         (ckpt / "trainer_state.json").write_text(json.dumps(vars(pos)))
         meta = {"step": pos.step, "students": [
             {"name": s.name, "model": s.model, "tokenizer": s.tokenizer or s.model, "finetune": s.finetune}
@@ -128,11 +127,8 @@ def load(trainer, out_dir: Path):
         path, _ = st.model.load_checkpoint(str(ckpt / "engines" / st.name), tag="state")
         if path is None:
             raise FileNotFoundError(f"--resume: engine state for student '{st.name}' missing in {ckpt}")
-    if trainer.router is not None:
-        state = torch.load(ckpt / "router.pt")
-        trainer.router.load_state_dict(state["router"])
-        trainer.router_opt.load_state_dict(state["optimizer"])
-        trainer.gumbel.set_state(state["gumbel"])
+    if trainer.routing is not None:
+        trainer.routing.load_state_dict(torch.load(ckpt / "router.pt", weights_only=True))
     _set_rng_state(torch.load(ckpt / "rng" / f"rank{trainer.dist.rank}.pt", weights_only=False))
     pos = Position(**json.loads((ckpt / "trainer_state.json").read_text()))
     trainer.say(f"resumed from {ckpt} at step {pos.step} (epoch {pos.epoch}, batch {pos.batch})")

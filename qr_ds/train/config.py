@@ -7,6 +7,8 @@ from typing import Literal
 
 from qr_ds.config import ConfigError, rule
 from qr_ds.eval.during_training import EvalDuringTraining
+from qr_ds.mutual.config import MutualConfig
+from qr_ds.routing.config import RouterConfig
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -35,37 +37,10 @@ class StudentConfig:
         default="lora", metadata=rule(help="full = every weight trains (small students; LoRA barely moves a tiny "
                                            "random-init model); checkpoints then hold whole models"))
     lora: LoraSettings = field(default_factory=LoraSettings)
-    frozen: bool = field(default=False, metadata=rule(help="no updates (paper Table 5); still a peer for mutual loss"))
+    frozen: bool = field(default=False, metadata=rule(help="no updates to the model (paper Table 5); still a peer "
+                                                           "for the mutual loss, whose heads keep learning"))
     gradient_checkpointing: bool = False
     use_kernels: bool = field(default=True, metadata=rule(help="fused linear+CE and span pooling kernels"))
-
-
-@dataclass
-class RouterConfig:
-    enabled: bool = field(default=True, metadata=rule(help="false = every path to every student (w/o Route)"))
-    hidden: int = field(default=256, metadata=rule(min=1))
-    tau: float = field(default=1.0, metadata=rule(min=1e-3, max=100.0, help="Gumbel-softmax temperature"))
-    lr: float = field(default=1e-3, metadata=rule(min=0.0, max=1.0))
-    entropy: Literal["per_student", "pooled"] = field(
-        default="per_student", metadata=rule(help="pooled = eq. 3 literally (mean over students; lets one student "
-                                                  "take every path); per_student = each student's own rate"))
-    baseline: bool = field(
-        default=True, metadata=rule(help="subtract each student's mean path loss in the batch, so a path goes to "
-                                         "the students it suits better than their usual path; raw losses only push "
-                                         "every path away from every student, and centring over students makes "
-                                         "routing zero-sum (exclusive), which starves the mutual loss"))
-    ensure_one: bool = field(
-        default=False, metadata=rule(help="give a path no student drew to its likeliest student; off by default: "
-                                          "with the entropy term it drives every on-probability down until "
-                                          "this rule does all routing, one student per path, and no path is "
-                                          "co-routed for the mutual loss"))
-
-
-@dataclass
-class MutualConfig:
-    enabled: bool = field(default=True, metadata=rule(help="false = w/o Collab"))
-    shared_dim: int = field(default=256, metadata=rule(min=1))
-    max_spans: int = field(default=64, metadata=rule(min=1, help="span vectors per path (bounds the exchange)"))
 
 
 @dataclass

@@ -32,7 +32,9 @@ def select_paths(cfg: TrainConfig, records: list[PathRecord]) -> list[PathRecord
         if recs and all(r.correct is None for r in recs):
             raise ValueError(f"{cfg.data.pool}: no record has 'correct' set: run `qr-ds filter` first, "
                              "or set data.quality_filter: false to train on unfiltered paths")
-        recs = [r for r in recs if r.correct and (r.judge is None or r.judge.verdict == "VALID")]
+        # The filter decides what an UNPARSEABLE verdict means (keep_unparseable) and writes only
+        # what it keeps; here only what it rejected outright is dropped, so both agree.
+        recs = [r for r in recs if r.correct and (r.judge is None or r.judge.verdict != "INVALID")]
     if cfg.data.paths_per_question:
         by_q: dict[str, list[PathRecord]] = defaultdict(list)
         for r in recs:
@@ -117,6 +119,11 @@ class TrainData:
         self.embeddings = load_embeddings(cfg.data.pool, self.records) if cfg.router.enabled else None
         self.encoded, self.n_spans = encode_all(self.records, tokenizers, cfg.data.max_len,
                                                 cfg.mutual.max_spans, progress or (lambda it, **kw: it))
+        # Per-path sizes: losses become nats per character (comparable across tokenizers) for the
+        # router, and per token for the logged SFT loss.
+        self.response_chars = torch.tensor([max(len(r.response), 1) for r in self.records], dtype=torch.float32)
+        self.response_tokens = [torch.tensor([max(sum(t != -100 for t in e.labels[1:]), 1) for e in enc],
+                                             dtype=torch.float32) for enc in self.encoded]
         qids = {q: i for i, q in enumerate(dict.fromkeys(r.question_id for r in self.records))}
         self.question_index = torch.tensor([qids[r.question_id] for r in self.records])
         self._by_question = [torch.nonzero(self.question_index == q).flatten() for q in range(len(qids))]

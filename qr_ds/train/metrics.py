@@ -62,6 +62,14 @@ class MetricsLog:
             for s, name in enumerate(names):  # routed / seen, per style (Figure 4) and per level (Figure 5)
                 hit = Counter(v for v, h in zip(values, hard[:, s].tolist()) if h > 0)
                 row[f"{key}/{name}"] = {str(v): [hit[v], count[v]] for v in sorted(count, key=str)}
+        styles = [r.style for r in recs]
+        for s, name in enumerate(names):  # every student's loss on every style of the batch (probes included)
+            per_style: dict[str, list[float]] = {}
+            for style, v in zip(styles, rec["nats_per_char"][:, s].tolist()):
+                if v == v:  # not NaN
+                    acc = per_style.setdefault(style, [0.0, 0])
+                    acc[0], acc[1] = acc[0] + v, acc[1] + 1
+            row[f"style_nats_per_char/{name}"] = per_style
         self.jsonl.write(row)
         if self.tb is not None:
             for k, v in row.items():

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from qr_ds.train.config import MutualConfig, StudentConfig
+from qr_ds.mutual.config import MutualConfig
+from qr_ds.train.config import StudentConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,7 +35,10 @@ class Student(nn.Module):
         self.use_kernels = use_kernels
 
     def forward(self, input_ids, attention_mask, labels, token_weights, span_ids=None, n_spans: int = 0):
-        """Returns (weighted loss, per-path mean CE [B], z [B,M,D] | None, competence logit [B] | None).
+        """Returns (weighted loss, per-path total CE in nats [B], z [B,M,D] | None, competence logit [B] | None).
+
+        Total nats, not the mean per token: it is -log p(response) whatever the tokenizer, so
+        students with different tokenizers can be compared on the same path.
 
         The backbone's last hidden states feed both the loss (without materializing logits when
         the fused kernel is on) and the span pooling, so one forward serves SFT and mutual loss.
@@ -43,14 +47,12 @@ class Student(nn.Module):
 
         loss, per_token, hidden = causal_lm_loss(self.lm, input_ids, attention_mask, labels,
                                                  token_weights=token_weights, use_kernels=self.use_kernels)
-        per_token = per_token.view(input_ids.shape[0], -1)
-        n_tok = (labels[:, 1:] != -100).sum(1).clamp(min=1)
-        per_path = per_token.sum(1) / n_tok
+        nats = per_token.view(input_ids.shape[0], -1).sum(1)
         if self.head is None or n_spans == 0:
-            return loss, per_path, None, None
+            return loss, nats, None, None
         pooled, counts = span_mean_pool(hidden, span_ids, n_spans)
         z, logit = self.head(pooled.to(self.head.proj.weight.dtype), counts > 0)
-        return loss, per_path, z, logit
+        return loss, nats, z, logit
 
 
 def build_student(cfg: StudentConfig, mutual: MutualConfig | None, device: torch.device) -> Student:
@@ -127,16 +129,20 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def create_engine(student: Student, cfg: StudentConfig, ds_config: dict, mpu, warmup: int, total_steps: int):
+def create_engine(student: Student, cfg: StudentConfig, ds_config: dict, mpu, warmup: int, total_steps: int,
+                  head_lr: float = 0.0):
     import deepspeed
 
-    params = [p for p in student.parameters() if p.requires_grad]
-    fused = torch.cuda.is_available()
+    head = {id(p) for p in student.head.parameters()} if student.head is not None else set()
+    params = [p for p in student.parameters() if p.requires_grad and id(p) not in head]
     # A frozen student (paper Table 5) is still an engine, with learning rate 0: its weights never
     # move, yet its ranks make every collective DeepSpeed makes (checkpoint saves are world-wide).
     lr, wd = (0.0, 0.0) if cfg.frozen else (cfg.lr, cfg.weight_decay)
+    groups = [{"params": params, "lr": lr, "weight_decay": wd}]
+    if head:  # new layers learn at their own rate, also beside a frozen or slow-learning student
+        groups.append({"params": list(student.head.parameters()), "lr": head_lr, "weight_decay": 0.0})
     # torch AdamW rather than DeepSpeed's FusedAdam: no JIT build (which fails on TORCH_CUDA_ARCH_LIST=9.0a).
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused)
+    opt = torch.optim.AdamW(groups, fused=torch.cuda.is_available())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps))
     engine, *_ = deepspeed.initialize(model=student, optimizer=opt, lr_scheduler=sched,
                                       config=ds_config, mpu=mpu, dist_init_required=False)

@@ -8,7 +8,7 @@
 4. projected span states are all-gathered in each chunk's cross-student group, and every student
    adds the mutual loss (eq. 5-8) with its own states live and its peers' detached;
 5. one backward and step per engine; per-path losses go back to the coordinator, whose router
-   gets its gradient through the straight-through estimator plus the entropy term (eq. 3-4).
+   gets its gradient through the straight-through estimator plus the balance entropy.
 """
 from __future__ import annotations
 
@@ -23,9 +23,7 @@ from qr_ds.dist.health import write_pid_file
 from qr_ds.dist.strategy import Strategy
 from qr_ds.dist.topology import make_layout
 from qr_ds.mutual.loss import mutual_loss, mutual_loss_for_student
-from qr_ds.routing.gumbel import straight_through_route
-from qr_ds.routing.losses import router_objective
-from qr_ds.routing.router import Router
+from qr_ds.routing.policy import RoutingPolicy
 from qr_ds.train import checkpoint
 from qr_ds.train.config import TrainConfig
 from qr_ds.train.data import TrainData, collate
@@ -77,7 +75,8 @@ class Trainer:
             torch.manual_seed(cfg.seed + s)  # the same LoRA and head init on every rank of a student
             module = build_student(sc, cfg.mutual if cfg.use_mutual else None, self.dist.device)
             ds = ds_config_for(sc, cfg.micro_batch_paths, cfg.grad_accum, cfg.grad_clip)
-            model = create_engine(module, sc, ds, self.dist.mpu(s), cfg.warmup_steps, self.total_steps)
+            model = create_engine(module, sc, ds, self.dist.mpu(s), cfg.warmup_steps, self.total_steps,
+                                  cfg.mutual.head_lr)
             self.students.append(LocalStudent(s, sc.name, model, tokenizers[s].pad_token_id,
                                               len(self.layout.student_ranks[s])))
             if model.zero_optimization_stage() == 3 and cfg.placement == "separate":
@@ -85,12 +84,9 @@ class Trainer:
         # ZeRO-3 prefetches by a recorded module order that must repeat every step, so there each
         # student forwards its whole chunk in one pass (unrouted paths at weight 0) and never probes.
         self.one_pass = any(st.model.zero_optimization_stage() == 3 for st in self.students)
-        self.router = self.router_opt = self.gumbel = None
+        self.routing = None
         if cfg.router.enabled and self.is_coord:
-            torch.manual_seed(cfg.seed)
-            self.router = Router(self.data.embeddings.shape[1], S, cfg.router.hidden)
-            self.router_opt = torch.optim.Adam(self.router.parameters(), lr=cfg.router.lr)
-            self.gumbel = torch.Generator().manual_seed(cfg.seed)
+            self.routing = RoutingPolicy(cfg.router, self.data.embeddings.shape[1], S, cfg.lambda1, cfg.seed)
         self.pos = Position()
         self.metrics = MetricsLog(cfg.output_dir, enabled=self.is_coord, tensorboard=cfg.tensorboard)
         self.evaluator = None
@@ -108,19 +104,13 @@ class Trainer:
         return tqdm(it, **kw)
 
     # -- one micro-step -----------------------------------------------------------------------
-    def route(self, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(alpha with straight-through graph on the coordinator, hard 0/1 [P,S] on every rank)."""
+    def route(self, idx: torch.Tensor) -> torch.Tensor:
+        """Hard 0/1 routing [P, S], the same on every rank (the coordinator's policy decides)."""
         S = len(self.cfg.students)
         if not self.cfg.router.enabled:
-            return None, torch.ones(len(idx), S)
-        alpha = None
-        hard = torch.zeros(len(idx), S)
-        if self.is_coord:
-            logits = self.router(self.data.embeddings[idx])
-            alpha = straight_through_route(logits, self.cfg.router.tau, self.gumbel,
-                                           ensure_one=self.cfg.router.ensure_one)
-            hard = alpha.detach().clone()
-        return alpha, self.dist.broadcast_from_coordinator(hard)
+            return torch.ones(len(idx), S)
+        hard = self.routing.route(self.data.embeddings[idx]) if self.is_coord else torch.zeros(len(idx), S)
+        return self.dist.broadcast_from_coordinator(hard)
 
     def forward_student(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
                         states: bool = True):
@@ -140,39 +130,42 @@ class Trainer:
     def train_forward(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
                       path_loss: torch.Tensor, stats: torch.Tensor):
         """Forward with grad the paths routed to ``st``; forward without grad the rest, so the router
-        still sees this student's loss on every path at a third of the cost of training on it."""
+        still sees this student's loss on every path at a third of the cost of training on it.
+        ``path_loss`` gets total nats per path; ``stats`` the SFT loss per token of the routed paths."""
         pos_t = torch.tensor(positions)
         routed = hard[positions, st.index] > 0
         # An engine must backprop every micro-step (its data-parallel peers and ZeRO's hooks wait
         # for it), so a student with nothing routed here trains one path at weight 0.
         train = pos_t if self.one_pass else pos_t[routed] if routed.any() else pos_t[:1]
-        loss, per_path, z, logit = self.forward_student(st, idx, train.tolist(), hard)
-        path_loss[0, train, st.index] = per_path.detach().float().cpu()
+        loss, nats, z, logit = self.forward_student(st, idx, train.tolist(), hard)
+        path_loss[0, train, st.index] = nats.detach().float().cpu()
         path_loss[1, train, st.index] = 1
         probe = pos_t[~routed & ~torch.isin(pos_t, train)]
         if self.cfg.router.enabled and len(probe):
             with torch.no_grad():
-                _, pp, _, _ = self.forward_student(st, idx, probe.tolist(), hard, states=False)
-            path_loss[0, probe, st.index] = pp.float().cpu()
+                _, pn, _, _ = self.forward_student(st, idx, probe.tolist(), hard, states=False)
+            path_loss[0, probe, st.index] = pn.float().cpu()
             path_loss[1, probe, st.index] = 1
-        stats[st.index, 0] += path_loss[0, pos_t[routed], st.index].sum()
+        n_tok = self.data.response_tokens[st.index][idx[pos_t[routed]]]
+        stats[st.index, 0] += (path_loss[0, pos_t[routed], st.index] / n_tok).sum()
         stats[st.index, 1] += routed.sum()
         ids = self.data.encoded[st.index]
         stats[st.index, 2] += sum(len(ids[i].input_ids) for i in idx[train].tolist())
+        exchange = None
         if z is not None:
             # Full-chunk tensors for the exchange: routed rows carry states, the others zeros. The
             # 0-weighted sum keeps the head in the graph when nothing of this chunk is co-routed.
             rows = torch.nonzero(torch.isin(pos_t, train)).flatten().to(z.device)
-            z_full = z.new_zeros((len(positions), *z.shape[1:])).index_copy(0, rows, z)
-            logit_full = logit.new_zeros(len(positions)).index_copy(0, rows, logit)
+            exchange = (z.new_zeros((len(positions), *z.shape[1:])).index_copy(0, rows, z),
+                        logit.new_zeros(len(positions)).index_copy(0, rows, logit),
+                        path_loss[0, pos_t, st.index].to(z.device))
             loss = loss + 0.0 * (z.sum() + logit.sum())
-            z, logit = z_full, logit_full
-        return loss, z, logit
+        return loss, exchange
 
     def micro_step(self, idx: torch.Tensor) -> dict:
         cfg, layout, S, P = self.cfg, self.layout, len(self.cfg.students), self.P
         c = cfg.micro_batch_paths
-        alpha, hard = self.route(idx)
+        hard = self.route(idx)
         path_loss = torch.zeros(2, P, S)  # [value, known] per (path, student), summed to the coordinator
         # per student: sft loss sum, routed paths, trained tokens, compute s, exchange s; last row: mutual
         stats = torch.zeros(S + 1, 5)
@@ -181,9 +174,9 @@ class Trainer:
             t0 = time.perf_counter()
             chunks = layout.chunks_of(st.index, self.dist.rank)
             positions = [k * c + j for k in chunks for j in range(c)]
-            loss, z, logit = self.train_forward(st, idx, positions, hard, path_loss, stats)
+            loss, exchange = self.train_forward(st, idx, positions, hard, path_loss, stats)
             stats[st.index, 3] += time.perf_counter() - t0
-            outs[st.index] = (loss, z, logit, chunks)
+            outs[st.index] = (loss, exchange, chunks)
 
         t_x = time.perf_counter()
         if cfg.use_mutual:
@@ -200,18 +193,15 @@ class Trainer:
         path_loss = self.dist.sum_to_coordinator(path_loss)
         stats = self.dist.sum_to_coordinator(stats)
         record = {"stats": stats[:S], "mutual": float(stats[S, 0]), "exchange_s": t_x,
-                  "exchange_bytes": self._exchange_bytes()}
-        if self.is_coord and alpha is not None:
+                  "exchange_bytes": self._exchange_bytes(), "hard": hard}
+        if self.is_coord:
             known = path_loss[1] > 0
-            losses = torch.where(known, path_loss[0], torch.full_like(path_loss[0], float("nan")))
-            if cfg.router.baseline:  # each student's loss against its own batch mean
-                losses = losses - losses.nanmean(dim=0, keepdim=True)
-            r_loss, r_stats = router_objective(alpha, losses, self.data.question_index[idx], cfg.lambda1,
-                                               per_student=cfg.router.entropy == "per_student")
-            (r_loss / cfg.grad_accum).backward()
-            record.update(router_loss=r_loss.item(), **{f"router/{k}": v for k, v in r_stats.items()
-                                                        if isinstance(v, (int, float))})
-        record["hard"] = hard
+            # nats per character: the same unit for every tokenizer and every path length
+            per_char = torch.where(known, path_loss[0] / self.data.response_chars[idx][:, None], float("nan"))
+            record["nats_per_char"] = per_char
+            if self.routing is not None:
+                r = self.routing.learn(per_char, self.data.question_index[idx], scale=1 / cfg.grad_accum)
+                record.update(router_loss=r.pop("loss"), **{f"router/{k}": v for k, v in r.items()})
         return record
 
     def _exchange_bytes(self) -> int:
@@ -220,31 +210,33 @@ class Trainer:
             return 0
         c, m = self.cfg.micro_batch_paths, self.cfg.mutual
         chunks = self.layout.chunks_of(self.dist.local_students[0], self.dist.rank)
-        return len(chunks) * (len(self.cfg.students) - 1) * (c * m.max_spans * m.shared_dim + c) * 4
+        return len(chunks) * (len(self.cfg.students) - 1) * (c * m.max_spans * m.shared_dim + 2 * c) * 4
 
     def mutual_losses(self, outs: dict, hard: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Exchange projected states per chunk and add λ2·L_mutual to each local student's loss."""
+        """Exchange projected states, competence logits and path nats per chunk, and add λ2·L_mutual
+        to each local student's loss."""
         cfg, c = self.cfg, self.cfg.micro_batch_paths
-        chunks = next(iter(outs.values()))[3]
-        M, D = cfg.mutual.max_spans, cfg.mutual.shared_dim
+        chunks = next(iter(outs.values()))[2]
+        M, D, form = cfg.mutual.max_spans, cfg.mutual.shared_dim, cfg.mutual.form
         value = torch.zeros(())  # the loss of this rank's chunks, counted once (on student 0's ranks)
         for k in chunks:
             rows = slice((k - chunks[0]) * c, (k - chunks[0] + 1) * c)
             local = {}
-            for s, (_, z, logit, _) in outs.items():
-                local[s] = torch.cat([z[rows].reshape(-1).float(), logit[rows].float()])
+            for s, (_, (z, logit, nats), _) in outs.items():
+                local[s] = torch.cat([z[rows].reshape(-1).float(), logit[rows].float(), nats[rows].float()])
             flat = self.dist.gather_chunk(k, local)
             all_z = torch.stack([f[: c * M * D].view(c, M, D) for f in flat])
-            all_logits = torch.stack([f[c * M * D:] for f in flat])
+            all_logits = torch.stack([f[c * M * D:c * M * D + c] for f in flat])
+            all_nats = torch.stack([f[c * M * D + c:] for f in flat])
             routed = hard[k * c:(k + 1) * c].T.bool().to(all_z.device)
             span_mask = self.data.span_mask(idx[k * c:(k + 1) * c], M).to(all_z.device)
             for st in self.students:
-                loss, z, logit, _ = outs[st.index]
+                loss, (z, logit, nats), _ = outs[st.index]
                 m = mutual_loss_for_student(st.index, z[rows].float(), logit[rows].float(), all_z, all_logits,
-                                            routed, span_mask, self.P)
-                outs[st.index] = (loss + cfg.lambda2 * st.dp_size * m, z, logit, chunks)
+                                            routed, span_mask, self.P, form, all_nats)
+                outs[st.index] = (loss + cfg.lambda2 * st.dp_size * m, (z, logit, nats), chunks)
             if 0 in outs:
-                value += mutual_loss(all_z, all_logits, routed, span_mask, self.P).detach().cpu()
+                value += mutual_loss(all_z, all_logits, routed, span_mask, self.P, form, all_nats).detach().cpu()
         return value
 
     # -- the loop ------------------------------------------------------------------------------
@@ -272,9 +264,8 @@ class Trainer:
             self.pos.micro_step += 1
             if self.pos.micro_step % cfg.grad_accum:
                 continue
-            if self.router_opt is not None:
-                self.router_opt.step()
-                self.router_opt.zero_grad(set_to_none=True)
+            if self.routing is not None:
+                self.routing.step()
             self.pos.step += 1
             dt, t_step = time.perf_counter() - t_step, time.perf_counter()
             last = self.metrics.step(self.pos, rec, self.names, self.data, idx, dt)

@@ -1,0 +1,62 @@
+"""The coordinator's half of routing: the router MLP, its optimizer, its Gumbel generator and its
+objective, as one object with one state dict. The trainer asks it to route a batch and hands it the
+students' per-path losses; nothing else touches the router."""
+from __future__ import annotations
+
+import torch
+
+from qr_ds.routing.config import RouterConfig
+from qr_ds.routing.gumbel import route_probs, straight_through_route
+from qr_ds.routing.losses import router_objective
+from qr_ds.routing.router import Router
+
+
+class RoutingPolicy:
+    def __init__(self, cfg: RouterConfig, in_dim: int, n_students: int, lambda1: float, seed: int):
+        self.cfg, self.lambda1 = cfg, lambda1
+        torch.manual_seed(seed)
+        self.router = Router(in_dim, n_students, cfg.hidden)
+        self.optimizer = torch.optim.Adam(self.router.parameters(), lr=cfg.lr)
+        self.gumbel = torch.Generator().manual_seed(seed)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def route(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Hard 0/1 routing [P, S] for a batch; keeps the straight-through graph for ``learn``."""
+        logits = self.router(embeddings)
+        alpha = straight_through_route(logits, self.cfg.tau, self.gumbel, ensure_one=self.cfg.ensure_one)
+        self._pending = (alpha, logits)
+        return alpha.detach().clone()
+
+    def learn(self, path_losses: torch.Tensor, question_index: torch.Tensor, scale: float = 1.0) -> dict:
+        """Backward the router objective of the last routed batch (gradients accumulate until ``step``)."""
+        if self._pending is None:
+            raise RuntimeError("RoutingPolicy.learn: no routed batch to learn from (call route first)")
+        alpha, logits = self._pending
+        self._pending = None
+        loss, stats = router_objective(alpha, logits, path_losses, question_index, self.lambda1,
+                                       self.cfg.signal, self.cfg.entropy)
+        (loss * scale).backward()
+        return {"loss": loss.item(), **stats}
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def probabilities(self, embeddings: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+        """Noise-free P(student gets path) [N, S] over any number of paths (reports, inspection)."""
+        was_training = self.router.training
+        self.router.eval()
+        out = torch.cat([route_probs(self.router(embeddings[i:i + batch]))
+                         for i in range(0, len(embeddings), batch)]) if len(embeddings) else torch.zeros(0)
+        self.router.train(was_training)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"router": self.router.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "gumbel": self.gumbel.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.router.load_state_dict(state["router"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gumbel.set_state(state["gumbel"])
