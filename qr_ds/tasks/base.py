@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -73,31 +75,49 @@ class Task:
             )
         return None
 
-    def load(self, source: str, split: str | None = None, limit: int | None = None) -> list[Example]:
-        """Examples from a local .jsonl/.json/.parquet file or a hub dataset name (``name[:config]``)."""
+    def load(self, source: str, split: str | None = None, config: str | None = None,
+             limit: int | None = None) -> LoadedExamples:
+        """Examples from a local .jsonl/.json/.parquet file or a hub dataset, with their provenance.
+
+        source: a file path, or a hub dataset name (``name`` or ``name:config``).
+        split: hub: the split to load (default: the task's evaluation split ``hub[2]``). A file has no
+            splits to choose from: ``split`` records what the caller says it holds; by default the
+            ``source_split`` its records carry (``qr-ds data export`` writes it), else None (unknown).
+        config: hub: the configuration (default: ``name:config``, else the task's own for its dataset).
+        limit: only the first ``limit`` records.
+        The result records ``source``, ``split`` and ``config`` as loaded, so that a caller can refuse
+        a test split (``is_test_split``).
+        """
         path = Path(source)
         if path.suffix in (".jsonl", ".json") and path.exists():
             rows = _read_json_rows(path, limit)
         elif path.suffix == ".parquet" and path.exists():
-            rows = _datasets_rows(lambda d: d.load_dataset("parquet", data_files=str(path), split="train"), limit)
-            rows = [(i + 1, r) for i, r in enumerate(rows)]
+            rows = numbered(datasets_rows(lambda d: d.load_dataset("parquet", data_files=str(path), split="train"),
+                                          limit))
         elif path.exists():
             raise ValueError(f"{source}: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)")
         elif path.suffix in (".jsonl", ".json", ".parquet"):
             raise FileNotFoundError(f"no such file: {source}")
         else:
-            name, _, config = source.partition(":")
-            config = config or (self.hub[1] if name == self.hub[0] else None)
-            split = split or self.hub[2]
-            rows = _datasets_rows(lambda d: d.load_dataset(name, config, split=split), limit)
-            rows = [(i + 1, r) for i, r in enumerate(rows)]
+            name, config, split = self.hub_source(source, split, config)
+            rows = numbered(hub_rows(self, name, config, split, limit))
+        if path.exists() and split is None:  # a file: the split its records say they came from
+            split = _recorded_split(rows)
         out = []
         for where, rec in rows:
             try:
                 out.append(self.from_record(rec))
             except (RecordError, ValueError, TypeError, KeyError) as e:
                 raise ValueError(f"{source}:{where}: {self.name} record: {e}") from e
-        return out
+        return LoadedExamples(out, source=source, split=split, config=config)
+
+    def hub_source(self, source: str, split: str | None, config: str | None) -> tuple[str, str | None, str]:
+        """(dataset, config, split) that ``source`` (``name[:config]``) and the arguments ask for."""
+        name, _, named_config = source.partition(":")
+        if config and named_config and config != named_config:
+            raise ValueError(f"{source}: config {named_config!r} in the name but {config!r} asked for")
+        config = config or named_config or (self.hub[1] if name == self.hub[0] else None)
+        return name, config, split or self.hub[2]
 
     # ---- answers ---------------------------------------------------------------------------
     def parse_candidate(self, text: str, example: Example | None) -> str | None:
@@ -169,7 +189,61 @@ def _read_json_rows(path: Path, limit: int | None) -> list[tuple[int, dict]]:
     return rows[:limit] if limit is not None else rows
 
 
-def _datasets_rows(open_ds: Callable[[Any], Any], limit: int | None) -> list[dict]:
+class LoadedExamples(list):
+    """A list of examples that remembers what was loaded: ``source``, ``split``, ``config``."""
+
+    def __init__(self, examples: list[Example], source: str, split: str | None, config: str | None):
+        super().__init__(examples)
+        self.source, self.split, self.config = source, split, config
+
+
+def is_test_split(task: str | Task, split: str | None) -> bool:
+    """True for a split a task is evaluated on: its hub evaluation split (ANLI "test_r3", BIG-bench
+    date "validation") or any split named test ("test", "test_r1"). None (unknown) is not one."""
+    task = get_task(task) if isinstance(task, str) else task
+    return split is not None and (split == task.hub[2] or re.search(r"(?:^|[_\-.])test", split.lower()) is not None)
+
+
+SPLIT_FIELD = "source_split"  # the hub split an exported record came from
+
+
+def _recorded_split(rows: list[tuple[int, dict]]) -> str | None:
+    splits = {rec.get(SPLIT_FIELD) for _, rec in rows}
+    return splits.pop() if len(splits) == 1 else None
+
+
+def numbered(rows: list[dict]) -> list[tuple[int, dict]]:
+    return [(i + 1, r) for i, r in enumerate(rows)]
+
+
+class HubUnavailable(ValueError):
+    """A hub dataset could not be downloaded; the message says what to fetch, from where, and how."""
+
+
+def hub_help(task: Task, dataset: str, config: str | None, split: str, reason: str, out: str | None = None) -> str:
+    """One line: what to download, from where, and the command that does it on a machine with internet."""
+    out = out or f"{task.name}_{split}.jsonl"
+    configured = f", config {config!r}" if config else ""
+    load_args = f"{dataset!r}, {config!r}" if config else repr(dataset)
+    return (f"cannot download {dataset}{configured}, split {split!r} from the Hugging Face hub ({reason}). "
+            f"Dataset page: https://huggingface.co/datasets/{dataset} . On a machine with internet run "
+            f"`qr-ds data export {task.name} --split {split} --out {out}` (or `python -c \"import datasets; "
+            f"datasets.load_dataset({load_args}, split={split!r}).to_json({out!r})\"`), "
+            f"then copy {out} here and give that file as the data.")
+
+
+def hub_rows(task: Task, dataset: str, config: str | None, split: str, limit: int | None,
+             out: str | None = None) -> list[dict]:
+    """Records of a hub split via ``datasets``; HubUnavailable saying how to get them when that fails."""
+    try:
+        return datasets_rows(lambda d: d.load_dataset(dataset, config, split=split), limit)
+    except ValueError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        reason = "HF_HUB_OFFLINE=1 and no cached copy" if offline else str(e)
+        raise HubUnavailable(hub_help(task, dataset, config, split, reason, out)) from e
+
+
+def datasets_rows(open_ds: Callable[[Any], Any], limit: int | None) -> list[dict]:
     import datasets  # heavy: only when a parquet file or hub name is asked for
 
     try:
