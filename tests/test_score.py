@@ -84,3 +84,18 @@ def test_score_command_out_and_errors(tmp_path: Path) -> None:
     assert res.returncode == 2 and "unknown task 'mmlu'" in res.stderr
     res = _cli("tasks")
     assert res.returncode == 0 and "date_understanding" in res.stdout and "nli_label" in res.stdout
+
+
+def test_score_teacher_dump_against_reference_verdicts(tmp_path: Path) -> None:
+    """A teacher dump keeps the output in 'response' and a reference verdict per record: the command
+    scores that field and reports how often its verdicts agree with the reference."""
+    fixture = ROOT / "tests" / "fixtures" / "teacher_outputs" / "strategyqa.jsonl"
+    records = [json.loads(line) for line in fixture.read_text().splitlines()[:6]]
+    records[0]["ref_correct"] = not records[0]["ref_correct"]  # one reference we must disagree with
+    src = tmp_path / "dump.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    res = _cli("score", "--task", "strategyqa", "--field", "response", str(src))
+    assert res.returncode == 0, res.stderr
+    assert "verdicts agree with the records' ref_correct on 83.33%" in res.stdout
+    res = _cli("score", "--task", "strategyqa", str(src))
+    assert "field 'output'" in res.stderr

@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help="task name (see `qr-ds tasks`)")
     p.add_argument("file", metavar="FILE.jsonl", help="records with the question fields and 'output'")
     p.add_argument("--out", default=None, help="scored rows (default: FILE.scored.jsonl)")
+    p.add_argument("--field", default="output", help="the field holding the model output (default: output; "
+                                                     "teacher dumps often use 'response')")
     p.set_defaults(func=run_score)
 
 
@@ -34,10 +36,12 @@ def run_tasks(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     from qr_ds.tasks.score import score_file
 
-    s = score_file(args.task, args.file, args.out)
+    s = score_file(args.task, args.file, args.out, args.field)
     lo, hi = s["ci95"]
     print(f"{s['task']}: accuracy {s['accuracy']:.2%} ({s['correct']}/{s['n']}), "
           f"95% CI [{lo:.2%}, {hi:.2%}], no answer {s['no_answer']}")
+    if "ref_agreement" in s:
+        print(f"verdicts agree with the records' ref_correct on {s['ref_agreement']:.2%}")
     if s["rejected"]:
         print(f"rejected {s['rejected']} malformed line(s): see {s['quarantine']}")
     print(f"wrote {s['out']}")

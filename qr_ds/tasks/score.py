@@ -19,12 +19,12 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def example_of(task: Task, rec: dict) -> Example:
+def example_of(task: Task, rec: dict, field: str = "output") -> Example:
     """The record's example, from its release/hub fields or already-normalized id/question/gold."""
-    if "output" not in rec:
-        raise RecordError("output", "missing: the model output to score")
-    if not isinstance(rec["output"], (str, type(None))):
-        raise RecordError("output", f"expected a string or null, got {type(rec['output']).__name__}")
+    if field not in rec:
+        raise RecordError(field, "missing: the model output to score")
+    if not isinstance(rec[field], (str, type(None))):
+        raise RecordError(field, f"expected a string or null, got {type(rec[field]).__name__}")
     try:
         return task.from_record(rec)
     except RecordError:
@@ -34,27 +34,32 @@ def example_of(task: Task, rec: dict) -> Example:
         return ex
 
 
-def score_records(task: str | Task, records: list[dict]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows (the records plus ``extracted`` and ``correct``) and a summary with a 95% interval."""
+def score_records(task: str | Task, records: list[dict],
+                  field: str = "output") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows (the records plus ``extracted`` and ``correct``) and a summary with a 95% interval; when every
+    record has a reference verdict ``ref_correct``, also the share of verdicts that agree with it."""
     task = get_task(task) if isinstance(task, str) else task
     rows = []
     for rec in records:
-        ex = example_of(task, rec)
-        pred = task.extract(rec["output"] or "", ex)
+        ex = example_of(task, rec, field)
+        pred = task.extract(rec[field] or "", ex)
         rows.append({**rec, "gold": ex.gold, "extracted": pred, "correct": task.is_correct(pred, ex)})
     n, correct = len(rows), sum(r["correct"] for r in rows)
     lo, hi = wilson_interval(correct, n)
     summary = {"task": task.name, "n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
                "ci95": [lo, hi], "no_answer": sum(r["extracted"] is None for r in rows)}
+    if rows and all(isinstance(r.get("ref_correct"), bool) for r in rows):
+        summary["ref_agreement"] = sum(r["correct"] == r["ref_correct"] for r in rows) / n
     return rows, summary
 
 
-def score_file(task_name: str, in_path: str | Path, out_path: str | Path | None = None) -> dict[str, Any]:
+def score_file(task_name: str, in_path: str | Path, out_path: str | Path | None = None,
+               field: str = "output") -> dict[str, Any]:
     """Score a JSONL file; malformed lines are quarantined and reported (file:line, field)."""
     task = get_task(task_name)
     in_path = Path(in_path)
-    report = load_jsonl(in_path, lambda rec: (example_of(task, rec), rec)[1])
-    rows, summary = score_records(task, report.records)
+    report = load_jsonl(in_path, lambda rec: (example_of(task, rec, field), rec)[1])
+    rows, summary = score_records(task, report.records, field)
     out = Path(out_path) if out_path else in_path.with_name(in_path.name.removesuffix(".jsonl") + ".scored.jsonl")
     write_jsonl(out, rows)
     summary |= {"out": str(out), "rejected": len(report.rejected),
