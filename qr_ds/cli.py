@@ -2,11 +2,18 @@
 
 Each stage module exposes ``register(subparsers)`` adding its parser with ``func`` set; modules
 are imported only to build their parser, so ``qr-ds tasks`` never imports torch.
+
+Errors are one line on stderr, never a traceback (set QR_DS_TRACEBACK=1 to get it instead):
+exit 2 when the input is wrong (config, data, a missing file), exit 1 when the run failed (an OS
+error such as a full disk or a read-only folder, naming the path; a stage's own failure summary;
+or an unexpected exception, reported by type and message). A crash never exits 0.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 # (subcommand module, one-line help): each module defines register(subparsers).
@@ -22,8 +29,13 @@ COMMANDS = [
 ]
 
 
+EPILOG = ("exit status: 0 done, 1 the run failed (disk, permissions, a stage's failure summary, "
+          "an unexpected error), 2 bad input (config, data, missing file). "
+          "Errors are one line; QR_DS_TRACEBACK=1 shows the traceback instead.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qr-ds", description="QR-Distill on DeepSpeed")
+    parser = argparse.ArgumentParser(prog="qr-ds", description="QR-Distill on DeepSpeed", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -42,13 +54,33 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from qr_ds.config import ConfigError
-
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"qr-ds {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if os.environ.get("QR_DS_TRACEBACK") == "1":
+            raise
+        message, status = describe_error(e)
+        print(f"qr-ds {args.command}: error: {message}", file=sys.stderr)
+        return status
+
+
+def describe_error(e: Exception) -> tuple[str, int]:
+    """One line for the user and the exit status: 2 for bad input, 1 for a failed run."""
+    if isinstance(e, FileNotFoundError):
+        return (describe_os_error(e) if e.strerror else str(e)), 2
+    if isinstance(e, ValueError):  # ConfigError, RecordError, EmbeddingError and input checks
+        return str(e), 2
+    if isinstance(e, OSError):
+        return describe_os_error(e), 1
+    return f"{type(e).__name__}: {e} (set QR_DS_TRACEBACK=1 for the traceback)", 1
+
+
+def describe_os_error(e: OSError) -> str:
+    path = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    if e.errno == errno.ENOSPC:
+        return f"no space left on {path}" if path is not None else "no space left on device"
+    reason = (e.strerror or str(e)).lower()
+    return f"{reason}: {path}" if path is not None else reason
 
 
 if __name__ == "__main__":
