@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "benchmarks")]
 
 from common import base_argparser, markdown_table, plot_bars, resolve_size, save_results  # noqa: E402
 
@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--students", nargs="*", type=Path, help="student model dirs (default: tiny ones built here)")
     args = p.parse_args()
     size = resolve_size(args)
-    import trainkit
+    from qr_ds import testing as trainkit
 
     work = Path(tempfile.mkdtemp(prefix="bench_multi_"))
     pool = trainkit.make_pool(work / "pool", n_questions=16)

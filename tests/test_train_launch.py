@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-import trainkit
+from qr_ds import testing as trainkit
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from qr_ds.data.jsonl import RecordError
+from qr_ds.data.jsonl import RecordError, iter_lines
 from qr_ds.tasks import extract as ex
 
 
@@ -164,10 +164,9 @@ class Task:
 
 def _read_json_rows(path: Path, limit: int | None) -> list[tuple[int, dict]]:
     """(line number, object) pairs; a malformed line raises naming file:line."""
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
         data = data.get("examples", data.get("data", data)) if isinstance(data, dict) else data
@@ -176,7 +175,11 @@ def _read_json_rows(path: Path, limit: int | None) -> list[tuple[int, dict]]:
         rows = list(enumerate(data, start=1))
     else:
         rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, raw in iter_lines(path):  # "\n" only: a JSON string may hold a raw U+2028
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1})") from None
             if not line.strip():
                 continue
             try:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from qr_ds.data.format import encode_sft, render_prompt
-from qr_ds.data.pool import PathRecord, load_pool
+from qr_ds.data.pool import PathRecord, load_pool, record_lines
+from qr_ds.embed.lookup import gather_embeddings
 from qr_ds.mutual.spans import common_spans, group_spans, token_span_ids
 from qr_ds.train.config import TrainConfig
 
@@ -46,21 +46,6 @@ def select_paths(cfg: TrainConfig, records: list[PathRecord]) -> list[PathRecord
         raise ValueError(f"{cfg.data.pool}: no paths left to train on after selection "
                          f"(quality_filter={cfg.data.quality_filter}, paths_per_question={cfg.data.paths_per_question})")
     return recs
-
-
-def load_embeddings(pool: Path, recs: list[PathRecord]) -> torch.Tensor:
-    missing = [r.id for r in recs if r.embedding is None]
-    if missing:
-        raise ValueError(f"{pool}: {len(missing)} paths have no embedding (first: {missing[0]}); "
-                         "run `qr-ds embed` or set router.enabled: false")
-    mats: dict[str, np.ndarray] = {}
-    rows = []
-    for r in recs:
-        f = r.embedding.file
-        if f not in mats:
-            mats[f] = np.load(pool.parent / f, mmap_mode="r")
-        rows.append(np.asarray(mats[f][r.embedding.row], dtype=np.float32))
-    return torch.from_numpy(np.stack(rows))
 
 
 def instruction_for(task: str) -> str:
@@ -116,7 +101,10 @@ class TrainData:
     def __init__(self, cfg: TrainConfig, tokenizers: list, log: Callable[[str], None], progress=None):
         report = load_pool(cfg.data.pool, log=log)
         self.records = select_paths(cfg, report.records)
-        self.embeddings = load_embeddings(cfg.data.pool, self.records) if cfg.router.enabled else None
+        self.embeddings = None
+        if cfg.router.enabled:  # checked: inside the pool's folder, row in range, computed from this text
+            rows = gather_embeddings(cfg.data.pool, self.records, record_lines(report))
+            self.embeddings = torch.from_numpy(rows)
         self.encoded, self.n_spans = encode_all(self.records, tokenizers, cfg.data.max_len,
                                                 cfg.mutual.max_spans, progress or (lambda it, **kw: it))
         # Per-path sizes: losses become nats per character (comparable across tokenizers) for the

@@ -50,7 +50,7 @@ class Student(nn.Module):
         nats = per_token.view(input_ids.shape[0], -1).sum(1)
         if self.head is None or n_spans == 0:
             return loss, nats, None, None
-        pooled, counts = span_mean_pool(hidden, span_ids, n_spans)
+        pooled, counts = span_mean_pool(hidden, span_ids, n_spans, force_torch=not self.use_kernels)
         z, logit = self.head(pooled.to(self.head.proj.weight.dtype), counts > 0)
         return loss, nats, z, logit
 
@@ -88,7 +88,7 @@ def build_student(cfg: StudentConfig, mutual: MutualConfig | None, device: torch
                                            target_modules=targets, task_type="CAUSAL_LM"))
     head = None
     if mutual is not None:
-        head = MutualHead(lm.config.hidden_size, mutual.shared_dim).to(dtype)
+        head = MutualHead(lm.config.hidden_size, mutual.shared_dim, mutual.form == "anchored").to(dtype)
     student = Student(lm, head, cfg.use_kernels)
     if cfg.lora.quantize == "nf4":  # placed by device_map; only the head moves
         head is not None and head.to(device)

@@ -1,4 +1,5 @@
-"""Builders for trainer tests: tiny students, a small embedded pool, configs, and the real launcher."""
+"""Builders shared by tests, benchmarks and known-answer experiments: synthetic path records, tiny
+students, a small embedded pool, train configs, and the real launcher."""
 from __future__ import annotations
 
 import os
@@ -11,42 +12,46 @@ import yaml
 
 from qr_ds.data.pool import EmbeddingRef, JudgeVerdict, PathRecord, write_pool
 from qr_ds.data.styles import DEFAULT_TEMPLATES, STYLES
+from qr_ds.embed.lookup import text_hash
 from qr_ds.tasks import generate_synthetic, get_task
 from qr_ds.tiny import build_tiny_student, tokenizer_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_pool(out: Path, n_questions: int = 8, seed: int = 0, emb_dim: int = 16) -> Path:
-    """Synthetic questions x six styles, answers rendered the way each style ends; random embeddings."""
+def synthetic_records(n_questions: int, seed: int = 0) -> list[PathRecord]:
+    """Synthetic questions x six styles, each path rendered the way its style ends, all correct."""
     task = get_task("synthetic")
-    recs = []
-    for ex in generate_synthetic(n_questions, seed):
-        for style in STYLES:
-            recs.append(PathRecord(
-                id=f"{ex.id}/{style}/0", task="synthetic", question_id=ex.id, question=ex.question,
-                gold=ex.gold, teacher="scripted-teacher", style=style, sample=0,
-                prompt=DEFAULT_TEMPLATES[style].format(question=ex.question),
-                response=task.render_final(ex, style), level=ex.level, answer=ex.gold, correct=True,
-                judge=JudgeVerdict("VALID", "scripted")))
+    return [PathRecord(
+        id=f"{ex.id}/{style}/0", task="synthetic", question_id=ex.id, question=ex.question,
+        gold=ex.gold, teacher="scripted-teacher", style=style, sample=0,
+        prompt=DEFAULT_TEMPLATES[style].format(question=ex.question),
+        response=task.render_final(ex, style), level=ex.level, answer=ex.gold, correct=True,
+        judge=JudgeVerdict("VALID", "scripted")) for ex in generate_synthetic(n_questions, seed) for style in STYLES]
+
+
+def make_pool(out: Path, n_questions: int = 8, seed: int = 0, emb_dim: int = 16) -> Path:
+    """``synthetic_records`` with random embeddings, written as an embedded pool."""
+    recs = synthetic_records(n_questions, seed)
     rng = np.random.default_rng(seed)
     emb = rng.standard_normal((len(recs), emb_dim)).astype(np.float32)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "emb.npy", emb)
     for i, r in enumerate(recs):
-        r.embedding = EmbeddingRef("emb.npy", i)
+        r.embedding = EmbeddingRef("emb.npy", i, text_hash(r.response))
     write_pool(out / "pool.jsonl", recs)
     return out / "pool.jsonl"
 
 
-def corpus(pool: Path) -> list[str]:
-    import json
+def corpus_of(records: list[PathRecord]) -> list[str]:
+    """Text to train tiny tokenizers on: questions, paths and the tasks' instructions."""
+    return [t for r in records for t in (r.question, r.response, get_task(r.task).instruction)]
 
-    texts = []
-    for line in pool.read_text().splitlines():
-        r = json.loads(line)
-        texts += [r["question"], r["response"], get_task(r["task"]).instruction]
-    return texts
+
+def corpus(pool: Path) -> list[str]:
+    from qr_ds.data.pool import load_pool
+
+    return corpus_of(load_pool(pool).records)
 
 
 def make_students(out: Path, pool: Path, kinds=("llama-bpe", "gemma-unigram")) -> list[Path]:
