@@ -25,6 +25,7 @@ COMMANDS = [
     "qr_ds.embed.command",  # embed
     "qr_ds.train.command",  # train
     "qr_ds.eval.command",  # eval
+    "qr_ds.report.command",  # report
     "qr_ds.demo",  # demo
 ]
 
