@@ -38,14 +38,31 @@ def launcher_command(args, n_procs: int) -> list[str]:
 def run(args) -> int:
     from qr_ds.config import load_config, parse_override
     from qr_ds.train.config import TrainConfig
+    from qr_ds.train.preflight import problems
 
-    # Validate here so a bad config fails before any process starts.
+    # Validate here so a bad config, or anything the ranks would miss, fails before any process starts.
     cfg = load_config(TrainConfig, args.config, dict(parse_override(o) for o in args.overrides))
     n = args.num_procs or (sum(s.ranks for s in cfg.students) if cfg.placement == "separate"
                            else cfg.students[0].ranks)
+    found = problems(cfg, world_size(args, n))
+    for line in found:
+        print(f"qr-ds train: error: {args.config}: {line}", file=sys.stderr)
+    if found:
+        return 2
     env = dict(os.environ)
     env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
     return subprocess.call(launcher_command(args, n), env=env)
+
+
+def world_size(args, n_procs: int) -> int:
+    """Processes the launcher will start: a hostfile's slots, else the count on this node."""
+    from qr_ds.train.preflight import hostfile_slots
+
+    if args.hostfile is None:
+        return n_procs
+    if not args.hostfile.is_file():
+        raise FileNotFoundError(f"--hostfile {args.hostfile}: no such file")
+    return hostfile_slots(args.hostfile)
 
 
 def _free_port() -> int:
