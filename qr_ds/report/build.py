@@ -1,176 +1,164 @@
-"""The run report: markdown with PNG figures, every number read from the run it describes.
+"""The report of one or more training runs: markdown with PNG figures, every number read from the runs.
 
-Inputs are the training runs' ``metrics.jsonl``, the filter's retention JSON and the evaluation
-summary; ``report.json`` keeps the numbers the markdown shows, so a test can check them against
-the metrics they came from.
+Inputs: each run folder (``metrics.jsonl``, ``eval.jsonl`` when it evaluated during training,
+``config.yaml`` and the final checkpoint's ``router.pt``), ``qr-ds eval`` output folders, and the
+filter's retention file. ``report.json`` beside the markdown keeps every number the markdown shows.
 """
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+from qr_ds.report import figures
+from qr_ds.report.accuracy import (evaluated_checkpoint, correctness, load_eval, paired_tests,
+                                   relabelled_table)
+from qr_ds.report.retention import load_retention
+from qr_ds.report.runs import Run, final_routing, load_run, routing_cells, throughput
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def read_metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics in {run} (was it trained?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def students_of(rows: list[dict]) -> list[str]:
-    return [k.split("/", 1)[1] for k in rows[0] if k.startswith("sft_loss/")]
-
-
-def routing_table(rows: list[dict], key: str) -> dict[str, dict[str, float]]:
-    """Routed / seen over the whole run, per student and per style (or level)."""
-    out: dict[str, dict[str, float]] = {}
-    for name in students_of(rows):
-        hit, seen = defaultdict(int), defaultdict(int)
-        for r in rows:
-            for v, (h, n) in r.get(f"{key}/{name}", {}).items():
-                hit[v] += h
-                seen[v] += n
-        out[name] = {v: hit[v] / seen[v] for v in sorted(seen)}
-    return out
-
-
-def throughput(rows: list[dict]) -> dict:
-    names = students_of(rows)
-    tail = rows[1:] or rows  # the first step pays engine warm-up
-    step_s = sum(r["step_s"] for r in tail) / len(tail)
-    exch = sum(r["exchange_s"] for r in tail) / len(tail)
-    return {"step_s": step_s, "tokens_per_s": sum(r["tokens_per_s"] for r in tail) / len(tail),
-            "exchange_share": exch / step_s if step_s else 0.0,
-            "peak_mem_GiB": max(r["peak_mem_GiB"] for r in rows),
-            **{f"tokens_per_s/{n}": sum(r[f"tokens_per_s/{n}"] for r in tail) / len(tail) for n in names}}
-
-
-def plot_losses(rows: list[dict], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name in students_of(rows):
-        pts = [(r["step"], r[f"sft_loss/{name}"]) for r in rows if r.get(f"sft_loss/{name}") is not None]
-        ax.plot(*zip(*pts), label=f"SFT {name}")
-    mut = [(r["step"], r["mutual_loss"]) for r in rows]
-    if any(v for _, v in mut):
-        ax.plot(*zip(*mut), label="mutual", linestyle="--")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.set_title("Training losses")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_heatmap(table: dict[str, dict[str, float]], path: Path, title: str, xlabel: str) -> Path:
-    students = list(table)
-    cols = sorted({c for v in table.values() for c in v})
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cols), 1.2 + 0.6 * len(students)))
-    data = [[table[s].get(c, float("nan")) for c in cols] for s in students]
-    im = ax.imshow(data, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
-    ax.set_yticks(range(len(students)), students)
-    for i, row in enumerate(data):
-        for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_retention(retention: list[dict], path: Path) -> Path:
-    rows = [r for r in retention if r["style"] != "all"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    styles = [r["style"] for r in rows]
-    ax.bar(styles, [r["paths"] for r in rows], label="generated")
-    ax.bar(styles, [r["correct"] for r in rows], label="step 1: correct answer")
-    ax.bar(styles, [r["kept"] for r in rows], label="step 2: judge VALID")
-    ax.set_ylabel("paths")
-    ax.set_title("Quality filter retention per style")
-    ax.legend(fontsize=8)
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+ALPHA = 0.05
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def compare(table: list[dict], task: str, a: str, b: str) -> dict | None:
-    """Is method ``a`` better than ``b`` by more than the 95% intervals (non-overlapping)?"""
-    rows = {r["method"]: r for r in table}
-    if a not in rows or b not in rows or task not in rows[a]["tasks"] or task not in rows[b]["tasks"]:
-        return None
-    ca, cb = rows[a]["tasks"][task], rows[b]["tasks"][task]
-    return {"a": a, "b": b, "a_acc": ca["accuracy"], "b_acc": cb["accuracy"], "a_ci": ca["ci95"],
-            "b_ci": cb["ci95"], "beats_by_ci": ca["ci95"][0] > cb["ci95"][1]}
-
-
-def build_report(out: Path, runs: dict[str, Path], main: str, eval_table: list[dict], tasks: list[str],
-                 retention: list[dict] | None, comparisons: list[tuple[str, str]], notes: list[str]) -> Path:
+def accuracy_section(runs: list[Run], eval_dirs: list[Path]) -> tuple[list[str], dict]:
+    """Wilson-interval tables per eval folder, then the first run against each other, paired."""
     from qr_ds.eval.scoring import markdown as accuracy_markdown
 
-    out.mkdir(parents=True, exist_ok=True)
-    rows = read_metrics(runs[main])
-    style_rates = routing_table(rows, "route_rate")
-    level_rates = routing_table(rows, "route_rate_level")
-    figs = {"loss": plot_losses(rows, out / "loss.png"),
-            "routing_style": plot_heatmap(style_rates, out / "routing_style.png",
-                                          "Routing rate per student and style (Fig. 4)", "style")}
-    if any(level_rates.values()):
-        figs["routing_level"] = plot_heatmap(level_rates, out / "routing_level.png",
-                                             "Routing rate per question level (Fig. 5)", "level")
-    if retention:
-        figs["retention"] = plot_retention(retention, out / "retention.png")
-    tput = {name: throughput(read_metrics(run)) for name, run in runs.items()}
-    verdicts = [v for a, b in comparisons for t in tasks if (v := compare(eval_table, t, a, b))]
+    md, tables, answers = ["## Accuracy", ""], [], {run.label: {} for run in runs}
+    for ev in map(load_eval, eval_dirs):
+        labels = {}
+        for run in runs:
+            ckpt = evaluated_checkpoint(ev, run.path)
+            if ckpt is not None:
+                labels[ckpt] = run.label
+                answers[run.label].update(correctness(ev, ckpt))
+        table = relabelled_table(ev, labels)
+        tables.append({"eval": str(ev.path), "tasks": ev.tasks, "checkpoints": labels, "rows": table})
+        md += [f"From `{ev.path}` (95% Wilson intervals; per run its final evaluated checkpoint):", "",
+               accuracy_markdown(table, ev.tasks), ""]
+    students = {run.label: run.students for run in runs}
+    tests = paired_tests(runs[0].label, [r.label for r in runs[1:]], answers, students)
+    md += paired_markdown(tests, runs[0].label)
+    return md, {"tables": tables, "paired_tests": tests}
 
-    md = ["# qr_ds run report", ""]
-    md += [f"- {n}" for n in notes] + [""]
-    md += ["## Accuracy (95% Wilson intervals)", "", accuracy_markdown(eval_table, tasks), ""]
-    for v in verdicts:
-        said = "beats" if v["beats_by_ci"] else "does not beat"
-        line = (f"- **{v['a']}** {said} **{v['b']}** by more than the 95% intervals: "
-                f"{_pct(v['a_acc'])} [{_pct(v['a_ci'][0])}, {_pct(v['a_ci'][1])}] vs "
-                f"{_pct(v['b_acc'])} [{_pct(v['b_ci'][0])}, {_pct(v['b_ci'][1])}].")
-        if not v["beats_by_ci"]:
-            line += (" Why: both are near the floor, so the intervals overlap; these students have not yet learned "
-                     "the task's arithmetic in this run's few minutes of training, and no difference between "
-                     "methods can show." if max(v["a_acc"], v["b_acc"]) < 0.1 else
-                     " Why: the gap is smaller than the sampling error of this test set; more test questions "
-                     "or longer training would be needed to separate them.")
-        md.append(line)
-    md += ["", "## Training losses", "", f"![losses]({figs['loss'].name})", "",
-           "## Routing", "", f"![routing per style]({figs['routing_style'].name})", ""]
-    if "routing_level" in figs:
-        md += [f"![routing per level]({figs['routing_level'].name})", ""]
-    if retention:
-        md += ["## Quality filter", "", f"![retention]({figs['retention'].name})", "",
-               "| style | generated | correct | kept | kept rate |", "|---|---|---|---|---|"]
-        md += [f"| {r['style']} | {r['paths']} | {r['correct']} | {r['kept']} | {_pct(r['kept'] / max(r['paths'], 1))}% |"
-               for r in retention]
-        md.append("")
-    md += ["## Throughput (this machine, measured in these runs)", "",
-           "| run | step s | tokens/s | exchange share of step | peak mem GiB (rank 0) |", "|---|---|---|---|---|"]
-    md += [f"| {n} | {t['step_s']:.3f} | {t['tokens_per_s']:.0f} | {_pct(t['exchange_share'])}% | {t['peak_mem_GiB']:.2f} |"
-           for n, t in tput.items()]
-    (out / "report.md").write_text("\n".join(md) + "\n")
+
+def paired_markdown(tests: list[dict], base: str) -> list[str]:
+    if not tests:
+        return ["No paired comparison: no two runs were evaluated on the same test questions.", ""]
+    md = [f"### {base} against each other run, on the same test questions", "",
+          "McNemar's exact test (two-sided binomial on the questions where exactly one of the two is right) "
+          f"and a paired bootstrap 95% interval of the accuracy difference (10,000 resamples of questions). "
+          f"Significant means p < {ALPHA}; the {len(tests)} p-values are not corrected for multiple comparisons.", "",
+          "| student | task | A | B | n | acc A | acc B | A - B | only A right | only B right | McNemar p | "
+          "bootstrap 95% CI of A - B | verdict |", "|" + "---|" * 13]
+    for t in tests:
+        verdict = "significant" if t["significant"] else "not significant"
+        md.append(f"| {t['student']} | {t['task']} | {t['a']} | {t['b']} | {t['n']} | {_pct(t['a_accuracy'])} | "
+                  f"{_pct(t['b_accuracy'])} | {_pct(t['difference'])} | {t['only_a_correct']} | "
+                  f"{t['only_b_correct']} | {t['mcnemar_p']:.4f} | [{_pct(t['bootstrap_ci95'][0])}, "
+                  f"{_pct(t['bootstrap_ci95'][1])}] | {verdict} |")
+    md.append("")
+    for t in tests:
+        if t["significant"]:
+            better = t["a"] if t["difference"] > 0 else t["b"]
+            md.append(f"- {t['student']}, {t['task']}: **{better}** is more accurate "
+                      f"({t['a']} {_pct(t['a_accuracy'])}% vs {t['b']} {_pct(t['b_accuracy'])}%, p = {t['mcnemar_p']:.4f}).")
+        else:
+            md.append(f"- {t['student']}, {t['task']}: **no significant difference** between {t['a']} and {t['b']} "
+                      f"({_pct(t['a_accuracy'])}% vs {_pct(t['b_accuracy'])}%, {t['only_a_correct']} vs "
+                      f"{t['only_b_correct']} discordant questions, p = {t['mcnemar_p']:.4f}); these test questions "
+                      f"cannot tell the two apart.")
+    return md + [""]
+
+
+def training_section(runs: list[Run], out: Path) -> tuple[list[str], dict]:
+    figs = {"loss": figures.plot_losses(runs, out / "loss.png").name}
+    md = ["## Training", "", "Losses of every run (faint: per step; bold: moving mean).", "", "![losses](loss.png)", ""]
+    if any(run.eval_curve for run in runs):
+        figs["eval_curve"] = figures.plot_eval_curve(runs, out / "eval_curve.png").name
+        md += ["Accuracy of the checkpoints evaluated during training (`eval.jsonl`).", "", "![eval](eval_curve.png)", ""]
+    routed = [run for run in runs if any("router/entropy" in r for r in run.rows)]
+    if routed:
+        figs["router_training"] = figures.plot_router_training(routed, out / "router_training.png").name
+        md += ["Router entropy and routing rates during training (from the Gumbel samples of each batch).", "",
+               "![router](router_training.png)", ""]
+    return md, figs
+
+
+def routing_section(runs: list[Run], out: Path) -> tuple[list[str], dict, dict]:
+    md, figs, numbers = ["## Routing by the final router", ""], {}, {}
+    for run in runs:
+        routing = final_routing(run.path)
+        if routing is None:
+            continue
+        slug = run.path.name
+        cells = {"style": routing_cells(routing, "styles"), "level": routing_cells(routing, "levels")}
+        numbers[run.label] = {"checkpoint": routing["checkpoint"], "pool": routing["pool"], **cells}
+        md += [f"### {run.label}", "",
+               f"Noise-free P(student gets path) of the router in `{routing['checkpoint']}`, averaged over every "
+               f"path the run trained on ({len(routing['styles'])} paths of `{routing['pool']}`); n = paths per cell.", ""]
+        for key, what in (("style", "style"), ("level", "question level")):
+            if any(cells[key].values()):
+                name = f"routing_{key}_{slug}"
+                figs[name] = figures.plot_routing_cells(cells[key], out / f"{name}.png",
+                                                        f"{run.label}: routing per student and {what}", what).name
+                md += [f"![routing per {what}]({name}.png)", ""]
+        figs[f"style_loss_{slug}"] = figures.plot_style_loss(run, out / f"style_loss_{slug}.png").name
+        md += ["Each student's loss per style over training (nats per character, probes included), to read "
+               "beside the routing above.", "", f"![loss per style](style_loss_{slug}.png)", ""]
+    if not numbers:
+        md += ["No run has a router (or its final checkpoint has no router.pt).", ""]
+    return md, figs, numbers
+
+
+def retention_section(path: Path, out: Path) -> tuple[list[str], dict, dict]:
+    ret = load_retention(path)
+    figs = {"retention_style": figures.plot_retention([r for r in ret["per_style"] if r["name"] != "all"],
+                                                      out / "retention_style.png", "style").name}
+    md = ["## Quality filter", "", f"Judged by: **{ret['judged_by']}** (`{path}`).", "",
+          "![retention per style](retention_style.png)", "",
+          "| style | generated | correct | kept | kept rate |", "|---|---|---|---|---|"]
+    md += [f"| {r['name']} | {r['paths']} | {r['correct']} | {r['kept']} | {_pct(r['kept_rate'])}% |"
+           for r in ret["per_style"]]
+    md.append("")
+    if ret["per_level"]:
+        figs["retention_level"] = figures.plot_retention(ret["per_level"], out / "retention_level.png", "level").name
+        md += [f"Per question level ({ret['level_note']}):", "", "![retention per level](retention_level.png)", "",
+               "| level | generated | kept | kept rate |", "|---|---|---|---|"]
+        md += [f"| {r['name']} | {r['paths']} | {r['kept']} | {_pct(r['kept_rate'])}% |" for r in ret["per_level"]]
+    else:
+        md.append(f"No per-level retention: {ret['level_note']}.")
+    return md + [""], figs, ret
+
+
+def throughput_section(runs: list[Run]) -> tuple[list[str], dict]:
+    tput = {run.label: throughput(run.rows) for run in runs}
+    md = ["## Throughput (measured in these runs)", "",
+          "| run | step s | tokens/s | exchange share of step | peak mem GiB (rank 0) |", "|---|---|---|---|---|"]
+    md += [f"| {n} | {t['step_s']:.3f} | {t['tokens_per_s']:.0f} | {_pct(t['exchange_share'])}% | "
+           f"{t['peak_mem_GiB']:.2f} |" for n, t in tput.items()]
+    return md + [""], tput
+
+
+def build_report(out: Path, runs: dict[str, Path], eval_dirs: list[Path] = (), retention: Path | None = None,
+                 notes: list[str] = ()) -> Path:
+    """``runs``: label -> run folder, the first one compared against the others."""
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = [load_run(label, Path(path)) for label, path in runs.items()]
+    md = ["# qr_ds run report", ""] + [f"- {n}" for n in notes] + ([""] if notes else [])
+    acc_md, accuracy = accuracy_section(loaded, [Path(e) for e in eval_dirs]) if eval_dirs else ([], None)
+    train_md, figs = training_section(loaded, out)
+    route_md, route_figs, routing = routing_section(loaded, out)
+    figs.update(route_figs)
+    ret_md, ret = [], None
+    if retention is not None:
+        ret_md, ret_figs, ret = retention_section(Path(retention), out)
+        figs.update(ret_figs)
+    tput_md, tput = throughput_section(loaded)
+    (out / "report.md").write_text("\n".join(md + acc_md + train_md + route_md + ret_md + tput_md) + "\n")
     (out / "report.json").write_text(json.dumps({
-        "main": main, "runs": {k: str(v) for k, v in runs.items()}, "routing_style": style_rates,
-        "routing_level": level_rates, "throughput": tput, "accuracy": eval_table, "comparisons": verdicts,
-        "figures": {k: v.name for k, v in figs.items()}}, indent=1))
+        "runs": {run.label: str(run.path) for run in loaded}, "accuracy": accuracy, "routing": routing,
+        "retention": ret, "throughput": tput, "figures": figs, "notes": list(notes)}, indent=1))
     return out / "report.md"

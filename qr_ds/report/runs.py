@@ -1,0 +1,108 @@
+"""What a report reads from one training run folder: its metrics, its evaluation-during-training
+curve, and how its final router splits the pool it trained on."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qr_ds.run_layout import RunDir
+
+
+@dataclass
+class Run:
+    label: str
+    path: Path
+    rows: list[dict]  # metrics.jsonl, one row per optimizer step
+    eval_curve: list[dict]  # eval.jsonl: background evaluations of checkpoints during training
+
+    @property
+    def students(self) -> list[str]:
+        return [k.split("/", 1)[1] for k in self.rows[0] if k.startswith("sft_loss/")]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_run(label: str, path: Path) -> Run:
+    layout = RunDir(path)
+    if not layout.metrics.is_file():
+        raise FileNotFoundError(f"run {path}: no metrics.jsonl (was it trained, with this output_dir?)")
+    rows = read_jsonl(layout.metrics)
+    if not rows:
+        raise ValueError(f"{layout.metrics}: empty; the run logged no optimizer step")
+    return Run(label, path, rows, read_jsonl(layout.eval_log) if layout.eval_log.is_file() else [])
+
+
+def final_routing(run: Path) -> dict | None:
+    """P(student gets path) from the final router, noise-free, for every path the run trained on
+    (its config's pool after its own selection), with each path's style and level. None without router."""
+    import torch
+
+    from qr_ds.config import load_config
+    from qr_ds.data.pool import load_pool, record_lines
+    from qr_ds.embed.lookup import gather_embeddings
+    from qr_ds.routing.policy import RoutingPolicy
+    from qr_ds.train.config import TrainConfig
+    from qr_ds.train.data import select_paths
+
+    layout = RunDir(run)
+    cfg = load_config(TrainConfig, layout.config)
+    state = layout.require_latest().component("router")
+    if not cfg.router.enabled or not state.is_file():
+        return None
+    pool = load_pool(cfg.data.pool)
+    records = select_paths(cfg, pool.records)
+    emb = torch.from_numpy(gather_embeddings(cfg.data.pool, records, record_lines(pool)))
+    policy = RoutingPolicy(cfg.router, emb.shape[1], len(cfg.students), cfg.lambda1, cfg.seed)
+    policy.load_state_dict(torch.load(state, weights_only=True))
+    return {"checkpoint": state.parent.name, "pool": str(cfg.data.pool), "students": [s.name for s in cfg.students],
+            "probabilities": policy.probabilities(emb).numpy(), "styles": [r.style for r in records],
+            "levels": [r.level for r in records]}
+
+
+def routing_cells(routing: dict, key: str) -> dict[str, dict[str, dict]]:
+    """Mean routing probability and path count per student x value of ``key`` ("styles" or "levels")."""
+    probs, values = routing["probabilities"], routing[key]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, v in enumerate(values):
+        if v is not None:
+            groups[str(v)].append(i)
+    return {name: {v: {"mean_probability": float(np.mean(probs[idx, s])), "paths": len(idx)}
+                   for v, idx in sorted(groups.items())}
+            for s, name in enumerate(routing["students"])}
+
+
+def binned_style_loss(rows: list[dict], student: str, bins: int = 10) -> dict[str, list[tuple[float, float]]]:
+    """Per style: (mean step, nats per character) over ``bins`` equal step ranges; per-step counts
+    are a handful of paths, so each point pools the steps of one range."""
+    key = f"style_nats_per_char/{student}"
+    width = max(1, -(-len(rows) // bins))
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for start in range(0, len(rows), width):
+        chunk = rows[start:start + width]
+        sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for r in chunk:
+            for style, (total, count) in (r.get(key) or {}).items():
+                sums[style][0] += total
+                sums[style][1] += count
+        step = float(np.mean([r["step"] for r in chunk]))
+        for style, (total, count) in sums.items():
+            if count:
+                out[style].append((step, total / count))
+    return dict(sorted(out.items()))
+
+
+def throughput(rows: list[dict]) -> dict:
+    names = [k.split("/", 1)[1] for k in rows[0] if k.startswith("sft_loss/")]
+    tail = rows[1:] or rows  # the first step pays engine warm-up
+    step_s = sum(r["step_s"] for r in tail) / len(tail)
+    exch = sum(r["exchange_s"] for r in tail) / len(tail)
+    return {"step_s": step_s, "tokens_per_s": sum(r["tokens_per_s"] for r in tail) / len(tail),
+            "exchange_share": exch / step_s if step_s else 0.0,
+            "peak_mem_GiB": max(r["peak_mem_GiB"] for r in rows),
+            **{f"tokens_per_s/{n}": sum(r[f"tokens_per_s/{n}"] for r in tail) / len(tail) for n in names}}
