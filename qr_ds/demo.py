@@ -123,9 +123,8 @@ def pipeline_data(out: Path, size: Size, timings: Timings) -> tuple[Path, Path, 
                                               "cache_dir": str(data / "emb_cache")}))
 
     timings.run("embed: frozen MiniLM encoder", embed)
-    retention = json.loads(filtered.with_name(filtered.stem + ".retention.json").read_text())["rows"]
-    (out / "retention.json").write_text(json.dumps(retention))
-    return embedded, unfiltered, test_q, out / "retention.json"
+    # the filter's own file: it names what judged, and sits beside the filtered pool the report counts levels in
+    return embedded, unfiltered, test_q, filtered.with_name(filtered.stem + ".retention.json")
 
 
 def students(out: Path, pool: Path) -> list[Path]:
@@ -157,7 +156,7 @@ def train_config(out: Path, name: str, over: dict, models: list[Path], pool: Pat
         "mutual": {"shared_dim": 32, "max_spans": 16},
         "lambda1": 1.0, "lambda2": 0.1, "micro_batch_paths": 8, "epochs": size.epochs,
         "max_steps": size.max_steps, "warmup_steps": 10, "seed": 0, "output_dir": str(out / "runs" / name),
-        "tensorboard": False, "collective_timeout_s": 120,
+        "collective_timeout_s": 120,
     }
     for key, value in over.items():
         cfg[key] = {**cfg.get(key, {}), **value}
@@ -201,35 +200,20 @@ def run_demo(out: Path, size_name: str, skip_eval: bool = False) -> int:
         for name in runs:
             args += ["--checkpoint", str(runs[name] / "checkpoints" / (runs[name] / "checkpoints/latest").read_text().strip())]
         timings.run("evaluate every student of every run with vLLM (one engine per base model)", _qr_ds, out, *args)
-    summary = json.loads((ev / "summary.json").read_text())
-    table = relabel(summary["rows"], {name: label for name, label, _ in RUNS})
-    student_names = [m.name.split("-")[0] for m in models]
-    comparisons = [(f"QR-Distill {s}", f"SFT (one path per question) {s}") for s in student_names]
     notes = [f"Size '{size_name}': {size.train_questions} training and {size.test_questions} test questions of the "
              f"synthetic task; paths from a scripted stand-in teacher (no real LLM), judged by a scripted judge.",
              "Students are tiny random-init transformers (2 layers, hidden 128) with locally trained tokenizers, "
              "fully fine-tuned (LoRA cannot move a random-init model far); they learn from scratch in minutes.",
              f"Demo wall time, all stages: {timings.total():.0f} s on this machine ({os.cpu_count()} CPUs); "
              f"per stage in {timings.path.name}."]
-    report = timings.run("report", build_report_for, out, runs, table, summary["tasks"], retention,
-                         comparisons, notes)
+    report = timings.run("report", build_report_for, out, runs, ev, retention, notes)
     print(f"\nreport: {report}")
     return 0
 
 
-def build_report_for(out, runs, table, tasks, retention, comparisons, notes):
+def build_report_for(out: Path, runs: dict[str, Path], ev: Path, retention: Path, notes: list[str]) -> Path:
+    """Every run labelled as in Table 2, QR-Distill first: the others are compared against it."""
     from qr_ds.report.build import build_report
 
-    return build_report(out / "report", runs, "qr_distill", table, tasks, json.loads(retention.read_text()),
-                        comparisons, notes)
-
-
-def relabel(rows: list[dict], labels: dict[str, str]) -> list[dict]:
-    """Name each row by its run ("QR-Distill llama") instead of its checkpoint folder."""
-    out = []
-    for r in rows:
-        run = r["checkpoint"].split("/")[0]
-        if run in labels:
-            r = {**r, "method": f"{labels[run]} {r['student']}"}
-        out.append(r)
-    return out
+    labels = {name: label for name, label, _ in RUNS}
+    return build_report(out / "report", {labels[name]: run for name, run in runs.items()}, [ev], retention, notes)
