@@ -19,12 +19,15 @@ def run(tmp_path_factory):
     return root, run, data, teacher_acc
 
 
-def test_cli_writes_predictions_and_table1_summary(run):
+def test_cli_writes_predictions_and_table1_summary(run, capsys):
     root, run_dir, data, teacher_acc = run
     out = root / "out"
     rc = main(["eval", "--run", str(run_dir), "--task", f"synthetic={data}", "--backend", "hf",
                "--max-new-tokens", "6", "--out", str(out)])
     assert rc == 0
+    # the fixture's run trained on the very questions scored here (its config.yaml names the pool)
+    assert (f"eval: warning: 3 of 3 questions of synthetic ({data}) are also in the training pool "
+            f"{run_dir / 'pool.jsonl'}") in capsys.readouterr().err
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert {p["checkpoint"] for p in preds} == {"zero-shot", "step_000020"}  # latest only by default
     assert {"checkpoint", "student", "task", "id", "prompt", "output", "extracted", "gold", "correct",

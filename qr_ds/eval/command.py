@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--run", dest="run_dir", metavar="RUN_DIR", help="training run dir: its latest checkpoint")
     p.add_argument("--all-checkpoints", action="store_true", help="with --run: every checkpoint, not only latest")
     p.add_argument("--task", action="append", type=_task_pair, default=None, metavar="TASK=FILE",
-                   help="task and its data file (repeatable)")
+                   help="task and its data file, or hub dataset name[:config] (repeatable)")
+    p.add_argument("--split", help="hub datasets: the split (default: the task's evaluation split, 'test' for most)")
     p.add_argument("--backend", choices=["auto", "vllm", "hf"])
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--limit", type=int, help="first N examples per task")
@@ -43,6 +44,7 @@ def config_from_args(args: argparse.Namespace):
 
     data = load_yaml(args.config) if args.config else {}
     flags = {"checkpoints": args.checkpoint, "run_dir": args.run_dir, "tasks": dict(args.task) if args.task else None,
+             "split": args.split,
              "backend": args.backend, "max_new_tokens": args.max_new_tokens, "limit": args.limit, "out": args.out,
              "teacher_pool": args.teacher_pool, "max_lora_rank": args.max_lora_rank, "dtype": args.dtype,
              "max_model_len": args.max_model_len, "gpu_memory_utilization": args.gpu_memory_utilization,

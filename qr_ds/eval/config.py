@@ -10,7 +10,10 @@ from qr_ds.config import ConfigError, rule
 
 @dataclass
 class EvalConfig:
-    tasks: dict[str, str] = field(default_factory=dict, metadata=rule(help="task name -> data file"))
+    tasks: dict[str, str] = field(default_factory=dict, metadata=rule(
+        help="task name -> data file, or hub dataset name (name or name:config, read at `split`)"))
+    split: str | None = field(default=None, metadata=rule(
+        help="hub datasets: the split to score (default: the task's evaluation split, 'test' for most)"))
     checkpoints: list[Path] = field(default_factory=list, metadata=rule(help="checkpoint dirs (step_*)"))
     run_dir: Path | None = field(default=None, metadata=rule(help="a training run dir: its checkpoints"))
     which: Literal["latest", "all"] = field(default="latest", metadata=rule(help="checkpoints of run_dir"))

@@ -20,14 +20,42 @@ from qr_ds.eval.scoring import ensemble, markdown, summarize, teacher_rows
 from qr_ds.tasks import Example, get_task
 
 
-def load_tasks(tasks: dict[str, str], limit: int) -> dict[str, list[Example]]:
+def load_tasks(tasks: dict[str, str], limit: int, split: str | None = None) -> dict[str, list[Example]]:
+    """Each task's examples: a data file, or a hub dataset (``name[:config]``) at ``split``
+    (default: the task's evaluation split, ``test`` for most)."""
+    from qr_ds.teacher.generate import is_file_source
+
     out = {}
-    for name, path in tasks.items():
+    for name, source in tasks.items():
         task = get_task(name)  # ValueError naming the unknown task and the known ones
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"data file for task '{name}' not found: {path}")
-        out[name] = task.load(str(path), limit=limit or None)
+        if is_file_source(Path(source)):
+            if not Path(source).is_file():
+                raise FileNotFoundError(f"data file for task '{name}' not found: {source}")
+            out[name] = task.load(str(source), limit=limit or None)
+        else:
+            out[name] = task.load(str(source), split=split, limit=limit or None)
     return out
+
+
+def training_pools(cfg: EvalConfig) -> list[Path]:
+    """The pools the evaluated students trained on: data.pool in the config.yaml of the run, and of
+    the run each checkpoint lies in (RUN/checkpoints/step_N)."""
+    runs = ([Path(cfg.run_dir)] if cfg.run_dir is not None else []) + [Path(c).parents[1] for c in cfg.checkpoints]
+    return sorted({p for p in map(run_pool, runs) if p is not None})
+
+
+def warn_overlap(pools: list[Path], examples: dict[str, list[Example]], tasks: dict[str, str],
+                 log: Callable[[str], None]) -> None:
+    """Scores on questions a student trained on measure memory: say so, with how many."""
+    from qr_ds.train.preflight import normalise_question, pool_questions
+
+    for pool in pools:
+        trained = pool_questions(pool)
+        for name, exs in examples.items():
+            shared = sum(normalise_question(ex.question) in trained for ex in exs)
+            if shared:
+                log(f"eval: warning: {shared} of {len(exs)} questions of {name} ({tasks[name]}) are also in the "
+                    f"training pool {pool}: the students saw them in training, so their scores overstate accuracy")
 
 
 def collect_adapters(cfg: EvalConfig) -> list[Adapter]:
@@ -50,8 +78,9 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, fi
     from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
-    examples = load_tasks(cfg.tasks, cfg.limit)
+    examples = load_tasks(cfg.tasks, cfg.limit, cfg.split)
     adapters = collect_adapters(cfg)
+    warn_overlap(training_pools(cfg), examples, cfg.tasks, log)
     backend = make_backend(cfg.backend, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
                            gpu_memory_utilization=cfg.gpu_memory_utilization, batch_size=cfg.batch_size,
                            max_loras=cfg.max_loras)

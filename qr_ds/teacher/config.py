@@ -67,8 +67,16 @@ class TeacherConfig:
 @dataclass
 class GenerateConfig:
     task: str = field(metadata=rule(help="task name (qr-ds tasks lists them)"))
-    data: Path = field(metadata=rule(help="dataset file the task loads"))
+    data: Path = field(metadata=rule(help="dataset file the task loads (.jsonl/.json/.parquet), or a hub dataset "
+                                          "name (name or name:config)"))
     out: Path = field(metadata=rule(help="output pool JSONL; the append-only log is <out>.log.jsonl"))
+    split: str | None = field(default=None, metadata=rule(help=(
+        "hub: the split to load (default 'train'); a file: the split it holds (default: the source_split its "
+        "records carry, written by `qr-ds data export`). A test split is refused unless allow_test_split")))
+    dataset_config: str | None = field(default=None, metadata=rule(help="hub: the dataset configuration "
+                                                                        "(default: the task's)"))
+    allow_test_split: bool = field(default=False, metadata=rule(help=(
+        "generate paths for a test split anyway: students trained on them must never be evaluated on it")))
     limit: int | None = field(default=None, metadata=rule(min=1, help="first N questions only"))
     samples_per_style: int = field(default=1, metadata=rule(min=1, max=1000, help="k paths per style per question"))
     styles: list[str] | None = field(default=None, metadata=rule(help="styles to use (default: all templates)"))

@@ -21,8 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from qr_ds.config import ConfigError
 from qr_ds.data.jsonl import JsonlAppender
 from qr_ds.data.pool import PathRecord, load_pool, write_pool
+from qr_ds.tasks.base import Example, LoadedExamples, Task, is_test_split
 from qr_ds.teacher.base import Completion, Request, StageFailed, Teacher, derive_seed, make_teacher
 from qr_ds.teacher.config import GenerateConfig, TeacherConfig
 from qr_ds.teacher.lock import output_lock
@@ -80,12 +82,46 @@ def repair_tail(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def plan(cfg: GenerateConfig, model: str) -> tuple[list[Request], dict[str, PathRecord]]:
+def is_file_source(data: Path) -> bool:
+    """The rule Task.load uses: a data file by its suffix or presence, else a hub dataset name."""
+    return Path(data).suffix in (".jsonl", ".json", ".parquet") or Path(data).exists()
+
+
+def load_questions(cfg: GenerateConfig) -> LoadedExamples:
+    """The questions to ask the teacher about; a test split is refused (before any download), since
+    its paths would train students on the questions they are scored on."""
+    from qr_ds.tasks import get_task
+
+    task = get_task(cfg.task)
+    if not is_file_source(cfg.data):
+        refuse_test_split(cfg, task, cfg.split or "train")
+        return task.load(str(cfg.data), split=cfg.split or "train", config=cfg.dataset_config, limit=cfg.limit)
+    examples = task.load(str(cfg.data), limit=cfg.limit)  # records the split the file's records carry
+    refuse_test_split(cfg, task, file_split(cfg, examples.split))
+    return examples
+
+
+def refuse_test_split(cfg: GenerateConfig, task: Task, split: str | None) -> None:
+    if is_test_split(task, split) and not cfg.allow_test_split:
+        raise ConfigError(
+            f"config key 'split': {cfg.data} is split {split!r} of {task.name}, a test split; paths generated "
+            f"from it would train students on the questions they are evaluated on. Generate from a train split "
+            f"(`qr-ds data export {task.name} --split train --out FILE`), or set allow_test_split: true")
+
+
+def file_split(cfg: GenerateConfig, recorded: str | None) -> str | None:
+    """The split a data file holds: what its records say, which the config may repeat but not contradict."""
+    if cfg.split and recorded and cfg.split != recorded:
+        raise ConfigError(f"config key 'split': {cfg.split!r}, but the records of {cfg.data} say they come from "
+                          f"split {recorded!r} (their source_split)")
+    return cfg.split or recorded
+
+
+def plan(cfg: GenerateConfig, model: str, examples: list[Example]) -> tuple[list[Request], dict[str, PathRecord]]:
     """Every request of the run, and a record skeleton (response still empty) per request key."""
     from qr_ds.tasks import get_task
 
     task = get_task(cfg.task)
-    examples = task.load(str(cfg.data), limit=cfg.limit)
     sampling = sampling_params(cfg.teacher)
     requests, skeletons = [], {}
     for ex in examples:
@@ -118,8 +154,9 @@ def compact(log: Path, keys: list[Key]) -> list[PathRecord]:
 
 def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool = True) -> GenerateStats:
     """Ask for every path not yet done, write the pool; raise TooFewSucceeded after writing it."""
+    examples = load_questions(cfg)  # a refused split, like a refused second run, should cost nothing
     with output_lock(cfg.out):  # before loading a model: a refused second run should cost nothing
-        stats = _generate(cfg, teacher or make_teacher(cfg.teacher), progress)
+        stats = _generate(cfg, examples, teacher or make_teacher(cfg.teacher), progress)
     check_success(stats, cfg)
     return stats
 
@@ -133,8 +170,8 @@ def check_success(stats: GenerateStats, cfg: GenerateConfig) -> None:
             f"pool written to {cfg.out}; fix the cause and run again: paths already done are not asked again")
 
 
-def _generate(cfg: GenerateConfig, teacher: Teacher, progress: bool) -> GenerateStats:
-    requests, skeletons = plan(cfg, teacher.model)
+def _generate(cfg: GenerateConfig, examples: list[Example], teacher: Teacher, progress: bool) -> GenerateStats:
+    requests, skeletons = plan(cfg, teacher.model, examples)
     keys = [record_key(skeletons[r.key]) for r in requests]
     log = log_path(cfg.out)
     repair_tail(log)
