@@ -179,3 +179,11 @@ def test_loss_figure_overlays_runs(report, tmp_path, monkeypatch):
     assert [ax.get_title() for ax in panels] == ["SFT loss: llama", "SFT loss: qwen", "mutual loss"]
     for ax in panels:
         assert [t.get_text() for t in ax.get_legend().get_texts()] == ["A", "B"]
+
+
+def test_cli_refuses_bad_runs(report, tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+    same = report["runs"]["A"]
+    assert main(["report", f"X={same}", f"X={report['runs']['B']}", "--out", str(tmp_path / "o")]) == 2
+    assert "share a label" in capsys.readouterr().err
