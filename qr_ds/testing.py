@@ -70,7 +70,7 @@ def write_config(path: Path, students: list[Path], pool: Path, out_dir: Path, ra
         "router": {"hidden": 16},
         "mutual": {"shared_dim": 16, "max_spans": 8},
         "micro_batch_paths": 2, "epochs": 1, "max_steps": 3, "seed": 0,
-        "output_dir": str(out_dir), "collective_timeout_s": 60, "tensorboard": False,
+        "output_dir": str(out_dir), "collective_timeout_s": 60,
     }
     for k, v in over.items():
         cfg[k] = v

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from qr_ds.data.pool import PathRecord, write_pool
+from qr_ds.run_layout import RunDir
 from qr_ds.tasks import generate_synthetic, write_synthetic
 
 # writes BOS itself: with a BOS-adding tokenizer this is where engines tokenizing text disagree
@@ -61,18 +62,19 @@ def build_run(run: Path, bases: dict[str, Path], steps: list[int], r: int = 8, f
     """RUN/checkpoints/step_*/ (meta.json + students/<name>/adapter), latest, config.yaml, pool.jsonl.
     ``bases`` maps student name -> base model dir; each (step, student) adapter gets its own seed.
     Students named in ``full`` are fully fine-tuned: whole weights in students/<name>/model."""
+    layout = RunDir(run)
     for i, step in enumerate(steps):
-        ckpt = run / "checkpoints" / f"step_{step:06d}"
+        ckpt = layout.checkpoint(step)
         meta = {"step": step, "students": [{"name": n, "model": str(b), "tokenizer": str(b),
                                             "finetune": "full" if n in full else "lora"} for n, b in bases.items()]}
         for j, (name, base) in enumerate(bases.items()):
             if name in full:
-                build_full(base, ckpt / "students" / name / "model", seed=100 * i + j)
+                build_full(base, ckpt.weights(name, "full"), seed=100 * i + j)
             else:
-                build_adapter(base, ckpt / "students" / name / "adapter", seed=100 * i + j, r=r)
-        (ckpt / "meta.json").write_text(json.dumps(meta))
-    (run / "checkpoints" / "latest").write_text(f"step_{steps[-1]:06d}")
-    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"pool": str(run / "pool.jsonl")}}))
+                build_adapter(base, ckpt.weights(name, "lora"), seed=100 * i + j, r=r)
+        ckpt.meta.write_text(json.dumps(meta))
+    layout.set_latest(layout.checkpoint(steps[-1]))
+    layout.config.write_text(yaml.safe_dump({"data": {"pool": str(run / "pool.jsonl")}}))
     return run
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from qr_ds.dist.topology import make_layout
+from qr_ds.distributed.topology import make_layout
 
 
 def test_separate_equal_ranks_pairs_same_shard():

@@ -1,14 +1,15 @@
 """Find checkpoints and their student adapters, and refuse ones that cannot be served correctly.
 
-Layout (written by qr_ds/train/checkpoint.py): ``RUN/checkpoints/step_000100/meta.json`` lists
-the students (name, base model, tokenizer, finetune); each adapter is ``students/<name>/adapter/``
-(PEFT), or ``students/<name>/model/`` (whole weights) for a fully fine-tuned student.
+Layout (qr_ds/run_layout.py): a checkpoint's ``meta.json`` lists the students (name, base model,
+tokenizer, finetune); each has a PEFT adapter folder, or whole weights for a fully fine-tuned student.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from qr_ds.run_layout import CheckpointDir, RunDir
 
 
 @dataclass(frozen=True)
@@ -24,15 +25,12 @@ class Adapter:
 
 
 def checkpoints_of_run(run_dir: Path, which: str = "latest") -> list[Path]:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
+    run = RunDir(run_dir)
+    if not run.checkpoints.is_dir():
         raise FileNotFoundError(f"run dir {run_dir}: no checkpoints/ folder")
     if which == "latest":
-        marker = root / "latest"
-        if not marker.is_file():
-            raise FileNotFoundError(f"run dir {run_dir}: no checkpoints/latest file (no complete checkpoint)")
-        return [root / marker.read_text().strip()]
-    found = sorted(p for p in root.glob("step_*") if (p / "meta.json").is_file())
+        return [run.require_latest().path]
+    found = [c.path for c in run.complete()]
     if not found:
         raise FileNotFoundError(f"run dir {run_dir}: no complete checkpoint (step_*/meta.json)")
     return found
@@ -53,7 +51,7 @@ def _same_model(a: str, b: str) -> bool:
 def read_checkpoint(ckpt: Path) -> list[Adapter]:
     """The student adapters of one checkpoint, each checked: present, PEFT LoRA, on the meta's base."""
     ckpt = Path(ckpt)
-    meta_path = ckpt / "meta.json"
+    meta_path = CheckpointDir(ckpt).meta
     if not meta_path.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt}: no meta.json (not a checkpoint dir, or an incomplete one)")
     meta = json.loads(meta_path.read_text())
@@ -64,7 +62,7 @@ def read_checkpoint(ckpt: Path) -> list[Adapter]:
         if st.get("finetune", "lora") == "full":
             out.append(_full_model(ckpt, step, name, model, st.get("tokenizer") or model))
             continue
-        path = ckpt / "students" / name / "adapter"
+        path = CheckpointDir(ckpt).weights(name, "lora")
         cfg_path = path / "adapter_config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"checkpoint {ckpt}: adapter of student '{name}' missing ({cfg_path} not found)")
@@ -86,7 +84,7 @@ SHAPE_KEYS = ("architectures", "hidden_size", "num_hidden_layers", "vocab_size")
 
 def _full_model(ckpt: Path, step: int, name: str, model: str, tokenizer: str) -> Adapter:
     """A fully fine-tuned student's weights, checked to fit the base model's engine."""
-    path = ckpt / "students" / name / "model"
+    path = CheckpointDir(ckpt).weights(name, "full")
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt}: weights of student '{name}' missing ({cfg_path} not found)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from qr_ds.config import rule
+from qr_ds.run_layout import step_name
 
 
 @dataclass
@@ -51,7 +52,7 @@ class BackgroundEvaluator:
         self.pending: _Job | None = None
 
     def submit(self, checkpoint_dir: Path, step: int) -> None:
-        job = _Job(step, Path(checkpoint_dir), self.out_dir / f"step_{step:06d}")
+        job = _Job(step, Path(checkpoint_dir), self.out_dir / step_name(step))
         if len(self._alive()) < self.cfg.max_in_flight:
             self._start(job)
             return

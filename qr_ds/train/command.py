@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "train.py"
+from qr_ds.train.launch import script  # launch/train.py, installed or in this checkout
+LAUNCH = script()
 
 
 def register(sub) -> None:

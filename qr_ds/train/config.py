@@ -1,7 +1,9 @@
 """The training config: students, router, mutual loss, data, schedule. Validated at load."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +11,13 @@ from qr_ds.config import ConfigError, rule
 from qr_ds.eval.during_training import EvalDuringTraining
 from qr_ds.mutual.config import MutualConfig
 from qr_ds.routing.config import RouterConfig
+
+# A student name becomes a folder and a metric key: a plain identifier, never a path.
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+# report_to backend -> (module it needs, pip command); jsonl is always written.
+REPORTERS = {"jsonl": (None, ""), "tensorboard": ("tensorboard", "pip install tensorboard"),
+             "wandb": ("wandb", "pip install wandb"), "trackio": ("trackio", "pip install trackio")}
+Reporter = Literal["jsonl", "tensorboard", "wandb", "trackio"]
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -25,7 +34,8 @@ class LoraSettings:
 
 @dataclass
 class StudentConfig:
-    name: str = field(metadata=rule(help="short unique name, used in paths and metrics"))
+    name: str = field(metadata=rule(help="short unique name, used in paths and metrics: letters, digits, "
+                                         "'_', '-', '.', starting with a letter or '_'"))
     model: str = field(metadata=rule(help="HF model name or local directory"))
     tokenizer: str | None = field(default=None, metadata=rule(help="defaults to model"))
     lr: float = field(default=2e-4, metadata=rule(min=0.0, max=1.0, help="paper: 5e-6 Mistral, 2e-4 Gemma"))
@@ -70,20 +80,38 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata=rule(min=0, help="optimizer steps; 0 = run all epochs"))
     micro_batch_paths: int = field(default=8, metadata=rule(min=1, help="paths per chunk per micro-step"))
     grad_accum: int = field(default=1, metadata=rule(min=1))
-    warmup_steps: int = field(default=0, metadata=rule(min=0))
+    optimizer: Literal["adamw", "adamw8bit"] = field(
+        default="adamw", metadata=rule(help="adamw = torch AdamW; adamw8bit = bitsandbytes 8-bit AdamW (the paper's code)"))
+    lr_schedule: Literal["constant", "linear", "cosine"] = field(
+        default="linear", metadata=rule(help="after warmup: constant, or linear / cosine decay to min_lr_ratio x lr"))
+    warmup_steps: int = field(default=0, metadata=rule(min=0, help="linear warmup from lr/warmup_steps to lr"))
+    min_lr_ratio: float = field(default=0.1, metadata=rule(min=0.0, max=1.0))
     grad_clip: float = field(default=1.0, metadata=rule(min=0.0))
     seed: int = 0
     output_dir: Path = Path("runs/train")
     save_every: int = field(default=0, metadata=rule(min=0, help="optimizer steps between checkpoints; 0 = final only"))
     keep_last: int = field(default=2, metadata=rule(min=1))
-    log_every: int = field(default=1, metadata=rule(min=1))
+    log_every: int = field(default=1, metadata=rule(min=1, help="optimizer steps between metric rows (and the last step)"))
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     collective_timeout_s: float = field(default=300.0, metadata=rule(min=1.0))
-    tensorboard: bool = True
+    report_to: list[Reporter] = field(
+        default_factory=lambda: ["jsonl"],
+        metadata=rule(help="metric sinks: jsonl (always on, RUN/metrics.jsonl), tensorboard (RUN/tb), wandb, trackio"))
     eval: EvalDuringTraining = field(default_factory=EvalDuringTraining)
 
     def validate(self, key: str = "") -> None:
         names = [s.name for s in self.students]
+        for i, n in enumerate(names):
+            if not NAME.match(n):
+                raise ConfigError(f"config key 'students[{i}].name': {n!r} is not a plain name (it becomes a "
+                                  "folder and a metric key): use letters, digits, '_', '-', '.'")
+        for backend in self.report_to:
+            module, pip = REPORTERS[backend]
+            if module and find_spec(module) is None:
+                raise ConfigError(f"config key 'report_to': {backend} is asked for but not installed; "
+                                  f"run `{pip}` or remove it")
+        if self.optimizer == "adamw8bit" and find_spec("bitsandbytes") is None:
+            raise ConfigError("config key 'optimizer': adamw8bit needs bitsandbytes; run `pip install bitsandbytes`")
         if len(set(names)) != len(names):
             raise ConfigError(f"config key 'students': student names must be unique, got {names}")
         multi = self.router.enabled or (self.mutual.enabled and self.lambda2 > 0)

@@ -24,6 +24,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]  # -100 on prompt tokens: the SFT loss covers the response only
     span_ids: list[int]  # -1 outside every shared span
+    truncated: bool = False  # cut at data.max_len: the end of the path is not trained on
 
 
 def select_paths(cfg: TrainConfig, records: list[PathRecord]) -> list[PathRecord]:
@@ -67,16 +68,16 @@ def encode_all(recs: list[PathRecord], tokenizers: list, max_len: int, max_spans
             ids, offs = e.input_ids[:max_len], e.offsets[:max_len]
             # Offsets relative to the response: prompts differ per student, the path text does not.
             rel = [(a - e.response_start, b - e.response_start) if b > a else (0, 0) for a, b in offs]
-            encs.append((ids, offs, e.response_start))
+            encs.append((ids, offs, e.response_start, len(e.input_ids) > max_len))
             rel_offsets.append(rel)
             ends.append(max([b for a, b in rel if b > a] + [0]))
         end = min(min(ends), len(rec.response))  # spans only where every student kept the text
         spans = group_spans(common_spans(rel_offsets, 0, end), max_spans)
         n_spans.append(len(spans))
-        for s, (ids, offs, rstart) in enumerate(encs):
+        for s, (ids, offs, rstart, cut) in enumerate(encs):
             # The response and the EOS after it (an added token keeps its offsets in the text).
             labels = [t if a >= rstart and b > a else -100 for t, (a, b) in zip(ids, offs)]
-            per_student[s].append(Encoded(ids, labels, token_span_ids(rel_offsets[s], spans)))
+            per_student[s].append(Encoded(ids, labels, token_span_ids(rel_offsets[s], spans), cut))
     return per_student, n_spans
 
 
@@ -117,6 +118,10 @@ class TrainData:
         self._by_question = [torch.nonzero(self.question_index == q).flatten() for q in range(len(qids))]
         self.seed, self.by_question = cfg.seed, cfg.data.batch_order == "by_question"
         log(f"training on {len(self.records)} paths of {len(qids)} questions")
+        cut = [sum(e.truncated for e in enc) for enc in self.encoded]
+        names = [s.name for s in cfg.students]
+        log(f"paths cut at data.max_len={cfg.data.max_len}: " + ", ".join(
+            f"{n} {c} ({100 * c / len(self.records):.1f}%)" for n, c in zip(names, cut)))
 
     def __len__(self) -> int:
         return len(self.records)

@@ -1,13 +1,17 @@
-"""Per-step metrics on the coordinator: JSONL always, TensorBoard when installed."""
+"""Per-step metrics on the coordinator: RUN/metrics.jsonl always, plus the ``report_to`` sinks
+(TensorBoard, Weights & Biases, trackio). A resumed run first cuts every log back to its checkpoint's
+step, so each step appears exactly once."""
 from __future__ import annotations
 
+import json
 import resource
 from collections import Counter
-from pathlib import Path
 
 import torch
 
-from qr_ds.data.jsonl import JsonlAppender
+from qr_ds.data.jsonl import JsonlAppender, write_jsonl
+from qr_ds.run_layout import RunDir
+from qr_ds.train.stats import StepStats
 
 
 def peak_memory_gib() -> float:
@@ -16,44 +20,86 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
+def truncate_jsonl(path, after_step: int) -> None:
+    """Drop rows past ``after_step``: the steps a crashed run logged after its last checkpoint."""
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        write_jsonl(path, [r for r in rows if r.get("step", 0) <= after_step])
+
+
+class _TensorBoard:
+    def __init__(self, run: RunDir, resume_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step hides events at and after it that the crashed run wrote
+        self.w = SummaryWriter(str(run.tensorboard), purge_step=None if resume_step is None else resume_step + 1)
+
+    def log(self, scalars: dict, step: int) -> None:
+        for k, v in scalars.items():
+            self.w.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.w.close()
+
+
+class _Tracker:
+    """wandb and trackio share the ``init / log / finish`` API."""
+
+    def __init__(self, module: str, run: RunDir, config: dict, resume: bool):
+        import importlib
+
+        self.m = importlib.import_module(module)
+        kw = {"resume": "allow", "id": run.root.name} if module == "wandb" and resume else {}
+        self.m.init(project="qr_ds", name=run.root.name, config=config, **kw)
+
+    def log(self, scalars: dict, step: int) -> None:
+        self.m.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.m.finish()
+
+
 class MetricsLog:
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, run: RunDir, enabled: bool, report_to: list[str], config: dict, resume_step: int | None):
         self.enabled = enabled
-        self.tb = None
+        self.sinks: list = []
         if not enabled:
             return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = JsonlAppender(out_dir / "metrics.jsonl", fsync=False)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir / "tb"))
-            except ImportError:  # tensorboard is optional
-                self.tb = None
+        run.root.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            truncate_jsonl(run.metrics, resume_step)
+            truncate_jsonl(run.eval_log, resume_step)
+        self.jsonl = JsonlAppender(run.metrics, fsync=False)
+        self.eval_path = run.eval_log
+        for backend in report_to:
+            if backend == "tensorboard":
+                self.sinks.append(_TensorBoard(run, resume_step))
+            elif backend in ("wandb", "trackio"):
+                self.sinks.append(_Tracker(backend, run, config, resume_step is not None))
 
     def step(self, pos, rec: dict, names: list[str], data, idx: torch.Tensor, dt: float) -> dict:
         if not self.enabled:
             return {}
-        stats, hard = rec["stats"], rec["hard"]
+        stats: StepStats = rec["stats"]
+        hard = rec["hard"]
         row: dict = {"step": pos.step, "epoch": pos.epoch, "micro_step": pos.micro_step, "step_s": dt,
-                     "mutual_loss": rec["mutual"], "exchange_s": rec["exchange_s"],
+                     "mutual_loss": stats.mutual_loss, "exchange_s": rec["exchange_s"],
                      "exchange_bytes": rec["exchange_bytes"],
                      "peak_mem_GiB": round(peak_memory_gib(), 3)}
-        total_tok = 0.0
         for s, name in enumerate(names):
-            n = float(stats[s, 1])
-            row[f"sft_loss/{name}"] = float(stats[s, 0]) / n if n else None
-            row[f"tokens_per_s/{name}"] = float(stats[s, 2]) / max(float(stats[s, 3]), 1e-9)
-            row[f"routed/{name}"] = n / len(idx)
-            row[f"compute_s/{name}"] = float(stats[s, 3])  # forward, probes, backward and step
-            row[f"exchange_s/{name}"] = float(stats[s, 4])  # waiting for peers + the all-gathers
-            total_tok += float(stats[s, 2])
-        row["tokens_per_s"] = total_tok / max(dt, 1e-9)
+            st = stats.students[s]
+            row[f"sft_loss/{name}"] = st.sft_loss_sum / st.routed if st.routed else None
+            row[f"tokens_per_s/{name}"] = st.tokens / max(st.compute_s, 1e-9)
+            row[f"routed/{name}"] = st.routed / len(idx)  # the routing rate
+            row[f"compute_s/{name}"] = st.compute_s
+            row[f"exchange_s/{name}"] = st.exchange_s
+            row[f"lr/{name}"] = st.lr
+            row[f"grad_norm/{name}"] = st.grad_norm if st.grad_norm == st.grad_norm else None  # NaN: none yet
+        row["tokens_per_s"] = sum(st.tokens for st in stats.students) / max(dt, 1e-9)
         row["loss_sum"] = sum(v for k, v in row.items() if k.startswith("sft_loss/") and v is not None)
         for k, v in rec.items():
             if k.startswith("router") and isinstance(v, float):
-                row[k] = v
+                row[k] = v  # router_loss, router/entropy, router/rate/<s>, ...
         recs = [data.records[i] for i in idx.tolist()]
         for key, values in (("route_rate", [r.style for r in recs]), ("route_rate_level", [r.level for r in recs])):
             if key == "route_rate_level" and all(v is None for v in values):
@@ -71,24 +117,23 @@ class MetricsLog:
                     acc[0], acc[1] = acc[0] + v, acc[1] + 1
             row[f"style_nats_per_char/{name}"] = per_style
         self.jsonl.write(row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and v is not None:
-                    self.tb.add_scalar(k, v, pos.step)
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+        for sink in self.sinks:
+            sink.log(scalars, pos.step)
         return row
 
     def eval(self, result: dict) -> None:
-        """A finished background evaluation, into eval.jsonl (and TensorBoard)."""
+        """A finished background evaluation, into eval.jsonl (and the other sinks)."""
         if not self.enabled:
             return
-        with JsonlAppender(self.jsonl.path.with_name("eval.jsonl"), fsync=False) as out:
+        with JsonlAppender(self.eval_path, fsync=False) as out:
             out.write(result)
-        if self.tb is not None:
-            for k, v in result.get("accuracy", {}).items():
-                self.tb.add_scalar(f"eval/{k}", v, result["step"])
+        acc = {f"eval/{k}": v for k, v in result.get("accuracy", {}).items()}
+        for sink in self.sinks:
+            sink.log(acc, result["step"])
 
     def close(self) -> None:
         if self.enabled:
             self.jsonl.close()
-            if self.tb is not None:
-                self.tb.close()
+            for sink in self.sinks:
+                sink.close()

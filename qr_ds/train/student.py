@@ -2,9 +2,6 @@
 so that a single DeepSpeed engine owns all of the student's trainable parameters."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 
@@ -97,42 +94,8 @@ def build_student(cfg: StudentConfig, mutual: MutualConfig | None, device: torch
     return student
 
 
-def ds_config_for(cfg: StudentConfig, micro_batch: int, grad_accum: int, grad_clip: float) -> dict:
-    """The student's DeepSpeed JSON, with batch, accumulation, clipping and precision from our config
-    (one source of truth: the JSON keeps ZeRO and communication settings)."""
-    path = Path(cfg.deepspeed)
-    shipped = Path(__file__).resolve().parents[2] / path  # ds_configs/ of this checkout
-    if not path.is_file() and not path.is_absolute() and shipped.is_file():
-        path = shipped
-    if not path.is_file():
-        raise FileNotFoundError(f"student '{cfg.name}': deepspeed config {cfg.deepspeed} not found")
-    ds = json.loads(path.read_text())
-    ds.pop("train_batch_size", None)
-    ds["train_micro_batch_size_per_gpu"] = micro_batch
-    ds["gradient_accumulation_steps"] = grad_accum
-    ds["gradient_clipping"] = grad_clip
-    ds["bf16"] = {"enabled": cfg.dtype == "bfloat16"}
-    ds["fp16"] = {"enabled": cfg.dtype == "float16"}
-    ds.setdefault("steps_per_print", 10**9)
-    ds.setdefault("wall_clock_breakdown", False)
-    return ds
-
-
-def lr_lambda(warmup: int, total: int):
-    """Linear warmup, then linear decay to 10% of the peak."""
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if total <= warmup:
-            return 1.0
-        return max(0.1, 1.0 - 0.9 * (step - warmup) / max(1, total - warmup))
-    return f
-
-
-def create_engine(student: Student, cfg: StudentConfig, ds_config: dict, mpu, warmup: int, total_steps: int,
-                  head_lr: float = 0.0):
-    import deepspeed
-
+def param_groups(student: Student, cfg: StudentConfig, head_lr: float) -> list[dict]:
+    """The model's trainable parameters at the student's rate; the mutual head at its own."""
     head = {id(p) for p in student.head.parameters()} if student.head is not None else set()
     params = [p for p in student.parameters() if p.requires_grad and id(p) not in head]
     # A frozen student (paper Table 5) is still an engine, with learning rate 0: its weights never
@@ -141,9 +104,4 @@ def create_engine(student: Student, cfg: StudentConfig, ds_config: dict, mpu, wa
     groups = [{"params": params, "lr": lr, "weight_decay": wd}]
     if head:  # new layers learn at their own rate, also beside a frozen or slow-learning student
         groups.append({"params": list(student.head.parameters()), "lr": head_lr, "weight_decay": 0.0})
-    # torch AdamW rather than DeepSpeed's FusedAdam: no JIT build (which fails on TORCH_CUDA_ARCH_LIST=9.0a).
-    opt = torch.optim.AdamW(groups, fused=torch.cuda.is_available())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps))
-    engine, *_ = deepspeed.initialize(model=student, optimizer=opt, lr_scheduler=sched,
-                                      config=ds_config, mpu=mpu, dist_init_required=False)
-    return engine
+    return groups

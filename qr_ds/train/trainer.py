@@ -13,22 +13,25 @@
 from __future__ import annotations
 
 import math
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
+from tqdm import tqdm
 
-from qr_ds.dist.health import write_pid_file
-from qr_ds.dist.strategy import Strategy
-from qr_ds.dist.topology import make_layout
+from qr_ds.config import to_dict
+from qr_ds.distributed.engines import ds_config, lr_and_grad_norm, resolve_ds_config
+from qr_ds.distributed.strategy import Strategy
 from qr_ds.mutual.loss import mutual_loss, mutual_loss_for_student
 from qr_ds.routing.policy import RoutingPolicy
-from qr_ds.train import checkpoint
+from qr_ds.run_layout import RunDir
+from qr_ds.train.checkpoint import Checkpointer, StudentSlot
 from qr_ds.train.config import TrainConfig
 from qr_ds.train.data import TrainData, collate
 from qr_ds.train.metrics import MetricsLog
-from qr_ds.train.student import build_student, create_engine, ds_config_for, load_tokenizer
+from qr_ds.train.optim import build_optimizer, build_schedule
+from qr_ds.train.stats import StepStats
+from qr_ds.train.student import build_student, load_tokenizer, param_groups
 
 
 @dataclass
@@ -38,6 +41,7 @@ class LocalStudent:
     model: torch.nn.Module  # the DeepSpeed engine
     pad_id: int
     dp_size: int
+    slot: StudentSlot  # what it gives a checkpoint
 
 
 @dataclass
@@ -49,19 +53,18 @@ class Position:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, log=print):
-        self.cfg = cfg
-        self.log = log
-        S = len(cfg.students)
-        write_pid_file(cfg.output_dir, int(os.environ.get("RANK", "0")))  # before any collective can fail
-        self.dist = Strategy(lambda ws: make_layout([s.ranks for s in cfg.students], ws, cfg.placement),
-                             cfg.backend, cfg.collective_timeout_s)
-        self.is_coord = self.dist.is_coordinator
+    def __init__(self, cfg: TrainConfig, strategy: Strategy, log=print):
+        """``strategy`` is built by the caller (launch.py, or a test on a world of one), already
+        holding its process groups."""
+        self.cfg, self.dist = cfg, strategy
+        self.is_coord = strategy.is_coordinator
         self.say = log if self.is_coord else (lambda *_: None)
+        self.run = RunDir(cfg.output_dir)
+        S = len(cfg.students)
         # Tokenizers first: a bad tokenizer or an empty pool is refused before any model loads.
-        tokenizers = [load_tokenizer(s) for s in cfg.students]
-        self.data = TrainData(cfg, tokenizers, self.say, progress=self._progress)
-        self.layout = self.dist.layout
+        self.tokenizers = [load_tokenizer(s) for s in cfg.students]
+        self.data = TrainData(cfg, self.tokenizers, self.say, progress=self._progress)
+        self.layout = strategy.layout
         self.P = cfg.micro_batch_paths * self.layout.n_chunks
         micro_per_epoch = math.ceil(len(self.data) / self.P)
         total = cfg.epochs * micro_per_epoch // cfg.grad_accum
@@ -69,18 +72,7 @@ class Trainer:
         if self.total_steps < 1:
             raise ValueError(f"{len(self.data)} paths at {self.P} per micro-step and grad_accum "
                              f"{cfg.grad_accum} give no optimizer step; lower grad_accum or micro_batch_paths")
-        self.students: list[LocalStudent] = []
-        for s in self.dist.local_students:
-            sc = cfg.students[s]
-            torch.manual_seed(cfg.seed + s)  # the same LoRA and head init on every rank of a student
-            module = build_student(sc, cfg.mutual if cfg.use_mutual else None, self.dist.device)
-            ds = ds_config_for(sc, cfg.micro_batch_paths, cfg.grad_accum, cfg.grad_clip)
-            model = create_engine(module, sc, ds, self.dist.mpu(s), cfg.warmup_steps, self.total_steps,
-                                  cfg.mutual.head_lr)
-            self.students.append(LocalStudent(s, sc.name, model, tokenizers[s].pad_token_id,
-                                              len(self.layout.student_ranks[s])))
-            if model.zero_optimization_stage() == 3 and cfg.placement == "separate":
-                self.dist.scope_zero3_checks(s)
+        self.students = [self._build(s) for s in strategy.local_students]
         # ZeRO-3 prefetches by a recorded module order that must repeat every step, so there each
         # student forwards its whole chunk in one pass (unrouted paths at weight 0) and never probes.
         self.one_pass = any(st.model.zero_optimization_stage() == 3 for st in self.students)
@@ -88,20 +80,29 @@ class Trainer:
         if cfg.router.enabled and self.is_coord:
             self.routing = RoutingPolicy(cfg.router, self.data.embeddings.shape[1], S, cfg.lambda1, cfg.seed)
         self.pos = Position()
-        self.metrics = MetricsLog(cfg.output_dir, enabled=self.is_coord, tensorboard=cfg.tensorboard)
+        self.checkpointer = Checkpointer(self.run, strategy, cfg.keep_last, self.say)
         self.evaluator = None
         if cfg.eval.every_steps and self.is_coord:  # a separate process: training waits only for the hand-off
             from qr_ds.eval.during_training import BackgroundEvaluator
 
-            self.evaluator = BackgroundEvaluator(cfg.eval, cfg.output_dir / "eval", log=self.say)
+            self.evaluator = BackgroundEvaluator(cfg.eval, self.run.evaluations, log=self.say)
         self.names = [s.name for s in cfg.students]
 
-    def _progress(self, it, **kw):
-        if not self.is_coord:
-            return it
-        from tqdm import tqdm
+    def _build(self, s: int) -> LocalStudent:
+        cfg, sc = self.cfg, self.cfg.students[s]
+        torch.manual_seed(cfg.seed + s)  # the same LoRA and head init on every rank of a student
+        module = build_student(sc, cfg.mutual if cfg.use_mutual else None, self.dist.device)
+        opt = build_optimizer(param_groups(module, sc, cfg.mutual.head_lr), cfg.optimizer)
+        sched = build_schedule(opt, cfg.lr_schedule, cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio)
+        ds = ds_config(resolve_ds_config(sc.deepspeed, f"students[{s}].deepspeed"), cfg.micro_batch_paths,
+                       cfg.grad_accum, cfg.grad_clip, sc.dtype)
+        engine = self.dist.create_engine(s, module, opt, sched, ds)
+        slot = StudentSlot(sc.name, engine, sc.finetune, self.tokenizers[s], self.dist.writes_for(s))
+        return LocalStudent(s, sc.name, engine, self.tokenizers[s].pad_token_id,
+                            len(self.layout.student_ranks[s]), slot)
 
-        return tqdm(it, **kw)
+    def _progress(self, it, **kw):
+        return tqdm(it, disable=not self.is_coord, **kw)
 
     # -- one micro-step -----------------------------------------------------------------------
     def route(self, idx: torch.Tensor) -> torch.Tensor:
@@ -128,10 +129,10 @@ class Trainer:
         return st.model(batch["input_ids"], batch["attention_mask"], labels, weights, batch["span_ids"], M)
 
     def train_forward(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
-                      path_loss: torch.Tensor, stats: torch.Tensor):
+                      path_loss: torch.Tensor, stats: StepStats):
         """Forward with grad the paths routed to ``st``; forward without grad the rest, so the router
         still sees this student's loss on every path at a third of the cost of training on it.
-        ``path_loss`` gets total nats per path; ``stats`` the SFT loss per token of the routed paths."""
+        ``path_loss`` gets total nats per path; ``stats`` the SFT loss, paths and tokens."""
         pos_t = torch.tensor(positions)
         routed = hard[positions, st.index] > 0
         # An engine must backprop every micro-step (its data-parallel peers and ZeRO's hooks wait
@@ -147,10 +148,10 @@ class Trainer:
             path_loss[0, probe, st.index] = pn.float().cpu()
             path_loss[1, probe, st.index] = 1
         n_tok = self.data.response_tokens[st.index][idx[pos_t[routed]]]
-        stats[st.index, 0] += (path_loss[0, pos_t[routed], st.index] / n_tok).sum()
-        stats[st.index, 1] += routed.sum()
-        ids = self.data.encoded[st.index]
-        stats[st.index, 2] += sum(len(ids[i].input_ids) for i in idx[train].tolist())
+        mine, ids = stats.students[st.index], self.data.encoded[st.index]
+        mine.sft_loss_sum += float((path_loss[0, pos_t[routed], st.index] / n_tok).sum())
+        mine.routed += int(routed.sum())
+        mine.tokens += sum(len(ids[i].input_ids) for i in idx[train].tolist())
         exchange = None
         if z is not None:
             # Full-chunk tensors for the exchange: routed rows carry states, the others zeros. The
@@ -167,33 +168,33 @@ class Trainer:
         c = cfg.micro_batch_paths
         hard = self.route(idx)
         path_loss = torch.zeros(2, P, S)  # [value, known] per (path, student), summed to the coordinator
-        # per student: sft loss sum, routed paths, trained tokens, compute s, exchange s; last row: mutual
-        stats = torch.zeros(S + 1, 5)
+        stats = StepStats.zeros(S)
         outs = {}
         for st in self.students:
             t0 = time.perf_counter()
             chunks = layout.chunks_of(st.index, self.dist.rank)
             positions = [k * c + j for k in chunks for j in range(c)]
             loss, exchange = self.train_forward(st, idx, positions, hard, path_loss, stats)
-            stats[st.index, 3] += time.perf_counter() - t0
+            stats.students[st.index].compute_s += time.perf_counter() - t0
             outs[st.index] = (loss, exchange, chunks)
 
         t_x = time.perf_counter()
         if cfg.use_mutual:
-            stats[S, 0] = self.mutual_losses(outs, hard, idx)
+            stats.mutual_loss = float(self.mutual_losses(outs, hard, idx))
         t_x = time.perf_counter() - t_x
 
         for st in self.students:
             t0 = time.perf_counter()
             st.model.backward(outs[st.index][0])
             st.model.step()
-            stats[st.index, 3] += time.perf_counter() - t0
-            stats[st.index, 4] += t_x
+            stats.students[st.index].compute_s += time.perf_counter() - t0
+            stats.students[st.index].exchange_s += t_x
+            if st.slot.writer:  # one rank per student reports, so the sum over ranks is the value
+                stats.students[st.index].lr, stats.students[st.index].grad_norm = lr_and_grad_norm(st.model)
 
         path_loss = self.dist.sum_to_coordinator(path_loss)
-        stats = self.dist.sum_to_coordinator(stats)
-        record = {"stats": stats[:S], "mutual": float(stats[S, 0]), "exchange_s": t_x,
-                  "exchange_bytes": self._exchange_bytes(), "hard": hard}
+        stats = StepStats.from_tensor(self.dist.sum_to_coordinator(stats.to_tensor()))
+        record = {"stats": stats, "exchange_s": t_x, "exchange_bytes": self._exchange_bytes(), "hard": hard}
         if self.is_coord:
             known = path_loss[1] > 0
             # nats per character: the same unit for every tokenizer and every path length
@@ -243,13 +244,14 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         cfg = self.cfg
         if resume:
-            self.pos = checkpoint.load(self, cfg.output_dir)
-        self.say(f"{len(self.cfg.students)} students ({', '.join(self.names)}), placement {cfg.placement}, "
+            self.load_state()
+        # a resumed run's logs are cut back to its checkpoint first: each step is logged once
+        self.metrics = MetricsLog(self.run, self.is_coord, cfg.report_to, to_dict(cfg),
+                                  self.pos.step if resume else None)
+        self.say(f"{len(cfg.students)} students ({', '.join(self.names)}), placement {cfg.placement}, "
                  f"world {self.dist.world_size}, {self.P} paths per micro-step, {self.total_steps} optimizer steps")
-        bar = self._progress(range(self.total_steps), initial=self.pos.step, desc="train", unit="step")
-        if hasattr(bar, "update"):
-            bar.total = self.total_steps
-        last = {}
+        bar = tqdm(total=self.total_steps, initial=self.pos.step, desc="train", unit="step", disable=not self.is_coord)
+        last: dict = {}
         t_step = time.perf_counter()
         batches, epoch = None, None
         while self.pos.step < self.total_steps:
@@ -268,24 +270,44 @@ class Trainer:
                 self.routing.step()
             self.pos.step += 1
             dt, t_step = time.perf_counter() - t_step, time.perf_counter()
-            last = self.metrics.step(self.pos, rec, self.names, self.data, idx, dt)
-            if hasattr(bar, "update"):
-                bar.update(1)
-                bar.set_postfix(tok_s=f"{last.get('tokens_per_s', 0):.0f}", loss=f"{last.get('loss_sum', 0):.3f}")
+            if self.pos.step % cfg.log_every == 0 or self.pos.step == self.total_steps:
+                last = self.metrics.step(self.pos, rec, self.names, self.data, idx, dt)
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{last.get('tokens_per_s', 0):.0f}", loss=f"{last.get('loss_sum', 0):.3f}")
             if self._due(cfg.save_every) or self._due(cfg.eval.every_steps):
-                ckpt = checkpoint.save(self, cfg.output_dir)
+                ckpt = self.save()
                 if self.evaluator is not None and self._due(cfg.eval.every_steps):
-                    self.evaluator.submit(ckpt, self.pos.step)
+                    self.evaluator.submit(ckpt.path, self.pos.step)
             self._log_evals(self.evaluator.poll() if self.evaluator else [])
-        ckpt = checkpoint.save(self, cfg.output_dir)
-        if hasattr(bar, "close"):
-            bar.close()
+        ckpt = self.save()
+        bar.close()
         if self.evaluator is not None:
             if cfg.eval.every_steps:
-                self.evaluator.submit(ckpt, self.pos.step)
+                self.evaluator.submit(ckpt.path, self.pos.step)
             self._log_evals(self.evaluator.close(wait=True))
         self.metrics.close()
         return last
+
+    # -- state ---------------------------------------------------------------------------------
+    def components(self) -> dict[str, dict]:
+        """Coordinator state besides the engines, by checkpoint key."""
+        return {"router": self.routing.state_dict()} if self.routing is not None else {}
+
+    def save(self):
+        meta = {"students": [{"name": s.name, "model": s.model, "tokenizer": s.tokenizer or s.model,
+                              "finetune": s.finetune} for s in self.cfg.students]}
+        protected = set()
+        if self.evaluator is not None:  # checkpoints an evaluation still has to read: pruning keeps them
+            jobs = self.evaluator.running + ([self.evaluator.pending] if self.evaluator.pending else [])
+            protected = {j.checkpoint.name for j in jobs}
+        return self.checkpointer.save(self.pos.step, [st.slot for st in self.students], self.components(),
+                                      asdict(self.pos), meta, protected)
+
+    def load_state(self) -> None:
+        position, states = self.checkpointer.load([st.slot for st in self.students], list(self.components()))
+        self.pos = Position(**position)
+        if self.routing is not None:
+            self.routing.load_state_dict(states["router"])
 
     def _due(self, every: int) -> bool:
         return bool(every) and self.pos.step % every == 0 and self.pos.step < self.total_steps
@@ -296,10 +318,3 @@ class Trainer:
             if "accuracy" in r:
                 accs = ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
                 self.say(f"eval step {r['step']}: {accs}")
-
-    def protected_checkpoints(self) -> set[str]:
-        """Checkpoints an evaluation still has to read: pruning keeps them."""
-        if self.evaluator is None:
-            return set()
-        jobs = self.evaluator.running + ([self.evaluator.pending] if self.evaluator.pending else [])
-        return {j.checkpoint.name for j in jobs}

@@ -1,4 +1,5 @@
 """One object owns process groups, collectives and DeepSpeed engines; the trainer never touches raw ranks.
+The engine half (config, construction, ZeRO-3 gathers, save/load) is in engines.py.
 
 Every rank creates every group in the same order (torch.distributed requires it). Groups whose
 ranks share one GPU fall back to gloo, since NCCL refuses a device twice in one communicator.
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from qr_ds.dist.topology import Layout
+from qr_ds.distributed import engines
+from qr_ds.distributed.topology import Layout
 
 
 @dataclass
@@ -87,11 +89,13 @@ class Strategy:
         deepspeed.init_distributed(dist_backend=self.backend, timeout=self.timeout)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        self.layout: Layout = layout_fn(self.world_size)
-        self.device = device_for_local_rank(self.backend)
-        self.local_students = self.layout.students_on(self.rank)
-        self._build_groups()
-        release_deepspeed_shm_name(self.rank)
+        try:
+            self.layout: Layout = layout_fn(self.world_size)
+            self.device = device_for_local_rank(self.backend)
+            self.local_students = self.layout.students_on(self.rank)
+            self._build_groups()
+        finally:  # also when the layout refuses the world: the 66 MiB file must not outlive us
+            release_deepspeed_shm_name(self.rank)
 
     # -- groups -----------------------------------------------------------------------------
     def _devices_of(self, ranks) -> list[int]:
@@ -136,6 +140,21 @@ class Strategy:
                 raise RuntimeError(f"ZeRO-3: ranks of student {student} traced different module orders")
 
         ppc.assert_ints_same_as_other_ranks = same_on_student_ranks
+
+    # -- engines ----------------------------------------------------------------------------
+    def create_engine(self, student: int, module, optimizer, scheduler, ds_config: dict):
+        engine = engines.create_engine(module, optimizer, scheduler, ds_config, self.mpu(student))
+        if engines.is_zero3(engine) and self.layout.placement == "separate":
+            self.scope_zero3_checks(student)
+        return engine
+
+    def writes_for(self, student: int) -> bool:
+        """The student's first data-parallel rank writes its loadable folder."""
+        return self.layout.dp_rank(student, self.rank) == 0
+
+    save_engine = staticmethod(engines.save_state)
+    load_engine = staticmethod(engines.load_state)
+    export_student = staticmethod(engines.export_student)
 
     def mpu(self, student: int) -> _StudentMPU:
         return _StudentMPU(self.student_groups[student], self.layout.student_ranks[student],

@@ -1,0 +1,137 @@
+"""Everything DeepSpeed does to one student: its JSON config, the engine, ZeRO-3 gathers, and saving
+or loading its state. The trainer hands in a module, an optimizer and a scheduler; nothing outside
+this file and strategy.py imports deepspeed.
+
+A DeepSpeed engine state is read with DeepSpeed's own loader, which unpickles: only resume from
+checkpoints you wrote (trusted input). Everything else qr_ds writes loads with weights_only=True.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from importlib.util import find_spec
+from pathlib import Path
+
+import torch
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def shipped_ds_config(name: str) -> Path | None:
+    """``ds_configs/<name>`` shipped with qr_ds: package data when installed, the top-level folder
+    of a checkout (or an editable install) otherwise."""
+    try:
+        spec = find_spec("qr_ds.ds_configs")
+    except ModuleNotFoundError:
+        spec = None
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in [*map(Path, folders), CHECKOUT / "ds_configs"]:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def resolve_ds_config(path: str, key: str) -> Path:
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_absolute() and p.parts[:1] == ("ds_configs",) and (shipped := shipped_ds_config(p.name)):
+        return shipped
+    raise FileNotFoundError(f"config key '{key}': deepspeed config {path} not found "
+                            f"(shipped ones: ds_configs/zero2.json, ds_configs/zero3.json)")
+
+
+def ds_config(path: Path, micro_batch: int, grad_accum: int, grad_clip: float, dtype: str) -> dict:
+    """The student's DeepSpeed JSON, with batch, accumulation, clipping and precision from our config
+    (one source of truth: the JSON keeps ZeRO and communication settings)."""
+    ds = json.loads(Path(path).read_text())
+    ds.pop("train_batch_size", None)
+    ds["train_micro_batch_size_per_gpu"] = micro_batch
+    ds["gradient_accumulation_steps"] = grad_accum
+    ds["gradient_clipping"] = grad_clip
+    ds["bf16"] = {"enabled": dtype == "bfloat16"}
+    ds["fp16"] = {"enabled": dtype == "float16"}
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def create_engine(module: torch.nn.Module, optimizer, scheduler, config: dict, mpu):
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
+                                      config=config, mpu=mpu, dist_init_required=False)
+    return engine
+
+
+def is_zero3(engine) -> bool:
+    return engine.zero_optimization_stage() == 3
+
+
+def gathered(engine):
+    """ZeRO-3 shards parameters: gather the trainable ones before exporting the adapter (or model)."""
+    if is_zero3(engine):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([p for p in engine.module.parameters() if p.requires_grad])
+    return nullcontext()
+
+
+def save_state(engine, folder: Path) -> None:
+    """Module, optimizer and scheduler, without frozen weights: a LoRA student's base model is
+    already on disk (its model name) and would otherwise be copied into every checkpoint."""
+    engine.save_checkpoint(str(folder), tag="state", exclude_frozen_parameters=True)
+
+
+def load_state(engine, folder: Path, what: str) -> None:
+    # strict=False: the frozen base weights were left out on purpose and are loaded from the model.
+    path, _ = engine.load_checkpoint(str(folder), tag="state", load_module_strict=False)
+    if path is None:
+        raise FileNotFoundError(f"--resume: engine state of {what} missing in {folder}")
+
+
+def lr_and_grad_norm(engine) -> tuple[float, float]:
+    """The learning rate of the model's parameter group and the last step's global gradient norm
+    (NaN before the first optimizer step)."""
+    norm = engine.get_global_grad_norm()
+    return float(engine.get_lr()[0]), (float(norm) if norm is not None else float("nan"))
+
+
+def save_whole_model(lm, out: Path) -> None:
+    """``save_pretrained``'s files, written from any rank.
+
+    transformers writes model files only on global rank 0 once torch.distributed is up, but each
+    student's writer is its own first rank (rank 1 for the second student): its folder stayed empty.
+    Tied weights (Gemma's embedding and output layer) share storage; like save_pretrained we keep
+    the first name, and loading re-ties them.
+    """
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    seen, state = set(), {}
+    for name, t in lm.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            state[name] = t.detach().cpu().contiguous()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    lm.config.save_pretrained(str(out))
+    if getattr(lm, "generation_config", None) is not None:
+        lm.generation_config.save_pretrained(str(out))
+
+
+def export_student(engine, weights_dir: Path, head_file: Path, full: bool, tokenizer, writer: bool) -> None:
+    """The student's loadable folder: PEFT adapter (or whole model) plus its tokenizer, so
+    AutoTokenizer / AutoModelForCausalLM / AutoPeftModelForCausalLM / vLLM need no extra argument.
+    Every rank of the student joins the ZeRO-3 gather; only ``writer`` writes."""
+    module = engine.module
+    with gathered(engine):
+        if not writer:
+            return
+        if full:
+            save_whole_model(module.lm, weights_dir)
+        else:
+            module.lm.save_pretrained(str(weights_dir))
+        tokenizer.save_pretrained(str(weights_dir))
+        if module.head is not None:
+            torch.save(module.head.state_dict(), head_file)

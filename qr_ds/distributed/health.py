@@ -1,0 +1,56 @@
+"""Which rank died: each rank leaves its pid in the run folder, so a survivor whose collective
+failed can name the rank that is gone (ranks on the same node).
+
+A pid file carries the launch it belongs to (the rendezvous address, new for every launch), so a
+file left by an earlier run in the same folder never names a rank of this one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def launch_id() -> str:
+    return f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+
+
+def write_pid_file(folder: Path, rank: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".rank{rank}.pid.tmp"
+    tmp.write_text(f"{os.getpid()} {launch_id()}")
+    os.replace(tmp, folder / f"rank{rank}.pid")
+
+
+def _state(pid: int) -> str | None:
+    """The /proc state letter (R, S, T, Z...), or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return "?"
+        except ProcessLookupError:
+            return None
+
+
+def _ranks(folder: Path) -> list[tuple[int, int]]:
+    """(rank, pid) of this launch's pid files."""
+    out = []
+    for f in sorted(folder.glob("rank*.pid")):
+        pid, _, owner = f.read_text().partition(" ")
+        if owner == launch_id():
+            out.append((int(f.stem[4:]), int(pid)))
+    return out
+
+
+def dead_ranks(folder: Path) -> list[tuple[int, int]]:
+    # A killed rank stays a zombie until the launcher reaps it; kill(pid, 0) still succeeds then.
+    return [(r, pid) for r, pid in _ranks(folder) if _state(pid) in (None, "Z")]
+
+
+def stopped_ranks(folder: Path) -> list[tuple[int, int]]:
+    """Ranks frozen by a signal (SIGSTOP, a debugger): alive, yet every collective waits on them."""
+    return [(r, pid) for r, pid in _ranks(folder) if _state(pid) in ("T", "t")]

@@ -1,0 +1,99 @@
+"""What every rank runs: `deepspeed --module qr_ds.train.launch --config C [--resume] [key=value ...]`
+(or `deepspeed launch/train.py ...`, or torchrun). Overrides use dotted keys (``lambda2=0``,
+``students.1.lr=1e-4``).
+
+Builds the strategy (process groups), hands it to the Trainer, and on failure names this rank and
+any rank that died or was stopped before leaving at once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from importlib.util import find_spec
+from pathlib import Path
+
+
+def script() -> Path:
+    """launch/train.py as installed (package data ``qr_ds.launch``) or in this checkout."""
+    try:
+        spec = find_spec("qr_ds.launch.train")
+    except ModuleNotFoundError:  # an editable install maps only qr_ds itself: the checkout has it
+        spec = None
+    return Path(spec.origin) if spec and spec.origin else Path(__file__).resolve().parents[2] / "launch" / "train.py"
+
+
+class Terminated(Exception):
+    """The launcher is stopping this rank (another rank failed)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated(f"stopped by signal {signum}, most likely because another rank failed")
+
+
+def report_lost_ranks(ranks_dir: Path, wait_s: float = 3.0) -> None:
+    """Name the rank that died or hangs stopped. A dead rank's sockets close while it is still
+    exiting, so poll briefly; the launcher waits 30 s after SIGTERM, which this rank ignores meanwhile."""
+    from qr_ds.distributed.health import dead_ranks, stopped_ranks
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    deadline = time.time() + wait_s
+    while not (gone := dead_ranks(ranks_dir)) and time.time() < deadline:
+        time.sleep(0.1)
+    for r, pid in gone:
+        print(f"[qr_ds] rank {r} (pid {pid}) is gone: it died first", file=sys.stderr, flush=True)
+    for r, pid in stopped_ranks(ranks_dir):
+        print(f"[qr_ds] rank {r} (pid {pid}) is stopped (SIGSTOP or a debugger): the collectives waited on it",
+              file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", required=True, help="training YAML (see docs/config-reference.md)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/latest")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+
+    import yaml
+
+    from qr_ds.config import load_config, parse_override, to_dict
+    from qr_ds.run_layout import RunDir
+    from qr_ds.train.config import TrainConfig
+
+    rank = int(os.environ.get("RANK", "0"))
+    signal.signal(signal.SIGTERM, _terminated)
+    run = None
+    try:
+        cfg = load_config(TrainConfig, args.config, dict(parse_override(o) for o in args.overrides))
+        run = RunDir(cfg.output_dir)
+        from qr_ds.distributed.health import write_pid_file
+        from qr_ds.distributed.shm_lock import check_shm_build_lock
+        from qr_ds.distributed.strategy import Strategy
+        from qr_ds.distributed.topology import make_layout
+        from qr_ds.train.trainer import Trainer
+
+        write_pid_file(run.ranks, rank)  # before any collective can fail
+        check_shm_build_lock()
+        strategy = Strategy(lambda ws: make_layout([s.ranks for s in cfg.students], ws, cfg.placement),
+                            cfg.backend, cfg.collective_timeout_s)
+        trainer = Trainer(cfg, strategy)
+        if strategy.is_coordinator:
+            run.config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        trainer.fit(resume=args.resume)
+    except Exception as e:  # name the rank, then leave at once: peers blocked in a collective must not wait on us
+        print(f"[qr_ds] rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        if run is not None:
+            report_lost_ranks(run.ranks)
+        if os.environ.get("QR_DS_TRACEBACK", "1") == "1":
+            traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

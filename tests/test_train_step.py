@@ -1,0 +1,112 @@
+"""The Trainer in this process: a world of one (gloo), both students colocated, a strategy handed in.
+A micro-step, a checkpoint whose student folders load with the Auto classes and peft, and a resume
+that logs each step once."""
+import json
+import os
+import socket
+
+import pytest
+import torch
+import yaml
+
+from qr_ds import testing as trainkit
+from qr_ds.run_layout import RunDir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def strategy():
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0", DS_ACCELERATOR="cpu")
+    from qr_ds.distributed.strategy import Strategy
+    from qr_ds.distributed.topology import make_layout
+
+    strat = Strategy(lambda ws: make_layout([1, 1], ws, "colocated"), backend="gloo", timeout_s=60)
+    yield strat
+    strat.close()
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    d = tmp_path_factory.mktemp("step")
+    pool = trainkit.make_pool(d / "pool", n_questions=4)
+    studs = trainkit.make_students(d / "students", pool)
+    return d, pool, studs
+
+
+def _trainer(strategy, kit, name, **over):
+    from qr_ds.config import load_config
+    from qr_ds.train.config import TrainConfig
+    from qr_ds.train.trainer import Trainer
+
+    d, pool, studs = kit
+    over = {"placement": "colocated", **over}
+    path = trainkit.write_config(d / f"{name}.yaml", studs, pool, d / name, **over)
+    return Trainer(load_config(TrainConfig, path), strategy, log=lambda *_: None)
+
+
+def test_micro_step_in_one_process(strategy, kit):
+    tr = _trainer(strategy, kit, "micro")
+    before = {n: p.detach().clone() for n, p in tr.students[0].model.module.named_parameters() if p.requires_grad}
+    rec = tr.micro_step(tr.data.epoch_batches(0, tr.P)[0])
+    stats = rec["stats"]
+    assert [s.routed for s in stats.students] and sum(s.routed for s in stats.students) >= tr.P
+    assert stats.mutual_loss > 0 and all(s.tokens > 0 for s in stats.students)
+    assert all(s.lr > 0 for s in stats.students)
+    after = dict(tr.students[0].model.module.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_checkpoint_folders_load_with_auto_classes_and_peft(strategy, kit):
+    from peft import AutoPeftModelForCausalLM, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d, pool, studs = kit
+    path = trainkit.write_config(d / "auto.yaml", studs, pool, d / "auto", placement="colocated", max_steps=1)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["students"][1]["finetune"] = "full"  # one LoRA student, one fully trained
+    path.write_text(yaml.safe_dump(cfg))
+    from qr_ds.config import load_config
+    from qr_ds.train.config import TrainConfig
+    from qr_ds.train.trainer import Trainer
+
+    tr = Trainer(load_config(TrainConfig, path), strategy, log=lambda *_: None)
+    tr.fit()
+    ckpt = RunDir(d / "auto").require_latest()
+    text = trainkit.synthetic_records(1)[0].response  # in the tiny tokenizers' vocabulary
+    for st, finetune in zip(cfg["students"], ("lora", "full")):
+        folder = ckpt.weights(st["name"], finetune)
+        tok = AutoTokenizer.from_pretrained(folder)
+        ref = AutoTokenizer.from_pretrained(st["tokenizer"])
+        ids = tok(text)["input_ids"]
+        assert ids == ref(text)["input_ids"] and len(tok) == len(ref)
+        assert tok.decode(ids, skip_special_tokens=True).split() == text.split()
+        if finetune == "lora":
+            model = AutoPeftModelForCausalLM.from_pretrained(folder)
+            assert isinstance(model, PeftModel)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder)
+        out = model(torch.tensor([ids]))
+        assert torch.isfinite(out.logits).all()
+
+
+def test_resume_logs_each_step_once(strategy, kit):
+    d = kit[0]
+    tr = _trainer(strategy, kit, "resume", max_steps=4, save_every=2, keep_last=3)
+    tr.fit()
+    run = RunDir(d / "resume")
+    # a crash after step 4 was logged but before its checkpoint: 'latest' names step 2
+    run.set_latest(run.checkpoint(2))
+    tr2 = _trainer(strategy, kit, "resume", max_steps=4, save_every=2, keep_last=3)
+    tr2.fit(resume=True)
+    steps = [json.loads(l)["step"] for l in run.metrics.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    row = json.loads(run.metrics.read_text().splitlines()[-1])
+    for key in ("lr/llama", "grad_norm/llama", "routed/gemma", "router/entropy", "mutual_loss", "tokens_per_s",
+                "route_rate/llama", "style_nats_per_char/gemma"):
+        assert key in row, key
