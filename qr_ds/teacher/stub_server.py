@@ -1,10 +1,11 @@
 """StubChatServer: a real HTTP server on 127.0.0.1 speaking OpenAI chat-completions, with no model.
 
-It stands in for a teacher endpoint in tests and the client benchmark: replies are a fixed
-function of the prompt and seed, after an optional fixed latency, and a ``faults`` callback can
-make any request fail in a chosen way (429 with Retry-After, 500, a hang past the client's
-timeout, malformed JSON, a truncated body, an empty reply, no choices, and 400/401 whose error
-body echoes the API key as some servers do) deterministically per (prompt, attempt).
+It stands in for a teacher (or judge) endpoint in tests and the client benchmark: replies are a
+fixed function of the prompt and seed (``reply``; by default one ending "The answer is 42."), after
+an optional fixed latency, and a ``faults`` callback can make any request fail in a chosen way (429
+with Retry-After, 500, a hang past the client's timeout, malformed JSON, a truncated body, an empty
+reply, no choices, and 400/401 whose error body echoes the API key as some servers do)
+deterministically per (prompt, attempt).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Callable
 
 FAULTS = ("ok", "429", "500", "hang", "malformed", "truncated", "empty", "no_choices", "400", "401")
 Faults = Callable[[str, int], str]  # (prompt, 0-based attempt for that prompt) -> one of FAULTS
+Reply = Callable[[str, "int | None"], str]  # (prompt, seed) -> the reply's text
 
 
 @dataclass
@@ -35,8 +37,9 @@ def stub_reply(prompt: str, seed: int | None) -> str:
 
 class StubChatServer:
     def __init__(self, latency_s: float = 0.0, faults: Faults | None = None, hang_s: float = 5.0,
-                 retry_after: str = "1"):
+                 retry_after: str = "1", reply: Reply = stub_reply):
         self.latency_s, self.hang_s, self.retry_after = latency_s, hang_s, retry_after
+        self.reply = reply  # a pipeline test answers with the gold, so paths survive the answer check
         self.faults = faults or (lambda prompt, attempt: "ok")
         self.seen: list[Seen] = []
         self._attempts: dict[str, int] = defaultdict(int)
@@ -107,7 +110,7 @@ class StubChatServer:
                     key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
                     msg = {"400": f"bad request for key {key}", "401": f"Incorrect API key provided: {key}"}[action]
                     return self._send(int(action), json.dumps({"error": {"message": msg}}).encode())
-                text = "" if action == "empty" else stub_reply(prompt, req.get("seed"))
+                text = "" if action == "empty" else server.reply(prompt, req.get("seed"))
                 body = json.dumps({
                     "id": "stub", "object": "chat.completion", "model": req.get("model"),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
