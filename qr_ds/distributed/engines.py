@@ -31,12 +31,19 @@ def shipped_ds_config(name: str) -> Path | None:
     return None
 
 
-def resolve_ds_config(path: str, key: str) -> Path:
+def find_ds_config(path: str) -> Path | None:
+    """A DeepSpeed JSON by its path, or ``ds_configs/<name>`` as shipped with qr_ds."""
     p = Path(path)
     if p.is_file():
         return p
-    if not p.is_absolute() and p.parts[:1] == ("ds_configs",) and (shipped := shipped_ds_config(p.name)):
-        return shipped
+    if not p.is_absolute() and p.parts[:1] == ("ds_configs",) and len(p.parts) == 2:
+        return shipped_ds_config(p.name)
+    return None
+
+
+def resolve_ds_config(path: str, key: str) -> Path:
+    if found := find_ds_config(path):
+        return found
     raise FileNotFoundError(f"config key '{key}': deepspeed config {path} not found "
                             f"(shipped ones: ds_configs/zero2.json, ds_configs/zero3.json)")
 

@@ -14,11 +14,11 @@ import re
 import tempfile
 from pathlib import Path
 
+from qr_ds.distributed.engines import find_ds_config
 from qr_ds.train.config import StudentConfig, TrainConfig
 
 # Any one of these makes a folder a tokenizer (fast, sentencepiece, BPE and WordPiece layouts).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
-SHIPPED = Path(__file__).resolve().parents[2]  # this checkout: ds_configs/ resolves against it too
 
 
 def problems(cfg: TrainConfig, world_size: int) -> list[str]:
@@ -43,7 +43,8 @@ def student_problems(i: int, s: StudentConfig) -> list[str]:
         found += model_problem(f"{key}.tokenizer", s.tokenizer, TOKENIZER_FILES, "a tokenizer")
     if resolve_deepspeed_json(s.deepspeed) is None:
         found.append(f"config key '{key}.deepspeed': DeepSpeed JSON {s.deepspeed} not found "
-                     f"(relative paths are read from the working directory, then from {SHIPPED})")
+                     "(relative paths are read from the working directory; ds_configs/<name> also from "
+                     "the configs shipped with qr_ds)")
     return found
 
 
@@ -96,12 +97,8 @@ def hub_offline() -> bool:
 
 
 def resolve_deepspeed_json(name: str) -> Path | None:
-    """Where the ranks will find the student's DeepSpeed JSON (same rule as the trainer's)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    shipped = SHIPPED / path
-    return shipped if not path.is_absolute() and shipped.is_file() else None
+    """Where the ranks will find the student's DeepSpeed JSON (the trainer's own rule)."""
+    return find_ds_config(name)
 
 
 # ---- files and folders ---------------------------------------------------------------------------
