@@ -110,3 +110,9 @@ def test_resume_logs_each_step_once(strategy, kit):
     for key in ("lr/llama", "grad_norm/llama", "routed/gemma", "router/entropy", "mutual_loss", "tokens_per_s",
                 "route_rate/llama", "style_nats_per_char/gemma"):
         assert key in row, key
+
+
+def test_adamw8bit_and_cosine_schedule(strategy, kit):
+    tr = _trainer(strategy, kit, "bnb", optimizer="adamw8bit", lr_schedule="cosine", warmup_steps=2)
+    rec = tr.micro_step(tr.data.epoch_batches(0, tr.P)[0])
+    assert all(0 < s.lr for s in rec["stats"].students)

@@ -58,6 +58,9 @@ def ds_config(path: Path, micro_batch: int, grad_accum: int, grad_clip: float, d
     ds["gradient_clipping"] = grad_clip
     ds["bf16"] = {"enabled": dtype == "bfloat16"}
     ds["fp16"] = {"enabled": dtype == "float16"}
+    # ZeRO lists torch's and its own Adam as tested; bitsandbytes' AdamW8bit (optimizer: adamw8bit)
+    # is a plain torch optimizer over the partitioned fp32 parameters and works as well.
+    ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
     return ds
