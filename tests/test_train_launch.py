@@ -119,12 +119,37 @@ def test_killed_rank_ends_job_naming_it(kit):
     import signal
 
     t0 = time.time()
-    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)  # "pid launch"
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert time.time() - t0 < 60, "the job outlived its collective timeout"
     # Named by the survivor (the launcher's own line prints the last command it spawned, whichever died).
     assert "[qr_ds] rank 1 (pid" in err and "is gone" in err
+
+
+def test_stopped_rank_ends_job_naming_it(kit):
+    """SIGSTOP: the rank is alive but every collective waits on it; the survivor's timeout names it."""
+    import os
+    import signal
+
+    d, pool, studs = kit
+    run = d / "runstop"
+    cfg = trainkit.write_config(d / "stop.yaml", studs[:2], pool, run, max_steps=500, collective_timeout_s=20)
+    proc = trainkit.launch(cfg, 2, background=True)
+    pid_file = run / "ranks" / "rank1.pid"
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and pid_file.is_file()):
+        time.sleep(0.5)
+    assert pid_file.is_file(), "training never started"
+    pid = int(pid_file.read_text().split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if os.path.exists(f"/proc/{pid}"):  # the launcher may not have reaped it
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert f"[qr_ds] rank 1 (pid {pid}) is stopped" in err
 
 
 def test_bad_inputs_refused_before_models_load(kit, tmp_path):
