@@ -1,7 +1,9 @@
 """The trainer through the real DeepSpeed launcher on CPU (gloo): runs, resume, adapters, failures."""
 import glob
 import json
+import os
 import shutil
+import signal
 import time
 
 import pytest
@@ -105,21 +107,24 @@ def test_three_students_unequal_tokenizers(kit):
     assert {"sft_loss/llama", "sft_loss/gemma", "sft_loss/qwen"} <= set(row)
 
 
-def test_killed_rank_ends_job_naming_it(kit):
+def _training_rank1(kit, name: str, timeout_s: int):
+    """A long two-student run in the background, once it logs: (launcher process, rank 1's pid)."""
     d, pool, studs = kit
-    run = d / "runkill"
-    cfg = trainkit.write_config(d / "kill.yaml", studs[:2], pool, run, max_steps=500, collective_timeout_s=60)
+    run = d / name
+    cfg = trainkit.write_config(d / f"{name}.yaml", studs[:2], pool, run, max_steps=500, collective_timeout_s=timeout_s)
     proc = trainkit.launch(cfg, 2, background=True)
     pid_file = run / "ranks" / "rank1.pid"
     deadline = time.time() + 240
     while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and pid_file.is_file()):
         time.sleep(0.5)
     assert pid_file.is_file(), "training never started"
-    import os
-    import signal
+    return proc, int(pid_file.read_text().split()[0])  # "pid launch"
 
+
+def test_killed_rank_ends_job_naming_it(kit):
+    proc, pid = _training_rank1(kit, "runkill", 60)
     t0 = time.time()
-    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)  # "pid launch"
+    os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert time.time() - t0 < 60, "the job outlived its collective timeout"
@@ -129,19 +134,7 @@ def test_killed_rank_ends_job_naming_it(kit):
 
 def test_stopped_rank_ends_job_naming_it(kit):
     """SIGSTOP: the rank is alive but every collective waits on it; the survivor's timeout names it."""
-    import os
-    import signal
-
-    d, pool, studs = kit
-    run = d / "runstop"
-    cfg = trainkit.write_config(d / "stop.yaml", studs[:2], pool, run, max_steps=500, collective_timeout_s=20)
-    proc = trainkit.launch(cfg, 2, background=True)
-    pid_file = run / "ranks" / "rank1.pid"
-    deadline = time.time() + 240
-    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and pid_file.is_file()):
-        time.sleep(0.5)
-    assert pid_file.is_file(), "training never started"
-    pid = int(pid_file.read_text().split()[0])
+    proc, pid = _training_rank1(kit, "runstop", 20)
     os.kill(pid, signal.SIGSTOP)
     try:
         out, err = proc.communicate(timeout=180)
