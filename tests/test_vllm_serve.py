@@ -18,6 +18,7 @@ from qr_ds.config import from_dict
 from qr_ds.data.pool import load_pool
 from qr_ds.data.styles import DEFAULT_TEMPLATES
 from qr_ds.tasks import generate_synthetic, write_synthetic
+from qr_ds.teacher.base import TeacherRefused
 from qr_ds.teacher.config import GenerateConfig
 from qr_ds.teacher.generate import generate
 
@@ -122,10 +123,12 @@ def test_generate_through_vllm_serve(vllm_server, tmp_path):
     assert [r.response for r in again] == [r.response for r in recs]
 
 
-def test_unknown_model_is_a_recorded_failure_not_a_crash(vllm_server, tmp_path):
-    write_synthetic(tmp_path / "syn.jsonl", 1, seed=0)
+def test_unknown_model_stops_the_run_at_once_with_the_servers_message(vllm_server, tmp_path):
+    """A 404 from a real vLLM server is final: every request would fail the same way (issue 12)."""
+    write_synthetic(tmp_path / "syn.jsonl", 2, seed=0)
     raw = {"task": "synthetic", "data": str(tmp_path / "syn.jsonl"), "out": str(tmp_path / "pool.jsonl"),
            "styles": ["cot"], "teacher": {"backend": "openai", "model": "no-such-model", "base_url": vllm_server}}
-    stats = generate(from_dict(GenerateConfig, raw), progress=False)
-    (rec,) = load_pool(tmp_path / "pool.jsonl").records
-    assert rec.error.startswith("http 404") and rec.meta["tries"] == 1 and sum(stats.failures.values()) == 1
+    with pytest.raises(TeacherRefused, match=r"http 404: .*no-such-model"):
+        generate(from_dict(GenerateConfig, raw), progress=False)
+    pool = tmp_path / "pool.jsonl"
+    assert not pool.is_file() or not [r for r in load_pool(pool).records if r.response], "nothing counts as generated"
