@@ -4,7 +4,7 @@ paper's literal form and each of our two changes alone.
 Students 0..S-1 each have a loss ``gap`` nats lower on their own group of the six styles
 (qr_ds/routing/planted.py). Solved = the noise-free routing sends every style to its student with
 P(on) >= 0.8 and to every other student with <= 0.2; with gap 0 (students alike) the students'
-shares of the routing must stay equal. Method numbers, not timings: they are the same on any machine.
+shares of the routing must stay equal. Method numbers (seeded), not timings.
 """
 from __future__ import annotations
 

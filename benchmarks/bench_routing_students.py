@@ -91,22 +91,6 @@ def held_out_pool(work: Path, n_questions: int) -> list:
     return [r for r in load_pool(pool).records if r.ok and r.correct is not False]
 
 
-def final_routing(run: Path, cfg: dict, pool: Path):
-    from qr_ds.config import from_dict
-    from qr_ds.data.pool import load_pool, record_lines
-    from qr_ds.embed.lookup import gather_embeddings
-    from qr_ds.routing.config import RouterConfig
-    from qr_ds.routing.policy import RoutingPolicy
-
-    report = load_pool(pool)
-    recs = [r for r in report.records if r.ok and r.correct and (r.judge is None or r.judge.verdict != "INVALID")]
-    emb = torch.from_numpy(gather_embeddings(pool, recs, record_lines(report)))
-    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
-    policy = RoutingPolicy(from_dict(RouterConfig, cfg["router"]), emb.shape[1], len(cfg["students"]), 1.0, 0)
-    policy.load_state_dict(torch.load(ckpt / "router.pt", weights_only=True))
-    return recs, policy.probabilities(emb), ckpt
-
-
 def over_time(metrics: Path, names: list[str], every: int) -> list[dict]:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     out = []
@@ -124,7 +108,11 @@ def over_time(metrics: Path, names: list[str], every: int) -> list[dict]:
 
 
 def main() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from qr_ds.demo import Size, Timings, pipeline_data, students
+    from qr_ds.report.runs import final_routing
+    from qr_ds.run_layout import RunDir
     from qr_ds.tiny import tokenizer_dir
 
     p = base_argparser(__doc__)
@@ -156,22 +144,22 @@ def main() -> None:
            "seed": 0, "output_dir": str(run), "collective_timeout_s": 120}
     cfg_path = work / "train.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    if not (run / "checkpoints" / "latest").is_file():
+    if RunDir(run).latest() is None:
         env = dict(os.environ, PYTHONSAFEPATH="1", HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu")
         env.pop("TRITON_INTERPRET", None)
         subprocess.run([sys.executable, "-m", "qr_ds", "train", "--config", str(cfg_path)], env=env, check=True)
 
-    recs, probs, ckpt = final_routing(run, cfg, pool)
+    routing = final_routing(run)  # the final router over every path the run trained on
+    styles, probs = routing["styles"], torch.from_numpy(routing["probabilities"])
+    ckpt = RunDir(run).require_latest()
     heldout = held_out_pool(work, 30)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     loss = {}
     for n, b in zip(names, bases):
-        lm = AutoModelForCausalLM.from_pretrained(str(ckpt / "students" / n / "model"))
+        lm = AutoModelForCausalLM.from_pretrained(str(ckpt.weights(n, "full")))
         loss[n] = _nats_per_char(lm, AutoTokenizer.from_pretrained(str(tokenizer_dir(b))), heldout)
     rows = []
     for style in STYLES:
-        on = [i for i, r in enumerate(recs) if r.style == style]
+        on = [i for i, st in enumerate(styles) if st == style]
         ho = [i for i, r in enumerate(heldout) if r.style == style]
         p_on = probs[on].mean(0).tolist()
         h = [loss[n][ho].mean().item() for n in names]
@@ -184,7 +172,7 @@ def main() -> None:
         rows.append(row)
     print(markdown_table(rows))
     print(f"\nagree on {sum(r['agree'] for r in rows)} of {len(rows)} styles")
-    extra = {"warm_start_styles": {names[i]: list(s) for i, s in HALVES.items()}, "checkpoint": str(ckpt),
+    extra = {"warm_start_styles": {names[i]: list(s) for i, s in HALVES.items()}, "checkpoint": str(ckpt.path),
              "over_time": over_time(run / "metrics.jsonl", names, every=10)}
     print(f"wrote {save_results('known-answer-routing-students', rows, extra, args.out)}")
 

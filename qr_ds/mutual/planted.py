@@ -48,28 +48,21 @@ def _students(p: Competence, work: Path, records) -> list:
     return out
 
 
-def _batch_loss(lm, head, batch, max_spans: int):
-    """(mean SFT loss per token, total nats per path [B], z [B,M,D], logit [B]) through the kernels' torch reference path."""
-    from qr_ds.kernels import causal_lm_loss, span_mean_pool
-
+def _batch_loss(student, batch, max_spans: int):
+    """The trainer's Student forward (torch reference kernels) with per-token mean weights:
+    (mean SFT loss per token, total nats per path [B], z [B,M,D] | None, logit [B] | None)."""
     labels = batch["labels"]
     n_tok = (labels[:, 1:] != -100).sum(1, keepdim=True).clamp(min=1)
     weights = torch.zeros_like(labels, dtype=torch.float32)
     weights[:, 1:] = (labels[:, 1:] != -100) / (n_tok * len(labels))
-    loss, per_token, hidden = causal_lm_loss(lm, batch["input_ids"], batch["attention_mask"], labels,
-                                             token_weights=weights, use_kernels=False)
-    nats = per_token.view(len(labels), -1).sum(1)
-    if head is None:
-        return loss, nats, None, None
-    pooled, counts = span_mean_pool(hidden, batch["span_ids"], max_spans, force_torch=True)
-    z, logit = head(pooled, counts > 0)
-    return loss, nats, z, logit
+    return student(batch["input_ids"], batch["attention_mask"], labels, weights, batch["span_ids"], max_spans)
 
 
 def run_competence(p: Competence, form: str = "anchored") -> dict:
     """Pre-train student 0, then train both with the mutual loss in ``form``; return gamma and ||z||."""
     from qr_ds.testing import synthetic_records
     from qr_ds.train.data import collate, encode_all
+    from qr_ds.train.student import Student
 
     torch.manual_seed(p.seed)
     records = synthetic_records(p.n_questions, p.seed)
@@ -84,23 +77,24 @@ def run_competence(p: Competence, form: str = "anchored") -> dict:
     def span_mask(idx):
         return torch.arange(p.max_spans)[None] < torch.tensor([n_spans[i] for i in idx])[:, None]
 
-    lm0 = students[0][0]
+    lm0 = Student(students[0][0], None, use_kernels=False)
     opt = torch.optim.AdamW(lm0.parameters(), lr=p.lr)
     for _ in range(p.pretrain_steps):
         idx = torch.randint(len(records), (p.batch_paths,), generator=g).tolist()
-        loss = _batch_loss(lm0, None, batch_of(idx, 0), p.max_spans)[0]
+        loss = _batch_loss(lm0, batch_of(idx, 0), p.max_spans)[0]
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    heads = [MutualHead(lm.config.hidden_size, p.shared_dim, form == "anchored") for lm, _ in students]
-    opts = [torch.optim.AdamW([{"params": lm.parameters(), "lr": p.lr},
-                               {"params": h.parameters(), "lr": p.head_lr}]) for (lm, _), h in zip(students, heads)]
+    models = [Student(lm, MutualHead(lm.config.hidden_size, p.shared_dim, form == "anchored"), use_kernels=False)
+              for lm, _ in students]
+    opts = [torch.optim.AdamW([{"params": m.lm.parameters(), "lr": p.lr},
+                               {"params": m.head.parameters(), "lr": p.head_lr}]) for m in models]
     probe = torch.randperm(len(records), generator=g)[:32].tolist()
 
     @torch.no_grad()
     def measure():
-        outs = [_batch_loss(lm, h, batch_of(probe, s), p.max_spans) for s, ((lm, _), h) in enumerate(zip(students, heads))]
+        outs = [_batch_loss(m, batch_of(probe, s), p.max_spans) for s, m in enumerate(models)]
         mask = span_mask(probe)
         norms = [o[2][mask].norm(dim=-1).mean().item() for o in outs]
         gamma = competence_weights(torch.stack([o[3] for o in outs]), torch.ones(2, len(probe), dtype=torch.bool))
@@ -110,7 +104,7 @@ def run_competence(p: Competence, form: str = "anchored") -> dict:
     history = []
     for step in range(1, p.mutual_steps + 1):
         idx = torch.randint(len(records), (p.batch_paths,), generator=g).tolist()
-        outs = [_batch_loss(lm, h, batch_of(idx, s), p.max_spans) for s, ((lm, _), h) in enumerate(zip(students, heads))]
+        outs = [_batch_loss(m, batch_of(idx, s), p.max_spans) for s, m in enumerate(models)]
         routed = torch.ones(2, len(idx), dtype=torch.bool)
         m = mutual_loss(torch.stack([o[2] for o in outs]), torch.stack([o[3] for o in outs]), routed,
                         span_mask(idx), len(idx), form, torch.stack([o[1] for o in outs]))
