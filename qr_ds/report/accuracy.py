@@ -1,4 +1,5 @@
-"""Accuracy of the runs' final checkpoints from ``qr-ds eval`` outputs, and paired tests between runs.
+"""Accuracy of the runs' final checkpoints from ``qr-ds eval`` outputs: per group of seeds, and each
+group against the reference group on the same questions.
 
 An eval folder holds ``predictions.jsonl`` (one row per checkpoint x student x question, with
 ``correct``), ``adapters.json`` (which checkpoint folder each row's weights came from: that is how a
@@ -10,9 +11,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qr_ds.report.runs import read_jsonl
+import numpy as np
+
+from qr_ds.report.groups import Group
+from qr_ds.report.runs import Run, read_jsonl
+from qr_ds.report.stats import SEEDS_AND_QUESTIONS, compare_groups, mcnemar_exact
 from qr_ds.run_layout import RunDir
-from qr_ds.report.stats import paired_comparison
+
+ALPHA = 0.05
 
 
 @dataclass
@@ -73,18 +79,69 @@ def relabelled_table(ev: EvalOutputs, labels: dict[str, str]) -> list[dict]:
     return out
 
 
-def paired_tests(base: str, others: list[str], answers: dict[str, dict], students: dict[str, list[str]]) -> list[dict]:
-    """``base`` run against each other run, per student the two share and per task they share questions on."""
-    tests = []
-    for other in others:
-        for student in students[base]:
-            if student not in students[other]:
-                continue
-            for (s, task), mine in answers[base].items():
-                theirs = answers[other].get((s, task))
-                if s != student or theirs is None:
-                    continue
-                result = paired_comparison(mine, theirs)
-                if result is not None:
-                    tests.append({"a": base, "b": other, "student": student, "task": task, **result})
-    return tests
+def collect_answers(runs: list[Run], evals: list[EvalOutputs], skipped: list[str]) -> dict[str, dict]:
+    """Run label -> (student, task) -> question key -> correct, from each run's final evaluated
+    checkpoint in every eval folder; a run in none of them is skipped, and said so."""
+    answers: dict[str, dict] = {run.label: {} for run in runs}
+    for ev in evals:
+        for run in runs:
+            ckpt = evaluated_checkpoint(ev, run.path)
+            if ckpt is not None:
+                answers[run.label].update(correctness(ev, ckpt))
+    skipped += [f"accuracy of {label}: no checkpoint of it in the eval folders" for label, a in answers.items() if not a]
+    return answers
+
+
+def _matrix(runs: list[Run], answers: dict, cell: tuple[str, str], keys: list[str]) -> np.ndarray:
+    return np.array([[answers[r.label][cell][k] for k in keys] for r in runs], dtype=bool)
+
+
+def _shared(runs: list[Run], answers: dict, cell: tuple[str, str]) -> tuple[list[Run], list[str]]:
+    """The runs evaluated on (student, task) and the questions all of them answered."""
+    done = [r for r in runs if cell in answers[r.label]]
+    keys = set.intersection(*(set(answers[r.label][cell]) for r in done)) if done else set()
+    return done, sorted(keys)
+
+
+def _cells(group: Group, answers: dict) -> list[tuple[str, str]]:
+    return sorted({c for r in group.runs for c in answers[r.label] if c[0] in group.students})
+
+
+def group_accuracy(group: Group, answers: dict) -> list[dict]:
+    """Per student and task: mean and sd over the group's seeds of accuracy on the questions every seed answered."""
+    rows = []
+    for student, task in _cells(group, answers):
+        runs, keys = _shared(group.runs, answers, (student, task))
+        if keys:
+            acc = _matrix(runs, answers, (student, task), keys).mean(-1)
+            rows.append({"group": group.label, "student": student, "task": task, "seeds": len(runs),
+                         "questions": len(keys), "mean": float(acc.mean()),
+                         "sd": float(acc.std(ddof=1)) if len(runs) > 1 else None,
+                         "per_seed": {str(r.seed): float(a) for r, a in zip(runs, acc)}})
+    return rows
+
+
+def compare(ref: Group, other: Group, answers: dict, budget: list[str]) -> list[dict]:
+    """The reference group against another, per shared student and task, on the questions every seed
+    of both answered; ``budget``: what makes their budgets unequal (empty when equal)."""
+    out = []
+    for student, task in _cells(ref, answers):
+        if student not in other.students:
+            continue
+        runs_a, _ = _shared(ref.runs, answers, (student, task))
+        runs_b, _ = _shared(other.runs, answers, (student, task))
+        runs, keys = _shared(runs_a + runs_b, answers, (student, task))
+        if not runs_a or not runs_b or not keys:
+            continue
+        a, b = (_matrix(rs, answers, (student, task), keys) for rs in (runs_a, runs_b))
+        res = compare_groups(a, b, ALPHA)
+        t = {"a": ref.label, "b": other.label, "student": student, "task": task, "n": len(keys),
+             "a_seeds": len(runs_a), "b_seeds": len(runs_b), "a_accuracy": float(a.mean()), "b_accuracy": float(b.mean()),
+             "difference": float(res["difference"]), "ci95": [float(x) for x in res["ci"]], "p": float(res["p"]),
+             "noise": res["noise"], "significant": res["noise"] == SEEDS_AND_QUESTIONS and bool(res["p"] < ALPHA),
+             "budget": budget}
+        if len(runs_a) == len(runs_b) == 1:  # one run each: McNemar's exact test, over the questions
+            t["only_a_correct"], t["only_b_correct"] = int((a & ~b).sum()), int((~a & b).sum())
+            t["mcnemar_p"] = mcnemar_exact(t["only_a_correct"], t["only_b_correct"])
+        out.append(t)
+    return out

@@ -1,85 +1,72 @@
-"""The report of one or more training runs: markdown with PNG figures, every number read from the runs.
+"""The report of groups of training runs: markdown with PNG figures, every number read from the runs.
 
-Inputs: each run folder (``metrics.jsonl``, ``eval.jsonl`` when it evaluated during training,
-``config.yaml`` and the final checkpoint's ``router.pt``), ``qr-ds eval`` output folders, and the
-filter's retention file. ``report.json`` beside the markdown keeps every number the markdown shows.
+A group is the training seeds of one method; the first group is the reference every other one is
+compared against, with intervals that cover training seeds and test questions (docs/comparisons.md).
+Inputs: each run folder (``config.yaml``, ``metrics.jsonl``, ``eval.jsonl`` when it evaluated during
+training, the final checkpoint's ``router.pt``), ``qr-ds eval`` output folders, and the filter's
+retention file. ``report.json`` beside the markdown keeps every number the markdown shows. What
+cannot be read (a failed evaluation, a router that does not load) is skipped and listed, not fatal.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
+
 from qr_ds.report import figures
-from qr_ds.report.accuracy import (evaluated_checkpoint, correctness, load_eval, paired_tests,
+from qr_ds.report.accuracy import (collect_answers, compare, evaluated_checkpoint, group_accuracy, load_eval,
                                    relabelled_table)
+from qr_ds.report.comparison_md import budget_markdown, comparison_markdown, group_accuracy_markdown, pct
+from qr_ds.report.groups import Group, budget_flags, group_budget, group_routing, load_groups
 from qr_ds.report.retention import load_retention
-from qr_ds.report.runs import Run, final_routing, load_run, routing_cells, throughput
-
-ALPHA = 0.05
+from qr_ds.report.runs import throughput
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
+def budget_section(groups: list[Group]) -> tuple[list[str], dict]:
+    budgets = {g.label: group_budget(g) for g in groups}
+    ref = groups[0].label
+    for g in groups:
+        budgets[g.label]["flags"] = budget_flags(budgets[g.label], budgets[ref], ref)
+    return budget_markdown(groups, budgets), budgets
 
 
-def accuracy_section(runs: list[Run], eval_dirs: list[Path]) -> tuple[list[str], dict]:
-    """Wilson-interval tables per eval folder, then the first run against each other, paired."""
+def accuracy_section(groups: list[Group], eval_dirs: list[Path], budgets: dict,
+                     skipped: list[str]) -> tuple[list[str], dict]:
+    runs = [run for g in groups for run in g.runs]
+    evals = [load_eval(e) for e in eval_dirs]
+    answers = collect_answers(runs, evals, skipped)
+    per_group = [row for g in groups for row in group_accuracy(g, answers)]
+    tests = [t for g in groups[1:] for t in compare(groups[0], g, answers, budgets[g.label]["flags"])]
+    md = ["## Accuracy", ""] + group_accuracy_markdown(per_group) + comparison_markdown(tests, groups[0].label)
+    tables = []
+    md += ["### Per run", "", "95% Wilson intervals over the questions of each run's final evaluated checkpoint "
+           "(question noise only).", ""]
     from qr_ds.eval.scoring import markdown as accuracy_markdown
 
-    md, tables, answers = ["## Accuracy", ""], [], {run.label: {} for run in runs}
-    for ev in map(load_eval, eval_dirs):
+    for ev in evals:
         labels = {}
         for run in runs:
             ckpt = evaluated_checkpoint(ev, run.path)
             if ckpt is not None:
                 labels[ckpt] = run.label
-                answers[run.label].update(correctness(ev, ckpt))
         table = relabelled_table(ev, labels)
         tables.append({"eval": str(ev.path), "tasks": ev.tasks, "checkpoints": labels, "rows": table})
-        md += [f"From `{ev.path}` (95% Wilson intervals; per run its final evaluated checkpoint):", "",
-               accuracy_markdown(table, ev.tasks), ""]
-    students = {run.label: run.students for run in runs}
-    tests = paired_tests(runs[0].label, [r.label for r in runs[1:]], answers, students)
-    md += paired_markdown(tests, runs[0].label)
-    return md, {"tables": tables, "paired_tests": tests}
+        md += [f"From `{ev.path}`:", "", accuracy_markdown(table, ev.tasks), ""]
+    return md, {"groups": per_group, "paired_tests": tests, "tables": tables}
 
 
-def paired_markdown(tests: list[dict], base: str) -> list[str]:
-    if not tests:
-        return ["No paired comparison: no two runs were evaluated on the same test questions.", ""]
-    md = [f"### {base} against each other run, on the same test questions", "",
-          "McNemar's exact test (two-sided binomial on the questions where exactly one of the two is right) "
-          f"and a paired bootstrap 95% interval of the accuracy difference (10,000 resamples of questions). "
-          f"Significant means p < {ALPHA}; the {len(tests)} p-values are not corrected for multiple comparisons.", "",
-          "| student | task | A | B | n | acc A | acc B | A - B | only A right | only B right | McNemar p | "
-          "bootstrap 95% CI of A - B | verdict |", "|" + "---|" * 13]
-    for t in tests:
-        verdict = "significant" if t["significant"] else "not significant"
-        md.append(f"| {t['student']} | {t['task']} | {t['a']} | {t['b']} | {t['n']} | {_pct(t['a_accuracy'])} | "
-                  f"{_pct(t['b_accuracy'])} | {_pct(t['difference'])} | {t['only_a_correct']} | "
-                  f"{t['only_b_correct']} | {t['mcnemar_p']:.4f} | [{_pct(t['bootstrap_ci95'][0])}, "
-                  f"{_pct(t['bootstrap_ci95'][1])}] | {verdict} |")
-    md.append("")
-    for t in tests:
-        if t["significant"]:
-            better = t["a"] if t["difference"] > 0 else t["b"]
-            md.append(f"- {t['student']}, {t['task']}: **{better}** is more accurate "
-                      f"({t['a']} {_pct(t['a_accuracy'])}% vs {t['b']} {_pct(t['b_accuracy'])}%, p = {t['mcnemar_p']:.4f}).")
-        else:
-            md.append(f"- {t['student']}, {t['task']}: **no significant difference** between {t['a']} and {t['b']} "
-                      f"({_pct(t['a_accuracy'])}% vs {_pct(t['b_accuracy'])}%, {t['only_a_correct']} vs "
-                      f"{t['only_b_correct']} discordant questions, p = {t['mcnemar_p']:.4f}); these test questions "
-                      f"cannot tell the two apart.")
-    return md + [""]
-
-
-def training_section(runs: list[Run], out: Path) -> tuple[list[str], dict]:
-    figs = {"loss": figures.plot_losses(runs, out / "loss.png").name}
-    md = ["## Training", "", "Losses of every run (faint: per step; bold: moving mean).", "", "![losses](loss.png)", ""]
-    if any(run.eval_curve for run in runs):
-        figs["eval_curve"] = figures.plot_eval_curve(runs, out / "eval_curve.png").name
+def training_section(groups: list[Group], out: Path, skipped: list[str]) -> tuple[list[str], dict]:
+    figs = {"loss": figures.plot_losses(groups, out / "loss.png").name}
+    md = ["## Training", "", "Losses of every run, one color per group (faint: per step; bold: moving mean).", "",
+          "![losses](loss.png)", ""]
+    for run in (r for g in groups for r in g.runs):
+        skipped += [f"evaluation during training of {run.label} at step {e.get('step')}: no accuracy "
+                    f"(returncode {e.get('returncode')}; log in {e.get('out')})" for e in run.failed_evals]
+    if any(run.eval_curve for g in groups for run in g.runs):
+        figs["eval_curve"] = figures.plot_eval_curve(groups, out / "eval_curve.png").name
         md += ["Accuracy of the checkpoints evaluated during training (`eval.jsonl`).", "", "![eval](eval_curve.png)", ""]
-    routed = [run for run in runs if any("router/entropy" in r for r in run.rows)]
+    routed = [g for g in groups if any("router/entropy" in r for run in g.runs for r in run.rows)]
     if routed:
         figs["router_training"] = figures.plot_router_training(routed, out / "router_training.png").name
         md += ["Router entropy and routing rates during training (from the Gumbel samples of each batch).", "",
@@ -87,27 +74,29 @@ def training_section(runs: list[Run], out: Path) -> tuple[list[str], dict]:
     return md, figs
 
 
-def routing_section(runs: list[Run], out: Path) -> tuple[list[str], dict, dict]:
+def routing_section(groups: list[Group], out: Path, skipped: list[str]) -> tuple[list[str], dict, dict]:
     md, figs, numbers = ["## Routing by the final router", ""], {}, {}
-    for run in runs:
-        routing = final_routing(run.path)
+    for group in groups:
+        routing = group_routing(group, skipped)
         if routing is None:
             continue
-        slug = run.path.name
-        cells = {"style": routing_cells(routing, "styles"), "level": routing_cells(routing, "levels")}
-        numbers[run.label] = {"checkpoint": routing["checkpoint"], "pool": routing["pool"], **cells}
-        md += [f"### {run.label}", "",
-               f"Noise-free P(student gets path) of the router in `{routing['checkpoint']}`, averaged over every "
-               f"path the run trained on ({len(routing['styles'])} paths of `{routing['pool']}`); n = paths per cell.", ""]
+        numbers[group.label] = routing
+        n = len(routing["runs"])
+        over = f"mean over {n} seeds, their min-max below it" if n > 1 else "one seed"
+        md += [f"### {group.label}", "",
+               f"Noise-free P(student gets path) of each seed's final router, averaged over every path the run "
+               f"trained on ({routing['paths']} paths of `{routing['pool']}`); {over}; n = paths per cell. "
+               f"Per-seed numbers in report.json.", ""]
         for key, what in (("style", "style"), ("level", "question level")):
-            if any(cells[key].values()):
-                name = f"routing_{key}_{slug}"
-                figs[name] = figures.plot_routing_cells(cells[key], out / f"{name}.png",
-                                                        f"{run.label}: routing per student and {what}", what).name
+            if any(routing[key].values()):
+                name = f"routing_{key}_{group.slug}"
+                title = f"{group.label}: routing per student and {what}" + (f" (mean of {n} seeds; min-max)" if n > 1 else "")
+                figs[name] = figures.plot_routing_cells(routing[key], out / f"{name}.png", title, what).name
                 md += [f"![routing per {what}]({name}.png)", ""]
-        figs[f"style_loss_{slug}"] = figures.plot_style_loss(run, out / f"style_loss_{slug}.png").name
-        md += ["Each student's loss per style over training (nats per character, probes included), to read "
-               "beside the routing above.", "", f"![loss per style](style_loss_{slug}.png)", ""]
+        figs[f"style_loss_{group.slug}"] = figures.plot_style_loss(group, out / f"style_loss_{group.slug}.png").name
+        md += ["Each student's loss per style over training (nats per character, probes included, pooled over "
+               "the group's seeds), to read beside the routing above.", "",
+               f"![loss per style](style_loss_{group.slug}.png)", ""]
     if not numbers:
         md += ["No run has a router (or its final checkpoint has no router.pt).", ""]
     return md, figs, numbers
@@ -120,45 +109,55 @@ def retention_section(path: Path, out: Path) -> tuple[list[str], dict, dict]:
     md = ["## Quality filter", "", f"Judged by: **{ret['judged_by']}** (`{path}`).", "",
           "![retention per style](retention_style.png)", "",
           "| style | generated | correct | kept | kept rate |", "|---|---|---|---|---|"]
-    md += [f"| {r['name']} | {r['paths']} | {r['correct']} | {r['kept']} | {_pct(r['kept_rate'])}% |"
+    md += [f"| {r['name']} | {r['paths']} | {r['correct']} | {r['kept']} | {pct(r['kept_rate'])}% |"
            for r in ret["per_style"]]
     md.append("")
     if ret["per_level"]:
         figs["retention_level"] = figures.plot_retention(ret["per_level"], out / "retention_level.png", "level").name
         md += [f"Per question level ({ret['level_note']}):", "", "![retention per level](retention_level.png)", "",
                "| level | generated | kept | kept rate |", "|---|---|---|---|"]
-        md += [f"| {r['name']} | {r['paths']} | {r['kept']} | {_pct(r['kept_rate'])}% |" for r in ret["per_level"]]
+        md += [f"| {r['name']} | {r['paths']} | {r['kept']} | {pct(r['kept_rate'])}% |" for r in ret["per_level"]]
     else:
         md.append(f"No per-level retention: {ret['level_note']}.")
     return md + [""], figs, ret
 
 
-def throughput_section(runs: list[Run]) -> tuple[list[str], dict]:
-    tput = {run.label: throughput(run.rows) for run in runs}
-    md = ["## Throughput (measured in these runs)", "",
-          "| run | step s | tokens/s | exchange share of step | peak mem GiB (rank 0) |", "|---|---|---|---|---|"]
-    md += [f"| {n} | {t['step_s']:.3f} | {t['tokens_per_s']:.0f} | {_pct(t['exchange_share'])}% | "
+def throughput_section(groups: list[Group]) -> tuple[list[str], dict, dict]:
+    """Per group, the mean over its seeds of each run's throughput (per run in report.json)."""
+    per_run = {run.label: throughput(run.rows) for g in groups for run in g.runs}
+    tput = {g.label: {k: float(np.mean([per_run[r.label][k] for r in g.runs])) for k in per_run[g.runs[0].label]}
+            for g in groups}
+    md = ["## Throughput (measured in these runs; mean over each group's seeds)", "",
+          "| group | step s | tokens/s | exchange share of step | peak mem GiB (rank 0) |", "|---|---|---|---|---|"]
+    md += [f"| {n} | {t['step_s']:.3f} | {t['tokens_per_s']:.0f} | {pct(t['exchange_share'])}% | "
            f"{t['peak_mem_GiB']:.2f} |" for n, t in tput.items()]
-    return md + [""], tput
+    return md + [""], tput, per_run
 
 
-def build_report(out: Path, runs: dict[str, Path], eval_dirs: list[Path] = (), retention: Path | None = None,
-                 notes: list[str] = ()) -> Path:
-    """``runs``: label -> run folder, the first one compared against the others."""
+def build_report(out: Path, groups: dict[str, Path | list[Path]], eval_dirs: list[Path] = (),
+                 retention: Path | None = None, notes: list[str] = ()) -> Path:
+    """``groups``: label -> run folder, or a list of run folders (the training seeds of one method);
+    the first group is the reference the others are compared against."""
     out.mkdir(parents=True, exist_ok=True)
-    loaded = [load_run(label, Path(path)) for label, path in runs.items()]
+    loaded, skipped = load_groups(groups), []
     md = ["# qr_ds run report", ""] + [f"- {n}" for n in notes] + ([""] if notes else [])
-    acc_md, accuracy = accuracy_section(loaded, [Path(e) for e in eval_dirs]) if eval_dirs else ([], None)
-    train_md, figs = training_section(loaded, out)
-    route_md, route_figs, routing = routing_section(loaded, out)
+    budget_md, budgets = budget_section(loaded)
+    acc_md, accuracy = accuracy_section(loaded, [Path(e) for e in eval_dirs], budgets, skipped) if eval_dirs else ([], None)
+    train_md, figs = training_section(loaded, out, skipped)
+    route_md, route_figs, routing = routing_section(loaded, out, skipped)
     figs.update(route_figs)
     ret_md, ret = [], None
     if retention is not None:
         ret_md, ret_figs, ret = retention_section(Path(retention), out)
         figs.update(ret_figs)
-    tput_md, tput = throughput_section(loaded)
-    (out / "report.md").write_text("\n".join(md + acc_md + train_md + route_md + ret_md + tput_md) + "\n")
+    tput_md, tput, tput_runs = throughput_section(loaded)
+    skip_md = ["## Skipped", ""] + [f"- {s}" for s in skipped] + [""] if skipped else []
+    (out / "report.md").write_text("\n".join(md + budget_md + acc_md + train_md + route_md + ret_md + tput_md
+                                             + skip_md) + "\n")
     (out / "report.json").write_text(json.dumps({
-        "runs": {run.label: str(run.path) for run in loaded}, "accuracy": accuracy, "routing": routing,
-        "retention": ret, "throughput": tput, "figures": figs, "notes": list(notes)}, indent=1))
+        "groups": {g.label: {"runs": [str(r.path) for r in g.runs], "seeds": [r.seed for r in g.runs]} for g in loaded},
+        "runs": {run.label: str(run.path) for g in loaded for run in g.runs}, "budgets": budgets,
+        "accuracy": accuracy, "routing": routing, "retention": ret, "throughput": tput,
+        "throughput_per_run": tput_runs, "figures": figs,
+        "skipped": skipped, "notes": list(notes)}, indent=1, default=float))
     return out / "report.md"

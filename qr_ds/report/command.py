@@ -1,25 +1,39 @@
-"""`qr-ds report RUN [RUN ...]`: the markdown report with figures for any training runs."""
+"""`qr-ds report GROUP [GROUP ...]`: the markdown report with figures for groups of training runs."""
 from __future__ import annotations
 
 import argparse
+import glob
 from pathlib import Path
 
+GROUP_HELP = """LABEL=GLOB (the matching run folders are the training seeds of one method), LABEL=DIR, or DIR
+(labelled by its folder name). Quote a glob ('qr=runs/qr_s*'): unquoted, zsh refuses it and a
+bare runs/qr_s* becomes one group per folder. The first group is the reference."""
 
-def _run_arg(text: str) -> tuple[str, Path]:
-    """LABEL=DIR, or DIR labelled by its folder name."""
-    label, _, path = text.rpartition("=")
-    path = Path(path)
-    return (label or path.resolve().name), path
+
+def parse_group(text: str) -> tuple[str, list[Path]]:
+    """LABEL=GLOB, LABEL=DIR or DIR -> (label, run folders)."""
+    label, _, pattern = text.rpartition("=")
+    if not glob.has_magic(pattern):
+        return (label or Path(pattern).resolve().name), [Path(pattern)]
+    if not label:
+        raise ValueError(f"report: {text!r} is a pattern without a label; write LABEL={pattern}")
+    paths = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
+    if not paths:
+        raise FileNotFoundError(f"report: group {label!r}: {pattern!r} matches no run folder")
+    return label, paths
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "report", help="markdown report with figures for training runs",
-        description="Loss curves of every run overlaid, accuracy with paired tests between runs evaluated on "
-                    "the same questions (the first RUN against each other), routing by each run's final router "
-                    "over its pool, filter retention, throughput. Writes DIR/report.md, report.json and PNGs.")
-    p.add_argument("runs", nargs="+", type=_run_arg, metavar="RUN",
-                   help="training run folder, or LABEL=FOLDER to name it in the report")
+        "report", help="markdown report with figures for groups of training runs (seeds of each method)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Budgets of every group (optimizer steps, paths per step, tokens per student), accuracy\n"
+                    "mean ± sd over each group's seeds, each group against the first with a 95% interval over\n"
+                    "training seeds and test questions (docs/comparisons.md), loss curves, routing of each\n"
+                    "seed's final router, filter retention, throughput. Writes DIR/report.md, report.json, PNGs.\n\n"
+                    "example: qr-ds report 'QR-Distill=runs/qr_s*' 'w/o Route=runs/noroute_s*' \\\n"
+                    "             --eval runs/eval --out runs/report")
+    p.add_argument("groups", nargs="+", metavar="GROUP", help=GROUP_HELP)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.md, report.json, PNGs")
     p.add_argument("--eval", dest="eval_dirs", type=Path, action="append", default=[], metavar="DIR",
                    help="a `qr-ds eval --out` folder with these runs' checkpoints (repeatable)")
@@ -31,11 +45,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from qr_ds.report.build import build_report
 
-    labels = [label for label, _ in args.runs]
+    groups = [parse_group(g) for g in args.groups]
+    labels = [label for label, _ in groups]
     if len(set(labels)) < len(labels):
-        raise ValueError(f"report: two runs share a label ({', '.join(labels)}); name them LABEL=FOLDER")
-    for _, path in args.runs:
-        if not path.is_dir():
-            raise FileNotFoundError(f"run folder not found: {path}")
-    print(build_report(args.out, dict(args.runs), args.eval_dirs, args.retention))
+        raise ValueError(f"report: two groups share a label ({', '.join(labels)}); name them LABEL=FOLDER")
+    print(build_report(args.out, dict(groups), args.eval_dirs, args.retention))
     return 0

@@ -9,7 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from qr_ds.report.runs import Run, binned_style_loss  # noqa: E402
+from qr_ds.report.groups import Group  # noqa: E402
+from qr_ds.report.runs import binned_style_loss  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
 
@@ -28,8 +29,9 @@ def smooth(values: list[float]) -> np.ndarray:
     return np.convolve(v, np.ones(w) / w, mode="valid") if len(v) > w else v
 
 
-def _curve(ax, steps: list[float], values: list[float], color, label: str, style: str = "-") -> None:
-    """Raw values faint, their moving mean on top, so several runs stay distinguishable."""
+def _curve(ax, steps: list[float], values: list[float], color, label: str | None, style: str = "-") -> None:
+    """Raw values faint, their moving mean on top, so several runs stay distinguishable; ``label``
+    None for a group's second and later seeds, so each group is named once in the legend."""
     ax.plot(steps, values, color=color, alpha=0.2, linewidth=0.8, linestyle=style)
     sm = smooth(values)
     ax.plot(steps[len(steps) - len(sm):], sm, color=color, linewidth=1.6, linestyle=style, label=label)
@@ -40,17 +42,25 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
 
 
-def plot_losses(runs: list[Run], path: Path) -> Path:
-    """One panel per student (and one for the mutual loss), every run overlaid."""
+def _seeds(groups: list[Group]):
+    """(group color, run, legend label or None) for every run: one color per group, named once."""
+    for i, group in enumerate(groups):
+        for j, run in enumerate(group.runs):
+            yield COLORS[i % 10], run, (group.label if j == 0 else None)
+
+
+def plot_losses(groups: list[Group], path: Path) -> Path:
+    """One panel per student (and one for the mutual loss), every run overlaid in its group's color."""
+    runs = [run for g in groups for run in g.runs]
     students = list(dict.fromkeys(s for run in runs for s in run.students))
-    mutual = [run for run in runs if any(r.get("mutual_loss") for r in run.rows)]
+    mutual = any(r.get("mutual_loss") for run in runs for r in run.rows)
     panels = [(f"SFT loss: {s}", f"sft_loss/{s}") for s in students] + ([("mutual loss", "mutual_loss")] if mutual else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (title, key) in zip(axes[0], panels):
-        for i, run in enumerate(runs):
+        for color, run, label in _seeds(groups):
             steps, values = _series(run.rows, key)
-            if values and (key != "mutual_loss" or run in mutual):
-                _curve(ax, steps, values, COLORS[i % 10], run.label)
+            if values and (key != "mutual_loss" or any(r.get("mutual_loss") for r in run.rows)):
+                _curve(ax, steps, values, color, label)
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("nats per token" if key != "mutual_loss" else "loss")
@@ -58,18 +68,19 @@ def plot_losses(runs: list[Run], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_eval_curve(runs: list[Run], path: Path) -> Path:
-    """Accuracy of the checkpoints evaluated during training, one panel per task."""
-    keys = sorted({k for run in runs for e in run.eval_curve for k in e.get("accuracy", {})})
+def plot_eval_curve(groups: list[Group], path: Path) -> Path:
+    """Accuracy of the checkpoints evaluated during training, one panel per task (needs at least one
+    evaluation with an accuracy; failed ones are not in ``run.eval_curve``)."""
+    keys = sorted({k for g in groups for run in g.runs for e in run.eval_curve for k in e["accuracy"]})
     tasks = sorted({k.split("/", 1)[1] for k in keys})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for i, run in enumerate(runs):
+        for color, run, label in _seeds(groups):
             for j, key in enumerate(k for k in keys if k.endswith(f"/{task}")):
-                pts = sorted((e["step"], e["accuracy"][key]) for e in run.eval_curve if key in e.get("accuracy", {}))
+                pts = sorted((e["step"], e["accuracy"][key]) for e in run.eval_curve if key in e["accuracy"])
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", markersize=3, color=COLORS[i % 10],
-                            linestyle=["-", "--", ":", "-."][j % 4], label=f"{run.label} {key.split('/')[0]}")
+                    ax.plot(*zip(*pts), marker="o", markersize=3, color=color, linestyle=["-", "--", ":", "-."][j % 4],
+                            label=f"{label} {key.split('/')[0]}" if label else None)
         ax.set_title(f"accuracy during training: {task}")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("accuracy")
@@ -78,17 +89,17 @@ def plot_eval_curve(runs: list[Run], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_router_training(runs: list[Run], path: Path) -> Path:
-    """Router entropy and each student's share of the batch's paths, step by step, for runs with a router."""
+def plot_router_training(groups: list[Group], path: Path) -> Path:
+    """Router entropy and each student's share of the batch's paths, step by step, for groups with a router."""
     fig, (ent, rate) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for i, run in enumerate(runs):
+    for color, run, label in _seeds(groups):
         steps, values = _series(run.rows, "router/entropy")
         if values:
-            _curve(ent, steps, values, COLORS[i % 10], run.label)
+            _curve(ent, steps, values, color, label)
         for j, s in enumerate(run.students):
             steps, values = _series(run.rows, f"routed/{s}")
             if values:
-                _curve(rate, steps, values, COLORS[i % 10], f"{run.label} {s}", ["-", "--", ":", "-."][j % 4])
+                _curve(rate, steps, values, color, f"{label} {s}" if label else None, ["-", "--", ":", "-."][j % 4])
     ent.set_title("router entropy (the term it maximises)")
     rate.set_title("share of each batch's paths routed to a student")
     rate.set_ylim(0, 1.05)
@@ -99,7 +110,8 @@ def plot_router_training(runs: list[Run], path: Path) -> Path:
 
 
 def plot_routing_cells(cells: dict[str, dict[str, dict]], path: Path, title: str, xlabel: str) -> Path:
-    """Heatmap of mean P(student gets path) with the number of paths in each cell."""
+    """Heatmap of mean P(student gets path) with the number of paths in each cell and, over several
+    seeds, the range of the per-seed values."""
     students = list(cells)
     cols = list(dict.fromkeys(c for v in cells.values() for c in v))
     data = np.array([[cells[s][c]["mean_probability"] for c in cols] for s in students])
@@ -109,7 +121,9 @@ def plot_routing_cells(cells: dict[str, dict[str, dict]], path: Path, title: str
     ax.set_yticks(range(len(students)), students)
     for i, s in enumerate(students):
         for j, c in enumerate(cols):
-            ax.text(j, i, f"{data[i, j]:.2f}\nn={cells[s][c]['paths']}", ha="center", va="center",
+            cell = cells[s][c]
+            spread = f"\n{cell['min']:.2f}-{cell['max']:.2f}" if cell.get("seeds", 1) > 1 else ""
+            ax.text(j, i, f"{data[i, j]:.2f}{spread}\nn={cell['paths']}", ha="center", va="center",
                     color="w" if data[i, j] < 0.6 else "k", fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
@@ -117,15 +131,16 @@ def plot_routing_cells(cells: dict[str, dict[str, dict]], path: Path, title: str
     return _save(fig, path)
 
 
-def plot_style_loss(run: Run, path: Path) -> Path:
-    """Each student's loss per style over training: put beside the routing table to see whether a
-    student is routed the styles it learns best."""
-    fig, axes = plt.subplots(1, len(run.students), figsize=(4.6 * len(run.students), 3.6), squeeze=False,
+def plot_style_loss(group: Group, path: Path) -> Path:
+    """Each student's loss per style over training, pooled over the group's seeds: put beside the
+    routing table to see whether a student is routed the styles it learns best."""
+    rows = [r for run in group.runs for r in run.rows]
+    fig, axes = plt.subplots(1, len(group.students), figsize=(4.6 * len(group.students), 3.6), squeeze=False,
                              sharey=True)
-    for ax, student in zip(axes[0], run.students):
-        for k, (style, pts) in enumerate(binned_style_loss(run.rows, student).items()):
+    for ax, student in zip(axes[0], group.students):
+        for k, (style, pts) in enumerate(binned_style_loss(rows, student).items()):
             ax.plot(*zip(*pts), marker="o", markersize=3, color=COLORS[k % 10], label=style)
-        ax.set_title(f"{run.label}: {student}")
+        ax.set_title(f"{group.label}: {student}")
         ax.set_xlabel("optimizer step (binned)")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("nats per character")

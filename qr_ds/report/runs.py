@@ -1,4 +1,4 @@
-"""What a report reads from one training run folder: its metrics, its evaluation-during-training
+"""What a report reads from one training run folder: its config, metrics, evaluation-during-training
 curve, and how its final router splits the pool it trained on."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from qr_ds.run_layout import RunDir
 
@@ -16,8 +17,14 @@ from qr_ds.run_layout import RunDir
 class Run:
     label: str
     path: Path
-    rows: list[dict]  # metrics.jsonl, one row per optimizer step
-    eval_curve: list[dict]  # eval.jsonl: background evaluations of checkpoints during training
+    config: dict  # config.yaml as the trainer wrote it
+    rows: list[dict]  # metrics.jsonl, one row per logged optimizer step
+    eval_curve: list[dict]  # eval.jsonl rows with an accuracy: background evaluations during training
+    failed_evals: list[dict]  # eval.jsonl rows without one (the evaluation failed)
+
+    @property
+    def seed(self):
+        return self.config.get("seed")
 
     @property
     def students(self) -> list[str]:
@@ -32,10 +39,14 @@ def load_run(label: str, path: Path) -> Run:
     layout = RunDir(path)
     if not layout.metrics.is_file():
         raise FileNotFoundError(f"run {path}: no metrics.jsonl (was it trained, with this output_dir?)")
+    if not layout.config.is_file():
+        raise FileNotFoundError(f"run {path}: no config.yaml (the trainer writes it; its seed names the run)")
     rows = read_jsonl(layout.metrics)
     if not rows:
         raise ValueError(f"{layout.metrics}: empty; the run logged no optimizer step")
-    return Run(label, path, rows, read_jsonl(layout.eval_log) if layout.eval_log.is_file() else [])
+    evals = read_jsonl(layout.eval_log) if layout.eval_log.is_file() else []
+    return Run(label, path, yaml.safe_load(layout.config.read_text()), rows,
+               [e for e in evals if e.get("accuracy")], [e for e in evals if not e.get("accuracy")])
 
 
 def final_routing(run: Path) -> dict | None:
@@ -79,21 +90,23 @@ def routing_cells(routing: dict, key: str) -> dict[str, dict[str, dict]]:
 
 def binned_style_loss(rows: list[dict], student: str, bins: int = 10) -> dict[str, list[tuple[float, float]]]:
     """Per style: (mean step, nats per character) over ``bins`` equal step ranges; per-step counts
-    are a handful of paths, so each point pools the steps of one range."""
+    are a handful of paths, so each point pools the steps of one range (and the rows of every seed
+    of a method, when given them all)."""
     key = f"style_nats_per_char/{student}"
-    width = max(1, -(-len(rows) // bins))
+    width = max(1, -(-max(r["step"] for r in rows) // bins))
+    steps: dict[int, list[int]] = defaultdict(list)
+    sums: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+    for r in rows:
+        b = (r["step"] - 1) // width
+        steps[b].append(r["step"])
+        for style, (total, count) in (r.get(key) or {}).items():
+            sums[b][style][0] += total
+            sums[b][style][1] += count
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for start in range(0, len(rows), width):
-        chunk = rows[start:start + width]
-        sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-        for r in chunk:
-            for style, (total, count) in (r.get(key) or {}).items():
-                sums[style][0] += total
-                sums[style][1] += count
-        step = float(np.mean([r["step"] for r in chunk]))
-        for style, (total, count) in sums.items():
+    for b in sorted(steps):
+        for style, (total, count) in sums[b].items():
             if count:
-                out[style].append((step, total / count))
+                out[style].append((float(np.mean(steps[b])), total / count))
     return dict(sorted(out.items()))
 
 
