@@ -125,15 +125,13 @@ def compare(ref: Group, other: Group, answers: dict, budget: list[str]) -> list[
     """The reference group against another, per shared student and task, on the questions every seed
     of both answered; ``budget``: what makes their budgets unequal (empty when equal)."""
     out = []
-    for student, task in _cells(ref, answers):
-        if student not in other.students:
+    for cell in _cells(ref, answers):
+        student, task = cell
+        runs_a, runs_b = (_shared(g.runs, answers, cell)[0] for g in (ref, other))
+        keys = _shared(runs_a + runs_b, answers, cell)[1]
+        if student not in other.students or not runs_a or not runs_b or not keys:
             continue
-        runs_a, _ = _shared(ref.runs, answers, (student, task))
-        runs_b, _ = _shared(other.runs, answers, (student, task))
-        runs, keys = _shared(runs_a + runs_b, answers, (student, task))
-        if not runs_a or not runs_b or not keys:
-            continue
-        a, b = (_matrix(rs, answers, (student, task), keys) for rs in (runs_a, runs_b))
+        a, b = (_matrix(rs, answers, cell, keys) for rs in (runs_a, runs_b))
         res = compare_groups(a, b, ALPHA)
         t = {"a": ref.label, "b": other.label, "student": student, "task": task, "n": len(keys),
              "a_seeds": len(runs_a), "b_seeds": len(runs_b), "a_accuracy": float(a.mean()), "b_accuracy": float(b.mean()),

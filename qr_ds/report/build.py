@@ -33,6 +33,8 @@ def budget_section(groups: list[Group]) -> tuple[list[str], dict]:
 
 def accuracy_section(groups: list[Group], eval_dirs: list[Path], budgets: dict,
                      skipped: list[str]) -> tuple[list[str], dict]:
+    from qr_ds.eval.scoring import markdown as accuracy_markdown
+
     runs = [run for g in groups for run in g.runs]
     evals = [load_eval(e) for e in eval_dirs]
     answers = collect_answers(runs, evals, skipped)
@@ -42,8 +44,6 @@ def accuracy_section(groups: list[Group], eval_dirs: list[Path], budgets: dict,
     tables = []
     md += ["### Per run", "", "95% Wilson intervals over the questions of each run's final evaluated checkpoint "
            "(question noise only).", ""]
-    from qr_ds.eval.scoring import markdown as accuracy_markdown
-
     for ev in evals:
         labels = {}
         for run in runs:

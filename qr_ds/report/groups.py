@@ -43,7 +43,7 @@ def load_groups(groups: dict[str, Path | str | list]) -> list[Group]:
             if p.resolve() in owner:
                 raise ValueError(f"report: run {p} is given twice (groups {owner[p.resolve()]!r} and {label!r})")
             owner[p.resolve()] = label
-        runs = sorted((load_run(label, p) for p in paths), key=lambda r: str(r.seed))
+        runs = sorted((load_run(label, p) for p in paths), key=lambda r: r.seed)
         check_group(label, runs)
         if len(runs) > 1:
             for run in runs:

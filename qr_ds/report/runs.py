@@ -23,8 +23,8 @@ class Run:
     failed_evals: list[dict]  # eval.jsonl rows without one (the evaluation failed)
 
     @property
-    def seed(self):
-        return self.config.get("seed")
+    def seed(self) -> int:
+        return self.config.get("seed", 0)  # TrainConfig's default
 
     @property
     def students(self) -> list[str]:
