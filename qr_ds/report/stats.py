@@ -47,7 +47,8 @@ def hierarchical_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, s
     def side(x: np.ndarray) -> np.ndarray:
         n = x.shape[-2]
         seeds = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float)  # (n_boot, n)
-        per_seed = x.astype(float) @ questions.T  # (..., n, n_boot): correct answers in each question draw
+        # (..., n, n_boot): correct answers in each question draw; one flat product (a batched one is 10x slower)
+        per_seed = (x.reshape(-1, q).astype(float) @ questions.T).reshape(*x.shape[:-1], n_boot)
         return (per_seed * seeds.T).sum(-2) / (n * q)
 
     return side(a) - side(b)
@@ -71,7 +72,7 @@ def compare_groups(a: np.ndarray, b: np.ndarray, alpha: float = 0.05, n_boot: in
     Both with >= 2 seeds ("seeds and questions"): estimate +- t(df) * SE, SE the hierarchical
     bootstrap's standard deviation, df Welch's from the per-seed accuracies. The t rather than the
     bootstrap's percentiles: with 3-5 seeds a resampled mean takes few distinct values and the
-    percentile interval is too narrow (false-positive rate 0.13 at 3 seeds in the planted test).
+    percentile interval is too narrow (0.13 false positives at 3 seeds in the planted-data simulation).
     Otherwise ("questions only"): percentile interval and p of the same bootstrap; it cannot see
     training noise."""
     diff = a.mean((-2, -1)) - b.mean((-2, -1))
