@@ -116,3 +116,50 @@ def test_adamw8bit_and_cosine_schedule(strategy, kit):
     tr = _trainer(strategy, kit, "bnb", optimizer="adamw8bit", lr_schedule="cosine", warmup_steps=2)
     rec = tr.micro_step(tr.data.epoch_batches(0, tr.P)[0])
     assert all(0 < s.lr for s in rec["stats"].students)
+
+
+def test_a_short_context_is_charged_for_the_text_it_cuts(strategy, kit):
+    """Two copies of a model that has learned the pool; one has a context that cuts some paths. On
+    the kept prefix the cut copy's loss is lower (less text), which would route long paths to it; the
+    router must instead see it pay for the cut text what an untrained model pays, and see the two
+    copies alike on the paths both see whole."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qr_ds.config import load_config
+    from qr_ds.data.pool import load_pool
+    from qr_ds.tiny import tokenizer_dir
+    from qr_ds.train.config import TrainConfig
+    from qr_ds.train.data import collate, encode_all
+    from qr_ds.train.trainer import Trainer
+
+    d, pool, studs = kit
+    records = load_pool(pool).records
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(studs[0])))
+    enc = encode_all(records, [tok], 4096, 8)[0][0]
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(str(studs[0]))
+    opt = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    batch = collate(enc, tok.pad_token_id, "cpu")
+    for _ in range(60):
+        opt.zero_grad()
+        lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+        opt.step()
+    lm.save_pretrained(d / "learned")
+
+    lengths = sorted(len(e.input_ids) for e in enc)
+    path = trainkit.write_config(d / "cut.yaml", studs, pool, d / "cut", placement="colocated",
+                                 micro_batch_paths=len(enc), router={"enabled": False}, mutual={"enabled": False})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["students"] = [{**cfg["students"][0], "name": name, "model": str(d / "learned"), "finetune": "full"}
+                       for name in ("whole", "short")]
+    cfg["students"][1]["max_len"] = lengths[len(lengths) // 2]
+    path.write_text(yaml.safe_dump(cfg))
+    tr = Trainer(load_config(TrainConfig, path), strategy, log=lambda *_: None)
+    cut = torch.tensor([e.truncated for e in tr.data.encoded[1]])
+    assert 0 < cut.sum() < len(cut) and not any(e.truncated for e in tr.data.encoded[0])
+    assert torch.equal(tr.data.unseen_nats[:, 1] > 0, cut) and (tr.data.unseen_nats[:, 0] == 0).all()
+
+    per_char = tr.micro_step(torch.arange(len(cut)))["nats_per_char"]  # the losses before the update
+    whole, short = per_char[:, 0], per_char[:, 1]
+    assert torch.allclose(short[~cut], whole[~cut], rtol=1e-4)
+    assert (short[cut] > whole[cut]).all(), "the cut copy looked better on paths it never sees whole"

@@ -42,6 +42,10 @@ class StudentConfig:
     weight_decay: float = field(default=0.0, metadata=rule(min=0.0))
     ranks: int = field(default=1, metadata=rule(min=1, help="processes (GPUs) for this student (separate placement)"))
     deepspeed: str = field(default="ds_configs/zero2.json", metadata=rule(help="DeepSpeed JSON for this student"))
+    max_len: int | None = field(
+        default=None, metadata=rule(min=8, help="this student's training context in tokens (prompt + path); "
+                                                "defaults to data.max_len. A path cut short costs the router "
+                                                "what an untrained model pays for the text it never sees"))
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     finetune: Literal["lora", "full"] = field(
         default="lora", metadata=rule(help="full = every weight trains (small students; LoRA barely moves a tiny "
@@ -58,7 +62,8 @@ class DataConfig:
     pool: Path = field(metadata=rule(help="embedded path pool (PathRecord JSONL) from `qr-ds embed`"))
     quality_filter: bool = field(default=True, metadata=rule(help="false = w/o QF: every generated path"))
     paths_per_question: int = field(default=0, metadata=rule(min=0, help="0 = all; 1 = single-path SFT baseline"))
-    max_len: int = field(default=512, metadata=rule(min=8))
+    max_len: int = field(default=512, metadata=rule(min=8, help="tokens per path (prompt + path) for every "
+                                                                "student without its own students[].max_len"))
     limit: int = field(default=0, metadata=rule(min=0, help="use only the first N paths (0 = all)"))
     batch_order: Literal["shuffled", "by_question"] = field(
         default="shuffled", metadata=rule(help="shuffled = paths in random order; by_question = each question's "
@@ -130,6 +135,9 @@ class TrainConfig:
         if self.placement == "colocated" and len({s.ranks for s in self.students}) > 1:
             raise ConfigError("config key 'students[].ranks': colocated placement runs every student on "
                               "every rank; leave ranks at the same value")
+
+    def max_len_of(self, s: int) -> int:
+        return self.students[s].max_len or self.data.max_len
 
     @property
     def use_mutual(self) -> bool:

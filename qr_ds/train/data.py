@@ -5,10 +5,11 @@ across ranks without communication.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -24,7 +25,8 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]  # -100 on prompt tokens: the SFT loss covers the response only
     span_ids: list[int]  # -1 outside every shared span
-    truncated: bool = False  # cut at data.max_len: the end of the path is not trained on
+    truncated: bool = False  # cut at the student's max_len: the end of the path is not trained on
+    unseen_chars: int = 0  # characters of the path past the cut
 
 
 def select_paths(cfg: TrainConfig, records: list[PathRecord]) -> list[PathRecord]:
@@ -55,20 +57,24 @@ def instruction_for(task: str) -> str:
     return get_task(task).instruction
 
 
-def encode_all(recs: list[PathRecord], tokenizers: list, max_len: int, max_spans: int,
+def encode_all(recs: list[PathRecord], tokenizers: list, max_len: int | Sequence[int], max_spans: int,
                progress: Callable = lambda it, **kw: it) -> tuple[list[list[Encoded]], list[int]]:
-    """Per student, per path: ids, labels and span ids over spans shared by all tokenizers."""
+    """Per student, per path: ids, labels and span ids over spans shared by all tokenizers.
+    ``max_len`` is one context length for every student or one per student."""
+    lens = [max_len] * len(tokenizers) if isinstance(max_len, int) else list(max_len)
+    if len(lens) != len(tokenizers):
+        raise ValueError(f"encode_all: {len(lens)} max_len values for {len(tokenizers)} tokenizers")
     per_student: list[list[Encoded]] = [[] for _ in tokenizers]
     n_spans: list[int] = []
     for rec in progress(recs, desc="tokenize+align", unit="path"):
         instr = instruction_for(rec.task)
         encs, rel_offsets, ends = [], [], []
-        for tok in tokenizers:
+        for tok, n in zip(tokenizers, lens):
             e = encode_sft(tok, render_prompt(tok, rec.question, instr), rec.response)
-            ids, offs = e.input_ids[:max_len], e.offsets[:max_len]
+            ids, offs = e.input_ids[:n], e.offsets[:n]
             # Offsets relative to the response: prompts differ per student, the path text does not.
             rel = [(a - e.response_start, b - e.response_start) if b > a else (0, 0) for a, b in offs]
-            encs.append((ids, offs, e.response_start, len(e.input_ids) > max_len))
+            encs.append((ids, offs, e.response_start, len(e.input_ids) > n))
             rel_offsets.append(rel)
             ends.append(max([b for a, b in rel if b > a] + [0]))
         end = min(min(ends), len(rec.response))  # spans only where every student kept the text
@@ -77,8 +83,23 @@ def encode_all(recs: list[PathRecord], tokenizers: list, max_len: int, max_spans
         for s, (ids, offs, rstart, cut) in enumerate(encs):
             # The response and the EOS after it (an added token keeps its offsets in the text).
             labels = [t if a >= rstart and b > a else -100 for t, (a, b) in zip(ids, offs)]
-            per_student[s].append(Encoded(ids, labels, token_span_ids(rel_offsets[s], spans), cut))
+            unseen = len(rec.response) - min(ends[s], len(rec.response)) if cut else 0
+            per_student[s].append(Encoded(ids, labels, token_span_ids(rel_offsets[s], spans), cut, unseen))
     return per_student, n_spans
+
+
+def unseen_nats(encoded: list[list[Encoded]], vocab_sizes: list[int], response_chars: torch.Tensor) -> torch.Tensor:
+    """[N, S] nats each student is charged for the text its context cut off. A path a student cannot
+    see whole is one it cannot learn, so its loss on the kept prefix must not pass for its loss on
+    the path (that would route long paths to the student that cuts them). The charge is what an
+    untrained model pays: log(vocab) per token, at the student's own tokens per character."""
+    out = []
+    for enc, vocab in zip(encoded, vocab_sizes):
+        unseen = torch.tensor([e.unseen_chars for e in enc], dtype=torch.float32)
+        tokens = sum(sum(t != -100 for t in e.labels[1:]) for e in enc)
+        tokens_per_char = tokens / max(float((response_chars - unseen).sum()), 1.0)
+        out.append(unseen * tokens_per_char * math.log(vocab))
+    return torch.stack(out, dim=1)
 
 
 def collate(items: list[Encoded], pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -106,11 +127,13 @@ class TrainData:
         if cfg.router.enabled:  # checked: inside the pool's folder, row in range, computed from this text
             rows = gather_embeddings(cfg.data.pool, self.records, record_lines(report))
             self.embeddings = torch.from_numpy(rows)
-        self.encoded, self.n_spans = encode_all(self.records, tokenizers, cfg.data.max_len,
+        max_lens = [cfg.max_len_of(s) for s in range(len(cfg.students))]
+        self.encoded, self.n_spans = encode_all(self.records, tokenizers, max_lens,
                                                 cfg.mutual.max_spans, progress or (lambda it, **kw: it))
         # Per-path sizes: losses become nats per character (comparable across tokenizers) for the
         # router, and per token for the logged SFT loss.
         self.response_chars = torch.tensor([max(len(r.response), 1) for r in self.records], dtype=torch.float32)
+        self.unseen_nats = unseen_nats(self.encoded, [len(t) for t in tokenizers], self.response_chars)
         self.response_tokens = [torch.tensor([max(sum(t != -100 for t in e.labels[1:]), 1) for e in enc],
                                              dtype=torch.float32) for enc in self.encoded]
         qids = {q: i for i, q in enumerate(dict.fromkeys(r.question_id for r in self.records))}
@@ -120,8 +143,8 @@ class TrainData:
         log(f"training on {len(self.records)} paths of {len(qids)} questions")
         cut = [sum(e.truncated for e in enc) for enc in self.encoded]
         names = [s.name for s in cfg.students]
-        log(f"paths cut at data.max_len={cfg.data.max_len}: " + ", ".join(
-            f"{n} {c} ({100 * c / len(self.records):.1f}%)" for n, c in zip(names, cut)))
+        log("paths cut at the students' max_len: " + ", ".join(
+            f"{n} {c} ({100 * c / len(self.records):.1f}%) at {m}" for n, c, m in zip(names, cut, max_lens)))
 
     def __len__(self) -> int:
         return len(self.records)

@@ -157,9 +157,10 @@ class Trainer:
             # Full-chunk tensors for the exchange: routed rows carry states, the others zeros. The
             # 0-weighted sum keeps the head in the graph when nothing of this chunk is co-routed.
             rows = torch.nonzero(torch.isin(pos_t, train)).flatten().to(z.device)
+            # competence evidence: -log p(whole path), the text a short context cut off included
+            nats = path_loss[0, pos_t, st.index] + self.data.unseen_nats[idx[pos_t], st.index]
             exchange = (z.new_zeros((len(positions), *z.shape[1:])).index_copy(0, rows, z),
-                        logit.new_zeros(len(positions)).index_copy(0, rows, logit),
-                        path_loss[0, pos_t, st.index].to(z.device))
+                        logit.new_zeros(len(positions)).index_copy(0, rows, logit), nats.to(z.device))
             loss = loss + 0.0 * (z.sum() + logit.sum())
         return loss, exchange
 
@@ -197,8 +198,9 @@ class Trainer:
         record = {"stats": stats, "exchange_s": t_x, "exchange_bytes": self._exchange_bytes(), "hard": hard}
         if self.is_coord:
             known = path_loss[1] > 0
-            # nats per character: the same unit for every tokenizer and every path length
-            per_char = torch.where(known, path_loss[0] / self.data.response_chars[idx][:, None], float("nan"))
+            # nats per character of the whole path: the same unit for every tokenizer and path length
+            nats = path_loss[0] + self.data.unseen_nats[idx]
+            per_char = torch.where(known, nats / self.data.response_chars[idx][:, None], float("nan"))
             record["nats_per_char"] = per_char
             if self.routing is not None:
                 r = self.routing.learn(per_char, self.data.question_index[idx], scale=1 / cfg.grad_accum)
