@@ -108,8 +108,11 @@ def test_resume_logs_each_step_once(strategy, kit):
     assert steps == [1, 2, 3, 4]
     row = json.loads(run.metrics.read_text().splitlines()[-1])
     for key in ("lr/llama", "grad_norm/llama", "routed/gemma", "router/entropy", "mutual_loss", "tokens_per_s",
-                "route_rate/llama", "style_nats_per_char/gemma"):
+                "route_rate/llama", "style_nats_per_char/gemma", "tokens_seen/llama"):
         assert key in row, key
+    # the budget counts on from the checkpoint instead of restarting at 0
+    seen = [json.loads(l)["tokens_seen/gemma"] for l in run.metrics.read_text().splitlines()]
+    assert all(0 < a < b for a, b in zip(seen, seen[1:])), seen
 
 
 def test_adamw8bit_and_cosine_schedule(strategy, kit):

@@ -90,6 +90,7 @@ class MetricsLog:
             st = stats.students[s]
             row[f"sft_loss/{name}"] = st.sft_loss_sum / st.routed if st.routed else None
             row[f"tokens_per_s/{name}"] = st.tokens / max(st.compute_s, 1e-9)
+            row[f"tokens_seen/{name}"] = pos.tokens_seen[s]
             row[f"routed/{name}"] = st.routed / len(idx)  # the routing rate
             row[f"compute_s/{name}"] = st.compute_s
             row[f"exchange_s/{name}"] = st.exchange_s

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -50,6 +50,7 @@ class Position:
     batch: int = 0  # next batch index within the epoch
     micro_step: int = 0
     step: int = 0  # optimizer steps done
+    tokens_seen: list[float] = field(default_factory=list)  # per student, trained on since step 0: the budget
 
 
 class Trainer:
@@ -264,6 +265,8 @@ class Trainer:
                 continue
             idx = batches[self.pos.batch]
             rec = self.micro_step(idx)
+            seen = [st.tokens for st in rec["stats"].students]  # summed over ranks on the coordinator
+            self.pos.tokens_seen = [a + b for a, b in zip(self.pos.tokens_seen or [0.0] * len(seen), seen)]
             self.pos.batch += 1
             self.pos.micro_step += 1
             if self.pos.micro_step % cfg.grad_accum:
