@@ -19,11 +19,27 @@ class RouterConfig:
                                                "the loss minus the path's mean over students and the student's "
                                                "mean over the batch (which student suits which path); raw = eq. 9 "
                                                "literally (pushes every path away from every student)"))
-    entropy: Literal["load", "paper"] = field(
-        default="load", metadata=rule(help="load = entropy of each student's share of the expected routing, from "
-                                           "noise-free probabilities (keeps every student in use without pulling a "
-                                           "path's routing to 50/50); paper = eq. 3-4 literally, on the hard "
-                                           "samples per question (docs/architecture.md: why it drowns the signal)"))
+    entropy: Literal["rate", "load", "paper"] = field(
+        default="rate", metadata=rule(help="the balance term lambda1 weights (eq. 9's L_entropy): rate = hold each "
+                                           "student's expected rate (mean noise-free P(on)) at rate_target, by a "
+                                           "binary KL whose value is taken over the recent paths (rate_window) "
+                                           "and whose gradient goes through this batch (keeps every student in use and the "
+                                           "rate off all-on and none, at any batch size); load = entropy of the "
+                                           "students' shares of this batch's expected routing (the previous "
+                                           "default: drifts to all-on once the students' gap is small, "
+                                           "docs/method.md); paper = eq. 3-4 literally, on the hard samples per "
+                                           "question"))
+    rate_target: float = field(
+        default=0.5, metadata=rule(min=0.01, max=0.99, help="entropy: rate only. Each student's target share of "
+                                                            "the paths; 0.5 = where eq. 4's entropy is highest. "
+                                                            "Exclusive routing (each path to one of S students) "
+                                                            "has rate 1/S"))
+    rate_window: int = field(
+        default=256, metadata=rule(min=0, help="entropy: rate only. A student's rate is the current router's mean "
+                                               "P(on) over the last rate_window routed paths, this batch's "
+                                               "included: many batches' worth without lag; 0 = this batch alone, "
+                                               "whose rate follows which styles landed in it and, at small batches, "
+                                               "pulls every path towards rate_target"))
     ensure_one: bool = field(
         default=False, metadata=rule(help="give a path no student drew to its likeliest student; off by default: "
                                           "unrouted paths are rare once routing has learned, and forcing them "

@@ -1,5 +1,5 @@
-"""Router losses: the routing signal, the balance entropy (eq. 3-4, and the load form we default to),
-and the straight-through routing objective (eq. 9's router part)."""
+"""Router losses: the routing signal, the balance terms (the rate form we default to, the load
+entropy, eq. 3-4 literally) and the straight-through routing objective (eq. 9's router part)."""
 from __future__ import annotations
 
 import math
@@ -65,20 +65,48 @@ def balance_entropy(alpha: torch.Tensor, question_index: torch.Tensor) -> torch.
     return -(abar * abar.log() + (1 - abar) * (1 - abar).log()).mean()
 
 
+def rate_kl(p_on: torch.Tensor, recent_rate: torch.Tensor, target: float) -> torch.Tensor:
+    """Sum over students of the binary KL(target || rate), rate = each student's expected share of paths.
+
+    The value is ``recent_rate`` [S], taken over many recent paths: a single batch's rate follows
+    which styles landed in it, and penalising that would pull every path of the batch towards
+    ``target``. The gradient goes through this batch's mean P(on) [P, S], as if it were that rate:
+    d/d P(on)[p, s] = (rate_s - target) / (rate_s (1 - rate_s)) / P, the same for every path of a
+    student, so it sets how many paths a student takes and leaves which ones to the signal, which
+    is centred per student and so says nothing about how many.
+    """
+    if p_on.dim() != 2 or recent_rate.shape != p_on.shape[1:]:
+        raise ValueError(f"rate_kl: p_on must be [P, S] and recent_rate [S], got {tuple(p_on.shape)} "
+                         f"and {tuple(recent_rate.shape)}")
+    batch_rate = p_on.mean(dim=0)
+    rate = recent_rate.detach().to(batch_rate) + (batch_rate - batch_rate.detach())
+    rate = _clamp_keep_grad(rate, _EPS, 1 - _EPS)
+    return (target * math.log(target) - target * rate.log()
+            + (1 - target) * math.log(1 - target) - (1 - target) * (1 - rate).log()).sum()
+
+
+def binary_entropy(rate: torch.Tensor) -> torch.Tensor:
+    rate = rate.clamp(_EPS, 1 - _EPS)
+    return -(rate * rate.log() + (1 - rate) * (1 - rate).log())
+
+
 def router_objective(
     alpha: torch.Tensor,
     logits: torch.Tensor,
     path_losses: torch.Tensor,
     question_index: torch.Tensor,
     lambda1: float,
-    signal: str = "relative",
-    entropy: str = "load",
+    signal: str,
+    entropy: str,
+    recent_rate: torch.Tensor | None = None,
+    rate_target: float = 0.5,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_{p,s known} alpha * signal / P - lambda1 * H.
+    """sum_{p,s known} alpha * signal / P + lambda1 * balance.
 
     ``alpha`` [P, S] is the straight-through routing, so d/d soft_on[p, s] = signal[p, s] / P: a
     student doing better than usual on a path pulls it in. ``path_losses`` are detached per-path
-    losses of every student (NaN = unknown, no signal).
+    losses of every student (NaN = unknown, no signal). ``recent_rate`` [S], each student's rate
+    over the recent paths, is needed by ``entropy="rate"``.
     """
     if path_losses.shape != alpha.shape or logits.shape[:2] != alpha.shape:
         raise ValueError(f"router_objective: path_losses {tuple(path_losses.shape)} and logits "
@@ -87,15 +115,22 @@ def router_objective(
     known = ~torch.isnan(sig)
     sig = torch.where(known, sig, torch.zeros_like(sig)).to(alpha.dtype)
     route_loss = (alpha * sig).sum() / max(alpha.shape[0], 1)
-    if entropy == "load":
-        h = load_entropy(route_probs(logits))
-    elif entropy == "paper":
-        h = balance_entropy(alpha, question_index)
+    stats = {"route_loss": route_loss.item(), "known_frac": known.float().mean().item()}
+    if entropy == "rate":
+        if recent_rate is None:
+            raise ValueError("router_objective: entropy='rate' needs recent_rate, each student's rate [S]")
+        balance = rate_kl(route_probs(logits), recent_rate, rate_target)
+        # eq. 4 of the recent rate averaged over students: eq. 3-4's quantity over many batches
+        stats.update(rate_kl=balance.item(), entropy=binary_entropy(recent_rate.mean()).item())
+        stats.update({f"recent_rate/{s}": r for s, r in enumerate(recent_rate.tolist())})
+    elif entropy in ("load", "paper"):
+        # The paper maximises the entropy yet writes +lambda1*L_entropy in the minimised eq. 9;
+        # minimising -H is the reading that matches its stated intent.
+        h = load_entropy(route_probs(logits)) if entropy == "load" else balance_entropy(alpha, question_index)
+        balance = -h
+        stats["entropy"] = h.item()
     else:
-        raise ValueError(f"router_objective: entropy must be 'load' or 'paper', got {entropy!r}")
-    # The paper maximises the entropy yet writes +lambda1*L_entropy in the minimised eq. 9;
-    # minimising -H is the reading that matches its stated intent.
-    loss = route_loss - lambda1 * h
-    stats = {"route_loss": route_loss.item(), "entropy": h.item(), "known_frac": known.float().mean().item()}
+        raise ValueError(f"router_objective: entropy must be 'rate', 'load' or 'paper', got {entropy!r}")
+    loss = route_loss + lambda1 * balance
     stats.update({f"rate/{s}": r for s, r in enumerate(alpha.detach().mean(dim=0).tolist())})
     return loss, stats
