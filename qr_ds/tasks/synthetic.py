@@ -2,12 +2,12 @@
 
 One-digit values (every intermediate and final value in 0..9), operations of one step (one more,
 one fewer, doubling), a fixed small vocabulary, and level = number of operations (1-3), so a tiny
-randomly-initialised transformer learns the task in minutes. Measured in a plain PyTorch loop (one
-student, 2 layers of width 128, full fine-tuning, 3 epochs over 200 questions' filtered paths, 30 s
-on 2 cores): 79% accuracy, 97% on level 1. With operands up to 9 and values up to 99, a student
-trained alike (100 questions, 150 steps) scored 2%: the arithmetic, not the reasoning, was what it
-could not learn. ``solve_steps`` gives the intermediate operations, and ``step_phrases`` the words
-that asked for them, for scripted teachers.
+randomly-initialised transformer learns the task in minutes. With operands up to 9 and values up
+to 99, a tiny student scored 2%: the arithmetic, not the reasoning, was what it could not learn.
+Half the questions double at some step (``DOUBLING_SHARE``): the scripted stand-in teacher's one
+consistent error is misreading "doubles them" (qr_ds/teacher/scripted.py), and it must touch
+enough questions for the answer filter to matter. ``solve_steps`` gives the intermediate
+operations, and ``step_phrases`` the words that asked for them, for scripted teachers.
 """
 from __future__ import annotations
 
@@ -31,10 +31,13 @@ _STEP = re.compile(r"(gets|finds|buys) (\d+) more|(gives away|loses|eats) (\d+)|
 
 
 MAX_VALUE = 9
+DOUBLING_SHARE = 0.5
 
 
 def _make(rng: random.Random, level: int) -> tuple[int, list[tuple[str, int]]]:
-    """A start value and ``level`` operations with every running value in 0..MAX_VALUE."""
+    """A start value and ``level`` operations with every running value in 0..MAX_VALUE; with
+    probability DOUBLING_SHARE at least one of them doubles."""
+    doubles = rng.random() < DOUBLING_SHARE
     while True:
         value, ops = rng.randint(1, MAX_VALUE), []
         start = value
@@ -43,7 +46,7 @@ def _make(rng: random.Random, level: int) -> tuple[int, list[tuple[str, int]]]:
             n = 2 if op == "*" else 1
             value = value * 2 if op == "*" else value + n if op == "+" else value - n
             ops.append((op, n))
-        if all(0 <= v <= MAX_VALUE for v in _running(start, ops)):
+        if (("*", 2) in ops) == doubles and all(0 <= v <= MAX_VALUE for v in _running(start, ops)):
             return start, ops
 
 

@@ -1,42 +1,48 @@
 """ScriptedTeacher: a scripted, offline STAND-IN for a real black-box teacher (and judge).
 
-No proprietary teacher can be reached here, so tests and CPU demos use this one. It writes
-short paths for the ``synthetic`` task (from its ``solve_steps``), in every style,
-deterministic per (seed, question, style, sample). Some paths are made wrong on purpose (wrong
-final answer) and some get a planted spurious step with the right answer, so both filter
-steps have work. As a judge it flags exactly the spurious steps it plants.
+No proprietary teacher can be reached here, so tests and CPU demos use this one, on the
+``synthetic`` task only. Every record it writes names it (``MODEL_NAME``). Its paths are built
+from the task's ``solve_steps``, deterministic per (seed, question, style, sample), and carry
+three planted faults, so each filter step and the router have work:
 
-Style quality differs by question level, on purpose, so a router has something to learn:
-``WRONG_FACTOR[style][level-1]`` scales ``wrong_rate``: vanilla is fine on level 1 and poor on
-level 3, program is the reverse, backward verifies and errs least overall; ``SPURIOUS_FACTOR``
-scales ``spurious_rate`` (fact_retrieval recalls "facts" and hallucinates most).
+- Misreading (wrong final answer): "doubles them" read as "adds two", always the same way, in
+  every doubling step of the path (``misread``). A student trained on these learns that rule.
+  Planted only where it changes the final answer; the quick styles misread far more often than
+  the long ones (``MISREAD_FACTOR``), so after the answer filter most doubling questions are
+  solved in long styles only: knowledge one student may lack and its peer may hold.
+- A false intermediate value (right final answer): one step's result is off by one, later steps
+  use it, and the last step slips back to the right answer. Such a path teaches wrong arithmetic
+  and only a judge that checks each step can catch it.
+- An unused false sentence (``SPURIOUS``, right final answer): harmless, but a judge flags it.
+
+The long styles (``LONG_STYLES``: tree-of-thought, fact retrieval, backward) restate, recall or
+verify before they answer, so their paths are several times longer than the quick styles': a
+student whose context is shorter never sees their final answer line.
+
+As a judge it does what a real judge would on these paths: it recomputes every "a op b = c" it
+can parse and names the first false one, and it flags the false facts of ``SPURIOUS``.
 """
 from __future__ import annotations
 
 import json
 import random
 import re
+from dataclasses import dataclass
 from typing import Iterable
 
 from qr_ds.tasks import solve_steps, step_phrases
 from qr_ds.teacher.base import Completion, OnDone, Request
 from qr_ds.teacher.config import TeacherConfig
 
-MODEL_NAME = "scripted-teacher"
-
-WRONG_FACTOR: dict[str, tuple[float, float, float]] = {
-    "vanilla": (0.4, 1.2, 2.4),
-    "cot": (0.6, 0.9, 1.4),
-    "tot": (0.8, 0.9, 1.1),
-    "program": (1.4, 0.8, 0.3),
-    "fact_retrieval": (1.0, 1.1, 1.3),
-    "backward": (0.5, 0.6, 0.8),
-}
-SPURIOUS_FACTOR: dict[str, float] = {
-    "vanilla": 0.5, "cot": 1.0, "tot": 1.0, "program": 0.5, "fact_retrieval": 2.0, "backward": 1.0,
-}
-# Planted steps: plausible-sounding claims that the computation never uses. The judge finds them
-# by these exact phrasings, so a real path never trips it by accident.
+MODEL_NAME = "scripted stand-in teacher (not an LLM)"
+QUICK_STYLES = ("vanilla", "cot", "program")
+LONG_STYLES = ("tot", "fact_retrieval", "backward")
+# x wrong_rate = probability that a path misreads doubling (where that changes its answer)
+MISREAD_FACTOR = {**{s: 4.0 for s in QUICK_STYLES}, **{s: 0.4 for s in LONG_STYLES}}
+# x spurious_rate = probability that a right-answer path gets a false step
+SPURIOUS_FACTOR = {"vanilla": 0.5, "cot": 1.0, "tot": 1.0, "program": 0.5, "fact_retrieval": 2.0, "backward": 1.0}
+# Unused false sentences. The judge knows these claims are false (as a real judge knows arithmetic
+# facts), so it finds them by their wording.
 SPURIOUS = (
     "Recall that {v} is always divisible by 7, which we keep in mind.",
     "By the well-known rule of carrying, we add an extra {v} here and remove it later.",
@@ -51,20 +57,71 @@ OPENERS = {
     "fact_retrieval": "First, the relevant facts: each operation in the question is exact integer arithmetic.",
     "backward": "Forward pass first, then I will check the result backwards.",
 }
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+_EQUATION = re.compile(r"(-?\d+) ([-+*/]) (\d+) = (-?\d+)")
+_PROGRAM_LINE = re.compile(r"= (-?\d+) ([-+*/]) (\d+)\s+#[^\n:]*: (-?\d+)")  # x1 = 3 + 1  # gets 1 more: 4
+_MISREAD = re.compile(r"doubles them: -?\d+ \+ 2 = |= -?\d+ \+ 2\s+# doubles them")  # prose | program
 
 
-def level_index(level: str | None) -> int:
-    """0, 1, 2 for levels 1, 2, 3 (the digit in "Level 3" or "3"); level 2 when unknown."""
-    m = re.search(r"\d+", level or "")
-    return min(max(int(m.group()) - 1, 0), 2) if m else 1
+@dataclass(frozen=True)
+class Step:
+    phrase: str
+    a: int
+    op: str
+    b: int
+    result: int  # as written: false on a slipped step
+
+    def equation(self) -> str:
+        return f"{self.a} {self.op} {self.b} = {self.result}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    misread: bool  # doubling read as adding two: a wrong final answer
+    slip: tuple[int, int] | None  # (step, delta): that step's written result is off (the answer stays right)
+    unused: bool  # an unused false sentence (the answer stays right)
+
+
+def steps_of(example, misread: bool = False, slip: tuple[int, int] | None = None) -> list[Step]:
+    """The path's steps. ``misread``: doubling computed as adding two. ``slip`` (i, delta): step i
+    writes its result off by delta, later steps compute from it, and the last writes the right answer."""
+    solved = solve_steps(example)
+    ops = [(expr.split()[1], int(expr.split()[2])) for expr, _ in solved]
+    value, gold, out = int(solved[0][0].split()[0]), solved[-1][1], []
+    for i, ((op, b), phrase) in enumerate(zip(ops, step_phrases(example))):
+        if misread and op == "*":
+            op = "+"
+        result = _OPS[op](value, b)
+        if slip and i == slip[0]:
+            result += slip[1]
+        if slip and i == len(ops) - 1:
+            result = gold
+        out.append(Step(phrase, value, op, b, result))
+        value = result
+    return out
+
+
+def false_step(text: str) -> tuple[int, str] | None:
+    """(1-based line, the judge's reason) of the first line with a false equation or a known-false
+    claim, or None."""
+    for i, line in enumerate(text.splitlines(), start=1):
+        for a, op, b, c in _EQUATION.findall(line) + _PROGRAM_LINE.findall(line):
+            if _OPS[op](int(a), int(b)) != int(c):
+                return i, f"step {i} writes {a} {op} {b} = {c}, which is false, and later steps build on it"
+        if any(r.search(line) for r in _SPURIOUS_RE):
+            return i, f"step {i} asserts a fact that is false and unused"
+    return None
 
 
 def spurious_step(text: str) -> int | None:
-    """1-based index of the first line holding a planted spurious step, or None."""
-    for i, line in enumerate(text.splitlines(), start=1):
-        if any(r.search(line) for r in _SPURIOUS_RE):
-            return i
-    return None
+    """1-based index of the first line a step-checking judge finds false, or None."""
+    found = false_step(text)
+    return found[0] if found else None
+
+
+def misreads_doubling(text: str) -> bool:
+    """Whether the path computes "doubles them" as adding two (the teacher's one wrong rule)."""
+    return bool(_MISREAD.search(text))
 
 
 class ScriptedTeacher:
@@ -81,33 +138,31 @@ class ScriptedTeacher:
             on_done(req, Completion(text, tokens_in=len(req.prompt.split()), tokens_out=len(text.split()),
                                     finish_reason="stop"))
 
-    def plan(self, req: Request) -> tuple[bool, bool]:
-        """(wrong final answer?, planted spurious step?) for this path; deterministic."""
+    def plan(self, req: Request) -> Plan:
+        """What this path gets wrong, deterministic per request."""
         ex, style = req.context["example"], req.context["style"]
+        if req.context["task"].name != "synthetic":
+            raise ValueError(f"the scripted stand-in teacher writes paths for the synthetic task only, "
+                             f"not {req.context['task'].name!r}")
         rng = random.Random(f"{self.cfg.sampling.seed}|{req.key}")
-        wrong_p = min(0.95, self.cfg.scripted.wrong_rate * WRONG_FACTOR.get(style, (1, 1, 1))[level_index(ex.level)])
-        spur_p = min(0.95, self.cfg.scripted.spurious_rate * SPURIOUS_FACTOR.get(style, 1.0))
-        wrong = rng.random() < wrong_p
-        spurious = not wrong and rng.random() < spur_p
-        return wrong, spurious
+        gold = int(ex.gold)
+        misread = (rng.random() < self.cfg.scripted.wrong_rate * MISREAD_FACTOR.get(style, 1.0)
+                   and steps_of(ex, misread=True)[-1].result != gold)
+        spurious = not misread and rng.random() < self.cfg.scripted.spurious_rate * SPURIOUS_FACTOR.get(style, 1.0)
+        slips = [(i, d) for i in range(len(solve_steps(ex)) - 1) for d in (1, -1)
+                 if all(0 <= s.result <= 9 for s in steps_of(ex, slip=(i, d)))] if spurious else []
+        slip = rng.choice(slips) if slips else None
+        return Plan(misread, slip, spurious and not slip)
 
     def path(self, req: Request) -> str:
-        task, ex, style = req.context["task"], req.context["example"], req.context["style"]
-        wrong, spurious = self.plan(req)
-        rng = random.Random(f"{self.cfg.sampling.seed}|{req.key}|text")
-        steps = solve_steps(ex) if task.name == "synthetic" else []
-        phrases = step_phrases(ex) if steps else []
-        answer = task.wrong_answer(ex, seed=rng.randint(0, 10**6)) if wrong else ex.gold
-        if wrong and steps:  # the slip happens in the last operation, as real wrong paths do
-            steps[-1] = (steps[-1][0], int(answer))
-        lines = [OPENERS.get(style, "Let me solve this.")]
-        for i, ((op, value), phrase) in enumerate(zip(steps, phrases), start=1):
-            lines.append(_step_line(style, i, phrase, op, value))
-        if spurious:
-            at = rng.randint(1, len(lines))
-            value = steps[min(at, len(steps)) - 1][1] if steps else rng.randint(2, 99)
-            lines.insert(at, rng.choice(SPURIOUS).format(v=value))
-        lines.append(task.render_final(ex, style, answer))
+        ex, style = req.context["example"], req.context["style"]
+        plan = self.plan(req)
+        steps = steps_of(ex, plan.misread, plan.slip)
+        lines = RENDER[style](ex, steps)
+        if plan.unused:
+            rng = random.Random(f"{self.cfg.sampling.seed}|{req.key}|text")
+            at = rng.randint(1, len(lines) - 1)  # never after the answer line
+            lines.insert(at, rng.choice(SPURIOUS).format(v=steps[min(at, len(steps)) - 1].result))
         return "\n".join(lines)
 
     def judge(self, req: Request) -> str:
@@ -115,8 +170,8 @@ class ScriptedTeacher:
         rng = random.Random(f"{self.cfg.sampling.seed}|judge|{rec.id}|{req.seed}")
         if rng.random() < self.cfg.scripted.unparseable_rate:
             return rng.choice(["I would need to look at this more carefully.", "Hmm. Let me think about the steps."])
-        bad = spurious_step(rec.response or "")
-        reason = f"step {bad} asserts a fact that is false and unused" if bad else "every step follows from the previous ones"
+        bad = false_step(rec.response or "")
+        reason = bad[1] if bad else "every step follows from the previous ones"
         verdict = "INVALID" if bad else "VALID"
         forms = [
             lambda: json.dumps({"verdict": verdict, "reason": reason}),
@@ -128,11 +183,71 @@ class ScriptedTeacher:
         return rng.choice(forms)()
 
 
-def _step_line(style: str, i: int, phrase: str, op: str, value: int) -> str:
-    # Each step names the words it acts on: a tiny student then finds the next operation by
-    # copying what follows the last one (in a plain training loop: 65% accuracy vs 55% without).
-    if style == "program":
-        return f"x{i} = {op}  # {phrase}: {value}"
-    if style in ("cot", "backward"):
-        return f"({i}) {phrase}: {op} = {value}."
-    return f"{phrase}: {op} = {value}."
+# ---- the six styles on the synthetic task: each a list of lines, the answer line last ----------
+# Each step names the words it acts on: a tiny student then finds the next operation by copying
+# what follows the last one (in a plain training loop: 65% accuracy vs 55% without).
+
+def _start(ex) -> int:
+    return int(solve_steps(ex)[0][0].split()[0])
+
+
+def _vanilla(ex, steps: list[Step]) -> list[str]:
+    return [OPENERS["vanilla"], *(f"{s.phrase}: {s.equation()}." for s in steps),
+            f"The answer is {steps[-1].result}."]
+
+
+def _cot(ex, steps: list[Step]) -> list[str]:
+    return [OPENERS["cot"], *(f"({i}) {s.phrase}: {s.equation()}." for i, s in enumerate(steps, 1)),
+            f"So the answer is {steps[-1].result}."]
+
+
+def _program(ex, steps: list[Step]) -> list[str]:
+    return [OPENERS["program"], "```python",
+            *(f"x{i} = {s.a} {s.op} {s.b}  # {s.phrase}: {s.result}" for i, s in enumerate(steps, 1)),
+            f"print(x{len(steps)})", "```", f"Output: {steps[-1].result}"]
+
+
+def _tot(ex, steps: list[Step]) -> list[str]:
+    # Two full passes and a rejected shortcut: a tree of thoughts explores before it commits.
+    answer = steps[-1].result
+    return [OPENERS["tot"], f"The question: {ex.question}",
+            "Branch 1: apply each operation in the order the question gives.",
+            *(f"{s.phrase}: {s.equation()}." for s in steps), f"Branch 1 ends at {answer}.",
+            "Branch 2: recount from the start, one operation at a time, to see whether Branch 1 slipped.",
+            f"We start from {_start(ex)}.", *(f"{s.phrase}: {s.equation()}." for s in steps),
+            f"Branch 2 ends at {answer}.",
+            "Branch 3: guess from the size of the numbers alone; that skips the operations, so it is rejected.",
+            f"Branches 1 and 2 agree, so they are the most promising.\n**Final answer:** {answer}"]
+
+
+def _fact_retrieval(ex, steps: list[Step]) -> list[str]:
+    # The facts this kind of problem needs: what each phrase means, and the table of each operation used.
+    kinds = {"+": "adds", "-": "takes away", "*": "multiplies by"}
+    facts = [f"Fact: \"{s.phrase}\" {kinds[s.op]} {s.b}." for s in steps]
+    tables = {(s.op, s.b): f"Fact: {s.op} {s.b} on one-digit numbers: " + ", ".join(
+        f"{a} {s.op} {s.b} = {_OPS[s.op](a, s.b)}" for a in range(10) if 0 <= _OPS[s.op](a, s.b) <= 9) + "."
+        for s in steps}
+    return [OPENERS["fact_retrieval"], f"The question: {ex.question}", f"Fact: the count starts at {_start(ex)}.",
+            *dict.fromkeys(facts), *tables.values(), "Now apply the facts in order.",
+            *(f"{s.phrase}: {s.equation()}." for s in steps), f"The answer is {steps[-1].result}."]
+
+
+def _backward(ex, steps: list[Step]) -> list[str]:
+    # No answer-like wording before the last line: what a cut path states must not score as an answer.
+    undo = {"+": "-", "-": "+", "*": "/"}
+    back, value = [], steps[-1].result
+    for i, s in reversed(list(enumerate(steps, 1))):
+        prev = int(_OPS[undo[s.op]](value, s.b))
+        back.append(f"undo ({i}) {s.phrase}: {value} {undo[s.op]} {s.b} = {prev}.")
+        value = prev
+    name, obj = re.match(r"(\w+) has \d+ (\w+)\.", ex.question).groups()
+    return [OPENERS["backward"], f"The question: {ex.question}", f"Forward: we start from {_start(ex)}.",
+            *(f"({i}) {s.phrase}: {s.equation()}." for i, s in enumerate(steps, 1)),
+            f"The forward pass ends at {steps[-1].result}.", "Backward check: undo each operation, last one first.",
+            *back, f"Condition 1: {name} starts with {_start(ex)} {obj}, and undoing every step returns to {value}.",
+            f"Condition 2: the question asks for the count after all {len(steps)} operations, and "
+            f"{steps[-1].result} comes after the last one.", f"The verified answer is {steps[-1].result}."]
+
+
+RENDER = {"vanilla": _vanilla, "cot": _cot, "program": _program, "tot": _tot,
+          "fact_retrieval": _fact_retrieval, "backward": _backward}
