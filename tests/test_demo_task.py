@@ -1,0 +1,110 @@
+"""The demo task's premises, on the data itself (the SFT probes that check what students learn from it
+are benchmarks/probe_demo_task.py): one consistent wrong rule, false intermediate values that only a
+step-checking judge catches, long styles that a short context cuts before their answer, and every
+output of the scripted stand-ins saying what made it."""
+import re
+
+import pytest
+
+from qr_ds.config import from_dict
+from qr_ds.data.format import encode_sft, render_prompt
+from qr_ds.data.pool import load_pool
+from qr_ds.experiments.probes import Knobs, doubles
+from qr_ds.filter.config import FilterConfig
+from qr_ds.filter.run import STAND_IN, report_paths, run_filter
+from qr_ds.tasks import generate_synthetic, get_task, write_synthetic
+from qr_ds.teacher.config import GenerateConfig
+from qr_ds.teacher.generate import generate, plan
+from qr_ds.teacher.scripted import (LONG_STYLES, MODEL_NAME, QUICK_STYLES, ScriptedTeacher, false_step,
+                                    misreads_doubling, steps_of)
+from qr_ds.tiny import train_tokenizer
+
+TASK = get_task("synthetic")
+SHORT, LONG = "llama-bpe", "qwen-wordpiece"  # the demo's short- and long-context students
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    """The demo's training questions through the scripted teacher and judge; each path with its plan."""
+    d = tmp_path_factory.mktemp("demo_task")
+    write_synthetic(d / "train.jsonl", 150, seed=0)
+    cfg = from_dict(GenerateConfig, {"task": "synthetic", "data": str(d / "train.jsonl"), "out": str(d / "pool.jsonl"),
+                                     "teacher": {"backend": "scripted", "sampling": {"seed": 0}}})
+    generate(cfg, progress=False)
+    run_filter(from_dict(FilterConfig, {"pool": str(cfg.out), "out": str(d / "kept.jsonl"),
+                                        "judge": {"backend": "scripted"}}), progress=False)
+    teacher = ScriptedTeacher(cfg.teacher)
+    requests, _ = plan(cfg, MODEL_NAME, TASK.load(str(d / "train.jsonl")))
+    plans = {r.key: teacher.plan(r) for r in requests}
+    pool = load_pool(cfg.out).records
+    kept = {r.id for r in load_pool(d / "kept.jsonl").records}
+    return pool, plans, kept, d
+
+
+def test_about_half_the_questions_double():
+    share = sum(map(doubles, generate_synthetic(300, seed=5))) / 300
+    assert 0.4 < share < 0.6
+
+
+def test_every_wrong_path_applies_the_one_wrong_rule(demo_data):
+    pool, plans, kept, _ = demo_data
+    questions = {e.id: e for e in generate_synthetic(150, 0)}
+    wrong = [r for r in pool if TASK.extract(r.response, None) != r.gold]
+    assert len(wrong) > 100
+    for r in pool:
+        ex = questions[r.question_id]
+        assert (r in wrong) == misreads_doubling(r.response) == plans[r.id].misread, r.id
+        if r in wrong:  # doubling read as adding two, in every doubling step, and nothing else off
+            assert TASK.extract(r.response, None) == str(steps_of(ex, misread=True)[-1].result)
+            assert not re.search(r"\d \* 2", r.response) and r.id not in kept
+    # the quick styles misread far more often than the long ones
+    rate = {s: sum(r.style == s for r in wrong) / sum(r.style == s for r in pool) for s in QUICK_STYLES + LONG_STYLES}
+    assert min(rate[s] for s in QUICK_STYLES) > 3 * max(rate[s] for s in LONG_STYLES)
+
+
+def test_false_intermediate_paths_teach_wrong_arithmetic_and_only_the_judge_catches_them(demo_data):
+    pool, plans, kept, _ = demo_data
+    slipped = [r for r in pool if plans[r.id].slip]
+    assert len(slipped) > 50
+    for r in slipped:
+        assert TASK.extract(r.response, None) == r.gold and not misreads_doubling(r.response)  # passes step 1
+        line, _ = false_step(r.response)
+        bad = r.response.splitlines()[line - 1]
+        a, op, b, c = re.search(r"(\d+) ([-+*]) (\d+)(?: = |\s+#[^:]*: )(\d+)", bad).groups()
+        assert eval(f"{a} {op} {b}") != int(c)
+        following = re.search(r"(\d+) [-+*] \d+", "\n".join(r.response.splitlines()[line:])).group(1)
+        assert following == c, f"{r.id}: the next step does not use the false value {c}"
+        assert r.id not in kept  # the scripted judge found it
+    clean = [r for r in pool if not (plans[r.id].misread or plans[r.id].slip or plans[r.id].unused)]
+    assert {r.id for r in clean} == kept  # and it flagged no clean path
+    assert all(false_step(r.response) is None for r in clean)
+
+
+def _cut_at(tok, rec) -> tuple[int, int]:
+    """(tokens of prompt + whole path, tokens before the path's answer line)."""
+    prompt = render_prompt(tok, rec.question, TASK.instruction)
+    enc = encode_sft(tok, prompt, rec.response)
+    answer_line = len(prompt) + rec.response.rstrip().rfind("\n")
+    return len(enc.input_ids), sum(1 for a, b in enc.offsets if 0 < b <= answer_line)
+
+
+def test_a_short_context_cuts_the_long_styles_before_their_answer(demo_data):
+    pool, _, kept, _ = demo_data
+    clean = [r for r in pool if r.id in kept]
+    corpus = [t for r in clean for t in (r.question, r.response)] + [TASK.instruction]  # as the demo's students
+    max_len = Knobs().max_len
+    short, long_ = train_tokenizer(SHORT, corpus, 600), train_tokenizer(LONG, corpus, 600)
+    for r in pool:
+        total, before_answer = _cut_at(short, r)
+        if r.style in QUICK_STYLES:
+            assert total <= max_len[SHORT], r.id
+        else:
+            assert r.style in LONG_STYLES and before_answer > max_len[SHORT], r.id
+        assert _cut_at(long_, r)[0] <= max_len[LONG], r.id
+
+
+def test_scripted_outputs_say_they_come_from_a_stand_in(demo_data):
+    pool, _, _, d = demo_data
+    assert {r.teacher for r in pool} == {MODEL_NAME} and "stand-in" in MODEL_NAME
+    md, _ = report_paths(d / "kept.jsonl")
+    assert f"judged by: {STAND_IN}" in md.read_text()
