@@ -23,17 +23,17 @@ class RouterConfig:
         default="rate", metadata=rule(help="the balance term lambda1 weights (eq. 9's L_entropy): rate = hold each "
                                            "student's expected rate (mean noise-free P(on)) at rate_target, by a "
                                            "binary KL whose value is taken over the recent paths (rate_window) "
-                                           "and whose gradient goes through this batch (keeps every student in use and the "
-                                           "rate off all-on and none, at any batch size); load = entropy of the "
-                                           "students' shares of this batch's expected routing (the previous "
-                                           "default: drifts to all-on once the students' gap is small, "
-                                           "docs/method.md); paper = eq. 3-4 literally, on the hard samples per "
-                                           "question"))
+                                           "and whose gradient goes through this batch: keeps every student in "
+                                           "use and the rate off all-on and none, at any batch size; load = "
+                                           "entropy of the students' shares of this batch's expected routing "
+                                           "(the previous default: drifts to all-on once the students' gap is "
+                                           "small, docs/method.md); paper = eq. 3-4 literally, on the hard "
+                                           "samples per question"))
     rate_target: float = field(
-        default=0.5, metadata=rule(min=0.01, max=0.99, help="entropy: rate only. Each student's target share of "
-                                                            "the paths; 0.5 = where eq. 4's entropy is highest. "
-                                                            "Exclusive routing (each path to one of S students) "
-                                                            "has rate 1/S"))
+        default=0.5, metadata=rule(min=0.01, max=0.99, help="entropy: rate only. The fraction of paths each "
+                                                            "student should get; 0.5 = where eq. 4's entropy is "
+                                                            "highest. Exclusive routing (each path to one of S "
+                                                            "students) has rate 1/S: set 1/S for it at S > 2"))
     rate_window: int = field(
         default=256, metadata=rule(min=0, help="entropy: rate only. A student's rate is the current router's mean "
                                                "P(on) over the last rate_window routed paths, this batch's "
