@@ -4,11 +4,15 @@ style to the student that is better at it?
 Two tiny students of different architectures and tokenizers (Llama + byte-level BPE, Qwen2 +
 WordPiece) are first warm-started on different halves of the six styles, so which student models
 which style better is a measured fact, not an assumption. QR-Distill then trains both together on
-every style (`qr-ds train`, the real launcher, defaults of the shipped router). Afterwards:
-- routing per style from the FINAL router's noise-free probabilities over the whole training pool;
+every style (`qr-ds train`, the real launcher, defaults of the shipped router, checkpoints every
+``--save-every`` steps). Afterwards:
+- routing per style from the FINAL router's noise-free probabilities over the whole training pool,
+  both students' P(on) side by side;
 - each student's held-out loss per style (nats per character, on paths of unseen questions);
-- routing and per-style loss over training (from metrics.jsonl).
-Right answer: every style's higher P(on) belongs to the student with the lower held-out loss.
+- the same per-style P(on) from every checkpoint's router, and each student's recent rate (the value
+  the rate balance holds at its target) from metrics.jsonl, to show routing has settled.
+Right answer: every style goes to the student with the lower held-out loss (P(on) >= 0.8) and not
+to the other (<= 0.2).
 """
 from __future__ import annotations
 
@@ -91,20 +95,51 @@ def held_out_pool(work: Path, n_questions: int) -> list:
     return [r for r in load_pool(pool).records if r.ok and r.correct is not False]
 
 
-def over_time(metrics: Path, names: list[str], every: int) -> list[dict]:
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+def routing_by_checkpoint(run: Path, names: list[str]) -> list[dict]:
+    """Per-style mean P(on) of every checkpoint's router, oldest first."""
+    from qr_ds.report.runs import final_routing
+    from qr_ds.run_layout import RunDir
+
+    layout = RunDir(run)
+    final = layout.require_latest()
     out = []
-    for r in rows:
-        if r["step"] % every:
-            continue
-        entry = {"step": r["step"]}
-        for n in names:
-            routed = r.get(f"route_rate/{n}", {})
-            loss = r.get(f"style_nats_per_char/{n}", {})
-            entry[n] = {s: {"routed": routed.get(s), "nats_per_char": loss[s][0] / loss[s][1] if s in loss else None}
-                        for s in STYLES}
-        out.append(entry)
+    try:  # final_routing reads the checkpoint named by 'latest': point it at each in turn
+        for ckpt in layout.complete():
+            layout.set_latest(ckpt)
+            out.append({"step": ckpt.step, "p_on": per_style_p_on(final_routing(run), names)})
+    finally:
+        layout.set_latest(final)
     return out
+
+
+def per_style_p_on(routing: dict, names: list[str]) -> dict[str, dict[str, float]]:
+    probs = torch.as_tensor(routing["probabilities"])
+    styles = routing["styles"]
+    return {style: dict(zip(names, probs[[i for i, st in enumerate(styles) if st == style]].mean(0).tolist()))
+            for style in STYLES}
+
+
+def recent_rates(metrics: Path, names: list[str], every: int) -> list[dict]:
+    """Each student's recent rate (noise-free, over the router's recent paths) every ``every`` steps."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return [{"step": r["step"], **{n: r.get(f"router/recent_rate/{s}") for s, n in enumerate(names)}}
+            for r in rows if r["step"] % every == 0]
+
+
+def settled(history: list[dict], names: list[str]) -> float:
+    """The largest distance of any style's P(on), at a checkpoint of the run's second half, from the
+    final router's: small means routing stopped moving long before the end."""
+    final, half = history[-1], history[-1]["step"] / 2
+    return max(abs(h["p_on"][st][n] - final["p_on"][st][n])
+               for h in history if h["step"] >= half for st in STYLES for n in names)
+
+
+def verdict(p_better: float, p_other: float) -> str:
+    if p_better >= 0.8 and p_other <= 0.2:
+        return "to the better student only"
+    if p_better >= 0.8:
+        return "to both" if p_other >= 0.8 else "mostly to the better student"
+    return "prefers the better student" if p_better > p_other else "prefers the worse student"
 
 
 def main() -> None:
@@ -119,7 +154,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("runs/routing_students"), help="resumable working folder")
     p.add_argument("--questions", type=int, default=100)
     p.add_argument("--warm-steps", type=int, default=150)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=8, help="enough for routing to settle (checked, see the JSON)")
+    p.add_argument("--save-every", type=int, default=25, help="optimizer steps between checkpoints")
     args = p.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     work = args.work.resolve()
@@ -141,7 +177,8 @@ def main() -> None:
            "data": {"pool": str(pool), "max_len": 192},
            "router": {"hidden": 64, "lr": 3e-3}, "mutual": {"shared_dim": 32, "max_spans": 16},
            "lambda1": 1.0, "lambda2": 0.1, "micro_batch_paths": 8, "epochs": args.epochs, "warmup_steps": 10,
-           "seed": 0, "output_dir": str(run), "collective_timeout_s": 120}
+           "seed": 0, "output_dir": str(run), "collective_timeout_s": 120,
+           "save_every": args.save_every, "keep_last": 1000}
     cfg_path = work / "train.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     if RunDir(run).latest() is None:
@@ -149,8 +186,7 @@ def main() -> None:
         env.pop("TRITON_INTERPRET", None)
         subprocess.run([sys.executable, "-m", "qr_ds", "train", "--config", str(cfg_path)], env=env, check=True)
 
-    routing = final_routing(run)  # the final router over every path the run trained on
-    styles, probs = routing["styles"], torch.from_numpy(routing["probabilities"])
+    final = per_style_p_on(final_routing(run), names)  # the final router over every path the run trained on
     ckpt = RunDir(run).require_latest()
     heldout = held_out_pool(work, 30)
     loss = {}
@@ -159,21 +195,24 @@ def main() -> None:
         loss[n] = _nats_per_char(lm, AutoTokenizer.from_pretrained(str(tokenizer_dir(b))), heldout)
     rows = []
     for style in STYLES:
-        on = [i for i, st in enumerate(styles) if st == style]
         ho = [i for i, r in enumerate(heldout) if r.style == style]
-        p_on = probs[on].mean(0).tolist()
-        h = [loss[n][ho].mean().item() for n in names]
-        row = {"style": style, "paths": len(on), "held-out paths": len(ho)}
-        row.update({f"P(on) {n}": v for n, v in zip(names, p_on)})
-        row.update({f"held-out nats/char {n}": v for n, v in zip(names, h)})
-        row["router prefers"] = names[max(range(len(names)), key=lambda s: p_on[s])]
-        row["lower loss"] = names[min(range(len(names)), key=lambda s: h[s])]
-        row["agree"] = row["router prefers"] == row["lower loss"]
+        h = {n: loss[n][ho].mean().item() for n in names}
+        better = min(names, key=h.get)
+        other = next(n for n in names if n != better)
+        row = {"style": style, "held-out paths": len(ho)}
+        row.update({f"P(on) {n}": final[style][n] for n in names})
+        row.update({f"held-out nats/char {n}": h[n] for n in names})
+        row["lower loss"] = better
+        row["routing"] = verdict(final[style][better], final[style][other])
         rows.append(row)
     print(markdown_table(rows))
-    print(f"\nagree on {sum(r['agree'] for r in rows)} of {len(rows)} styles")
+    history = routing_by_checkpoint(run, names)
+    change = settled(history, names)
+    print(f"\nlargest distance of a style's P(on) from the final router's, over the checkpoints from step "
+          f"{history[-1]['step'] // 2} on: {change:.3f}")
     extra = {"warm_start_styles": {names[i]: list(s) for i, s in HALVES.items()}, "checkpoint": str(ckpt.path),
-             "over_time": over_time(run / "metrics.jsonl", names, every=10)}
+             "epochs": args.epochs, "second_half_max_distance_from_final": change, "p_on_by_checkpoint": history,
+             "recent_rate": recent_rates(run / "metrics.jsonl", names, every=5)}
     print(f"wrote {save_results('known-answer-routing-students', rows, extra, args.out)}")
 
 
