@@ -166,3 +166,17 @@ def test_a_short_context_is_charged_for_the_text_it_cuts(strategy, kit):
     whole, short = per_char[:, 0], per_char[:, 1]
     assert torch.allclose(short[~cut], whole[~cut], rtol=1e-4)
     assert (short[cut] > whole[cut]).all(), "the cut copy looked better on paths it never sees whole"
+
+
+@pytest.mark.parametrize("paths", ["co_routed", "all"])
+def test_mutual_paths_all_reaches_paths_a_student_is_not_routed(strategy, kit, paths):
+    """Exclusive routing (no path to both): the mutual term has nothing to act on when it is taken on
+    co-routed paths only, and acts on every path with mutual.paths: all (eq. 8's sum)."""
+    tr = _trainer(strategy, kit, f"paths_{paths}", router={"enabled": False},
+                  mutual={"shared_dim": 16, "max_spans": 8, "paths": paths})
+    idx = tr.data.epoch_batches(0, tr.P)[0]
+    exclusive = torch.stack([torch.arange(len(idx)) % 2 == s for s in range(2)], dim=1).float()
+    tr.route = lambda _: exclusive
+    stats = tr.micro_step(idx)["stats"]
+    assert [s.routed for s in stats.students] == [exclusive[:, 0].sum(), exclusive[:, 1].sum()]
+    assert (stats.mutual_loss > 0) == (paths == "all")

@@ -74,9 +74,11 @@ class Trainer:
             raise ValueError(f"{len(self.data)} paths at {self.P} per micro-step and grad_accum "
                              f"{cfg.grad_accum} give no optimizer step; lower grad_accum or micro_batch_paths")
         self.students = [self._build(s) for s in strategy.local_students]
-        # ZeRO-3 prefetches by a recorded module order that must repeat every step, so there each
-        # student forwards its whole chunk in one pass (unrouted paths at weight 0) and never probes.
-        self.one_pass = any(st.model.zero_optimization_stage() == 3 for st in self.students)
+        # ZeRO-3 prefetches by a recorded module order that must repeat every step, and the mutual term
+        # on every path needs every path's states with grad: then each student forwards its whole
+        # chunk in one pass (unrouted paths at SFT weight 0) and never probes.
+        self.mutual_everywhere = cfg.use_mutual and cfg.mutual.paths == "all"
+        self.one_pass = self.mutual_everywhere or any(st.model.zero_optimization_stage() == 3 for st in self.students)
         self.routing = None
         if cfg.router.enabled and self.is_coord:
             self.routing = RoutingPolicy(cfg.router, self.data.embeddings.shape[1], S, cfg.lambda1, cfg.seed)
@@ -233,6 +235,8 @@ class Trainer:
             all_logits = torch.stack([f[c * M * D:c * M * D + c] for f in flat])
             all_nats = torch.stack([f[c * M * D + c:] for f in flat])
             routed = hard[k * c:(k + 1) * c].T.bool().to(all_z.device)
+            if self.mutual_everywhere:  # every student is a party to every path's ensemble
+                routed = torch.ones_like(routed)
             span_mask = self.data.span_mask(idx[k * c:(k + 1) * c], M).to(all_z.device)
             for st in self.students:
                 loss, (z, logit, nats), _ = outs[st.index]
