@@ -335,9 +335,9 @@ def test_shipped_router_keeps_preferences_and_holds_its_rate(case, students, bat
         assert all(abs(share - 1 / students) < 0.05 for share in result["student_share"]), result["student_share"]
 
 
-def test_three_students_at_target_half_keep_their_styles_and_take_one_more():
+def test_three_students_at_target_half_keep_their_styles_and_share_others():
     """Exclusive routing has rate 1/3; at the default 0.5 each student keeps its own styles and, as
-    arithmetic demands, takes paths it is not the best for (here another style wholly)."""
+    arithmetic demands, also takes paths of styles another student is better at."""
     p = Planted(n_students=3, batch_paths=8, steps=1000, case="converging", gap=0.6)
     result = run_planted(p, RouterConfig(**DEMO_ROUTER))
     lo, hi = rate_range(result, WARMUP)
