@@ -90,20 +90,27 @@ def plot_eval_curve(groups: list[Group], path: Path) -> Path:
 
 
 def plot_router_training(groups: list[Group], path: Path) -> Path:
-    """Router entropy and each student's share of the batch's paths, step by step, for groups with a router."""
-    fig, (ent, rate) = plt.subplots(1, 2, figsize=(10, 3.6))
+    """Each student's rate over the router's recent paths (what the rate form holds at its target;
+    the entropy for runs of the older forms) and its share of each batch, step by step."""
+    fig, (held, rate) = plt.subplots(1, 2, figsize=(10, 3.6))
     for color, run, label in _seeds(groups):
-        steps, values = _series(run.rows, "router/entropy")
-        if values:
-            _curve(ent, steps, values, color, label)
         for j, s in enumerate(run.students):
+            style = ["-", "--", ":", "-."][j % 4]
+            steps, values = _series(run.rows, f"router/recent_rate/{j}")
+            if values:
+                _curve(held, steps, values, color, f"{label} {s}" if label else None, style)
             steps, values = _series(run.rows, f"routed/{s}")
             if values:
-                _curve(rate, steps, values, color, f"{label} {s}" if label else None, ["-", "--", ":", "-."][j % 4])
-    ent.set_title("router entropy (the term it maximises)")
+                _curve(rate, steps, values, color, f"{label} {s}" if label else None, style)
+        if not any(k.startswith("router/recent_rate/") for row in run.rows for k in row):
+            steps, values = _series(run.rows, "router/entropy")
+            if values:
+                _curve(held, steps, values, color, f"{label} entropy" if label else None)
+    held.set_title("rate over the router's recent paths (held at rate_target)")
+    held.set_ylim(0, 1.05)
     rate.set_title("share of each batch's paths routed to a student")
     rate.set_ylim(0, 1.05)
-    for ax in (ent, rate):
+    for ax in (held, rate):
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=7)
     return _save(fig, path)

@@ -78,7 +78,9 @@ class TrainConfig:
     data: DataConfig
     router: RouterConfig = field(default_factory=RouterConfig)
     mutual: MutualConfig = field(default_factory=MutualConfig)
-    lambda1: float = field(default=0.1, metadata=rule(min=0.0, help="entropy weight (eq. 9)"))
+    lambda1: float = field(default=0.1, metadata=rule(min=0.0, help="weight of the router's balance term (eq. 9's "
+                                                                    "L_entropy; router.entropy picks its form); the "
+                                                                    "paper gives no value, our configs use 1.0"))
     lambda2: float = field(default=0.1, metadata=rule(min=0.0, help="mutual loss weight (eq. 9)"))
     placement: Literal["separate", "colocated"] = "separate"
     epochs: int = field(default=1, metadata=rule(min=1))

@@ -8,7 +8,7 @@
 4. projected span states are all-gathered in each chunk's cross-student group, and every student
    adds the mutual loss (eq. 5-8) with its own states live and its peers' detached;
 5. one backward and step per engine; per-path losses go back to the coordinator, whose router
-   gets its gradient through the straight-through estimator plus the balance entropy.
+   gets its gradient through the straight-through estimator plus the balance term (lambda1).
 """
 from __future__ import annotations
 
