@@ -80,27 +80,28 @@ def test_false_intermediate_paths_teach_wrong_arithmetic_and_only_the_judge_catc
     assert all(false_step(r.response) is None for r in clean)
 
 
-def _cut_at(tok, rec) -> tuple[int, int]:
-    """(tokens of prompt + whole path, tokens before the path's answer line)."""
+def _tokens_before(tok, rec, where: int) -> tuple[int, int]:
+    """(tokens of prompt + whole path, tokens before character ``where`` of the path)."""
     prompt = render_prompt(tok, rec.question, TASK.instruction)
     enc = encode_sft(tok, prompt, rec.response)
-    answer_line = len(prompt) + rec.response.rstrip().rfind("\n")
-    return len(enc.input_ids), sum(1 for a, b in enc.offsets if 0 < b <= answer_line)
+    return len(enc.input_ids), sum(1 for a, b in enc.offsets if 0 < b <= len(prompt) + where)
 
 
-def test_a_short_context_cuts_the_long_styles_before_their_answer(demo_data):
+def test_a_short_context_cuts_the_long_styles_before_their_arithmetic(demo_data):
     pool, _, kept, _ = demo_data
     clean = [r for r in pool if r.id in kept]
     corpus = [t for r in clean for t in (r.question, r.response)] + [TASK.instruction]  # as the demo's students
-    max_len = Knobs().max_len
+    knobs = Knobs()
     short, long_ = train_tokenizer(SHORT, corpus, 600), train_tokenizer(LONG, corpus, 600)
     for r in pool:
-        total, before_answer = _cut_at(short, r)
+        first_equation = re.search(r"\d+ [-+*/] \d+", r.response).start()
+        total, before = _tokens_before(short, r, first_equation)
         if r.style in QUICK_STYLES:
-            assert total <= max_len[SHORT], r.id
-        else:
-            assert r.style in LONG_STYLES and before_answer > max_len[SHORT], r.id
-        assert _cut_at(long_, r)[0] <= max_len[LONG], r.id
+            assert total <= knobs.max_len[SHORT], r.id
+        else:  # the short student sees neither the arithmetic nor the answer line
+            assert r.style in LONG_STYLES and before > knobs.max_len[SHORT], r.id
+        total, prompt = _tokens_before(long_, r, 0)
+        assert total <= knobs.max_len[LONG] and total - prompt <= knobs.max_new_tokens, r.id
 
 
 def test_scripted_outputs_say_they_come_from_a_stand_in(demo_data):

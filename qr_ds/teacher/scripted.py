@@ -7,17 +7,23 @@ three planted faults, so each filter step and the router have work:
 
 - Misreading (wrong final answer): "doubles them" read as "adds two", always the same way, in
   every doubling step of the path (``misread``). A student trained on these learns that rule.
-  Planted only where it changes the final answer; the quick styles misread far more often than
-  the long ones (``MISREAD_FACTOR``), so after the answer filter most doubling questions are
-  solved in long styles only: knowledge one student may lack and its peer may hold.
+  Planted only where it changes the final answer. The quick styles misread in three paths of
+  four, the long ones in one of ten (``MISREAD_FACTOR``): after the answer filter, doubling is
+  taught mostly by the long styles, which a short-context student cannot learn from, so it is
+  knowledge its long-context peer holds and it may lack. (Misreading every quick path left a
+  student on the quick styles almost nothing to learn doubling from: 29% right on doubling
+  questions, one seed.)
 - A false intermediate value (right final answer): one step's result is off by one, later steps
   use it, and the last step slips back to the right answer. Such a path teaches wrong arithmetic
   and only a judge that checks each step can catch it.
 - An unused false sentence (``SPURIOUS``, right final answer): harmless, but a judge flags it.
 
-The long styles (``LONG_STYLES``: tree-of-thought, fact retrieval, backward) restate, recall or
-verify before they answer, so their paths are several times longer than the quick styles': a
-student whose context is shorter never sees their final answer line.
+The long styles (``LONG_STYLES``: tree-of-thought, fact retrieval, backward) restate the question
+and plan, recall or set conditions before any arithmetic, and verify after it, so their paths are
+several times longer than the quick styles': a student whose context is shorter sees none of their
+arithmetic and never their answer line. (When their first steps fell inside the short context,
+that student learned arithmetic from the cut paths: 0.97 accuracy on all six styles against 0.88
+on the quick ones alone, two seeds.)
 
 As a judge it does what a real judge would on these paths: it recomputes every "a op b = c" it
 can parse and names the first false one, and it flags the false facts of ``SPURIOUS``.
@@ -38,7 +44,7 @@ MODEL_NAME = "scripted stand-in teacher (not an LLM)"
 QUICK_STYLES = ("vanilla", "cot", "program")
 LONG_STYLES = ("tot", "fact_retrieval", "backward")
 # x wrong_rate = probability that a path misreads doubling (where that changes its answer)
-MISREAD_FACTOR = {**{s: 4.0 for s in QUICK_STYLES}, **{s: 0.4 for s in LONG_STYLES}}
+MISREAD_FACTOR = {**{s: 3.0 for s in QUICK_STYLES}, **{s: 0.4 for s in LONG_STYLES}}
 # x spurious_rate = probability that a right-answer path gets a false step
 SPURIOUS_FACTOR = {"vanilla": 0.5, "cot": 1.0, "tot": 1.0, "program": 0.5, "fact_retrieval": 2.0, "backward": 1.0}
 # Unused false sentences. The judge knows these claims are false (as a real judge knows arithmetic
@@ -208,28 +214,34 @@ def _program(ex, steps: list[Step]) -> list[str]:
 
 
 def _tot(ex, steps: list[Step]) -> list[str]:
-    # Two full passes and a rejected shortcut: a tree of thoughts explores before it commits.
+    # Plans three branches, drops one, then follows two in full: a tree of thoughts explores before it commits.
     answer = steps[-1].result
     return [OPENERS["tot"], f"The question: {ex.question}",
-            "Branch 1: apply each operation in the order the question gives.",
-            *(f"{s.phrase}: {s.equation()}." for s in steps), f"Branch 1 ends at {answer}.",
-            "Branch 2: recount from the start, one operation at a time, to see whether Branch 1 slipped.",
-            f"We start from {_start(ex)}.", *(f"{s.phrase}: {s.equation()}." for s in steps),
+            "Branch 1 will apply each operation in the order the question gives.",
+            "Branch 2 will recount from the start, one operation at a time, to see whether Branch 1 slipped.",
+            "Branch 3 will guess from the size of the numbers alone.",
+            "Branch 3 skips the operations, so it is rejected before it starts.",
+            f"Branch 1, we start from {_start(ex)}.", *(f"{s.phrase}: {s.equation()}." for s in steps),
+            f"Branch 1 ends at {answer}.",
+            f"Branch 2, we start from {_start(ex)}.", *(f"{s.phrase}: {s.equation()}." for s in steps),
             f"Branch 2 ends at {answer}.",
-            "Branch 3: guess from the size of the numbers alone; that skips the operations, so it is rejected.",
             f"Branches 1 and 2 agree, so they are the most promising.\n**Final answer:** {answer}"]
 
 
 def _fact_retrieval(ex, steps: list[Step]) -> list[str]:
-    # The facts this kind of problem needs: what each phrase means, and the table of each operation used.
-    kinds = {"+": "adds", "-": "takes away", "*": "multiplies by"}
-    facts = [f"Fact: \"{s.phrase}\" {kinds[s.op]} {s.b}." for s in steps]
-    tables = {(s.op, s.b): f"Fact: {s.op} {s.b} on one-digit numbers: " + ", ".join(
-        f"{a} {s.op} {s.b} = {_OPS[s.op](a, s.b)}" for a in range(10) if 0 <= _OPS[s.op](a, s.b) <= 9) + "."
+    # The facts this kind of problem needs: how operations chain, what each phrase means, and the
+    # table of each operation used.
+    meaning = {"+": "adds {b} to the count", "-": "takes {b} away from the count", "*": "multiplies the count by {b}"}
+    facts = [f"Fact: \"{s.phrase}\" {meaning[s.op].format(b=s.b)}." for s in steps]
+    tables = {(s.op, s.b): f"Fact: {s.op} {s.b} on small numbers: " + ", ".join(
+        f"{a} {s.op} {s.b} = {_OPS[s.op](a, s.b)}" for a in range(6) if 0 <= _OPS[s.op](a, s.b) <= 9) + "."
         for s in steps}
-    return [OPENERS["fact_retrieval"], f"The question: {ex.question}", f"Fact: the count starts at {_start(ex)}.",
-            *dict.fromkeys(facts), *tables.values(), "Now apply the facts in order.",
-            *(f"{s.phrase}: {s.equation()}." for s in steps), f"The answer is {steps[-1].result}."]
+    return [OPENERS["fact_retrieval"], f"The question: {ex.question}",
+            "Fact: the operations act one after another, each on the count that the one before it left.",
+            "Fact: a count of objects is a whole number, and every count here stays between 0 and 9.",
+            f"Fact: the count starts at {_start(ex)}.", *dict.fromkeys(facts), *tables.values(),
+            "Now apply the facts in order.", *(f"{s.phrase}: {s.equation()}." for s in steps),
+            f"The answer is {steps[-1].result}."]
 
 
 def _backward(ex, steps: list[Step]) -> list[str]:
@@ -241,12 +253,18 @@ def _backward(ex, steps: list[Step]) -> list[str]:
         back.append(f"undo ({i}) {s.phrase}: {value} {undo[s.op]} {s.b} = {prev}.")
         value = prev
     name, obj = re.match(r"(\w+) has \d+ (\w+)\.", ex.question).groups()
-    return [OPENERS["backward"], f"The question: {ex.question}", f"Forward: we start from {_start(ex)}.",
+    n, answer = len(steps), steps[-1].result
+    return [OPENERS["backward"], f"The question: {ex.question}",
+            "Plan: run the operations forward to a candidate count, then undo them from the last one to the first, "
+            "and check both conditions below.",
+            f"Condition 1 to check: undoing every operation must lead back to the {_start(ex)} {obj} "
+            f"that {name} starts with.",
+            f"Condition 2 to check: the count is asked for after all {n} operations.",
+            f"Forward: we start from {_start(ex)}.",
             *(f"({i}) {s.phrase}: {s.equation()}." for i, s in enumerate(steps, 1)),
-            f"The forward pass ends at {steps[-1].result}.", "Backward check: undo each operation, last one first.",
-            *back, f"Condition 1: {name} starts with {_start(ex)} {obj}, and undoing every step returns to {value}.",
-            f"Condition 2: the question asks for the count after all {len(steps)} operations, and "
-            f"{steps[-1].result} comes after the last one.", f"The verified answer is {steps[-1].result}."]
+            f"The forward pass ends at {answer}.", "Backward check: undo each operation, last one first.",
+            *back, f"We are back at {value}: Condition 1 holds.",
+            f"{answer} comes after all {n} operations: Condition 2 holds.", f"The verified answer is {answer}."]
 
 
 RENDER = {"vanilla": _vanilla, "cot": _cot, "program": _program, "tot": _tot,
