@@ -30,20 +30,22 @@ class Size:
     train_questions: int
     test_questions: int
     samples_per_style: int
-    epochs: int
-    max_steps: int  # 0 = all epochs
+    steps: int  # the budget: optimizer steps, the same for every method (docs/comparisons.md)
     eval_limit: int
     max_new_tokens: int
 
 
 SIZES = {
-    "small": Size(train_questions=24, test_questions=24, samples_per_style=1, epochs=1, max_steps=6,
-                  eval_limit=24, max_new_tokens=40),
-    # 160 new tokens: a tree-of-thought path states its answer after ~120 tokens; cut shorter,
-    # right answers were scored as missing.
-    "full": Size(train_questions=150, test_questions=200, samples_per_style=1, epochs=3, max_steps=0,
-                 eval_limit=200, max_new_tokens=160),
+    "small": Size(train_questions=24, test_questions=24, samples_per_style=1, steps=6, eval_limit=24,
+                  max_new_tokens=40),
+    # 320 new tokens: the longest path (~295 WordPiece tokens) fits, so a right answer is never cut off
+    "full": Size(train_questions=150, test_questions=200, samples_per_style=1, steps=450, eval_limit=200,
+                 max_new_tokens=320),
 }
+# Training context per student (students[].max_len): 150 tokens hold every quick-style path of the
+# Llama student and cut every long-style one before its answer line; 384 hold every path. This is
+# the fixed student x style suitability the router has to find (benchmarks/probe_demo_task.py).
+MAX_LEN = {"llama-bpe": 150, "qwen-wordpiece": 384}
 
 # (run name, report label, config overrides): the full method and the ablations of Table 2, plus SFT.
 RUNS = [
@@ -54,6 +56,7 @@ RUNS = [
     ("sft_single", "SFT (one path per question)", {"router": {"enabled": False}, "mutual": {"enabled": False},
                                                    "data": {"paths_per_question": 1}}),
 ]
+STUDY = Path("docs/demo-study")  # where the committed results of `qr-ds demo --seeds 3` live
 
 
 def register(sub) -> None:
@@ -62,8 +65,12 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--size", choices=sorted(SIZES), default="full",
                    help="small: a minute-scale smoke run (CI); full: the demo of the README")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="training seeds 0..N-1 of every method (students' init, data order, router); 1 is "
+                        "the quick pass of `make demo`, 3 the study whose results are in docs/demo-study/. "
+                        "Seeds already trained and evaluated in --out are reused")
     p.add_argument("--skip-eval", action="store_true", help="stop after training")
-    p.set_defaults(func=lambda a: run_demo(a.out, a.size, a.skip_eval))
+    p.set_defaults(func=lambda a: run_demo(a.out, a.size, a.seeds, a.skip_eval))
 
 
 class Timings:
@@ -129,42 +136,44 @@ def pipeline_data(out: Path, size: Size, timings: Timings) -> tuple[Path, Path, 
     return embedded, unfiltered, test_q, filtered.with_name(filtered.stem + ".retention.json")
 
 
-def students(out: Path, pool: Path) -> list[Path]:
+def students(out: Path, pool: Path, seed: int) -> list[Path]:
+    """The two tiny students of one training seed: random init and tokenizers of their own."""
     from qr_ds.data.pool import load_pool
     from qr_ds.tasks import get_task
     from qr_ds.tiny import build_tiny_student
 
-    dirs = [out / "students" / k for k in STUDENT_KINDS]
+    dirs = [out / "students" / f"s{seed}" / k for k in STUDENT_KINDS]
     if all((d / "config.json").is_file() for d in dirs):
         return dirs
     recs = load_pool(pool).records
     corpus = [t for r in recs for t in (r.question, r.response or "")] + [get_task("synthetic").instruction]
-    return [build_tiny_student(k, d, corpus, vocab_size=600, hidden=128, layers=2, seed=i)
+    return [build_tiny_student(k, d, corpus, vocab_size=600, hidden=128, layers=2, seed=1000 * seed + i)
             for i, (k, d) in enumerate(zip(STUDENT_KINDS, dirs))]
 
 
 def train_config(out: Path, name: str, over: dict, models: list[Path], pool: Path, unfiltered: Path,
-                 size: Size) -> Path:
+                 size: Size, seed: int) -> Path:
     from qr_ds.tiny import tokenizer_dir
 
     cfg = {
         # full fine-tuning: LoRA on a tiny random-init model cannot sharpen its frozen random
         # output layer: after 150 steps its loss was 4.7 nats, full training's 0.5.
         "students": [{"name": m.name.split("-")[0], "model": str(m), "tokenizer": str(tokenizer_dir(m)),
-                      "lr": 3e-3, "finetune": "full",
+                      "max_len": MAX_LEN[m.name], "lr": 3e-3, "finetune": "full",
                       "deepspeed": str(ROOT / "ds_configs" / "zero2.json")} for m in models],
-        "data": {"pool": str(pool), "max_len": 192},
+        "data": {"pool": str(pool)},
         "router": {"hidden": 64, "lr": 3e-3},
         "mutual": {"shared_dim": 32, "max_spans": 16},
-        "lambda1": 1.0, "lambda2": 0.1, "micro_batch_paths": 8, "epochs": size.epochs,
-        "max_steps": size.max_steps, "warmup_steps": 10, "seed": 0, "output_dir": str(out / "runs" / name),
+        # the budget is max_steps for every method; epochs only needs to be enough to reach it
+        "lambda1": 1.0, "lambda2": 0.1, "micro_batch_paths": 8, "epochs": 1000, "max_steps": size.steps,
+        "warmup_steps": 10, "seed": seed, "output_dir": str(out / "runs" / name / f"s{seed}"),
         "collective_timeout_s": 120,
     }
     for key, value in over.items():
         cfg[key] = {**cfg.get(key, {}), **value}
     if not cfg["data"].get("quality_filter", True):
         cfg["data"]["pool"] = str(unfiltered)
-    path = out / "configs" / f"{name}.yaml"
+    path = out / "configs" / f"{name}_s{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -175,47 +184,70 @@ def _finished(run: Path) -> bool:
     return latest is not None and latest.meta.is_file()
 
 
-def run_demo(out: Path, size_name: str, skip_eval: bool = False) -> int:
+def train_seed(out: Path, seed: int, size: Size, pool: Path, unfiltered: Path, timings: Timings) -> dict[str, Path]:
+    """Every method of one training seed, through the DeepSpeed launcher; finished runs are kept."""
+    models = timings.run(f"students of seed {seed}: tiny Llama (byte-level BPE) and tiny Qwen2 (WordPiece), "
+                         "random init", students, out, pool, seed)
+    runs = {}
+    for name, label, over in RUNS:
+        run = runs[name] = out / "runs" / name / f"s{seed}"
+        cfg = train_config(out, name, over, models, pool, unfiltered, size, seed)
+        if _finished(run):
+            print(f"\n== train {name} seed {seed}: done already ({run})")
+            continue
+        timings.run(f"train {name} ({label}) seed {seed} through the DeepSpeed launcher",
+                    _qr_ds, out, "train", "--config", str(cfg))
+    return runs
+
+
+def evaluate_seed(out: Path, seed: int, runs: dict[str, Path], size: Size, test_q: Path, pool: Path,
+                  timings: Timings) -> Path:
+    """One `qr-ds eval` over every method's final checkpoint of one seed (one vLLM engine per base model)."""
+    ev = out / "eval" / f"s{seed}"
+    if not (ev / "summary.json").is_file():
+        args = ["eval", "--task", f"synthetic={test_q}", "--out", str(ev), "--limit", str(size.eval_limit),
+                "--max-new-tokens", str(size.max_new_tokens), "--max-model-len", "512",
+                "--gpu-memory-utilization", "0.1", "--teacher-pool", str(pool)]
+        for run in runs.values():
+            args += ["--checkpoint", str(RunDir(run).require_latest().path)]
+        timings.run(f"evaluate seed {seed}: every student of every method with vLLM", _qr_ds, out, *args)
+    return ev
+
+
+def run_demo(out: Path, size_name: str, seeds: int = 1, skip_eval: bool = False) -> int:
+    if seeds < 1:
+        raise ValueError(f"demo: --seeds must be >= 1, got {seeds}")
     size = SIZES[size_name]
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings = Timings(out / "timings.json")
     pool, unfiltered, test_q, retention = pipeline_data(out, size, timings)
-    models = timings.run("students: tiny Llama (byte-level BPE) and tiny Qwen2 (WordPiece), random init",
-                         students, out, pool)
-    runs = {}
-    for name, label, over in RUNS:
-        run = runs[name] = out / "runs" / name
-        cfg = train_config(out, name, over, models, pool, unfiltered, size)
-        if _finished(run):
-            print(f"\n== train {name}: done already ({run})")
-            continue
-        timings.run(f"train {name} ({label}) through the DeepSpeed launcher",
-                    _qr_ds, out, "train", "--config", str(cfg))
+    runs = {seed: train_seed(out, seed, size, pool, unfiltered, timings) for seed in range(seeds)}
     if skip_eval:
         return 0
-    ev = out / "eval"
-    if not (ev / "summary.json").is_file():
-        args = ["eval", "--task", f"synthetic={test_q}", "--out", str(ev), "--limit", str(size.eval_limit),
-                "--max-new-tokens", str(size.max_new_tokens), "--max-model-len", "512",
-                "--gpu-memory-utilization", "0.1", "--teacher-pool", str(pool)]
-        for name in runs:
-            args += ["--checkpoint", str(RunDir(runs[name]).require_latest().path)]
-        timings.run("evaluate every student of every run with vLLM (one engine per base model)", _qr_ds, out, *args)
+    evals = [evaluate_seed(out, seed, runs[seed], size, test_q, pool, timings) for seed in range(seeds)]
     notes = [f"Size '{size_name}': {size.train_questions} training and {size.test_questions} test questions of the "
              f"synthetic task; paths from a scripted stand-in teacher (no real LLM), judged by a scripted judge.",
              "Students are tiny random-init transformers (2 layers, hidden 128) with locally trained tokenizers, "
-             "fully fine-tuned (LoRA cannot move a random-init model far); they learn from scratch in minutes.",
+             f"fully fine-tuned; contexts {MAX_LEN['llama-bpe']} (Llama) and {MAX_LEN['qwen-wordpiece']} (Qwen2) "
+             "tokens, so the Llama student cannot finish the long styles.",
+             f"Budget: {size.steps} optimizer steps of 8 paths for every method; {seeds} training seed(s) "
+             f"(0..{seeds - 1}), each with its own student init, data order and router.",
              f"Demo wall time, all stages: {timings.total():.0f} s on this machine ({os.cpu_count()} CPUs); "
              f"per stage in {timings.path.name}."]
-    report = timings.run("report", build_report_for, out, runs, ev, retention, notes)
+    report = timings.run("report", build_report_for, out, runs, evals, retention, notes)
     print(f"\nreport: {report}")
+    if seeds < 3:
+        print(f"one seed per method: the report's intervals cover test questions only. The {SIZES['full'].steps}-step, "
+              f"3-seed study is `qr-ds demo --seeds 3` (its results: {STUDY}/)")
     return 0
 
 
-def build_report_for(out: Path, runs: dict[str, Path], ev: Path, retention: Path, notes: list[str]) -> Path:
-    """Every run labelled as in Table 2, QR-Distill first: the others are compared against it."""
+def build_report_for(out: Path, runs: dict[int, dict[str, Path]], evals: list[Path], retention: Path,
+                     notes: list[str]) -> Path:
+    """Every method labelled as in Table 2 with its seeds as one group, QR-Distill first: the others
+    are compared against it."""
     from qr_ds.report.build import build_report
 
-    labels = {name: label for name, label, _ in RUNS}
-    return build_report(out / "report", {labels[name]: run for name, run in runs.items()}, [ev], retention, notes)
+    groups = {label: [runs[seed][name] for seed in sorted(runs)] for name, label, _ in RUNS}
+    return build_report(out / "report", groups, evals, retention, notes)

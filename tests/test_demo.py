@@ -41,7 +41,12 @@ def test_report_files_exist(demo):
 def test_report_numbers_match_metrics(demo):
     data = json.loads((demo / "report" / "report.json").read_text())
     for label, run in data["runs"].items():
+        assert Path(run) == demo / "runs" / {"QR-Distill": "qr_distill", "w/o QF": "no_filter", "w/o Route": "no_route",
+                                              "w/o Collab": "no_mutual",
+                                              "SFT (one path per question)": "sft_single"}[label] / "s0"
         assert data["throughput"][label] == pytest.approx(throughput(load_run(label, Path(run)).rows))
+    # every method at the same budget: the protocol's equal optimizer steps
+    assert all(b["steps"] == [6] and not b["flags"] for b in data["budgets"].values())
     routing = data["routing"]["QR-Distill"]["style"]  # the final router over every path of the run's pool
     assert routing.keys() == {"llama", "qwen"}
     n_paths = sum(1 for line in Path(data["routing"]["QR-Distill"]["pool"]).read_text().splitlines() if line.strip())
@@ -50,8 +55,11 @@ def test_report_numbers_match_metrics(demo):
         assert all(0.0 <= c["mean_probability"] <= 1.0 for c in cells.values())
     assert {t["b"] for t in data["accuracy"]["paired_tests"]} == {"w/o QF", "w/o Route", "w/o Collab",
                                                                    "SFT (one path per question)"}
-    acc = {r["method"]: r for r in data["accuracy"]["tables"][0]["rows"]}
-    preds = [json.loads(l) for l in (demo / "eval" / "predictions.jsonl").read_text().splitlines()]
-    mine = [p for p in preds if p["checkpoint"].startswith("qr_distill/") and p["student"] == "llama"]
-    cell = acc["QR-Distill llama"]["tasks"]["synthetic"]
-    assert cell["n"] == len(mine) and cell["correct"] == sum(p["correct"] for p in mine)
+    assert all(t["noise"] == "questions only" for t in data["accuracy"]["paired_tests"])  # one seed each
+    preds = [json.loads(l) for l in (demo / "eval" / "s0" / "predictions.jsonl").read_text().splitlines()]
+    for group in data["accuracy"]["groups"]:  # each method's own checkpoint, not another's of the same step
+        run = {"QR-Distill": "qr_distill", "w/o QF": "no_filter", "w/o Route": "no_route", "w/o Collab": "no_mutual",
+               "SFT (one path per question)": "sft_single"}[group["group"]]
+        mine = [p for p in preds if p["checkpoint"] == f"{run}/s0/step_000006" and p["student"] == group["student"]]
+        assert group["questions"] == len(mine) == 24
+        assert group["per_seed"]["0"] == pytest.approx(sum(p["correct"] for p in mine) / len(mine))

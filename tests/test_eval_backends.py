@@ -1,5 +1,6 @@
 """The transformers backend and the checks every backend relies on (no vLLM engine here)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,20 @@ def test_two_base_models_each_get_their_engine(tiny, tmp_path):
     methods = [r["method"] for r in summary["rows"]]
     assert methods == ["llama @ step_000003", "qwen @ step_000003", "ensemble-logprob @ step_000003",
                        "ensemble-vote @ step_000003"]
+
+
+def test_checkpoints_of_several_runs_at_one_step_get_labels_that_tell_the_runs_apart():
+    from qr_ds.eval.checkpoints import Adapter
+    from qr_ds.eval.run import with_unique_labels
+
+    def adapter(run: str, student: str) -> Adapter:
+        path = Path(f"/x/runs/{run}/checkpoints/step_000006/students/{student}/model")
+        return Adapter("step_000006", 6, student, "m", "m", path, 0, full=True)
+
+    alone = with_unique_labels([adapter("qr/s0", "a"), adapter("qr/s0", "b")])
+    assert [a.checkpoint for a in alone] == ["step_000006"] * 2  # one run: its step is name enough
+    seeds = with_unique_labels([adapter(f"{m}/s{k}", "a") for m in ("qr", "no_route") for k in (0, 1)])
+    assert [a.checkpoint for a in seeds] == ["qr/s0/step_000006", "qr/s1/step_000006",
+                                             "no_route/s0/step_000006", "no_route/s1/step_000006"]
+    runs = with_unique_labels([adapter("qr_s0", "a"), adapter("qr_s1", "a")])
+    assert [a.checkpoint for a in runs] == ["qr_s0/step_000006", "qr_s1/step_000006"]

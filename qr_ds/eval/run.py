@@ -58,14 +58,26 @@ def warn_overlap(pools: list[Path], examples: dict[str, list[Example]], tasks: d
                     f"training pool {pool}: the students saw them in training, so their scores overstate accuracy")
 
 
+def with_unique_labels(adapters: list[Adapter]) -> list[Adapter]:
+    """The same step of several runs: rows are named "run/step_N", with as many of the run folder's
+    trailing parts as tell the runs apart ("qr_distill/s0/step_N" beside "no_route/s0/step_N")."""
+    def labels(depth: int) -> list[tuple[str, str]]:
+        # weights live at RUN/checkpoints/<step>/students/<name>/{adapter,model}
+        return [("/".join(a.path.parents[4].parts[-depth:] + (a.checkpoint,)) if depth else a.checkpoint, a.student)
+                for a in adapters]
+
+    depth = 0
+    while len(set(labels(depth))) < len(adapters) and depth < max(len(a.path.parents[4].parts) for a in adapters):
+        depth += 1
+    return [dataclasses.replace(a, checkpoint=label) for a, (label, _) in zip(adapters, labels(depth))]
+
+
 def collect_adapters(cfg: EvalConfig) -> list[Adapter]:
     ckpts = list(cfg.checkpoints)
     if cfg.run_dir is not None:
         ckpts += checkpoints_of_run(cfg.run_dir, cfg.which)
     adapters = [a for c in ckpts for a in read_checkpoint(c)]
-    labels = [(a.checkpoint, a.student) for a in adapters]
-    if len(set(labels)) < len(labels):  # same step of several runs: name rows "run/step_N"
-        adapters = [dataclasses.replace(a, checkpoint=f"{a.path.parents[4].name}/{a.checkpoint}") for a in adapters]
+    adapters = with_unique_labels(adapters)
     if cfg.max_lora_rank:
         for a in adapters:
             if a.rank > cfg.max_lora_rank:
