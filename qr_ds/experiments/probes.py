@@ -28,7 +28,7 @@ from qr_ds.teacher.scripted import LONG_STYLES, QUICK_STYLES
 
 KINDS = ("llama-bpe", "qwen-wordpiece")
 # the short-context student learns the quick styles only; the long-context one, all six
-STYLES_OF = {"llama-bpe": QUICK_STYLES, "qwen-wordpiece": QUICK_STYLES + LONG_STYLES}
+STYLES_OF = {"llama-bpe": QUICK_STYLES, "qwen-wordpiece": STYLES}
 
 
 @dataclass(frozen=True)
@@ -220,8 +220,17 @@ def pm(xs: list[float]) -> str:
 
 # ---- the probes: which runs each needs, and what they say ----------------------------------------
 
+def style_sets(kind: str) -> list[tuple[str, ...]]:
+    """The styles its context holds, and (where that is fewer) all six, as a student trains without routing."""
+    return [STYLES_OF[kind]] + ([STYLES] if STYLES_OF[kind] != STYLES else [])
+
+
+def set_name(styles: tuple[str, ...]) -> str:
+    return "all six" if set(styles) == set(STYLES) else "quick" if set(styles) == set(QUICK_STYLES) else "+".join(styles)
+
+
 def filter_specs(steps: int, seeds: list[int]) -> list[Spec]:
-    return [Spec(k, pool, STYLES, steps, s) for k in KINDS for pool in POOLS for s in seeds]
+    return [Spec(k, pool, st, steps, s) for k in KINDS for st in style_sets(k) for pool in POOLS for s in seeds]
 
 
 def style_specs(steps: int, seeds: list[int]) -> list[Spec]:
@@ -233,29 +242,36 @@ def knowledge_specs(steps: int, seeds: list[int]) -> list[Spec]:
 
 
 def curve_specs(budgets: list[int], seeds: list[int]) -> list[Spec]:
-    return [Spec(k, "clean", STYLES, n, s) for k in KINDS for n in budgets for s in seeds]
+    return [Spec(k, "clean", st, n, s) for k in KINDS for st in style_sets(k) for n in budgets for s in seeds]
 
 
 def _by_question(rows: list[dict]) -> dict[str, bool]:
     return {r["id"]: r["correct"] for r in rows}
 
 
+def _split_accuracy(runs: list[list[dict]]) -> dict:
+    return {"accuracy": pm([accuracy(r) for r in runs]),
+            "doubling questions": pm([accuracy(r, lambda x: x["doubles"]) for r in runs]),
+            "other questions": pm([accuracy(r, lambda x: not x["doubles"]) for r in runs]),
+            "acc": [accuracy(r) for r in runs]}
+
+
 def filter_rows(results: dict[Spec, list[dict]], steps: int, seeds: list[int]) -> list[dict]:
-    """Per student and pool: accuracy over seeds, and how far the clean pool is ahead, paired by seed
-    (same init and batch order), in units of the larger seed-SD of the two pools."""
+    """Per student, style set and pool: accuracy over seeds, and how far the clean pool is ahead,
+    paired by seed (same init and batch order), in units of the larger seed-SD of the two pools."""
     out = []
     for k in KINDS:
-        acc = {pool: [accuracy(results[Spec(k, pool, STYLES, steps, s)]) for s in seeds] for pool in POOLS}
-        for pool in POOLS:
-            runs = [results[Spec(k, pool, STYLES, steps, s)] for s in seeds]
-            lead = [c - a for c, a in zip(acc["clean"], acc[pool])]
-            sd = max(mean_sd(acc["clean"])[1], mean_sd(acc[pool])[1])
-            out.append({"student": k.split("-")[0], "pool": pool, "accuracy": pm(acc[pool]),
-                        "doubling questions": pm([accuracy(r, lambda x: x["doubles"]) for r in runs]),
-                        "other questions": pm([accuracy(r, lambda x: not x["doubles"]) for r in runs]),
-                        "clean minus this": pm(lead) if pool != "clean" else "",
-                        "in seed-SDs": round(mean_sd(lead)[0] / sd, 1) if pool != "clean" and sd > 0 else None,
-                        "acc": acc[pool], "lead": lead})
+        for st in style_sets(k):
+            runs = {pool: [results[Spec(k, pool, st, steps, s)] for s in seeds] for pool in POOLS}
+            acc = {pool: [accuracy(r) for r in rs] for pool, rs in runs.items()}
+            for pool in POOLS:
+                lead = [c - a for c, a in zip(acc["clean"], acc[pool])]
+                sd = max(mean_sd(acc["clean"])[1], mean_sd(acc[pool])[1])
+                out.append({"student": k.split("-")[0], "styles": set_name(st), "pool": pool,
+                            **_split_accuracy(runs[pool]),
+                            "clean minus this": pm(lead) if pool != "clean" else "",
+                            "in seed-SDs": round(mean_sd(lead)[0] / sd, 1) if pool != "clean" and sd > 0 else None,
+                            "lead": lead})
     return out
 
 
@@ -297,12 +313,11 @@ def curve_rows(results: dict[Spec, list[dict]], budgets: list[int], seeds: list[
 
     out = []
     for k in KINDS:
-        for n in budgets:
-            runs = [results[Spec(k, "clean", STYLES, n, s)] for s in seeds]
-            written = Counter(r["style"] or "none" for rows in runs for r in rows)
-            out.append({"student": k.split("-")[0], "steps": n, "accuracy": pm([accuracy(r) for r in runs]),
-                        "doubling questions": pm([accuracy(r, lambda x: x["doubles"]) for r in runs]),
-                        "other questions": pm([accuracy(r, lambda x: not x["doubles"]) for r in runs]),
-                        "styles written": ", ".join(f"{st} {c / len(runs):.0f}" for st, c in written.most_common()),
-                        "acc": [accuracy(r) for r in runs]})
+        for st in style_sets(k):
+            for n in budgets:
+                runs = [results[Spec(k, "clean", st, n, s)] for s in seeds]
+                written = Counter(r["style"] or "none" for rows in runs for r in rows)
+                out.append({"student": k.split("-")[0], "styles": set_name(st), "steps": n, **_split_accuracy(runs),
+                            "styles written (per run)": ", ".join(f"{w} {c / len(runs):.0f}"
+                                                                  for w, c in written.most_common())})
     return out
