@@ -22,62 +22,73 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import base_argparser, markdown_table, save_results  # noqa: E402
 
 from qr_ds.experiments import probes  # noqa: E402
+from qr_ds.filter.run import STAND_IN  # noqa: E402
+from qr_ds.teacher.scripted import MODEL_NAME  # noqa: E402
 
 
 def main() -> None:
     p = base_argparser(__doc__)
     p.add_argument("--work", type=Path, default=Path("runs/probe_demo_task"))
-    p.add_argument("--steps", type=int, default=400, help="the step budget of the filter, style and knowledge probes")
+    p.add_argument("--steps", default="450,600", help="step budgets of the filter, style and knowledge probes "
+                                                     "(the demo's first)")
     p.add_argument("--seeds", type=int, default=5, help="seeds of the filter and knowledge probes")
     p.add_argument("--style-seeds", type=int, default=3)
-    p.add_argument("--curve", default="100,200,400,600", help="step budgets of the clean-pool curve")
+    p.add_argument("--curve", default="150,300,450,600", help="step budgets of the clean-pool curve")
     p.add_argument("--curve-seeds", type=int, default=3)
     p.add_argument("--probes", default="curve,filter,style,knowledge")
     p.add_argument("--jobs", type=int, default=2)
     args = p.parse_args()
     knobs, work, wanted = probes.Knobs(), args.work.resolve(), args.probes.split(",")
     seeds, style_seeds, curve_seeds = list(range(args.seeds)), list(range(args.style_seeds)), list(range(args.curve_seeds))
-    budgets = [int(b) for b in args.curve.split(",")]
+    steps, budgets = [int(n) for n in args.steps.split(",")], [int(b) for b in args.curve.split(",")]
     specs = {"curve": probes.curve_specs(budgets, curve_seeds),
-             "filter": probes.filter_specs(args.steps, seeds),
-             "style": probes.style_specs(args.steps, style_seeds),
-             "knowledge": probes.knowledge_specs(args.steps, seeds)}
+             "filter": [s for n in steps for s in probes.filter_specs(n, seeds)],
+             "style": [s for n in steps for s in probes.style_specs(n, style_seeds)],
+             "knowledge": [s for n in steps for s in probes.knowledge_specs(n, seeds)]}
     todo = list(dict.fromkeys(s for name in wanted for s in specs[name]))
     data = probes.build_data(work, knobs)  # once, before the workers read it
     with ProcessPoolExecutor(args.jobs) as pool:
         results = dict(zip(todo, pool.map(probes.execute, [work] * len(todo), todo, [knobs] * len(todo))))
 
     sizes = {name: len(recs) for name, recs in data.pools.items()}
-    out, rows = {"knobs": asdict(knobs), "pool_paths": sizes, "test_questions": len(data.test),
-                 "doubling_test_questions": sum(map(probes.doubles, data.test))}, []
+    out, rows = {"teacher": MODEL_NAME, "judge": STAND_IN, "knobs": asdict(knobs), "pool_paths": sizes,
+                 "test_questions": len(data.test), "doubling_test_questions": sum(map(probes.doubles, data.test))}, []
+    print(f"paths from the {MODEL_NAME}, judged by the {STAND_IN}")
     print(f"pools (paths): {sizes}; test questions: {len(data.test)} ({out['doubling_test_questions']} double)")
     hide = ("acc", "lead", "acc llama", "acc qwen")
     if "curve" in wanted:
         out["curve"] = probes.curve_rows(results, budgets, curve_seeds)
         print(f"\n## clean-pool SFT by step budget ({len(curve_seeds)} seeds)\n")
         print(markdown_table(out["curve"], [c for c in out["curve"][0] if c not in hide]))
+    for n in steps:
+        rows += report_budget(results, wanted, n, seeds, style_seeds, out.setdefault(f"steps_{n}", {}), hide)
+    print(f"\nwrote {save_results('known-answer-demo-probes', rows, out, args.out)}")
+
+
+def report_budget(results, wanted, n, seeds, style_seeds, out, hide) -> list[dict]:
+    """Print the filter, style and knowledge tables of one step budget; their rows, tagged."""
+    rows = []
     if "filter" in wanted:
-        out["filter"] = probes.filter_rows(results, args.steps, seeds)
-        print(f"\n## filter: SFT on each pool, {args.steps} steps ({len(seeds)} seeds)\n")
+        out["filter"] = probes.filter_rows(results, n, seeds)
+        print(f"\n## filter: SFT on each pool, {n} steps ({len(seeds)} seeds)\n")
         print(markdown_table(out["filter"], [c for c in out["filter"][0] if c not in hide]))
-        rows += [{"probe": "filter", **r} for r in out["filter"]]
+        rows += [{"probe": "filter", "steps": n, **r} for r in out["filter"]]
     if "style" in wanted:
-        out["style"], out["interaction"] = probes.style_rows(results, args.steps, style_seeds)
-        print(f"\n## style x student: SFT on one style, clean pool, {args.steps} steps ({len(style_seeds)} seeds)\n")
+        out["style"], out["interaction"] = probes.style_rows(results, n, style_seeds)
+        print(f"\n## style x student: SFT on one style, clean pool, {n} steps ({len(style_seeds)} seeds)\n")
         print(markdown_table(out["style"], [c for c in out["style"][0] if c not in hide]))
         i = out["interaction"]
         print(f"\ninteraction (qwen - llama on long styles) - (qwen - llama on quick styles): "
               f"{i['mean']:.3f} ± {i['sd']:.3f} over seeds = {i['in_seed_sds']:.1f} seed-SDs")
-        rows += [{"probe": "style", **r} for r in out["style"]]
+        rows += [{"probe": "style", "steps": n, **r} for r in out["style"]]
     if "knowledge" in wanted:
-        out["knowledge"] = probes.knowledge_rows(results, args.steps, seeds)
+        out["knowledge"] = probes.knowledge_rows(results, n, seeds)
         print(f"\n## knowledge: each student on the styles its context holds "
               f"({', '.join(f'{k}: {len(v)} styles' for k, v in probes.STYLES_OF.items())}), "
-              f"{args.steps} steps ({len(seeds)} seeds)\n")
+              f"{n} steps ({len(seeds)} seeds)\n")
         print(markdown_table(out["knowledge"]))
-        rows += [{"probe": "knowledge", **r} for r in out["knowledge"]]
-    print(f"\nwrote {save_results('known-answer-demo-probes', rows, out, args.out)}")
-
+        rows += [{"probe": "knowledge", "steps": n, **r} for r in out["knowledge"]]
+    return rows
 
 if __name__ == "__main__":
     main()
