@@ -34,8 +34,8 @@ class SamplingConfig:
 class ScriptedConfig:
     """Error rates of the scripted stand-in teacher (synthetic task only)."""
 
-    wrong_rate: float = field(default=0.25, metadata=rule(min=0.0, max=1.0, help="base fraction of paths with a wrong final answer"))
-    spurious_rate: float = field(default=0.2, metadata=rule(min=0.0, max=1.0, help="fraction of right-answer paths with a planted spurious step"))
+    wrong_rate: float = field(default=0.25, metadata=rule(min=0.0, max=1.0, help="base rate of misreading 'doubles them' as 'adds two' in a doubling question's path (the one wrong rule), scaled per style (quick styles x3, long x0.4)"))
+    spurious_rate: float = field(default=0.2, metadata=rule(min=0.0, max=1.0, help="base rate of a right-answer path with a false intermediate value that later steps use, scaled per style"))
     unparseable_rate: float = field(default=0.0, metadata=rule(min=0.0, max=1.0, help="fraction of scripted judge replies that state no verdict"))
 
 
