@@ -55,7 +55,8 @@ def main() -> None:
 
     from qr_ds.data.format import encode_prompt, render_prompt
     from qr_ds.eval.checkpoints import adapter_rank
-    from qr_ds.eval.generation import Request, make_backend, new_lora, stop_ids
+    from qr_ds.eval.backends import make_backend
+    from qr_ds.eval.generation import Request, new_lora, stop_ids
     from qr_ds.tasks import generate_synthetic, get_task
 
     tok = AutoTokenizer.from_pretrained(model)

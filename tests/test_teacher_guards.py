@@ -12,7 +12,7 @@ import yaml
 from qr_ds.cli import main
 from qr_ds.data.pool import load_pool
 from qr_ds.teacher.generate import log_path
-from qr_ds.teacher.lock import lock_path
+from qr_ds.stages import lock_path
 from qr_ds.teacher.stub_server import StubChatServer
 
 ROOT = Path(__file__).resolve().parents[1]

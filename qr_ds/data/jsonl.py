@@ -135,6 +135,18 @@ def naming_path(path: Path) -> Iterator[None]:
         raise
 
 
+def repair_tail(path: Path) -> None:
+    """Drop a half-written last line (a kill mid-write) so appends start on a fresh line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as fh:
+        data = fh.read()
+        if not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 class JsonlAppender:
     """Append-only JSONL writer, flushed and fsync'ed per record: a kill loses nothing written."""
 

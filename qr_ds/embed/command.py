@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from qr_ds.embed.config import EmbedConfig
     from qr_ds.embed.run import print_result, run_embed
-    from qr_ds.teacher.config import load_stage_config
+    from qr_ds.stages import load_stage_config
 
     cfg = load_stage_config(EmbedConfig, args.config, "embed", [parse_override(s) for s in args.set])
     print_result(run_embed(cfg, progress=not args.no_progress), cfg.out)

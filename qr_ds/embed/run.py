@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qr_ds.data.jsonl import JsonlAppender, LoadReport, iter_jsonl, naming_path
+from qr_ds.data.jsonl import JsonlAppender, LoadReport, iter_jsonl, naming_path, repair_tail
 from qr_ds.data.pool import EmbeddingRef, PathRecord, load_pool, write_pool
 from qr_ds.embed.config import EmbedConfig
 from qr_ds.embed.encoder import Encoder, encoder_slug
 from qr_ds.embed.lookup import text_hash
-from qr_ds.teacher.generate import repair_tail
 
 
 def matrix_path(out: Path) -> Path:

@@ -80,26 +80,3 @@ def trim(token_ids: list[int], logprobs: list[float], stops: list[int]) -> Gener
         if t in stops:
             return Generation(list(token_ids[: i + 1]), float(sum(logprobs[: i + 1])))
     return Generation(list(token_ids), float(sum(logprobs)))
-
-
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def make_backend(kind: str, **kw):
-    """``vllm``, ``hf``, or ``auto`` (vLLM when importable)."""
-    if kind == "auto":
-        kind = "vllm" if vllm_available() else "hf"
-    if kind == "vllm":
-        from qr_ds.eval.vllm_backend import VLLMBackend
-
-        return VLLMBackend(**kw)
-    if kind == "hf":
-        from qr_ds.eval.hf_backend import HFBackend
-
-        return HFBackend(**kw)
-    raise ValueError(f"unknown eval backend {kind!r}; choose vllm, hf or auto")

@@ -15,16 +15,16 @@ from qr_ds.data.format import encode_prompt, render_prompt
 from qr_ds.data.jsonl import write_jsonl
 from qr_ds.eval.checkpoints import Adapter, checkpoints_of_run, read_checkpoint, run_pool
 from qr_ds.eval.config import EvalConfig
-from qr_ds.eval.generation import FullRef, Request, make_backend, new_lora, stop_ids
+from qr_ds.eval.backends import make_backend
+from qr_ds.eval.generation import FullRef, Request, new_lora, stop_ids
 from qr_ds.eval.scoring import ensemble, markdown, summarize, teacher_rows
 from qr_ds.tasks import Example, get_task
+from qr_ds.tasks.base import is_file_source
 
 
 def load_tasks(tasks: dict[str, str], limit: int, split: str | None = None) -> dict[str, list[Example]]:
     """Each task's examples: a data file, or a hub dataset (``name[:config]``) at ``split``
     (default: the task's evaluation split, ``test`` for most)."""
-    from qr_ds.teacher.generate import is_file_source
-
     out = {}
     for name, source in tasks.items():
         task = get_task(name)  # ValueError naming the unknown task and the known ones

@@ -21,8 +21,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from qr_ds.filter.config import FilterConfig
     from qr_ds.filter.run import FilterFailed, print_result, run_filter
-    from qr_ds.teacher.base import StageFailed
-    from qr_ds.teacher.config import load_stage_config
+    from qr_ds.stages import StageFailed, load_stage_config
 
     overrides = [parse_override(s) for s in args.set] + ([("judge.backend", "none")] if args.no_judge else [])
     cfg = load_stage_config(FilterConfig, args.config, "filter", overrides)

@@ -21,13 +21,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from qr_ds.config import ConfigError
-from qr_ds.data.jsonl import JsonlAppender, iter_jsonl
+from qr_ds.data.jsonl import JsonlAppender, iter_jsonl, repair_tail
 from qr_ds.data.pool import JudgeVerdict, PathRecord, load_pool, write_pool
 from qr_ds.filter.config import HOW_TO_JUDGE, FilterConfig, JudgeConfig
 from qr_ds.filter.judge import judge_prompt, parse_verdict
-from qr_ds.teacher.base import Completion, Request, StageFailed, Teacher, derive_seed, make_teacher
-from qr_ds.teacher.generate import repair_tail
-from qr_ds.teacher.lock import output_lock
+from qr_ds.stages import StageFailed, derive_seed, output_lock
+from qr_ds.teacher.backends import make_teacher
+from qr_ds.teacher.base import Completion, Request, Teacher
 
 STAND_IN = "scripted stand-in judge (not an LLM; synthetic task only)"
 NO_JUDGE = "none: step 2 skipped"

@@ -18,6 +18,13 @@ from typing import Any, Callable, ClassVar
 from qr_ds.data.jsonl import RecordError, iter_lines
 from qr_ds.tasks import extract as ex
 
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")  # what Task.load reads as a data file, present or not
+
+
+def is_file_source(source: str | Path) -> bool:
+    """The rule Task.load uses: a data file by its suffix or presence, else a hub dataset name."""
+    return Path(source).suffix in FILE_SUFFIXES or Path(source).exists()
+
 
 @dataclass
 class Example:
@@ -96,7 +103,7 @@ class Task:
                                           limit))
         elif path.exists():
             raise ValueError(f"{source}: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)")
-        elif path.suffix in (".jsonl", ".json", ".parquet"):
+        elif path.suffix in FILE_SUFFIXES:
             raise FileNotFoundError(f"no such file: {source}")
         else:
             name, config, split = self.hub_source(source, split, config)

@@ -1,11 +1,10 @@
-"""What every teacher backend consumes and returns, and the factory that picks one from config."""
+"""What every teacher backend consumes and returns."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
-from qr_ds.teacher.config import TeacherConfig
+from qr_ds.stages import StageFailed
 
 
 @dataclass
@@ -29,10 +28,6 @@ class Completion:
 OnDone = Callable[[Request, Completion], None]
 
 
-class StageFailed(RuntimeError):
-    """A stage run that must not look like success; the message is what the user is told."""
-
-
 class TeacherRefused(StageFailed):
     """The endpoint refused us (401/403/404): every further request would fail the same way."""
 
@@ -42,29 +37,3 @@ class Teacher(Protocol):
 
     def run(self, requests: Iterable[Request], on_done: OnDone) -> None:
         """Complete every request, calling ``on_done`` as each finishes (any order)."""
-
-
-def derive_seed(base: int, *parts: object) -> int:
-    """A stable 31-bit seed from a base seed and a key (Python's hash() changes per process)."""
-    h = hashlib.sha256("|".join(map(str, (base, *parts))).encode()).digest()
-    return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
-
-
-def make_teacher(cfg: TeacherConfig) -> Teacher:
-    if cfg.backend == "openai":
-        from qr_ds.teacher.openai_http import OpenAITeacher
-
-        return OpenAITeacher(cfg)
-    if cfg.backend == "vllm":
-        from qr_ds.teacher.local import VllmTeacher
-
-        return VllmTeacher(cfg)
-    if cfg.backend == "hf":
-        from qr_ds.teacher.local import HFTeacher
-
-        return HFTeacher(cfg)
-    if cfg.backend == "scripted":  # only when a config names it: it is a stand-in, not a model
-        from qr_ds.teacher.scripted import ScriptedTeacher
-
-        return ScriptedTeacher(cfg)
-    raise ValueError(f"no teacher backend {cfg.backend!r}")

@@ -18,8 +18,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qr_ds.teacher.base import StageFailed
-    from qr_ds.teacher.config import GenerateConfig, load_stage_config
+    from qr_ds.stages import StageFailed, load_stage_config
+    from qr_ds.teacher.config import GenerateConfig
     from qr_ds.teacher.generate import generate, print_summary
 
     cfg = load_stage_config(GenerateConfig, args.config, "generate", [parse_override(s) for s in args.set])

@@ -4,22 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qr_ds.config import ConfigError, apply_override, from_dict, load_yaml, rule
+from qr_ds.config import ConfigError, rule
 
 BACKENDS = ("openai", "vllm", "hf", "scripted")
-
-
-def load_stage_config(cls, path: Path, stage: str, overrides: list[tuple[str, object]] = ()):
-    """A stage's config from its own YAML, or from the ``<stage>:`` section of a pipeline YAML."""
-    data = load_yaml(path)
-    if isinstance(data.get(stage), dict):
-        data = data[stage]
-    for dotted, value in overrides:
-        apply_override(data, dotted, value)
-    try:
-        return from_dict(cls, data)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
 
 
 @dataclass

@@ -13,7 +13,6 @@ dead server or a bad key cannot end in exit 0 with an empty pool. An empty reply
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -22,12 +21,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from qr_ds.config import ConfigError
-from qr_ds.data.jsonl import JsonlAppender
+from qr_ds.data.jsonl import JsonlAppender, repair_tail
 from qr_ds.data.pool import PathRecord, load_pool, write_pool
-from qr_ds.tasks.base import Example, LoadedExamples, Task, is_test_split
-from qr_ds.teacher.base import Completion, Request, StageFailed, Teacher, derive_seed, make_teacher
+from qr_ds.stages import StageFailed, derive_seed, output_lock
+from qr_ds.tasks.base import Example, LoadedExamples, Task, is_file_source, is_test_split
+from qr_ds.teacher.backends import make_teacher
+from qr_ds.teacher.base import Completion, Request, Teacher
 from qr_ds.teacher.config import GenerateConfig, TeacherConfig
-from qr_ds.teacher.lock import output_lock
 
 Key = tuple[str, str, str]
 
@@ -68,23 +68,6 @@ def sampling_params(cfg: TeacherConfig) -> dict:
 
 def record_key(rec: PathRecord) -> Key:
     return rec.id, rec.teacher, json.dumps(rec.sampling, sort_keys=True)
-
-
-def repair_tail(path: Path) -> None:
-    """Drop a half-written last line (a kill mid-write) so appends start on a fresh line."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with path.open("rb+") as fh:
-        data = fh.read()
-        if not data.endswith(b"\n"):
-            fh.truncate(data.rfind(b"\n") + 1)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-def is_file_source(data: Path) -> bool:
-    """The rule Task.load uses: a data file by its suffix or presence, else a hub dataset name."""
-    return Path(data).suffix in (".jsonl", ".json", ".parquet") or Path(data).exists()
 
 
 def load_questions(cfg: GenerateConfig) -> LoadedExamples:

@@ -1,19 +1,45 @@
-"""One run per output: ``<out>.lock`` held with flock while a stage writes ``out``.
+"""What every pipeline stage (generate, filter, embed) shares: a failure that must never look like
+success, per-request seeds that a re-run repeats, and one run per output.
 
-Two ``generate`` runs on one output would ask the teacher for the same paths twice and interleave
-their logs. The kernel releases a flock when its holder dies, so a lock left by a killed run is
-free to take; the file's pid then only names who left it, in a note.
+One run per output: ``<out>.lock`` held with flock while a stage writes ``out``. Two ``generate``
+runs on one output would ask the teacher for the same paths twice and interleave their logs. The
+kernel releases a flock when its holder dies, so a lock left by a killed run is free to take; the
+file's pid then only names who left it, in a note.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from qr_ds.teacher.base import StageFailed
+from qr_ds.config import ConfigError, apply_override, from_dict, load_yaml
+
+
+class StageFailed(RuntimeError):
+    """A stage run that must not look like success; the message is what the user is told."""
+
+
+def derive_seed(base: int, *parts: object) -> int:
+    """A stable 31-bit seed from a base seed and a key (Python's hash() changes per process)."""
+    h = hashlib.sha256("|".join(map(str, (base, *parts))).encode()).digest()
+    return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
+
+
+def load_stage_config(cls, path: Path, stage: str, overrides: list[tuple[str, object]] = ()):
+    """A stage's config from its own YAML, or from the ``<stage>:`` section of a pipeline YAML."""
+    data = load_yaml(path)
+    if isinstance(data.get(stage), dict):
+        data = data[stage]
+    for dotted, value in overrides:
+        apply_override(data, dotted, value)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 class LockHeld(StageFailed):
