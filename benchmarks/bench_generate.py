@@ -18,7 +18,7 @@ from qr_ds.config import from_dict  # noqa: E402
 from qr_ds.tasks import write_synthetic  # noqa: E402
 from qr_ds.teacher.config import GenerateConfig  # noqa: E402
 from qr_ds.teacher.generate import generate  # noqa: E402
-from qr_ds.teacher.stub_server import StubChatServer  # noqa: E402
+from qr_ds.testing.stub_server import StubChatServer  # noqa: E402
 
 
 def measure(url: str, model: str, concurrency: int, questions: int, max_tokens: int, work: Path) -> dict:

@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--students", nargs="*", type=Path, help="student model dirs (default: tiny ones built here)")
     args = p.parse_args()
     size = resolve_size(args)
-    from qr_ds import testing as trainkit
+    from qr_ds.testing import builders as trainkit
 
     work = Path(tempfile.mkdtemp(prefix="bench_multi_"))
     pool = trainkit.make_pool(work / "pool", n_questions=16)

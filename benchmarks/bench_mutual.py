@@ -1,6 +1,6 @@
 """Known-answer mutual-loss experiment: a pre-trained and a from-scratch tiny student (Llama + BPE,
 Qwen2 + WordPiece) train together on co-routed paths, with the shipped anchored form and with eq. 8
-as written (qr_ds/mutual/planted.py). Right answers: competence favours the pre-trained student; the
+as written (qr_ds/experiments/planted_mutual.py). Right answers: competence favours the pre-trained student; the
 projected states keep their scale. Method numbers, not timings.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import base_argparser, markdown_table, save_results  # noqa: E402
 
-from qr_ds.mutual.planted import Competence, run_competence  # noqa: E402
+from qr_ds.experiments.planted_mutual import Competence, run_competence  # noqa: E402
 
 
 def main() -> None:

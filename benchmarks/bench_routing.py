@@ -3,7 +3,7 @@ the shipped router against the paper's literal form and the previous default, at
 step and 2 or 3 students.
 
 Students 0..S-1 each have a lower loss on their own group of the six styles
-(qr_ds/routing/planted.py). Cases: converging (a 0.6-nat gap shrinks to 0 by step 400), a constant
+(qr_ds/experiments/planted_routing.py). Cases: converging (a 0.6-nat gap shrinks to 0 by step 400), a constant
 0.1-nat gap, students that learn what they are routed (a 0.2-nat head start, then each student's
 loss on a style falls with the paths of it routed to it), and students alike (gap 0). Solved = the
 noise-free routing sends every style to its student with P(on) >= 0.8 and to every other student
@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from common import base_argparser, markdown_table, save_results  # noqa: E402
 
 from qr_ds.routing.config import RouterConfig  # noqa: E402
-from qr_ds.routing.planted import Planted, preferred_and_other, rate_range, run_planted  # noqa: E402
+from qr_ds.experiments.planted_routing import Planted, preferred_and_other, rate_range, run_planted  # noqa: E402
 
 CASES = {  # name -> Planted fields
     "converging (0.6 -> 0 by step 400)": {"case": "converging", "gap": 0.6},

@@ -16,7 +16,7 @@ from qr_ds.tasks import write_synthetic
 from qr_ds.teacher.config import GenerateConfig
 from qr_ds.teacher.generate import generate
 from qr_ds.teacher.scripted import SPURIOUS
-from qr_ds.teacher.stub_server import StubChatServer
+from qr_ds.testing.stub_server import StubChatServer
 
 SECRET = "sk-test-DO-NOT-LEAK-4b7e2d"
 

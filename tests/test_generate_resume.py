@@ -11,7 +11,7 @@ import yaml
 from qr_ds.data.pool import load_pool
 from qr_ds.tasks import write_synthetic
 from qr_ds.teacher.generate import log_path
-from qr_ds.teacher.stub_server import StubChatServer
+from qr_ds.testing.stub_server import StubChatServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qr_ds import testing as trainkit
+from qr_ds.testing import builders as trainkit
 
 pytestmark = pytest.mark.slow
 

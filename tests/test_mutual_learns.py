@@ -1,10 +1,10 @@
-"""Known-answer experiment for the mutual loss (qr_ds/mutual/planted.py): a pre-trained and a
+"""Known-answer experiment for the mutual loss (qr_ds/experiments/planted_mutual.py): a pre-trained and a
 from-scratch tiny student of different architectures and tokenizers train together on co-routed
 paths. benchmarks/bench_mutual.py runs it longer and writes JSON."""
 import pytest
 import torch
 
-from qr_ds.mutual.planted import Competence, run_competence
+from qr_ds.experiments.planted_mutual import Competence, run_competence
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,8 @@ import pytest
 
 from qr_ds.cli import main
 from qr_ds.tasks import get_task
-from qr_ds.teacher.stub_server import StubChatServer
-from qr_ds.testing import make_students
+from qr_ds.testing.stub_server import StubChatServer
+from qr_ds.testing.builders import make_students
 from qr_ds.tiny import tokenizer_dir
 
 ROOT = Path(__file__).resolve().parents[1]

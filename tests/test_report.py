@@ -1,4 +1,4 @@
-"""`qr-ds report` over groups of small runs built from real parts: an embedded pool (qr_ds.testing),
+"""`qr-ds report` over groups of small runs built from real parts: an embedded pool (qr_ds.testing.builders),
 router checkpoints saved from a real RoutingPolicy, the filter's retention table, eval outputs with
 chosen per-question correctness, and metrics rows in the trainer's layout.
 
@@ -27,7 +27,7 @@ from qr_ds.report.groups import load_groups
 from qr_ds.report.stats import mcnemar_exact
 from qr_ds.routing.policy import RoutingPolicy
 from qr_ds.run_layout import RunDir
-from qr_ds.testing import make_pool
+from qr_ds.testing.builders import make_pool
 from qr_ds.train.config import TrainConfig
 
 STUDENTS = ("llama", "qwen")

@@ -12,7 +12,7 @@ from qr_ds.routing import (Router, RouterConfig, RoutingPolicy, RoutingTally, ba
                            rate_kl, route_probs, router_objective, routing_rates, routing_signal,
                            straight_through_route)
 from qr_ds.routing.gumbel import gumbel_noise
-from qr_ds.routing.planted import Planted, preferred_and_other, rate_range, run_planted
+from qr_ds.experiments.planted_routing import Planted, preferred_and_other, rate_range, run_planted
 from qr_ds.routing.recent_paths import RecentPaths
 
 

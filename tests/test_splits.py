@@ -5,7 +5,7 @@ import json
 import yaml
 
 from qr_ds.cli import main
-from qr_ds.teacher.stub_server import StubChatServer
+from qr_ds.testing.stub_server import StubChatServer
 from test_preflight import fake_student, refused, train
 
 

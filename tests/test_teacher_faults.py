@@ -10,7 +10,7 @@ from qr_ds.teacher.config import GenerateConfig
 from qr_ds.config import from_dict
 from qr_ds.teacher.generate import generate, log_path
 from qr_ds.teacher.openai_http import parse_retry_after
-from qr_ds.teacher.stub_server import StubChatServer
+from qr_ds.testing.stub_server import StubChatServer
 
 SECRET = "sk-test-DO-NOT-LEAK-8f3a1c"
 # question i -> what the server does on each try (last entry repeats)

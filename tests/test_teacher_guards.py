@@ -13,7 +13,7 @@ from qr_ds.cli import main
 from qr_ds.data.pool import load_pool
 from qr_ds.teacher.generate import log_path
 from qr_ds.stages import lock_path
-from qr_ds.teacher.stub_server import StubChatServer
+from qr_ds.testing.stub_server import StubChatServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-DO-NOT-LEAK-91c0aa"

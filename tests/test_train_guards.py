@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from qr_ds import testing as trainkit
+from qr_ds.testing import builders as trainkit
 from qr_ds.config import ConfigError, load_config
 from qr_ds.train.config import TrainConfig
 

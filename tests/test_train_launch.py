@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from qr_ds import testing as trainkit
+from qr_ds.testing import builders as trainkit
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from qr_ds import testing as trainkit
+from qr_ds.testing import builders as trainkit
 from qr_ds.run_layout import RunDir
 
 

@@ -110,7 +110,7 @@ def prepare(p: Transfer) -> Setup:
     """Tokenizers, tiny students, the encoded paths, and A and B warm-started on their halves."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qr_ds.testing import corpus_of, synthetic_records
+    from qr_ds.testing.builders import corpus_of, synthetic_records
     from qr_ds.tiny import build_tiny_student, tokenizer_dir
 
     torch.manual_seed(p.seed)

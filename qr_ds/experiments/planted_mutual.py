@@ -35,7 +35,7 @@ class Competence:
 
 
 def _students(p: Competence, work: Path, records) -> list:
-    from qr_ds.testing import corpus_of
+    from qr_ds.testing.builders import corpus_of
     from qr_ds.tiny import build_tiny_student, tokenizer_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -60,7 +60,7 @@ def _batch_loss(student, batch, max_spans: int):
 
 def run_competence(p: Competence, form: str = "anchored") -> dict:
     """Pre-train student 0, then train both with the mutual loss in ``form``; return gamma and ||z||."""
-    from qr_ds.testing import synthetic_records
+    from qr_ds.testing.builders import synthetic_records
     from qr_ds.train.data import collate, encode_all
     from qr_ds.train.student import Student
 

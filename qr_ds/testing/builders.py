@@ -16,7 +16,7 @@ from qr_ds.embed.lookup import text_hash
 from qr_ds.tasks import generate_synthetic, get_task
 from qr_ds.tiny import build_tiny_student, tokenizer_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def synthetic_records(n_questions: int, seed: int = 0) -> list[PathRecord]:
