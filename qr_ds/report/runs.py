@@ -78,14 +78,16 @@ def final_routing(run: Path) -> dict | None:
 
 def routing_cells(routing: dict, key: str) -> dict[str, dict[str, dict]]:
     """Mean routing probability and path count per student x value of ``key`` ("styles" or "levels")."""
+    import torch
+
+    from qr_ds.routing.rates import RoutingTally
+
     probs, values = routing["probabilities"], routing[key]
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, v in enumerate(values):
-        if v is not None:
-            groups[str(v)].append(i)
-    return {name: {v: {"mean_probability": float(np.mean(probs[idx, s])), "paths": len(idx)}
-                   for v, idx in sorted(groups.items())}
-            for s, name in enumerate(routing["students"])}
+    known = [i for i, v in enumerate(values) if v is not None]
+    tally = RoutingTally(routing["students"])
+    tally.update(torch.as_tensor(probs[known]), [str(values[i]) for i in known])
+    return {name: {v: {"mean_probability": routed / seen, "paths": seen} for v, (routed, seen) in cells.items()}
+            for name, cells in tally.per_student().items()}
 
 
 def binned_style_loss(rows: list[dict], student: str, bins: int = 10) -> dict[str, list[tuple[float, float]]]:

@@ -4,7 +4,7 @@ from qr_ds.routing.gumbel import route_probs, straight_through_route
 from qr_ds.routing.losses import balance_entropy, load_entropy, rate_kl, router_objective, routing_signal
 from qr_ds.routing.policy import RoutingPolicy
 from qr_ds.routing.router import Router
-from qr_ds.routing.stats import RoutingTally, routing_rates
+from qr_ds.routing.rates import RoutingTally, routing_rates
 
 __all__ = [
     "Router", "RouterConfig", "RoutingPolicy", "straight_through_route", "route_probs", "balance_entropy",

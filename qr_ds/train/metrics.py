@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import resource
-from collections import Counter
 
 import torch
 
 from qr_ds.data.jsonl import JsonlAppender, write_jsonl
+from qr_ds.routing.rates import RoutingTally
 from qr_ds.run_layout import RunDir
 from qr_ds.train.stats import StepStats
 
@@ -105,10 +105,10 @@ class MetricsLog:
         for key, values in (("route_rate", [r.style for r in recs]), ("route_rate_level", [r.level for r in recs])):
             if key == "route_rate_level" and all(v is None for v in values):
                 continue
-            count = Counter(values)
-            for s, name in enumerate(names):  # routed / seen, per style (Figure 4) and per level (Figure 5)
-                hit = Counter(v for v, h in zip(values, hard[:, s].tolist()) if h > 0)
-                row[f"{key}/{name}"] = {str(v): [hit[v], count[v]] for v in sorted(count, key=str)}
+            tally = RoutingTally(names)  # routed / seen, per style (Figure 4) and per level (Figure 5)
+            tally.update((hard > 0).float(), [str(v) for v in values])
+            for name, cells in tally.per_student().items():
+                row[f"{key}/{name}"] = {v: [int(routed), seen] for v, (routed, seen) in cells.items()}
         styles = [r.style for r in recs]
         for s, name in enumerate(names):  # every student's loss on every style of the batch (probes included)
             per_style: dict[str, list[float]] = {}

@@ -1,4 +1,5 @@
-"""Routing rates per student and per path key (style, level): metrics and the report heatmap (Fig. 4/5)."""
+"""Routing rates per student and per path key (style, level): the one place that counts them, for the
+training metrics (hard routing of a batch) and the report (the final router's probabilities), Fig. 4/5."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -29,6 +30,11 @@ class RoutingTally:
         return {
             k: {s: r / self.seen[k] for s, r in zip(self.students, self.routed[k])} for k in self.seen
         }
+
+    def per_student(self) -> dict[str, dict[str, tuple[float, int]]]:
+        """{student: {key: (routed, seen)}}, keys sorted: what each student got of each key's paths."""
+        keys = sorted(self.seen)
+        return {s: {k: (self.routed[k][i], self.seen[k]) for k in keys} for i, s in enumerate(self.students)}
 
 
 def routing_rates(alpha: torch.Tensor, keys: list[str], students: list[str]) -> dict[str, dict[str, float]]:
