@@ -6,7 +6,8 @@ import pytest
 
 from evalkit import build_base, build_run, write_task_data, write_teacher_pool
 from qr_ds.cli import main
-from qr_ds.eval.during_training import BackgroundEvaluator, EvalDuringTraining
+from qr_ds.train.config import EvalDuringTraining
+from qr_ds.train.evaluator import BackgroundEvaluator
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ answer/correct/judge, ``embed`` fills embedding, and the trainer reads the resul
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Callable, Literal
@@ -147,3 +148,22 @@ def load_pool(path: str | Path, *, log: Callable[[str], None] | None = None) -> 
 
 def write_pool(path: str | Path, records: list[PathRecord]) -> int:
     return write_jsonl(path, (r.to_json() for r in records))
+
+
+def normalise_question(text: str) -> str:
+    """Lowercase, whitespace collapsed: the same question in two files compares equal."""
+    return " ".join(text.lower().split())
+
+
+def pool_questions(pool: Path) -> set[str]:
+    """Normalised questions of a pool JSONL; malformed lines are the trainer's to report."""
+    out = set()
+    with pool.open(encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                q = json.loads(line).get("question")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(q, str):
+                out.add(normalise_question(q))
+    return out

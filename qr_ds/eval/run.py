@@ -13,6 +13,7 @@ from typing import Callable
 
 from qr_ds.data.format import encode_prompt, render_prompt
 from qr_ds.data.jsonl import write_jsonl
+from qr_ds.data.pool import normalise_question, pool_questions
 from qr_ds.eval.checkpoints import Adapter, checkpoints_of_run, read_checkpoint, run_pool
 from qr_ds.eval.config import EvalConfig
 from qr_ds.eval.backends import make_backend
@@ -47,8 +48,6 @@ def training_pools(cfg: EvalConfig) -> list[Path]:
 def warn_overlap(pools: list[Path], examples: dict[str, list[Example]], tasks: dict[str, str],
                  log: Callable[[str], None]) -> None:
     """Scores on questions a student trained on measure memory: say so, with how many."""
-    from qr_ds.train.preflight import normalise_question, pool_questions
-
     for pool in pools:
         trained = pool_questions(pool)
         for name, exs in examples.items():

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Literal
 
 from qr_ds.config import ConfigError, rule
-from qr_ds.eval.during_training import EvalDuringTraining
 from qr_ds.mutual.config import MutualConfig
 from qr_ds.routing.config import RouterConfig
 
@@ -70,6 +69,20 @@ class DataConfig:
                                                "paths in one batch, so eq. 3 averages over all of them. In a plain "
                                                "training loop on the demo task: 79% vs 27% after 3 epochs; batches of "
                                                "two or three questions teach too little per step"))
+
+
+@dataclass
+class EvalDuringTraining:
+    """The ``eval:`` section: checkpoints scored by `qr-ds eval` processes while training goes on
+    (train/evaluator.py)."""
+
+    every_steps: int = field(default=0, metadata=rule(min=0, help="0 = off"))
+    tasks: dict[str, str] = field(default_factory=dict, metadata=rule(help="task name -> dev file"))
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    max_new_tokens: int = field(default=128, metadata=rule(min=1))
+    limit: int = field(default=0, metadata=rule(min=0, help="first N dev examples per task (0 = all)"))
+    device: str | None = field(default=None, metadata=rule(help="CUDA_VISIBLE_DEVICES for the eval process"))
+    max_in_flight: int = field(default=1, metadata=rule(min=1))
 
 
 @dataclass

@@ -8,12 +8,12 @@ naming the config key, so a user fixes all of them in one go.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
 from pathlib import Path
 
+from qr_ds.data.pool import normalise_question, pool_questions
 from qr_ds.distributed.engines import find_ds_config
 from qr_ds.train.config import StudentConfig, TrainConfig
 
@@ -151,25 +151,6 @@ def hostfile_slots(path: Path) -> int:
 
 
 # ---- leakage between the pool and the dev files --------------------------------------------------
-
-def normalise_question(text: str) -> str:
-    """Lowercase, whitespace collapsed: the same question in two files compares equal."""
-    return " ".join(text.lower().split())
-
-
-def pool_questions(pool: Path) -> set[str]:
-    """Normalised questions of a pool JSONL; malformed lines are the trainer's to report."""
-    out = set()
-    with pool.open(encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            try:
-                q = json.loads(line).get("question")
-            except (json.JSONDecodeError, AttributeError):
-                continue
-            if isinstance(q, str):
-                out.add(normalise_question(q))
-    return out
-
 
 def shared_questions(pool_qs: set[str], task: str, data: str) -> tuple[int, int, list[str]]:
     """(shared, total, a few shared questions) between a pool's questions and a task's data file."""

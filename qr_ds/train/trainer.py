@@ -86,7 +86,7 @@ class Trainer:
         self.checkpointer = Checkpointer(self.run, strategy, cfg.keep_last, self.say)
         self.evaluator = None
         if cfg.eval.every_steps and self.is_coord:  # a separate process: training waits only for the hand-off
-            from qr_ds.eval.during_training import BackgroundEvaluator
+            from qr_ds.train.evaluator import BackgroundEvaluator
 
             self.evaluator = BackgroundEvaluator(cfg.eval, self.run.evaluations, log=self.say)
         self.names = [s.name for s in cfg.students]

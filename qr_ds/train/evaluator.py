@@ -12,23 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
-from qr_ds.config import rule
 from qr_ds.run_layout import step_name
-
-
-@dataclass
-class EvalDuringTraining:
-    every_steps: int = field(default=0, metadata=rule(min=0, help="0 = off"))
-    tasks: dict[str, str] = field(default_factory=dict, metadata=rule(help="task name -> dev file"))
-    backend: Literal["auto", "vllm", "hf"] = "auto"
-    max_new_tokens: int = field(default=128, metadata=rule(min=1))
-    limit: int = field(default=0, metadata=rule(min=0, help="first N dev examples per task (0 = all)"))
-    device: str | None = field(default=None, metadata=rule(help="CUDA_VISIBLE_DEVICES for the eval process"))
-    max_in_flight: int = field(default=1, metadata=rule(min=1))
+from qr_ds.train.config import EvalDuringTraining
 
 
 @dataclass
