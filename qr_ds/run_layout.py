@@ -8,12 +8,14 @@
 tokenizer, plus ``mutual_head.pt``), ``engines/<name>/`` (DeepSpeed state), ``rng/rank<r>.pt``,
 ``<component>.pt`` (coordinator state such as the router) and ``position.json`` (data position).
 ``checkpoints/latest`` names the newest complete checkpoint and is replaced atomically and durably.
-Trainer, evaluation, demo and tests ask this module; none rebuilds a path by hand.
+Trainer, evaluation, report, demo and tests ask this module, also the way back (the checkpoint of a
+student's weights, the run of a checkpoint); none rebuilds a path by hand.
 """
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 WEIGHTS_DIR = {"lora": "adapter", "full": "model"}  # under students/<name>/, by StudentConfig.finetune
@@ -25,8 +27,46 @@ def step_name(step: int) -> str:
 
 
 @dataclass(frozen=True)
+class StudentEntry:
+    """One student in a checkpoint's meta.json: what serving its weights needs."""
+
+    name: str
+    model: str  # base model name or dir
+    tokenizer: str
+    finetune: str = "lora"  # "lora" | "full", by StudentConfig.finetune
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """meta.json, written last in a checkpoint (its presence marks the checkpoint complete)."""
+
+    step: int
+    students: list[StudentEntry]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> CheckpointMeta:
+        """Tolerant of older checkpoints: no step is -1, no finetune is LoRA, no tokenizer is the model's."""
+        meta = json.loads(text)
+        students = [StudentEntry(st["name"], st["model"], st.get("tokenizer") or st["model"], st.get("finetune", "lora"))
+                    for st in meta.get("students", [])]
+        return cls(int(meta.get("step", -1)), students)
+
+
+@dataclass(frozen=True)
 class CheckpointDir:
     path: Path
+
+    @classmethod
+    def of_weights(cls, weights: Path) -> CheckpointDir:
+        """The checkpoint holding a student's weights folder (``students/<name>/{adapter,model}``)."""
+        return cls(Path(weights).parents[2])
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.path.parents[1])
 
     @property
     def name(self) -> str:
@@ -43,6 +83,12 @@ class CheckpointDir:
     @property
     def position(self) -> Path:
         return self.path / "position.json"
+
+    def write_meta(self, meta: CheckpointMeta) -> None:
+        self.meta.write_text(meta.to_json())
+
+    def read_meta(self) -> CheckpointMeta:
+        return CheckpointMeta.from_json(self.meta.read_text())
 
     def student(self, name: str) -> Path:
         return self.path / "students" / name
@@ -75,6 +121,17 @@ class RunDir:
     ranks = property(lambda self: self.root / "ranks")
     evaluations = property(lambda self: self.root / "eval")
     checkpoints = property(lambda self: self.root / "checkpoints")
+
+    def training_pool(self) -> Path | None:
+        """The teacher's path pool the run trained on: config.yaml's data.pool, else RUN/pool.jsonl."""
+        import yaml
+
+        if self.config.is_file():
+            pool = ((yaml.safe_load(self.config.read_text()) or {}).get("data") or {}).get("pool")
+            if pool and Path(pool).is_file():
+                return Path(pool)
+        local = self.root / "pool.jsonl"
+        return local if local.is_file() else None
 
     def checkpoint(self, step: int) -> CheckpointDir:
         return CheckpointDir(self.checkpoints / step_name(step))

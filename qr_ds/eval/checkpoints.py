@@ -1,7 +1,8 @@
 """Find checkpoints and their student adapters, and refuse ones that cannot be served correctly.
 
-Layout (qr_ds/run_layout.py): a checkpoint's ``meta.json`` lists the students (name, base model,
-tokenizer, finetune); each has a PEFT adapter folder, or whole weights for a fully fine-tuned student.
+Layout (qr_ds/run_layout.py): a checkpoint's ``meta.json`` (CheckpointMeta) lists the students (name,
+base model, tokenizer, finetune); each has a PEFT adapter folder, or whole weights for a fully
+fine-tuned student.
 """
 from __future__ import annotations
 
@@ -54,13 +55,13 @@ def read_checkpoint(ckpt: Path) -> list[Adapter]:
     meta_path = CheckpointDir(ckpt).meta
     if not meta_path.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt}: no meta.json (not a checkpoint dir, or an incomplete one)")
-    meta = json.loads(meta_path.read_text())
-    step = int(meta.get("step", -1))
+    meta = CheckpointDir(ckpt).read_meta()
+    step = meta.step
     out = []
-    for st in meta.get("students", []):
-        name, model = st["name"], st["model"]
-        if st.get("finetune", "lora") == "full":
-            out.append(_full_model(ckpt, step, name, model, st.get("tokenizer") or model))
+    for st in meta.students:
+        name, model = st.name, st.model
+        if st.finetune == "full":
+            out.append(_full_model(ckpt, step, name, model, st.tokenizer))
             continue
         path = CheckpointDir(ckpt).weights(name, "lora")
         cfg_path = path / "adapter_config.json"
@@ -73,7 +74,7 @@ def read_checkpoint(ckpt: Path) -> list[Adapter]:
         if base and not _same_model(base, model):
             raise ValueError(f"{cfg_path}: adapter of student '{name}' was trained on base model {base!r}, "
                              f"but {meta_path} serves it on {model!r}")
-        out.append(Adapter(ckpt.name, step, name, model, st.get("tokenizer") or model, path, adapter_rank(cfg)))
+        out.append(Adapter(ckpt.name, step, name, model, st.tokenizer, path, adapter_rank(cfg)))
     if not out:
         raise ValueError(f"{meta_path}: lists no students")
     return out
@@ -97,16 +98,3 @@ def _full_model(ckpt: Path, step: int, name: str, model: str, tokenizer: str) ->
             raise ValueError(f"{cfg_path}: student '{name}' does not have the shape of its base model {model!r} "
                              f"({', '.join(f'{k}: {mine.get(k)!r} vs {base.get(k)!r}' for k in bad)})")
     return Adapter(ckpt.name, step, name, model, tokenizer, path, 0, full=True)
-
-
-def run_pool(run_dir: Path) -> Path | None:
-    """The teacher's path pool of a training run: config.yaml's data.pool, else RUN/pool.jsonl."""
-    import yaml
-
-    cfg = Path(run_dir) / "config.yaml"
-    if cfg.is_file():
-        pool = ((yaml.safe_load(cfg.read_text()) or {}).get("data") or {}).get("pool")
-        if pool and Path(pool).is_file():
-            return Path(pool)
-    local = Path(run_dir) / "pool.jsonl"
-    return local if local.is_file() else None

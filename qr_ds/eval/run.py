@@ -14,11 +14,12 @@ from typing import Callable
 from qr_ds.data.format import encode_prompt, render_prompt
 from qr_ds.data.jsonl import write_jsonl
 from qr_ds.data.pool import normalise_question, pool_questions
-from qr_ds.eval.checkpoints import Adapter, checkpoints_of_run, read_checkpoint, run_pool
+from qr_ds.eval.checkpoints import Adapter, checkpoints_of_run, read_checkpoint
 from qr_ds.eval.config import EvalConfig
 from qr_ds.eval.backends import make_backend
 from qr_ds.eval.generation import FullRef, Request, new_lora, stop_ids
 from qr_ds.eval.scoring import ensemble, markdown, summarize, teacher_rows
+from qr_ds.run_layout import CheckpointDir, RunDir
 from qr_ds.tasks import Example, get_task
 from qr_ds.tasks.base import is_file_source
 
@@ -41,8 +42,9 @@ def load_tasks(tasks: dict[str, str], limit: int, split: str | None = None) -> d
 def training_pools(cfg: EvalConfig) -> list[Path]:
     """The pools the evaluated students trained on: data.pool in the config.yaml of the run, and of
     the run each checkpoint lies in (RUN/checkpoints/step_N)."""
-    runs = ([Path(cfg.run_dir)] if cfg.run_dir is not None else []) + [Path(c).parents[1] for c in cfg.checkpoints]
-    return sorted({p for p in map(run_pool, runs) if p is not None})
+    runs = [CheckpointDir(Path(c)).run for c in cfg.checkpoints]
+    runs += [RunDir(cfg.run_dir)] if cfg.run_dir is not None else []
+    return sorted({p for p in (run.training_pool() for run in runs) if p is not None})
 
 
 def warn_overlap(pools: list[Path], examples: dict[str, list[Example]], tasks: dict[str, str],
@@ -60,13 +62,14 @@ def warn_overlap(pools: list[Path], examples: dict[str, list[Example]], tasks: d
 def with_unique_labels(adapters: list[Adapter]) -> list[Adapter]:
     """The same step of several runs: rows are named "run/step_N", with as many of the run folder's
     trailing parts as tell the runs apart ("qr_distill/s0/step_N" beside "no_route/s0/step_N")."""
+    runs = [CheckpointDir.of_weights(a.path).run.root for a in adapters]
+
     def labels(depth: int) -> list[tuple[str, str]]:
-        # weights live at RUN/checkpoints/<step>/students/<name>/{adapter,model}
-        return [("/".join(a.path.parents[4].parts[-depth:] + (a.checkpoint,)) if depth else a.checkpoint, a.student)
-                for a in adapters]
+        return [("/".join(run.parts[-depth:] + (a.checkpoint,)) if depth else a.checkpoint, a.student)
+                for a, run in zip(adapters, runs)]
 
     depth = 0
-    while len(set(labels(depth))) < len(adapters) and depth < max(len(a.path.parents[4].parts) for a in adapters):
+    while len(set(labels(depth))) < len(adapters) and depth < max(len(run.parts) for run in runs):
         depth += 1
     return [dataclasses.replace(a, checkpoint=label) for a, (label, _) in zip(adapters, labels(depth))]
 
@@ -134,7 +137,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, fi
                          "prompt": prompts[(t, ex.id)], "output": text, "extracted": pred, "gold": ex.gold,
                          "correct": task.is_correct(pred, ex), "logprob": g.logprob, "tokens": len(g.token_ids)})
     rows += ensemble([r for r in rows if r["checkpoint"] != "zero-shot"])
-    pool = cfg.teacher_pool or (run_pool(cfg.run_dir) if cfg.run_dir is not None else None)
+    pool = cfg.teacher_pool or (RunDir(cfg.run_dir).training_pool() if cfg.run_dir is not None else None)
     teacher = teacher_rows(pool, list(cfg.tasks)) if pool else []
     tasks = list(cfg.tasks)
     table = summarize(teacher + rows, tasks)

@@ -16,7 +16,7 @@ import numpy as np
 from qr_ds.report.groups import Group
 from qr_ds.report.runs import Run, read_jsonl
 from qr_ds.report.stats import SEEDS_AND_QUESTIONS, compare_groups, mcnemar_exact
-from qr_ds.run_layout import RunDir
+from qr_ds.run_layout import CheckpointDir, RunDir
 
 ALPHA = 0.05
 
@@ -27,7 +27,7 @@ class EvalOutputs:
     tasks: list[str]
     table: list[dict]  # summary.json rows
     predictions: list[dict]
-    checkpoint_dirs: dict[str, Path] = field(default_factory=dict)  # row's checkpoint label -> folder
+    checkpoint_dirs: dict[str, CheckpointDir] = field(default_factory=dict)  # row's checkpoint label -> folder
 
 
 def load_eval(path: Path) -> EvalOutputs:
@@ -36,14 +36,13 @@ def load_eval(path: Path) -> EvalOutputs:
             raise FileNotFoundError(f"eval folder {path}: no {name} (written by `qr-ds eval --out {path}`)")
     summary = json.loads((path / "summary.json").read_text())
     served = json.loads((path / "adapters.json").read_text())
-    # weights live at RUN/checkpoints/<step>/students/<name>/{adapter,model}
-    dirs = {a["checkpoint"]: Path(a["path"]).resolve().parents[2] for a in served}
+    dirs = {a["checkpoint"]: CheckpointDir.of_weights(Path(a["path"]).resolve()) for a in served}
     return EvalOutputs(path, summary["tasks"], summary["rows"], read_jsonl(path / "predictions.jsonl"), dirs)
 
 
 def evaluated_checkpoint(ev: EvalOutputs, run: Path) -> str | None:
     """The label of the run's checkpoint in this eval: its final one if evaluated, else its latest step."""
-    mine = {label: d for label, d in ev.checkpoint_dirs.items() if d.parents[1] == run.resolve()}
+    mine = {label: d for label, d in ev.checkpoint_dirs.items() if d.run.root == run.resolve()}
     if not mine:
         return None
     final = RunDir(run).latest()
