@@ -52,13 +52,13 @@ def _trainer(strategy, kit, name, **over):
 
 def test_micro_step_in_one_process(strategy, kit):
     tr = _trainer(strategy, kit, "micro")
-    before = {n: p.detach().clone() for n, p in tr.students[0].model.module.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in tr.students[0].engine.module.named_parameters() if p.requires_grad}
     rec = tr.micro_step(tr.data.epoch_batches(0, tr.P)[0])
     stats = rec["stats"]
     assert [s.routed for s in stats.students] and sum(s.routed for s in stats.students) >= tr.P
     assert stats.mutual_loss > 0 and all(s.tokens > 0 for s in stats.students)
     assert all(s.lr > 0 for s in stats.students)
-    after = dict(tr.students[0].model.module.named_parameters())
+    after = dict(tr.students[0].engine.module.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in before)
 
 

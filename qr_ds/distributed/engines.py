@@ -1,6 +1,7 @@
-"""Everything DeepSpeed does to one student: its JSON config, the engine, ZeRO-3 gathers, and saving
-or loading its state. The trainer hands in a module, an optimizer and a scheduler; nothing outside
-this file and strategy.py imports deepspeed.
+"""Everything DeepSpeed does to one student: its JSON config, the engine, and ``StudentEngine``, all
+that the trainer and the checkpointer may ask of an engine (forward, backward, step, lr and grad
+norm, ZeRO-3 gathers, saving, loading and exporting). The strategy builds it from a module, an
+optimizer and a scheduler; nothing outside this file and strategy.py imports deepspeed.
 
 A DeepSpeed engine state is read with DeepSpeed's own loader, which unpickles: only resume from
 checkpoints you wrote (trusted input). Everything else qr_ds writes loads with weights_only=True.
@@ -74,39 +75,6 @@ def create_engine(module: torch.nn.Module, optimizer, scheduler, config: dict, m
     return engine
 
 
-def is_zero3(engine) -> bool:
-    return engine.zero_optimization_stage() == 3
-
-
-def gathered(engine):
-    """ZeRO-3 shards parameters: gather the trainable ones before exporting the adapter (or model)."""
-    if is_zero3(engine):
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters([p for p in engine.module.parameters() if p.requires_grad])
-    return nullcontext()
-
-
-def save_state(engine, folder: Path) -> None:
-    """Module, optimizer and scheduler, without frozen weights: a LoRA student's base model is
-    already on disk (its model name) and would otherwise be copied into every checkpoint."""
-    engine.save_checkpoint(str(folder), tag="state", exclude_frozen_parameters=True)
-
-
-def load_state(engine, folder: Path, what: str) -> None:
-    # strict=False: the frozen base weights were left out on purpose and are loaded from the model.
-    path, _ = engine.load_checkpoint(str(folder), tag="state", load_module_strict=False)
-    if path is None:
-        raise FileNotFoundError(f"--resume: engine state of {what} missing in {folder}")
-
-
-def lr_and_grad_norm(engine) -> tuple[float, float]:
-    """The learning rate of the model's parameter group and the last step's global gradient norm
-    (NaN before the first optimizer step)."""
-    norm = engine.get_global_grad_norm()
-    return float(engine.get_lr()[0]), (float(norm) if norm is not None else float("nan"))
-
-
 def save_whole_model(lm, out: Path) -> None:
     """``save_pretrained``'s files, written from any rank.
 
@@ -130,18 +98,67 @@ def save_whole_model(lm, out: Path) -> None:
         lm.generation_config.save_pretrained(str(out))
 
 
-def export_student(engine, weights_dir: Path, head_file: Path, full: bool, tokenizer, writer: bool) -> None:
-    """The student's loadable folder: PEFT adapter (or whole model) plus its tokenizer, so
-    AutoTokenizer / AutoModelForCausalLM / AutoPeftModelForCausalLM / vLLM need no extra argument.
-    Every rank of the student joins the ZeRO-3 gather; only ``writer`` writes."""
-    module = engine.module
-    with gathered(engine):
-        if not writer:
-            return
-        if full:
-            save_whole_model(module.lm, weights_dir)
-        else:
-            module.lm.save_pretrained(str(weights_dir))
-        tokenizer.save_pretrained(str(weights_dir))
-        if module.head is not None:
-            torch.save(module.head.state_dict(), head_file)
+class StudentEngine:
+    """One student's DeepSpeed engine on this rank; ``writer``: this rank writes the student's
+    loadable folder (its first data-parallel rank)."""
+
+    def __init__(self, engine, writer: bool):
+        self.engine, self.writer = engine, writer
+
+    def __call__(self, *args):
+        return self.engine(*args)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    @property
+    def zero3(self) -> bool:
+        return self.engine.zero_optimization_stage() == 3
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def lr_and_grad_norm(self) -> tuple[float, float]:
+        """The learning rate of the model's parameter group and the last step's global gradient norm
+        (NaN before the first optimizer step)."""
+        norm = self.engine.get_global_grad_norm()
+        return float(self.engine.get_lr()[0]), (float(norm) if norm is not None else float("nan"))
+
+    def gathered(self):
+        """ZeRO-3 shards parameters: gather the trainable ones before exporting the adapter (or model)."""
+        if self.zero3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters([p for p in self.module.parameters() if p.requires_grad])
+        return nullcontext()
+
+    def save(self, folder: Path) -> None:
+        """Module, optimizer and scheduler, without frozen weights: a LoRA student's base model is
+        already on disk (its model name) and would otherwise be copied into every checkpoint."""
+        self.engine.save_checkpoint(str(folder), tag="state", exclude_frozen_parameters=True)
+
+    def load(self, folder: Path, what: str) -> None:
+        # strict=False: the frozen base weights were left out on purpose and are loaded from the model.
+        path, _ = self.engine.load_checkpoint(str(folder), tag="state", load_module_strict=False)
+        if path is None:
+            raise FileNotFoundError(f"--resume: engine state of {what} missing in {folder}")
+
+    def export(self, weights_dir: Path, head_file: Path, full: bool, tokenizer) -> None:
+        """The student's loadable folder: PEFT adapter (or whole model) plus its tokenizer, so
+        AutoTokenizer / AutoModelForCausalLM / AutoPeftModelForCausalLM / vLLM need no extra argument.
+        Every rank of the student joins the ZeRO-3 gather; only the writer writes."""
+        module = self.module
+        with self.gathered():
+            if not self.writer:
+                return
+            if full:
+                save_whole_model(module.lm, weights_dir)
+            else:
+                module.lm.save_pretrained(str(weights_dir))
+            tokenizer.save_pretrained(str(weights_dir))
+            if module.head is not None:
+                torch.save(module.head.state_dict(), head_file)

@@ -1,5 +1,6 @@
-"""One object owns process groups, collectives and DeepSpeed engines; the trainer never touches raw ranks.
-The engine half (config, construction, ZeRO-3 gathers, save/load) is in engines.py.
+"""One object owns process groups, collectives and DeepSpeed; the trainer never touches raw ranks and
+never imports deepspeed. ``prepare_student`` builds a student's DeepSpeed config and engine and hands
+back a ``StudentEngine`` (engines.py), through which every later engine call goes.
 
 Every rank creates every group in the same order (torch.distributed requires it). Groups whose
 ranks share one GPU fall back to gloo, since NCCL refuses a device twice in one communicator.
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from qr_ds.distributed import engines
+from qr_ds.distributed.engines import StudentEngine
 from qr_ds.distributed.topology import Layout
 
 
@@ -142,19 +144,21 @@ class Strategy:
         ppc.assert_ints_same_as_other_ranks = same_on_student_ranks
 
     # -- engines ----------------------------------------------------------------------------
-    def create_engine(self, student: int, module, optimizer, scheduler, ds_config: dict):
-        engine = engines.create_engine(module, optimizer, scheduler, ds_config, self.mpu(student))
-        if engines.is_zero3(engine) and self.layout.placement == "separate":
+    def prepare_student(self, student: int, module, optimizer, scheduler, cfg) -> StudentEngine:
+        """The student's DeepSpeed engine on its own data-parallel group. ``cfg`` is the TrainConfig:
+        the student's DeepSpeed JSON and dtype, and the batch, accumulation and clipping of the run."""
+        sc = cfg.students[student]
+        ds = engines.ds_config(engines.resolve_ds_config(sc.deepspeed, f"students[{student}].deepspeed"),
+                               cfg.micro_batch_paths, cfg.grad_accum, cfg.grad_clip, sc.dtype)
+        engine = StudentEngine(engines.create_engine(module, optimizer, scheduler, ds, self.mpu(student)),
+                               self.writes_for(student))
+        if engine.zero3 and self.layout.placement == "separate":
             self.scope_zero3_checks(student)
         return engine
 
     def writes_for(self, student: int) -> bool:
         """The student's first data-parallel rank writes its loadable folder."""
         return self.layout.dp_rank(student, self.rank) == 0
-
-    save_engine = staticmethod(engines.save_state)
-    load_engine = staticmethod(engines.load_state)
-    export_student = staticmethod(engines.export_student)
 
     def mpu(self, student: int) -> _StudentMPU:
         return _StudentMPU(self.student_groups[student], self.layout.student_ranks[student],

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from qr_ds.distributed.strategy import StudentEngine
 from qr_ds.run_layout import CheckpointDir, RunDir
 
 
@@ -30,10 +31,9 @@ class StudentSlot:
     """What one local student contributes to a checkpoint."""
 
     name: str
-    engine: Any
+    engine: StudentEngine
     finetune: str  # "lora" | "full"
     tokenizer: Any
-    writer: bool  # this rank writes the student's folder (its first data-parallel rank)
 
 
 def rng_state() -> dict:
@@ -67,11 +67,10 @@ class Checkpointer:
         ckpt = self.run.checkpoint(step)
         ckpt.rng(self.strategy.rank).parent.mkdir(parents=True, exist_ok=True)
         for st in students:
-            self.strategy.save_engine(st.engine, ckpt.engine(st.name))
+            st.engine.save(ckpt.engine(st.name))
             weights = ckpt.weights(st.name, st.finetune)
             weights.parent.mkdir(parents=True, exist_ok=True)
-            self.strategy.export_student(st.engine, weights, ckpt.head(st.name), st.finetune == "full",
-                                         st.tokenizer, st.writer)
+            st.engine.export(weights, ckpt.head(st.name), st.finetune == "full", st.tokenizer)
         torch.save(rng_state(), ckpt.rng(self.strategy.rank))
         if self.strategy.is_coordinator:
             for key, state in components.items():
@@ -96,7 +95,7 @@ class Checkpointer:
         hand to its components (coordinator keys only on the coordinator)."""
         ckpt = self.run.require_latest()
         for st in students:
-            self.strategy.load_engine(st.engine, ckpt.engine(st.name), f"student '{st.name}'")
+            st.engine.load(ckpt.engine(st.name), f"student '{st.name}'")
         set_rng_state(torch.load(ckpt.rng(self.strategy.rank), weights_only=True))
         states = {}
         if self.strategy.is_coordinator:

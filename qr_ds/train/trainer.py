@@ -20,8 +20,7 @@ import torch
 from tqdm import tqdm
 
 from qr_ds.config import to_dict
-from qr_ds.distributed.engines import ds_config, lr_and_grad_norm, resolve_ds_config
-from qr_ds.distributed.strategy import Strategy
+from qr_ds.distributed.strategy import StudentEngine, Strategy
 from qr_ds.mutual.loss import mutual_loss, mutual_loss_for_student
 from qr_ds.routing.policy import RoutingPolicy
 from qr_ds.run_layout import RunDir
@@ -38,7 +37,7 @@ from qr_ds.train.student import build_student, load_tokenizer, param_groups
 class LocalStudent:
     index: int
     name: str
-    model: torch.nn.Module  # the DeepSpeed engine
+    engine: StudentEngine  # built by the strategy: every DeepSpeed call goes through it
     pad_id: int
     dp_size: int
     slot: StudentSlot  # what it gives a checkpoint
@@ -78,7 +77,7 @@ class Trainer:
         # on every path needs every path's states with grad: then each student forwards its whole
         # chunk in one pass (unrouted paths at SFT weight 0) and never probes.
         self.mutual_everywhere = cfg.use_mutual and cfg.mutual.paths == "all"
-        self.one_pass = self.mutual_everywhere or any(st.model.zero_optimization_stage() == 3 for st in self.students)
+        self.one_pass = self.mutual_everywhere or any(st.engine.zero3 for st in self.students)
         self.routing = None
         if cfg.router.enabled and self.is_coord:
             self.routing = RoutingPolicy(cfg.router, self.data.embeddings.shape[1], S, cfg.lambda1, cfg.seed)
@@ -97,10 +96,8 @@ class Trainer:
         module = build_student(sc, cfg.mutual if cfg.use_mutual else None, self.dist.device)
         opt = build_optimizer(param_groups(module, sc, cfg.mutual.head_lr), cfg.optimizer)
         sched = build_schedule(opt, cfg.lr_schedule, cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio)
-        ds = ds_config(resolve_ds_config(sc.deepspeed, f"students[{s}].deepspeed"), cfg.micro_batch_paths,
-                       cfg.grad_accum, cfg.grad_clip, sc.dtype)
-        engine = self.dist.create_engine(s, module, opt, sched, ds)
-        slot = StudentSlot(sc.name, engine, sc.finetune, self.tokenizers[s], self.dist.writes_for(s))
+        engine = self.dist.prepare_student(s, module, opt, sched, cfg)
+        slot = StudentSlot(sc.name, engine, sc.finetune, self.tokenizers[s])
         return LocalStudent(s, sc.name, engine, self.tokenizers[s].pad_token_id,
                             len(self.layout.student_ranks[s]), slot)
 
@@ -129,7 +126,7 @@ class Trainer:
         weights = torch.zeros_like(labels, dtype=torch.float32)
         weights[:, 1:] = (labels[:, 1:] != -100) * (w_path[:, None] / n_tok)
         M = self.cfg.mutual.max_spans if self.cfg.use_mutual and states else 0
-        return st.model(batch["input_ids"], batch["attention_mask"], labels, weights, batch["span_ids"], M)
+        return st.engine(batch["input_ids"], batch["attention_mask"], labels, weights, batch["span_ids"], M)
 
     def train_forward(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
                       path_loss: torch.Tensor, stats: StepStats):
@@ -189,12 +186,12 @@ class Trainer:
 
         for st in self.students:
             t0 = time.perf_counter()
-            st.model.backward(outs[st.index][0])
-            st.model.step()
+            st.engine.backward(outs[st.index][0])
+            st.engine.step()
             stats.students[st.index].compute_s += time.perf_counter() - t0
             stats.students[st.index].exchange_s += t_x
-            if st.slot.writer:  # one rank per student reports, so the sum over ranks is the value
-                stats.students[st.index].lr, stats.students[st.index].grad_norm = lr_and_grad_norm(st.model)
+            if st.engine.writer:  # one rank per student reports, so the sum over ranks is the value
+                stats.students[st.index].lr, stats.students[st.index].grad_norm = st.engine.lr_and_grad_norm()
 
         path_loss = self.dist.sum_to_coordinator(path_loss)
         stats = StepStats.from_tensor(self.dist.sum_to_coordinator(stats.to_tensor()))
