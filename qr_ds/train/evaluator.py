@@ -50,6 +50,11 @@ class BackgroundEvaluator:
                      f"{self.cfg.max_in_flight} evaluation(s) still run")
         self.pending = job
 
+    def protected(self) -> set[str]:
+        """Names of the checkpoints an evaluation still has to read: pruning keeps them."""
+        jobs = self.running + ([self.pending] if self.pending else [])
+        return {j.checkpoint.name for j in jobs}
+
     def poll(self) -> list[dict]:
         """Finished evaluations since the last call: {step, checkpoint, accuracy: {task: acc}, ...}."""
         done = [j for j in self.running if j.proc.poll() is not None]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -25,6 +25,7 @@ from qr_ds.mutual.loss import mutual_loss, mutual_loss_for_student
 from qr_ds.routing.policy import RoutingPolicy
 from qr_ds.run_layout import RunDir
 from qr_ds.train.checkpoint import Checkpointer, StudentSlot
+from qr_ds.train.position import Position
 from qr_ds.train.config import TrainConfig
 from qr_ds.train.data import TrainData, collate
 from qr_ds.train.metrics import MetricsLog
@@ -40,16 +41,6 @@ class LocalStudent:
     engine: StudentEngine  # built by the strategy: every DeepSpeed call goes through it
     pad_id: int
     dp_size: int
-    slot: StudentSlot  # what it gives a checkpoint
-
-
-@dataclass
-class Position:
-    epoch: int = 0
-    batch: int = 0  # next batch index within the epoch
-    micro_step: int = 0
-    step: int = 0  # optimizer steps done
-    tokens_seen: list[float] = field(default_factory=list)  # per student, trained on since step 0: the budget
 
 
 class Trainer:
@@ -82,12 +73,16 @@ class Trainer:
         if cfg.router.enabled and self.is_coord:
             self.routing = RoutingPolicy(cfg.router, self.data.embeddings.shape[1], S, cfg.lambda1, cfg.seed)
         self.pos = Position()
-        self.checkpointer = Checkpointer(self.run, strategy, cfg.keep_last, self.say)
         self.evaluator = None
         if cfg.eval.every_steps and self.is_coord:  # a separate process: training waits only for the hand-off
             from qr_ds.train.evaluator import BackgroundEvaluator
 
             self.evaluator = BackgroundEvaluator(cfg.eval, self.run.evaluations, log=self.say)
+        slots = [StudentSlot(st.name, st.engine, cfg.students[st.index].finetune, self.tokenizers[st.index])
+                 for st in self.students]
+        self.checkpointer = Checkpointer(self.run, strategy, cfg, self.total_steps, slots, self.pos,
+                                         {"router": self.routing} if self.routing is not None else {},
+                                         self.evaluator, self.say)
         self.names = [s.name for s in cfg.students]
 
     def _build(self, s: int) -> LocalStudent:
@@ -97,9 +92,7 @@ class Trainer:
         opt = build_optimizer(param_groups(module, sc, cfg.mutual.head_lr), cfg.optimizer)
         sched = build_schedule(opt, cfg.lr_schedule, cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio)
         engine = self.dist.prepare_student(s, module, opt, sched, cfg)
-        slot = StudentSlot(sc.name, engine, sc.finetune, self.tokenizers[s])
-        return LocalStudent(s, sc.name, engine, self.tokenizers[s].pad_token_id,
-                            len(self.layout.student_ranks[s]), slot)
+        return LocalStudent(s, sc.name, engine, self.tokenizers[s].pad_token_id, len(self.layout.student_ranks[s]))
 
     def _progress(self, it, **kw):
         return tqdm(it, disable=not self.is_coord, **kw)
@@ -248,7 +241,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         cfg = self.cfg
         if resume:
-            self.load_state()
+            self.checkpointer.load()
         # a resumed run's logs are cut back to its checkpoint first: each step is logged once
         self.metrics = MetricsLog(self.run, self.is_coord, cfg.report_to, to_dict(cfg),
                                   self.pos.step if resume else None)
@@ -262,14 +255,11 @@ class Trainer:
             if epoch != self.pos.epoch:
                 batches, epoch = self.data.epoch_batches(self.pos.epoch, self.P), self.pos.epoch
             if self.pos.batch >= len(batches):
-                self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
+                self.pos.next_epoch()
                 continue
             idx = batches[self.pos.batch]
             rec = self.micro_step(idx)
-            seen = [st.tokens for st in rec["stats"].students]  # summed over ranks on the coordinator
-            self.pos.tokens_seen = [a + b for a, b in zip(self.pos.tokens_seen or [0.0] * len(seen), seen)]
-            self.pos.batch += 1
-            self.pos.micro_step += 1
+            self.pos.after_micro_step([st.tokens for st in rec["stats"].students])  # summed over ranks: coordinator
             if self.pos.micro_step % cfg.grad_accum:
                 continue
             if self.routing is not None:
@@ -280,43 +270,14 @@ class Trainer:
                 last = self.metrics.step(self.pos, rec, self.names, self.data, idx, dt)
             bar.update(1)
             bar.set_postfix(tok_s=f"{last.get('tokens_per_s', 0):.0f}", loss=f"{last.get('loss_sum', 0):.3f}")
-            if self._due(cfg.save_every) or self._due(cfg.eval.every_steps):
-                ckpt = self.save()
-                if self.evaluator is not None and self._due(cfg.eval.every_steps):
-                    self.evaluator.submit(ckpt.path, self.pos.step)
+            self.checkpointer.maybe_save(self.pos.step)
             self._log_evals(self.evaluator.poll() if self.evaluator else [])
-        ckpt = self.save()
+        self.checkpointer.maybe_save(self.pos.step, last=True)
         bar.close()
         if self.evaluator is not None:
-            if cfg.eval.every_steps:
-                self.evaluator.submit(ckpt.path, self.pos.step)
             self._log_evals(self.evaluator.close(wait=True))
         self.metrics.close()
         return last
-
-    # -- state ---------------------------------------------------------------------------------
-    def components(self) -> dict[str, dict]:
-        """Coordinator state besides the engines, by checkpoint key."""
-        return {"router": self.routing.state_dict()} if self.routing is not None else {}
-
-    def save(self):
-        meta = {"students": [{"name": s.name, "model": s.model, "tokenizer": s.tokenizer or s.model,
-                              "finetune": s.finetune} for s in self.cfg.students]}
-        protected = set()
-        if self.evaluator is not None:  # checkpoints an evaluation still has to read: pruning keeps them
-            jobs = self.evaluator.running + ([self.evaluator.pending] if self.evaluator.pending else [])
-            protected = {j.checkpoint.name for j in jobs}
-        return self.checkpointer.save(self.pos.step, [st.slot for st in self.students], self.components(),
-                                      asdict(self.pos), meta, protected)
-
-    def load_state(self) -> None:
-        position, states = self.checkpointer.load([st.slot for st in self.students], list(self.components()))
-        self.pos = Position(**position)
-        if self.routing is not None:
-            self.routing.load_state_dict(states["router"])
-
-    def _due(self, every: int) -> bool:
-        return bool(every) and self.pos.step % every == 0 and self.pos.step < self.total_steps
 
     def _log_evals(self, results: list[dict]) -> None:
         for r in results:
