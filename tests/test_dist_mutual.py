@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from qr_ds.mutual.loss import mutual_loss, mutual_loss_for_student
+from qr_ds.mutual.loss import MutualInputs, mutual_loss, mutual_loss_for_student
 
 S, P, M, D = 3, 4, 5, 6
 
@@ -37,7 +37,8 @@ def _worker(rank: int, port: int, out: str):
     flat = strat.gather_chunk(0, {rank: torch.cat([own_z.reshape(-1), own_logit])})
     all_z = torch.stack([f[: P * M * D].view(P, M, D) for f in flat])
     all_logits = torch.stack([f[P * M * D:] for f in flat])
-    loss = mutual_loss_for_student(rank, own_z, own_logit, all_z, all_logits, routed, span_mask, P, path_nats=nats)
+    loss = mutual_loss_for_student(rank, own_z, own_logit, MutualInputs(all_z, all_logits, routed, span_mask, P,
+                                                                        path_nats=nats))
     loss.backward()
     torch.save({"loss": loss.detach(), "gz": own_z.grad, "gl": own_logit.grad}, f"{out}/rank{rank}.pt")
     strat.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qr_ds.mutual import MutualHead, competence_weights, mutual_loss, mutual_loss_for_student
+from qr_ds.mutual import MutualHead, MutualInputs, competence_weights, mutual_loss, mutual_loss_for_student
 
 FORMS = ["anchored", "paper"]
 
@@ -205,7 +205,8 @@ def test_per_student_backward_equals_joint_backward_through_heads(S, form):
     all_z = torch.stack([o[0].detach() for o in outs])
     all_logits = torch.stack([o[1].detach() for o in outs])
     for s in range(S):
-        own = mutual_loss_for_student(s, outs[s][0], outs[s][1], all_z, all_logits, routed, span_mask, P, form, nats)
+        own = mutual_loss_for_student(s, outs[s][0], outs[s][1], MutualInputs(all_z, all_logits, routed, span_mask, P,
+                                                                              form, nats))
         assert torch.allclose(own, joint), "every student sees the full loss value"
         own.backward()
     for s in range(S):
@@ -223,7 +224,7 @@ def test_per_student_gradients_equal_joint_gradients_wrt_z_and_logits(S, form):
     mutual_loss(zj, lj, routed, span_mask, 7, form, nats).backward()
     for s in range(S):
         own_z, own_l = z[s].clone().requires_grad_(), logits[s].clone().requires_grad_()
-        mutual_loss_for_student(s, own_z, own_l, z, logits, routed, span_mask, 7, form, nats).backward()
+        mutual_loss_for_student(s, own_z, own_l, MutualInputs(z, logits, routed, span_mask, 7, form, nats)).backward()
         assert torch.allclose(own_z.grad, zj.grad[s], atol=1e-6)
         assert torch.allclose(own_l.grad, lj.grad[s], atol=1e-6)
     assert lj.grad.abs().sum() > 0, "the competence logits learn through gamma"
@@ -240,5 +241,5 @@ def test_head_shapes_mean_over_valid_spans_and_input_checks():
     with pytest.raises(ValueError, match="span_mask"):
         head(pooled, mask[:, :3])
     with pytest.raises(ValueError, match="student index 2"):
-        mutual_loss_for_student(2, z, logit, z[None].expand(2, -1, -1, -1), logit[None].expand(2, -1),
-                                torch.ones(2, 2, dtype=torch.bool), mask, 2)
+        mutual_loss_for_student(2, z, logit, MutualInputs(z[None].expand(2, -1, -1, -1), logit[None].expand(2, -1),
+                                                          torch.ones(2, 2, dtype=torch.bool), mask, 2))

@@ -14,6 +14,8 @@ total SFT loss on the path (the log-likelihood of the same text, so comparable a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 import torch.nn.functional as F
 
@@ -81,18 +83,25 @@ def mutual_loss(
     return loss
 
 
-def mutual_loss_for_student(
-    s: int,
-    own_z: torch.Tensor,
-    own_logit: torch.Tensor,
-    all_z: torch.Tensor,
-    all_logits: torch.Tensor,
-    routed: torch.Tensor,
-    span_mask: torch.Tensor,
-    n_paths: int,
-    form: str = "anchored",
-    path_nats: torch.Tensor | None = None,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class MutualInputs:
+    """mutual_loss's arguments over some paths, every student's slice: what the exchange gathers per
+    chunk, and the one argument each student's term takes besides its own live slice."""
+
+    z: torch.Tensor  # [S, P, M, D] projected span states
+    logits: torch.Tensor  # [S, P] competence logits
+    routed: torch.Tensor  # [S, P] bool
+    span_mask: torch.Tensor  # [P, M] bool
+    n_paths: int  # the global batch size
+    form: str = "anchored"
+    path_nats: torch.Tensor | None = None  # [S, P] each student's total SFT loss per path (anchored only)
+
+    def loss(self) -> torch.Tensor:
+        return mutual_loss(**vars(self))
+
+
+def mutual_loss_for_student(s: int, own_z: torch.Tensor, own_logit: torch.Tensor,
+                            gathered: MutualInputs) -> torch.Tensor:
     """The full mutual loss with student s's slice live and every other slice detached.
 
     Why this is exact: the joint loss is one function of all students' (z, logit) inputs; its
@@ -102,6 +111,7 @@ def mutual_loss_for_student(
     the sum of these backward passes equals one backward of the joint loss. The returned value is
     the whole loss (the same on every student), so log it once, not summed over students.
     """
+    all_z, all_logits = gathered.z, gathered.logits
     S = all_z.shape[0]
     if not 0 <= s < S:
         raise ValueError(f"mutual_loss_for_student: student index {s} out of range for {S} students")
@@ -112,4 +122,4 @@ def mutual_loss_for_student(
         )
     z = torch.stack([own_z.float() if t == s else all_z[t].detach().float() for t in range(S)])
     logits = torch.stack([own_logit.float() if t == s else all_logits[t].detach().float() for t in range(S)])
-    return mutual_loss(z, logits, routed, span_mask, n_paths, form, path_nats)
+    return replace(gathered, z=z, logits=logits).loss()

@@ -21,16 +21,16 @@ from tqdm import tqdm
 
 from qr_ds.config import to_dict
 from qr_ds.distributed.strategy import StudentEngine, Strategy
-from qr_ds.mutual.loss import mutual_loss, mutual_loss_for_student
+from qr_ds.mutual.exchange import MutualExchange, Share
 from qr_ds.routing.policy import RoutingPolicy
 from qr_ds.run_layout import RunDir
 from qr_ds.train.checkpoint import Checkpointer, StudentSlot
-from qr_ds.train.position import Position
 from qr_ds.train.config import TrainConfig
 from qr_ds.train.data import TrainData, collate
 from qr_ds.train.metrics import MetricsLog
 from qr_ds.train.optim import build_optimizer, build_schedule
-from qr_ds.train.stats import StepStats
+from qr_ds.train.position import Position
+from qr_ds.train.stats import StepStats, StudentStats
 from qr_ds.train.student import build_student, load_tokenizer, param_groups
 
 
@@ -69,6 +69,9 @@ class Trainer:
         # chunk in one pass (unrouted paths at SFT weight 0) and never probes.
         self.mutual_everywhere = cfg.use_mutual and cfg.mutual.paths == "all"
         self.one_pass = self.mutual_everywhere or any(st.engine.zero3 for st in self.students)
+        self.exchange = None
+        if cfg.use_mutual:
+            self.exchange = MutualExchange(cfg.mutual, cfg.lambda2, cfg.micro_batch_paths, strategy)
         self.routing = None
         if cfg.router.enabled and self.is_coord:
             self.routing = RoutingPolicy(cfg.router, self.data.embeddings.shape[1], S, cfg.lambda1, cfg.seed)
@@ -121,11 +124,15 @@ class Trainer:
         M = self.cfg.mutual.max_spans if self.cfg.use_mutual and states else 0
         return st.engine(batch["input_ids"], batch["attention_mask"], labels, weights, batch["span_ids"], M)
 
-    def train_forward(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
-                      path_loss: torch.Tensor, stats: StepStats):
-        """Forward with grad the paths routed to ``st``; forward without grad the rest, so the router
-        still sees this student's loss on every path at a third of the cost of training on it.
-        ``path_loss`` gets total nats per path; ``stats`` the SFT loss, paths and tokens."""
+    def train_forward(self, st: LocalStudent, idx: torch.Tensor, hard: torch.Tensor, path_loss: torch.Tensor,
+                      stats: StepStats) -> tuple[torch.Tensor, Share | None]:
+        """Forward with grad the paths of this rank's chunks routed to ``st``; forward without grad the
+        rest, so the router still sees this student's loss on every path at a third of the cost of
+        training on it. ``path_loss`` gets total nats per path; ``stats`` the SFT loss, paths and
+        tokens. Returns the loss and, with the mutual term on, what the student brings to the exchange."""
+        c = self.cfg.micro_batch_paths
+        chunks = self.layout.chunks_of(st.index, self.dist.rank)
+        positions = [k * c + j for k in chunks for j in range(c)]
         pos_t = torch.tensor(positions)
         routed = hard[positions, st.index] > 0
         # An engine must backprop every micro-step (its data-parallel peers and ZeRO's hooks wait
@@ -145,50 +152,50 @@ class Trainer:
         mine.sft_loss_sum += float((path_loss[0, pos_t[routed], st.index] / n_tok).sum())
         mine.routed += int(routed.sum())
         mine.tokens += sum(len(ids[i].input_ids) for i in idx[train].tolist())
-        exchange = None
-        if z is not None:
-            # Full-chunk tensors for the exchange: routed rows carry states, the others zeros. The
-            # 0-weighted sum keeps the head in the graph when nothing of this chunk is co-routed.
-            rows = torch.nonzero(torch.isin(pos_t, train)).flatten().to(z.device)
-            # competence evidence: -log p(whole path), the text a short context cut off included
-            nats = path_loss[0, pos_t, st.index] + self.data.unseen_nats[idx[pos_t], st.index]
-            exchange = (z.new_zeros((len(positions), *z.shape[1:])).index_copy(0, rows, z),
-                        logit.new_zeros(len(positions)).index_copy(0, rows, logit), nats.to(z.device))
-            loss = loss + 0.0 * (z.sum() + logit.sum())
-        return loss, exchange
+        if z is None:
+            return loss, None
+        # competence evidence: -log p(whole path), the text a short context cut off included
+        nats = path_loss[0, pos_t, st.index] + self.data.unseen_nats[idx[pos_t], st.index]
+        share = Share.scatter(z, logit, nats.to(z.device), torch.isin(pos_t, train), chunks)
+        # the 0-weighted sum keeps the head in the graph when nothing of this chunk is co-routed
+        return loss + 0.0 * (z.sum() + logit.sum()), share
 
     def micro_step(self, idx: torch.Tensor) -> dict:
-        cfg, layout, S, P = self.cfg, self.layout, len(self.cfg.students), self.P
-        c = cfg.micro_batch_paths
+        """Route, forward, exchange, backward and step, learn (the module docstring's steps 2-5)."""
+        S = len(self.cfg.students)
         hard = self.route(idx)
-        path_loss = torch.zeros(2, P, S)  # [value, known] per (path, student), summed to the coordinator
+        path_loss = torch.zeros(2, self.P, S)  # [value, known] per (path, student), summed to the coordinator
         stats = StepStats.zeros(S)
-        outs = {}
+        losses, shares = {}, {}
         for st in self.students:
             t0 = time.perf_counter()
-            chunks = layout.chunks_of(st.index, self.dist.rank)
-            positions = [k * c + j for k in chunks for j in range(c)]
-            loss, exchange = self.train_forward(st, idx, positions, hard, path_loss, stats)
+            losses[st.index], shares[st.index] = self.train_forward(st, idx, hard, path_loss, stats)
             stats.students[st.index].compute_s += time.perf_counter() - t0
-            outs[st.index] = (loss, exchange, chunks)
-
         t_x = time.perf_counter()
-        if cfg.use_mutual:
-            stats.mutual_loss = float(self.mutual_losses(outs, hard, idx))
+        if self.exchange is not None:
+            stats.mutual_loss = self.exchange(losses, shares, hard, self.data.span_mask(idx, self.cfg.mutual.max_spans))
         t_x = time.perf_counter() - t_x
-
         for st in self.students:
-            t0 = time.perf_counter()
-            st.engine.backward(outs[st.index][0])
-            st.engine.step()
-            stats.students[st.index].compute_s += time.perf_counter() - t0
-            stats.students[st.index].exchange_s += t_x
-            if st.engine.writer:  # one rank per student reports, so the sum over ranks is the value
-                stats.students[st.index].lr, stats.students[st.index].grad_norm = st.engine.lr_and_grad_norm()
+            self.backward_step(st, losses[st.index], stats.students[st.index], t_x)
+        return self.learn(idx, hard, path_loss, stats, t_x)
 
+    def backward_step(self, st: LocalStudent, loss: torch.Tensor, mine: StudentStats, exchange_s: float) -> None:
+        t0 = time.perf_counter()
+        st.engine.backward(loss)
+        st.engine.step()
+        mine.compute_s += time.perf_counter() - t0
+        mine.exchange_s += exchange_s
+        if st.engine.writer:  # one rank per student reports, so the sum over ranks is the value
+            mine.lr, mine.grad_norm = st.engine.lr_and_grad_norm()
+
+    def learn(self, idx: torch.Tensor, hard: torch.Tensor, path_loss: torch.Tensor, stats: StepStats,
+              exchange_s: float) -> dict:
+        """Per-path losses and stats summed to the coordinator, whose router learns from the losses in
+        nats per character; returns the micro-step's record."""
         path_loss = self.dist.sum_to_coordinator(path_loss)
         stats = StepStats.from_tensor(self.dist.sum_to_coordinator(stats.to_tensor()))
-        record = {"stats": stats, "exchange_s": t_x, "exchange_bytes": self._exchange_bytes(), "hard": hard}
+        record = {"stats": stats, "exchange_s": exchange_s, "hard": hard,
+                  "exchange_bytes": self.exchange.bytes_received() if self.exchange is not None else 0}
         if self.is_coord:
             known = path_loss[1] > 0
             # nats per character of the whole path: the same unit for every tokenizer and path length
@@ -196,46 +203,9 @@ class Trainer:
             per_char = torch.where(known, nats / self.data.response_chars[idx][:, None], float("nan"))
             record["nats_per_char"] = per_char
             if self.routing is not None:
-                r = self.routing.learn(per_char, self.data.question_index[idx], scale=1 / cfg.grad_accum)
+                r = self.routing.learn(per_char, self.data.question_index[idx], scale=1 / self.cfg.grad_accum)
                 record.update(router_loss=r.pop("loss"), **{f"router/{k}": v for k, v in r.items()})
         return record
-
-    def _exchange_bytes(self) -> int:
-        """Bytes this rank receives per micro-step in the mutual all-gathers (float32)."""
-        if not self.cfg.use_mutual or self.cfg.placement == "colocated":
-            return 0
-        c, m = self.cfg.micro_batch_paths, self.cfg.mutual
-        chunks = self.layout.chunks_of(self.dist.local_students[0], self.dist.rank)
-        return len(chunks) * (len(self.cfg.students) - 1) * (c * m.max_spans * m.shared_dim + 2 * c) * 4
-
-    def mutual_losses(self, outs: dict, hard: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Exchange projected states, competence logits and path nats per chunk, and add λ2·L_mutual
-        to each local student's loss."""
-        cfg, c = self.cfg, self.cfg.micro_batch_paths
-        chunks = next(iter(outs.values()))[2]
-        M, D, form = cfg.mutual.max_spans, cfg.mutual.shared_dim, cfg.mutual.form
-        value = torch.zeros(())  # the loss of this rank's chunks, counted once (on student 0's ranks)
-        for k in chunks:
-            rows = slice((k - chunks[0]) * c, (k - chunks[0] + 1) * c)
-            local = {}
-            for s, (_, (z, logit, nats), _) in outs.items():
-                local[s] = torch.cat([z[rows].reshape(-1).float(), logit[rows].float(), nats[rows].float()])
-            flat = self.dist.gather_chunk(k, local)
-            all_z = torch.stack([f[: c * M * D].view(c, M, D) for f in flat])
-            all_logits = torch.stack([f[c * M * D:c * M * D + c] for f in flat])
-            all_nats = torch.stack([f[c * M * D + c:] for f in flat])
-            routed = hard[k * c:(k + 1) * c].T.bool().to(all_z.device)
-            if self.mutual_everywhere:  # every student is a party to every path's ensemble
-                routed = torch.ones_like(routed)
-            span_mask = self.data.span_mask(idx[k * c:(k + 1) * c], M).to(all_z.device)
-            for st in self.students:
-                loss, (z, logit, nats), _ = outs[st.index]
-                m = mutual_loss_for_student(st.index, z[rows].float(), logit[rows].float(), all_z, all_logits,
-                                            routed, span_mask, self.P, form, all_nats)
-                outs[st.index] = (loss + cfg.lambda2 * st.dp_size * m, (z, logit, nats), chunks)
-            if 0 in outs:
-                value += mutual_loss(all_z, all_logits, routed, span_mask, self.P, form, all_nats).detach().cpu()
-        return value
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
