@@ -229,7 +229,8 @@ class Trainer:
                 continue
             idx = batches[self.pos.batch]
             rec = self.micro_step(idx)
-            self.pos.after_micro_step([st.tokens for st in rec["stats"].students])  # summed over ranks: coordinator
+            # each student's tokens of this batch, summed over ranks on the coordinator: its budget
+            self.pos.after_micro_step([st.tokens for st in rec["stats"].students])
             if self.pos.micro_step % cfg.grad_accum:
                 continue
             if self.routing is not None:
