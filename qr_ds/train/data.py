@@ -9,11 +9,11 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from qr_ds.data.format import encode_sft, render_prompt
+from qr_ds.data.format import _tokenizer_adds_specials, render_prompt
 from qr_ds.data.pool import PathRecord, load_pool, record_lines
 from qr_ds.embed.lookup import gather_embeddings
 from qr_ds.mutual.spans import common_spans, group_spans, token_span_ids
@@ -57,34 +57,82 @@ def instruction_for(task: str) -> str:
     return get_task(task).instruction
 
 
+def _batched_sft(tok, prompts: list[str], responses: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """``encode_sft`` for many paths in one tokenizer call per special-token setting: the fast
+    tokenizer's batched call runs in Rust, a call per path pays Python's overhead each time."""
+    eos = tok.eos_token or ""
+    out: list = [None] * len(prompts)
+    groups: dict[bool, list[int]] = defaultdict(list)
+    for i, prompt in enumerate(prompts):  # BOS exactly once (format.py): decided per prompt
+        groups[_tokenizer_adds_specials(tok, prompt)].append(i)
+    for specials, rows in groups.items():
+        enc = tok([prompts[i] + responses[i] + eos for i in rows], add_special_tokens=specials,
+                  return_offsets_mapping=True)
+        offsets = enc.get("offset_mapping")
+        if offsets is None:
+            raise ValueError(f"tokenizer {type(tok).__name__} gives no offset mapping; qr_ds aligns students on "
+                             "character spans and needs a fast tokenizer (use_fast=True)")
+        for i, ids, offs in zip(rows, enc["input_ids"], offsets):
+            out[i] = (list(ids), [tuple(o) for o in offs])
+    return out
+
+
+def iter_encoded(recs: Sequence[PathRecord], tokenizers: list, lens: Sequence[int], max_spans: int,
+                 chunk: int = 1024) -> Iterator[tuple[list[Encoded], int]]:
+    """Per path, in order: each student's ``Encoded`` and the number of shared spans. Tokenizes
+    ``chunk`` paths per batched call, so memory holds one chunk, never the pool."""
+    instructions: dict[str, str] = {}
+    for lo in range(0, len(recs), chunk):
+        part = recs[lo: lo + chunk]
+        for r in part:
+            if r.task not in instructions:
+                instructions[r.task] = instruction_for(r.task)
+        prompts = [[render_prompt(tok, r.question, instructions[r.task]) for r in part] for tok in tokenizers]
+        batches = [_batched_sft(tok, p, [r.response for r in part]) for tok, p in zip(tokenizers, prompts)]
+        for j, rec in enumerate(part):
+            yield _align(rec, [b[j] for b in batches], [len(p[j]) for p in prompts], lens, max_spans)
+
+
+def _align(rec: PathRecord, encs: list[tuple[list[int], list[tuple[int, int]]]], starts: list[int],
+           lens: Sequence[int], max_spans: int) -> tuple[list[Encoded], int]:
+    cut_encs, rel_offsets, ends = [], [], []
+    for (ids_all, offs_all), rstart, n in zip(encs, starts, lens):
+        ids, offs = ids_all[:n], offs_all[:n]
+        # Offsets relative to the response: prompts differ per student, the path text does not.
+        rel = [(a - rstart, b - rstart) if b > a else (0, 0) for a, b in offs]
+        cut_encs.append((ids, offs, rstart, len(ids_all) > n))
+        rel_offsets.append(rel)
+        ends.append(max([b for a, b in rel if b > a] + [0]))
+    end = min(min(ends), len(rec.response))  # spans only where every student kept the text
+    spans = group_spans(common_spans(rel_offsets, 0, end), max_spans)
+    out = []
+    for s, (ids, offs, rstart, cut) in enumerate(cut_encs):
+        # The response and the EOS after it (an added token keeps its offsets in the text).
+        labels = [t if a >= rstart and b > a else -100 for t, (a, b) in zip(ids, offs)]
+        unseen = len(rec.response) - min(ends[s], len(rec.response)) if cut else 0
+        out.append(Encoded(ids, labels, token_span_ids(rel_offsets[s], spans), cut, unseen))
+    return out, len(spans)
+
+
+def student_lens(max_len: int | Sequence[int], n_students: int) -> list[int]:
+    lens = [max_len] * n_students if isinstance(max_len, int) else list(max_len)
+    if len(lens) != n_students:
+        raise ValueError(f"encode_all: {len(lens)} max_len values for {n_students} tokenizers")
+    return lens
+
+
 def encode_all(recs: list[PathRecord], tokenizers: list, max_len: int | Sequence[int], max_spans: int,
                progress: Callable = lambda it, **kw: it) -> tuple[list[list[Encoded]], list[int]]:
     """Per student, per path: ids, labels and span ids over spans shared by all tokenizers.
     ``max_len`` is one context length for every student or one per student."""
-    lens = [max_len] * len(tokenizers) if isinstance(max_len, int) else list(max_len)
-    if len(lens) != len(tokenizers):
-        raise ValueError(f"encode_all: {len(lens)} max_len values for {len(tokenizers)} tokenizers")
+    lens = student_lens(max_len, len(tokenizers))
     per_student: list[list[Encoded]] = [[] for _ in tokenizers]
     n_spans: list[int] = []
-    for rec in progress(recs, desc="tokenize+align", unit="path"):
-        instr = instruction_for(rec.task)
-        encs, rel_offsets, ends = [], [], []
-        for tok, n in zip(tokenizers, lens):
-            e = encode_sft(tok, render_prompt(tok, rec.question, instr), rec.response)
-            ids, offs = e.input_ids[:n], e.offsets[:n]
-            # Offsets relative to the response: prompts differ per student, the path text does not.
-            rel = [(a - e.response_start, b - e.response_start) if b > a else (0, 0) for a, b in offs]
-            encs.append((ids, offs, e.response_start, len(e.input_ids) > n))
-            rel_offsets.append(rel)
-            ends.append(max([b for a, b in rel if b > a] + [0]))
-        end = min(min(ends), len(rec.response))  # spans only where every student kept the text
-        spans = group_spans(common_spans(rel_offsets, 0, end), max_spans)
-        n_spans.append(len(spans))
-        for s, (ids, offs, rstart, cut) in enumerate(encs):
-            # The response and the EOS after it (an added token keeps its offsets in the text).
-            labels = [t if a >= rstart and b > a else -100 for t, (a, b) in zip(ids, offs)]
-            unseen = len(rec.response) - min(ends[s], len(rec.response)) if cut else 0
-            per_student[s].append(Encoded(ids, labels, token_span_ids(rel_offsets[s], spans), cut, unseen))
+    for encs, n in progress(iter_encoded(recs, tokenizers, lens, max_spans), total=len(recs),
+                            desc="tokenize+align", unit="path"):
+        for s, e in enumerate(encs):
+            per_student[s].append(e)
+        n_spans.append(n)
     return per_student, n_spans
 
 
@@ -119,6 +167,13 @@ def collate(items: list[Encoded], pad_id: int, device) -> dict[str, torch.Tensor
             dict(input_ids=ids, attention_mask=mask, labels=labels, span_ids=spans).items()}
 
 
+def question_groups(question_index: torch.Tensor, n_questions: int) -> list[torch.Tensor]:
+    """Each question's path indices in path order, in one stable sort (a scan per question was O(N*Q))."""
+    order = torch.sort(question_index, stable=True).indices
+    counts = torch.bincount(question_index, minlength=n_questions).tolist()
+    return list(torch.split(order, counts))
+
+
 class TrainData:
     def __init__(self, cfg: TrainConfig, tokenizers: list, log: Callable[[str], None], progress=None):
         report = load_pool(cfg.data.pool, log=log)
@@ -138,7 +193,7 @@ class TrainData:
                                              dtype=torch.float32) for enc in self.encoded]
         qids = {q: i for i, q in enumerate(dict.fromkeys(r.question_id for r in self.records))}
         self.question_index = torch.tensor([qids[r.question_id] for r in self.records])
-        self._by_question = [torch.nonzero(self.question_index == q).flatten() for q in range(len(qids))]
+        self._by_question = question_groups(self.question_index, len(qids))
         self.seed, self.by_question = cfg.seed, cfg.data.batch_order == "by_question"
         log(f"training on {len(self.records)} paths of {len(qids)} questions")
         cut = [sum(e.truncated for e in enc) for enc in self.encoded]
