@@ -291,3 +291,30 @@ def test_cli_refuses_bad_groups(report, tmp_path, capsys):
     assert "r2 differs from" in capsys.readouterr().err
     with pytest.raises(ValueError, match="in lambda1; the runs of a group may differ only in seed and output_dir"):
         load_groups({"X": [tmp_path / "mix" / "r1", tmp_path / "mix" / "r2"]})
+
+
+def test_partly_failed_run_is_reported_whole(built, tmp_path):
+    """A run killed mid-write (half a metrics line), an evaluation during training that failed and one
+    whose summary held no student row, and an eval folder the evaluation never finished: every
+    figure and table that can be drawn is, and each thing left out is named with its file:line."""
+    run = make_run(tmp_path / "k0", built["pool"], seed=0, steps=12, offset=0.5, evals="both")
+    with RunDir(run).metrics.open("a") as f:
+        f.write('{"step": 13, "sft_loss/llama": 0.')  # the kill
+    with RunDir(run).eval_log.open("a") as f:
+        f.write(json.dumps({"step": 10, "returncode": 0, "accuracy": {}}) + "\n")
+    unfinished = tmp_path / "eval_unfinished"
+    unfinished.mkdir()
+    (unfinished / "predictions.jsonl").write_text("")
+    build_report(tmp_path / "out", {"K": run}, [built["eval"], unfinished])
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {"loss", "eval_curve", "router_training", "routing_style_k", "style_loss_k"} <= set(data["figures"])
+    for name in data["figures"].values():
+        assert (tmp_path / "out" / name).stat().st_size > 1000
+    skipped = data["skipped"]
+    metrics = RunDir(run).metrics
+    assert any(f"{metrics}:13: not valid JSON" in s and "quarantine" in s for s in skipped), skipped
+    assert (metrics.parent / "metrics.jsonl.quarantine.jsonl").is_file()
+    assert any("K at step 6: no accuracy" in s for s in skipped) and any("K at step 10: no accuracy" in s for s in skipped)
+    assert any(f"eval folder {unfinished}: FileNotFoundError" in s for s in skipped)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert all(s in md for s in skipped) and "## Throughput" in md

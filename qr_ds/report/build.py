@@ -36,7 +36,12 @@ def accuracy_section(groups: list[Group], eval_dirs: list[Path], budgets: dict,
     from qr_ds.eval.scoring import markdown as accuracy_markdown
 
     runs = [run for g in groups for run in g.runs]
-    evals = [load_eval(e) for e in eval_dirs]
+    evals = []
+    for e in eval_dirs:
+        try:
+            evals.append(load_eval(e))
+        except (OSError, ValueError, KeyError) as err:  # a failed or unfinished eval: the rest still reports
+            skipped.append(f"eval folder {e}: {type(err).__name__}: {err}")
     answers = collect_answers(runs, evals, skipped)
     per_group = [row for g in groups for row in group_accuracy(g, answers)]
     tests = [t for g in groups[1:] for t in compare(groups[0], g, answers, budgets[g.label]["flags"])]
@@ -61,6 +66,7 @@ def training_section(groups: list[Group], out: Path, skipped: list[str]) -> tupl
     md = ["## Training", "", "Losses of every run, one color per group (faint: per step; bold: moving mean).", "",
           "![losses](loss.png)", ""]
     for run in (r for g in groups for r in g.runs):
+        skipped += [f"{run.label}: unreadable line {u}" for u in run.unreadable]
         skipped += [f"evaluation during training of {run.label} at step {e.get('step')}: no accuracy "
                     f"(returncode {e.get('returncode')}; log in {e.get('out')})" for e in run.failed_evals]
     if any(run.eval_curve for g in groups for run in g.runs):

@@ -2,9 +2,9 @@
 curve, and how its final router splits the pool it trained on."""
 from __future__ import annotations
 
-import json
+import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ class Run:
     rows: list[dict]  # metrics.jsonl, one row per logged optimizer step
     eval_curve: list[dict]  # eval.jsonl rows with an accuracy: background evaluations during training
     failed_evals: list[dict]  # eval.jsonl rows without one (the evaluation failed)
+    unreadable: list[str] = field(default_factory=list)  # file:line of each quarantined log line
 
     @property
     def seed(self) -> int:
@@ -31,8 +32,17 @@ class Run:
         return [k.split("/", 1)[1] for k in self.rows[0] if k.startswith("sft_loss/")]
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_jsonl(path: Path, skipped: list[str] | None = None) -> list[dict]:
+    """Every row that parses; a line that does not (the half-written last line of a killed run) goes
+    to ``<file>.quarantine.jsonl`` and is named by file:line in ``skipped`` (or on stderr)."""
+    from qr_ds.data.jsonl import load_jsonl
+
+    said = skipped if skipped is not None else []
+    loaded = load_jsonl(path, dict, log=lambda m: None)
+    said += [f"{path}:{line}: {reason} (quarantined to {loaded.quarantine})" for line, reason in loaded.rejected]
+    if skipped is None and loaded.rejected:
+        print("\n".join(said), file=sys.stderr)
+    return loaded.records
 
 
 def load_run(label: str, path: Path) -> Run:
@@ -41,12 +51,15 @@ def load_run(label: str, path: Path) -> Run:
         raise FileNotFoundError(f"run {path}: no metrics.jsonl (was it trained, with this output_dir?)")
     if not layout.config.is_file():
         raise FileNotFoundError(f"run {path}: no config.yaml (the trainer writes it; its seed names the run)")
-    rows = read_jsonl(layout.metrics)
+    unreadable: list[str] = []
+    rows = read_jsonl(layout.metrics, unreadable)
     if not rows:
         raise ValueError(f"{layout.metrics}: empty; the run logged no optimizer step")
-    evals = read_jsonl(layout.eval_log) if layout.eval_log.is_file() else []
-    return Run(label, path, yaml.safe_load(layout.config.read_text()), rows,
-               [e for e in evals if e.get("accuracy")], [e for e in evals if not e.get("accuracy")])
+    evals = read_jsonl(layout.eval_log, unreadable) if layout.eval_log.is_file() else []
+    scored = [e for e in evals if isinstance(e.get("accuracy"), dict) and e["accuracy"]
+              and all("/" in k and isinstance(v, (int, float)) for k, v in e["accuracy"].items())]
+    return Run(label, path, yaml.safe_load(layout.config.read_text()), rows, scored,
+               [e for e in evals if not any(e is s for s in scored)], unreadable)
 
 
 def final_routing(run: Path) -> dict | None:
