@@ -6,6 +6,7 @@ import pytest
 
 from evalkit import build_base, build_run, write_task_data, write_teacher_pool
 from qr_ds.cli import main
+from qr_ds.testing.builders import make_pool
 from qr_ds.train.config import EvalDuringTraining
 from qr_ds.train.evaluator import BackgroundEvaluator
 
@@ -46,6 +47,30 @@ def test_cli_writes_predictions_and_table1_summary(run, capsys):
             p["correct"] for p in preds if (p["checkpoint"], p["student"]) == (r["checkpoint"], r["student"]))
     table = (out / "summary.md").read_text().splitlines()
     assert table[0] == "| Method | synthetic | Avg |" and table[2].startswith("| Teacher (scripted, per path) | 50.0 [")
+    # two students: the rules differ only where the likelier one gave no answer, and the table says how often
+    picks = {(p["student"], p["id"]): p["extracted"] for p in preds if p["student"].startswith("ensemble-")}
+    differ = sum(picks[("ensemble-logprob", i)] != picks[("ensemble-vote", i)] for _, i in picks) // 2
+    assert summary["ensembles_coincide"] == {"questions": 3, "differ": differ}
+    assert f"they differ on {differ} of 3 (checkpoint, question) pairs" in (out / "summary.md").read_text()
+    assert summary["teacher_pool_rows"] == []
+
+
+def test_teacher_pool_on_other_questions_is_no_table_row(run, tmp_path):
+    """A pool of training questions only (all correct after the filter): its accuracy is said apart,
+    labelled as what it is, never as a row beside the test scores."""
+    root, run_dir, data, _ = run
+    pool = make_pool(tmp_path / "pool", n_questions=2)  # synthetic seed 0: other questions than seed 7's
+    out = tmp_path / "out"
+    assert main(["eval", "--run", str(run_dir), "--task", f"synthetic={data}", "--backend", "hf", "--limit", "1",
+                 "--max-new-tokens", "2", "--no-zero-shot", "--teacher-pool", str(pool), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert not any(r["checkpoint"] == "teacher" for r in summary["rows"])
+    (pooled,) = summary["teacher_pool_rows"]
+    assert pooled["tasks"]["synthetic"]["n"] == 12 and pooled["tasks"]["synthetic"]["accuracy"] == 1.0
+    md = (out / "summary.md").read_text()
+    assert "Teacher" not in md.split("\n\n")[0]  # not in the table
+    assert "Not a test score: the teacher (scripted-teacher) has no path on these test questions" in md
+    assert "synthetic 100.0% of 12 paths" in md
 
 
 def test_cli_reports_bad_input_by_name(run, capsys):

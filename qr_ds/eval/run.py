@@ -7,18 +7,18 @@ import dataclasses
 import json
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable
 
 from qr_ds.data.format import encode_prompt, render_prompt
 from qr_ds.data.jsonl import write_jsonl
-from qr_ds.data.pool import normalise_question, pool_questions
+from qr_ds.data.pool import load_pool, normalise_question, pool_questions
 from qr_ds.eval.checkpoints import Adapter, checkpoints_of_run, read_checkpoint
 from qr_ds.eval.config import EvalConfig
 from qr_ds.eval.backends import make_backend
 from qr_ds.eval.generation import FullRef, Request, new_lora, stop_ids
-from qr_ds.eval.scoring import ensemble, markdown, summarize, teacher_rows
+from qr_ds.eval.scoring import ENSEMBLES, ensemble, markdown, summarize, teacher_rows
 from qr_ds.run_layout import CheckpointDir, RunDir
 from qr_ds.tasks import Example, get_task
 from qr_ds.tasks.base import is_file_source
@@ -57,6 +57,48 @@ def warn_overlap(pools: list[Path], examples: dict[str, list[Example]], tasks: d
             if shared:
                 log(f"eval: warning: {shared} of {len(exs)} questions of {name} ({tasks[name]}) are also in the "
                     f"training pool {pool}: the students saw them in training, so their scores overstate accuracy")
+
+
+def teacher_split(pool: Path, examples: dict[str, list[Example]]) -> tuple[list[dict], list[dict]]:
+    """The teacher's paths on the questions scored here (table rows, comparable with the students'),
+    and those on the pool's other questions: the training questions, correct by construction once
+    filtered, so never a row beside the test scores."""
+    test = {(t, normalise_question(ex.question)) for t, exs in examples.items() for ex in exs}
+    question_of = {r.id: (r.task, normalise_question(r.question)) for r in load_pool(pool, log=lambda m: None).records}
+    on_test, other = [], []
+    for row in teacher_rows(pool, list(examples)):
+        (on_test if question_of[row["id"]] in test else other).append(row)
+    return on_test, other
+
+
+def coincide(rows: list[dict]) -> dict[str, int] | None:
+    """With two students the vote ensemble ties on every disagreement and takes the likelier answer,
+    as the log-prob rule does: the two differ only where the likelier student gave no answer. How
+    many questions that was (None with more than two students, where the rules really differ)."""
+    picks: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        if r["student"] in ENSEMBLES:
+            picks[(r["checkpoint"], r["task"], r["id"])][r["student"]] = r
+    members = Counter((r["checkpoint"], r["task"], r["id"]) for r in rows
+                      if r["checkpoint"] != "zero-shot" and "from_student" not in r)
+    if not picks or any(members[k] != 2 for k in picks):
+        return None
+    return {"questions": len(picks), "differ": sum(p[ENSEMBLES[0]]["extracted"] != p[ENSEMBLES[1]]["extracted"]
+                                                  for p in picks.values())}
+
+
+def table_notes(pool: Path | None, pool_only: list[dict], ensembles: dict[str, int] | None) -> list[str]:
+    notes = []
+    if ensembles is not None:
+        notes.append(f"\nWith two students the vote and log-prob ensembles can differ only where the likelier "
+                     f"student gave no answer: they differ on {ensembles['differ']} of {ensembles['questions']} "
+                     f"(checkpoint, question) pairs here.")
+    for row in pool_only:
+        cells = ", ".join(f"{t} {100 * c['accuracy']:.1f}% of {c['n']} paths" for t, c in row["tasks"].items())
+        notes.append(f"\nNot a test score: the teacher ({row['student']}) has no path on these test questions; "
+                     f"its paths in the training pool `{pool}` are right in {cells} (a filtered pool is right "
+                     f"by construction).")
+    return notes
 
 
 def with_unique_labels(adapters: list[Adapter]) -> list[Adapter]:
@@ -138,17 +180,19 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, fi
                          "correct": task.is_correct(pred, ex), "logprob": g.logprob, "tokens": len(g.token_ids)})
     rows += ensemble([r for r in rows if r["checkpoint"] != "zero-shot"])
     pool = cfg.teacher_pool or (RunDir(cfg.run_dir).training_pool() if cfg.run_dir is not None else None)
-    teacher = teacher_rows(pool, list(cfg.tasks)) if pool else []
+    teacher, off_test = teacher_split(pool, examples) if pool else ([], [])
     tasks = list(cfg.tasks)
     table = summarize(teacher + rows, tasks)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "predictions.jsonl", rows)
     (out / "adapters.json").write_text(json.dumps(served, indent=1))
+    pool_only = summarize(off_test, tasks)
     summary = {"tasks": tasks, "backend": backend.name, "teacher_pool": str(pool) if pool else None,
-               "seconds": round(time.perf_counter() - t0, 2), "rows": table}
+               "seconds": round(time.perf_counter() - t0, 2), "rows": table,
+               "teacher_pool_rows": pool_only, "ensembles_coincide": coincide(rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    md = markdown(table, tasks)
+    md = "\n".join([markdown(table, tasks), *table_notes(pool, pool_only, summary["ensembles_coincide"])])
     (out / "summary.md").write_text(md + "\n")
     log(md)
     return summary
