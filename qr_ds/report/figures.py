@@ -96,7 +96,10 @@ def plot_router_training(groups: list[Group], path: Path) -> Path:
     for color, run, label in _seeds(groups):
         for j, s in enumerate(run.students):
             style = ["-", "--", ":", "-."][j % 4]
-            steps, values = _series(run.rows, f"router/recent_rate/{j}")
+            # by name; runs logged before metrics named students carry the index
+            key = f"router/recent_rate/{s}" if any(f"router/recent_rate/{s}" in r for r in run.rows) else \
+                f"router/recent_rate/{j}"
+            steps, values = _series(run.rows, key)
             if values:
                 _curve(held, steps, values, color, f"{label} {s}" if label else None, style)
             steps, values = _series(run.rows, f"routed/{s}")

@@ -118,6 +118,9 @@ class TrainConfig:
         default_factory=lambda: ["jsonl"],
         metadata=rule(help="metric sinks: jsonl (always on, RUN/metrics.jsonl), tensorboard (RUN/tb), wandb, trackio"))
     eval: EvalDuringTraining = field(default_factory=EvalDuringTraining)
+    run_name: str | None = field(default=None, metadata=rule(
+        help="the run's name in wandb / trackio; default: the config file's stem (as the launcher sets it), "
+             "else output_dir's last two parts (runs/gsm8k/train -> gsm8k/train)"))
 
     def validate(self, key: str = "") -> None:
         names = [s.name for s in self.students]

@@ -4,7 +4,10 @@ step, so each step appears exactly once."""
 from __future__ import annotations
 
 import json
+import os
 import resource
+import secrets
+from pathlib import Path
 
 import torch
 
@@ -27,6 +30,18 @@ def truncate_jsonl(path, after_step: int) -> None:
         write_jsonl(path, [r for r in rows if r.get("step", 0) <= after_step])
 
 
+def router_scalars(rec: dict, names: list[str]) -> dict[str, float]:
+    """router_loss, router/entropy, ...: per-student keys named by student, and router/rate/<s>
+    left out (the batch's routed share, logged as routed/<name>)."""
+    out = {}
+    for k, v in rec.items():
+        if not (k.startswith("router") and isinstance(v, float)) or k.startswith("router/rate/"):
+            continue
+        head, _, tail = k.rpartition("/")
+        out[f"{head}/{names[int(tail)]}" if head and tail.isdigit() else k] = v
+    return out
+
+
 class _TensorBoard:
     def __init__(self, run: RunDir, resume_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
@@ -42,21 +57,48 @@ class _TensorBoard:
         self.w.close()
 
 
-class _Tracker:
-    """wandb and trackio share the ``init / log / finish`` API."""
+TRACKING = "tracking.json"  # RUN/tracking.json: each tracker's run id, kept for the resumed run
 
-    def __init__(self, module: str, run: RunDir, config: dict, resume: bool):
+
+def tracking_ids(run: RunDir, resume: bool) -> dict:
+    """The trackers' run ids of this run folder: read back on resume, new (and stored) otherwise, so
+    a resumed run continues the same wandb / trackio run instead of starting a second one."""
+    path = run.root / TRACKING
+    if resume and path.is_file():
+        return json.loads(path.read_text())
+    ids = {"wandb": secrets.token_hex(4)}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ids))
+    tmp.replace(path)
+    return ids
+
+
+class _Tracker:
+    """wandb and trackio share the ``init / log / finish`` API. The project comes from WANDB_PROJECT
+    (TRACKIO_PROJECT for trackio) when set; wandb's files go under the run folder."""
+
+    def __init__(self, module: str, run: RunDir, config: dict, name: str, resume: bool):
         import importlib
 
         self.m = importlib.import_module(module)
-        kw = {"resume": "allow", "id": run.root.name} if module == "wandb" and resume else {}
-        self.m.init(project="qr_ds", name=run.root.name, config=config, **kw)
+        ids = tracking_ids(run, resume)
+        if module == "wandb":
+            self.run = self.m.init(project=os.environ.get("WANDB_PROJECT") or "qr_ds", name=name, id=ids["wandb"],
+                                   resume="allow", config=config, dir=str(run.root))
+        else:  # trackio names a run by its name, and resumes by it
+            self.run = self.m.init(project=os.environ.get("TRACKIO_PROJECT") or "qr_ds", name=f"{name}-{ids['wandb']}",
+                                   config=config, resume="allow" if resume else "never")
 
     def log(self, scalars: dict, step: int) -> None:
         self.m.log(scalars, step=step)
 
     def close(self) -> None:
         self.m.finish()
+
+
+def run_name(config: dict) -> str:
+    """The ``run_name`` key; else the run folder's last two parts ("gsm8k/train", not every README run's "train")."""
+    return config.get("run_name") or "/".join(Path(config.get("output_dir", "run")).parts[-2:])
 
 
 class MetricsLog:
@@ -75,7 +117,7 @@ class MetricsLog:
             if backend == "tensorboard":
                 self.sinks.append(_TensorBoard(run, resume_step))
             elif backend in ("wandb", "trackio"):
-                self.sinks.append(_Tracker(backend, run, config, resume_step is not None))
+                self.sinks.append(_Tracker(backend, run, config, run_name(config), resume_step is not None))
 
     def step(self, pos, rec: dict, names: list[str], data, idx: torch.Tensor, dt: float) -> dict:
         if not self.enabled:
@@ -83,9 +125,10 @@ class MetricsLog:
         stats: StepStats = rec["stats"]
         hard = rec["hard"]
         row: dict = {"step": pos.step, "epoch": pos.epoch, "micro_step": pos.micro_step, "step_s": dt,
-                     "mutual_loss": stats.mutual_loss, "exchange_s": rec["exchange_s"],
-                     "exchange_bytes": rec["exchange_bytes"],
+                     "exchange_s": rec["exchange_s"], "exchange_bytes": rec["exchange_bytes"],
                      "peak_mem_GiB": round(peak_memory_gib(), 3)}
+        if rec.get("mutual_loss") is not None:  # absent, not 0.0, where no path had a mutual term
+            row["mutual_loss"] = rec["mutual_loss"]
         for s, name in enumerate(names):
             st = stats.students[s]
             row[f"sft_loss/{name}"] = st.sft_loss_sum / st.routed if st.routed else None
@@ -93,14 +136,13 @@ class MetricsLog:
             row[f"tokens_seen/{name}"] = pos.tokens_seen[s]
             row[f"routed/{name}"] = st.routed / len(idx)  # the routing rate
             row[f"compute_s/{name}"] = st.compute_s
-            row[f"exchange_s/{name}"] = st.exchange_s
             row[f"lr/{name}"] = st.lr
             row[f"grad_norm/{name}"] = st.grad_norm if st.grad_norm == st.grad_norm else None  # NaN: none yet
         row["tokens_per_s"] = sum(st.tokens for st in stats.students) / max(dt, 1e-9)
-        row["loss_sum"] = sum(v for k, v in row.items() if k.startswith("sft_loss/") and v is not None)
-        for k, v in rec.items():
-            if k.startswith("router") and isinstance(v, float):
-                row[k] = v  # router_loss, router/entropy, router/rate/<s>, ...
+        # what the students minimise together (eq. 9 without the router's terms, logged as router_loss)
+        row["loss"] = (sum(v for k, v in row.items() if k.startswith("sft_loss/") and v is not None)
+                       + rec.get("lambda2", 0.0) * row.get("mutual_loss", 0.0))
+        row.update(router_scalars(rec, names))
         recs = [data.records[i] for i in idx.tolist()]
         for key, values in (("route_rate", [r.style for r in recs]), ("route_rate_level", [r.level for r in recs])):
             if key == "route_rate_level" and all(v is None for v in values):

@@ -194,8 +194,11 @@ class Trainer:
         nats per character; returns the micro-step's record."""
         path_loss = self.dist.sum_to_coordinator(path_loss)
         stats = StepStats.from_tensor(self.dist.sum_to_coordinator(stats.to_tensor()))
-        record = {"stats": stats, "exchange_s": exchange_s, "hard": hard,
+        record = {"stats": stats, "exchange_s": exchange_s, "hard": hard, "lambda2": self.cfg.lambda2,
                   "exchange_bytes": self.exchange.bytes_received() if self.exchange is not None else 0}
+        # the mutual term exists on co-routed paths only (every path with mutual.paths: all)
+        if self.exchange is not None and (self.mutual_everywhere or bool(((hard > 0).sum(1) > 1).any())):
+            record["mutual_loss"] = stats.mutual_loss
         if self.is_coord:
             known = path_loss[1] > 0
             # nats per character of the whole path: the same unit for every tokenizer and path length
@@ -240,7 +243,7 @@ class Trainer:
             if self.pos.step % cfg.log_every == 0 or self.pos.step == self.total_steps:
                 last = self.metrics.step(self.pos, rec, self.names, self.data, idx, dt)
             bar.update(1)
-            bar.set_postfix(tok_s=f"{last.get('tokens_per_s', 0):.0f}", loss=f"{last.get('loss_sum', 0):.3f}")
+            bar.set_postfix(tok_s=f"{last.get('tokens_per_s', 0):.0f}", loss=f"{last.get('loss', 0):.3f}")
             self.checkpointer.maybe_save(self.pos.step)
             self._log_evals(self.evaluator.poll() if self.evaluator else [])
         self.checkpointer.maybe_save(self.pos.step, last=True)
