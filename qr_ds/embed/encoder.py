@@ -1,7 +1,6 @@
 """The frozen path encoder: any sentence-transformers model; plain HF encoders get mean pooling."""
 from __future__ import annotations
 
-import os
 import re
 import sys
 
@@ -29,7 +28,6 @@ CHARS_PER_TOKEN_BOUND = 10
 
 class Encoder:
     def __init__(self, name: str, device: str | None = None, max_seq_length: int | None = None, normalize: bool = True):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local dirs only; no hub here
         from sentence_transformers import SentenceTransformer
 
         # a dir without sentence-transformers files loads as Transformer + mean pooling
