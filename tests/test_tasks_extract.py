@@ -210,3 +210,44 @@ def test_math_equivalent(a: str, b: str) -> None:
 ])
 def test_math_not_equivalent(a: str, b: str) -> None:
     assert not math_equiv(a, b)
+
+
+# ---- bounded work: 1 MB adversarial outputs (timings: the report of issue 23; here only the answers) ----
+MB = 1 << 20
+
+
+def _fill(unit: str) -> str:
+    return unit * (MB // len(unit))
+
+
+ADVERSARIAL = [  # (task, example, 1 MB of a shape that was quadratic or worse, the answer stated after it)
+    ("math", MATH, _fill("\\boxed{"), "So the answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
+    ("math", MATH, "\\boxed{" * (MB // 8) + "}" * (MB // 8), "\n\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("math", MATH, _fill("The answer is \\("), "\nThe answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+    ("gsm8k", GSM, _fill("answer: "), "\n#### 95", "95"),
+    ("gsm8k", GSM, _fill("Output:\n"), "\n#### 95", "95"),
+    ("gsm8k", GSM, _fill("#### \n") + "\n" * MB, "#### 95", "95"),
+    ("arc_challenge", ARC, _fill("print("), "\nThe answer is (B).", "B"),
+    ("arc_challenge", ARC, _fill("answer: !" + " " * 480 + "\n"), "The answer is (B).", "B"),
+    ("strategyqa", SQA, _fill("Yes.\n"), "\nSo the answer is: no", "no"),
+    ("anli", NLI, "The statement is " + " " * MB, "\nThe answer is: neutral", "neutral"),
+    ("anli", NLI, _fill("the hypothesis was " + "a" * 500 + " "), "\nThe answer is: neutral", "neutral"),
+    ("date_understanding", DATE, _fill("{"), "\nThe answer is 02/28/2016.", DATE.gold),
+]
+
+
+@pytest.mark.timeout(120)  # a guard only: the quadratic scans took hours on a megabyte
+@pytest.mark.parametrize("task,example,noise,ending,expected", ADVERSARIAL,
+                         ids=[f"{t}-{i}" for i, (t, *_) in enumerate(ADVERSARIAL)])
+def test_a_megabyte_of_adversarial_output_still_yields_the_final_answer(task, example, noise, ending, expected):
+    assert len(noise) >= MB - 1024
+    assert get_task(task).extract(noise + ending, example) == expected
+    assert get_task(task).extract(noise, example) != expected  # the answer comes from the ending
+
+
+def test_long_boxed_content_is_not_an_answer_and_a_short_one_after_it_is():
+    from qr_ds.tasks.extract import CANDIDATE_CHARS, last_boxed
+
+    assert last_boxed("\\boxed{" + "x" * (CANDIDATE_CHARS + 1) + "}") is None
+    assert last_boxed("\\boxed{1}\\boxed{" + "x" * (CANDIDATE_CHARS + 1) + "}") == "1"
+    assert last_boxed("\\boxed{\\boxed{2}}") == "2" and last_boxed("\\boxed{}\\boxed 7") == "7"

@@ -5,31 +5,37 @@
 returns the text that follows each, in order; a task parses them from the last backwards, so
 the final stated answer counts. Parsers read only the start of a candidate and return None
 rather than guess.
+
+Work is linear in the text length on any input (filter and eval run this on whatever a model wrote):
+braces are paired in one pass, a candidate is at most ``CANDIDATE_CHARS`` long, and no pattern lets
+two unbounded quantifiers share characters.
 """
 from __future__ import annotations
 
 import re
 
 # A connector is required after "answer" so that "To answer this, we need 3" states nothing.
-_CONNECT = r"\s*(?:is|was|would be|should be|must be|will be|=|:|-|\u2014|\u2013)\s*:?"
+_CONNECT = r"\s*+(?:is|was|would be|should be|must be|will be|=|:|-|\u2014|\u2013)\s*:?"
 _MARKERS = re.compile(
     "|".join([
         r"\banswer(?:\s+(?:choice|option))?" + _CONNECT,
         r"\b(?:correct|right|best|final)\s+(?:option|choice|label)" + _CONNECT,
         r"\b(?:label|relationship|relation|classification|verdict)\s*(?:is|:)\s*:?",
-        r"^\s*#{4}\s*",  # GSM8K-style "#### 42"
+        r"^[^\S\n]*#{4}[^\S\n]*",  # GSM8K-style "#### 42" (not \s*: it would span blank lines from each one)
         r"\b(?:program|code|script|function)\s+(?:prints|outputs|returns|will print|would print|printed)\s*:?",
         r"\b(?:it|this)\s+(?:prints|outputs|will print|would print)\s*:?",
         r"\b(?:output|printed result|result|prints)\s*(?:is|:|=|->)\s*",
-        r"\bprint\(.*\)\s*#\s*(?:output:?|prints:?|->|=>)?\s*",
+        r"\bprint\([^\n]{0,200}\)[^\S\n]*#\s*(?:output:?|prints:?|->|=>)?\s*",  # bounded: one scan per "print("
         # 'the statement "..." is **False**': the first "is" followed by a truth value, so that an
         # "is" inside the quoted hypothesis does not end the marker early
-        r"\b(?:statement|hypothesis|claim)\b[^\n]{0,300}?(?=\b(?:is|was)(?:n't)?\s+"
-        r"(?:(?:\w+ly|therefore|thus|not)\s+){0,2}\W*(?:true|false|neither|untrue|incorrect|correct)\b)",
+        # (bounded runs: "\s+" then "\W*" over one long blank run was quadratic)
+        r"\b(?:statement|hypothesis|claim)\b[^\n]{0,300}?(?=\b(?:is|was)(?:n't)?\s{1,20}"
+        r"(?:(?:\w{1,30}ly|therefore|thus|not)\s{1,20}){0,2}\W{0,20}(?:true|false|neither|untrue|incorrect|correct)\b)",
     ]),
     re.IGNORECASE | re.MULTILINE,
 )
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*+\{")
+_BRACE = re.compile(r"[{}]")
 _MARKDOWN = re.compile(r"\*\*|__|`")
 _FENCE = re.compile(r"^\s*```\w*\s*$")
 
@@ -38,39 +44,51 @@ def strip_markdown(text: str) -> str:
     return _MARKDOWN.sub("", text)
 
 
+CANDIDATE_CHARS = 500  # longer boxed content is not an answer; a marker's line is cut here
+
+
 def braced(text: str, start: int) -> str | None:
     """Content of the brace group opening at ``text[start - 1] == '{'``; None if unbalanced."""
-    depth = 1
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i]
-    return None
+    return _boxed_contents(text, [start]).get(start)
+
+
+def _boxed_contents(text: str, starts: list[int]) -> dict[int, str]:
+    """{start: content} for each brace group opening at ``text[start - 1]``, paired in one pass over
+    the braces (scanning from each opener was quadratic: 63 KB of "\\boxed{" took 24 s). Unbalanced
+    groups and contents over CANDIDATE_CHARS are left out."""
+    wanted, out = set(starts), {}
+    if not wanted:
+        return out
+    stack: list[int] = []
+    for m in _BRACE.finditer(text, min(wanted) - 1):
+        if m.group() == "{":
+            stack.append(m.end() if m.end() in wanted else -1)
+        elif stack:
+            start = stack.pop()
+            if start >= 0 and m.start() - start <= CANDIDATE_CHARS:
+                out[start] = text[start:m.start()]
+        # a "}" with no opener is outside every group that follows: nothing to pair
+    return out
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (MATH solutions), or of ``\\boxed 5``."""
-    found = None
-    for m in _BOXED.finditer(text):
-        found = braced(text, m.end()) or found
-    if found is None:
-        m = list(re.finditer(r"\\boxed\s+([^\s$]+)", text))
-        found = m[-1].group(1) if m else None
-    return found
+    contents = _boxed_contents(text, [m.end() for m in _BOXED.finditer(text)])
+    stated = [contents[start] for start in sorted(contents) if contents[start]]
+    if stated:
+        return stated[-1]
+    m = list(re.finditer(r"\\boxed\s++([^\s$]{1,%d})" % CANDIDATE_CHARS, text))
+    return m[-1].group(1) if m else None
 
 
-def _rest(text: str, pos: int) -> str:
-    """Text after a marker: the rest of the line, or the next content line (after "Output:\\n```")."""
-    end = text.find("\n", pos)
-    line = text[pos:] if end < 0 else text[pos:end]
-    if line.strip() and not _FENCE.match(line):
-        return line.strip()
-    for nxt in text[pos:].splitlines()[1:6]:
-        if nxt.strip() and not _FENCE.match(nxt):
-            return nxt.strip()
+def _rest(text: str, pos: int, end: int) -> str:
+    """Text after a marker, up to ``end`` (the next marker): the rest of the line, or the next content
+    line (after "Output:\\n```"). Only a window is read and the span is cut at CANDIDATE_CHARS, so the
+    candidates of many markers on one line add up to no more than the line (a whole-rest split per
+    marker was quadratic)."""
+    for line in text[pos:min(end, pos + 2 * CANDIDATE_CHARS)].split("\n", 6)[:6]:
+        if line.strip() and not _FENCE.match(line):
+            return line.strip()[:CANDIDATE_CHARS]
     return ""
 
 
@@ -110,12 +128,12 @@ def candidates(text: str, verdicts: bool = False) -> list[str]:
     (for word answers: yes/no, true/false/neither), which real teachers end with more often than not."""
     text = strip_markdown(text)
     found: list[tuple[int, str]] = _verdict_lines(text) if verdicts else []
-    for m in _BOXED.finditer(text):
-        content = braced(text, m.end())
-        if content is not None:
-            found.append((m.start(), content))
-    for m in _MARKERS.finditer(text):
-        rest = _rest(text, m.end())
+    boxed = {m.end(): m.start() for m in _BOXED.finditer(text)}
+    for start, content in _boxed_contents(text, list(boxed)).items():
+        found.append((boxed[start], content))
+    markers = list(_MARKERS.finditer(text))
+    for m, nxt in zip(markers, markers[1:] + [None]):
+        rest = _rest(text, m.end(), nxt.start() if nxt else len(text))
         if rest and not rest.lstrip().startswith(("\\boxed", "\\fbox", "$\\boxed")):  # boxed counted above
             found.append((m.start(), rest))
     found.sort(key=lambda x: x[0])
@@ -184,7 +202,8 @@ def _norm_choice_text(s: str) -> str:
     return re.sub(r"[^a-z0-9/]+", " ", s.lower()).strip()
 
 
-_LABEL = re.compile(r"^\W*?(?:option|choice)?\s*[\(\[]?([A-Z]|\d)[\)\]]?(?=$|[\s.,:;!)\]])")
+# "\W*+": the label is the first word character either way, and a lazy "\W*?" before "\s*" backtracked
+_LABEL = re.compile(r"^\W*+(?:option|choice)?\s*[\(\[]?([A-Z]|\d)[\)\]]?(?=$|[\s.,:;!)\]])")
 
 
 def parse_choice(cand: str, choices: list[tuple[str, str]] | None) -> str | None:
@@ -233,16 +252,32 @@ def parse_nli(cand: str) -> str | None:
 
 
 _MATH_WORDS = {"sin", "cos", "tan", "log", "exp", "max", "min", "mod", "gcd", "lcm"}
-_INLINE_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]")
+_MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def _inline_math(s: str) -> str | None:
+    """The first non-empty inline-math segment on one line (what ``$$(.+?)$$|$(.+?)$|...`` finds),
+    in one pass per delimiter: that regex rescanned the line from every unclosed opener."""
+    best = None
+    for rank, (opener, closer) in enumerate(_MATH_DELIMITERS):
+        i = s.find(opener)
+        while i >= 0:
+            line_end = s.find("\n", i)
+            line_end = len(s) if line_end < 0 else line_end
+            j = s.find(closer, i + len(opener) + 1, line_end)
+            if j >= 0:
+                if best is None or (i, rank) < best[:2]:
+                    best = (i, rank, s[i + len(opener):j])
+                break
+            i = s.find(opener, line_end + 1)  # no closer on this line: no opener on it has one
+    return best[2] if best else None
 
 
 def parse_latex_answer(cand: str) -> str | None:
     """A LaTeX answer: the first inline-math segment, else the span up to the sentence end."""
-    m = _INLINE_MATH.search(cand)
-    if m:
-        s = next(g for g in m.groups() if g is not None)
-    else:
-        s = re.split(r"\.\s|\.$|,\s+(?:so|since|because|which)\b|\s+(?:because|since)\b", cand.split("\n")[0])[0]
+    s = _inline_math(cand)
+    if s is None:
+        s = re.split(r"\.\s|\.$|,\s++(?:so|since|because|which)\b|\s++(?:because|since)\b", cand.split("\n")[0])[0]
     s = s.strip().rstrip(".").strip()
     words = re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}", re.sub(r"\\text\{[^}]*\}", "", s))
     if not s or len(words) > 2:  # prose, not an answer
