@@ -49,7 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What Ctrl-C leaves and how to go on, per command: every stage keeps what it finished.
+RESUME = {
+    "generate": "paths written so far are kept; run the same command again to resume",
+    "filter": "judge replies so far are cached; run the same command again to resume",
+    "embed": "embeddings so far are cached; run the same command again to resume",
+    "train": "the last saved checkpoint is kept; add --resume to the same command to continue from it",
+    "eval": "nothing of this evaluation was written; run the same command again",
+    "report": "run the same command again",
+    "demo": "finished stages are kept; run the same command again to resume",
+}
+
+
+def quiet_known_warnings() -> None:
+    """bitsandbytes warns on every import on CPU that an optional Hub kernel is missing (it falls
+    back to its own); the warning is harmless and says nothing about this run."""
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: "kernels-community" not in record.getMessage())
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_known_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -57,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if os.environ.get("QR_DS_TRACEBACK") == "1":
+            raise
+        print(f"\nqr-ds {args.command}: interrupted; {RESUME.get(args.command, 'run it again')}", file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports for Ctrl-C
     except Exception as e:
         if os.environ.get("QR_DS_TRACEBACK") == "1":
             raise

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from qr_ds.config import ConfigError, from_dict, load_yaml
+from qr_ds.config import ConfigError, apply_override, from_dict, load_yaml, parse_override
 
 
 def _task_pair(text: str) -> tuple[str, str]:
@@ -18,6 +18,8 @@ def register(subparsers) -> None:
                               description="Greedy evaluation of every student adapter, their ensembles, the "
                                           "zero-shot base models and the teacher pool; Table 1 layout.")
     p.add_argument("--config", help="eval YAML (configs/eval-*.yaml); flags below override it")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides as for train and the "
+                                                                    "other stages (limit=3 max_model_len=1024)")
     p.add_argument("--checkpoint", action="append", default=None, metavar="DIR", help="checkpoint dir (repeatable)")
     p.add_argument("--run", dest="run_dir", metavar="RUN_DIR", help="training run dir: its latest checkpoint")
     p.add_argument("--all-checkpoints", action="store_true", help="with --run: every checkpoint, not only latest")
@@ -43,6 +45,8 @@ def config_from_args(args: argparse.Namespace):
     from qr_ds.eval.config import EvalConfig
 
     data = load_yaml(args.config) if args.config else {}
+    for dotted, value in (parse_override(o) for o in args.overrides):
+        apply_override(data, dotted, value)
     flags = {"checkpoints": args.checkpoint, "run_dir": args.run_dir, "tasks": dict(args.task) if args.task else None,
              "split": args.split,
              "backend": args.backend, "max_new_tokens": args.max_new_tokens, "limit": args.limit, "out": args.out,

@@ -12,7 +12,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate teacher reasoning paths (paper 2.2)",
                               description=__doc__)
     p.add_argument("config", type=Path, help="YAML with a GenerateConfig, or a pipeline YAML with a generate: section")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, dotted keys as for train "
+                                                                    "(limit=10 teacher.base_url=http://...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the same as a bare KEY=VALUE")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -22,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from qr_ds.teacher.config import GenerateConfig
     from qr_ds.teacher.generate import generate, print_summary
 
-    cfg = load_stage_config(GenerateConfig, args.config, "generate", [parse_override(s) for s in args.set])
+    cfg = load_stage_config(GenerateConfig, args.config, "generate", [parse_override(s) for s in args.overrides + args.set])
     try:
         stats = generate(cfg, progress=not args.no_progress)
     except StageFailed as e:  # refused endpoint, too few paths, output locked: never exit 0
