@@ -172,3 +172,36 @@ def test_checkpoints_of_several_runs_at_one_step_get_labels_that_tell_the_runs_a
                                              "no_route/s0/step_000006", "no_route/s1/step_000006"]
     runs = with_unique_labels([adapter("qr_s0", "a"), adapter("qr_s1", "a")])
     assert [a.checkpoint for a in runs] == ["qr_s0/step_000006", "qr_s1/step_000006"]
+
+
+def test_vllm_start_fits_the_machine_and_names_its_root_cause(tiny, tmp_path):
+    """What the vLLM backend decides before and around an engine start (no vLLM here): the length
+    capped to the model's limit, a memory fraction that fits what this host has free, and the
+    engine's own root-cause line out of its log, which an engine process writes to fd 2."""
+    import subprocess
+    import sys
+
+    from qr_ds.eval.vllm_backend import memory_fraction, model_limit, root_cause, stderr_kept
+
+    assert model_limit(str(tiny[1])) == 1024  # the tiny model's max_position_embeddings
+    meminfo = "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:    6000000 kB\n"
+    if not torch.cuda.is_available():
+        assert memory_fraction(0.8, meminfo) == pytest.approx(0.9 * 6 / 24)  # not 0.8 of RAM others hold
+        assert memory_fraction(0.1, meminfo) == 0.1  # never more than asked
+    log = ("INFO 12-01 engine starting\nTraceback (most recent call last):\n  File \"x.py\", line 3\n"
+           "ValueError: To serve at least one request with max_model_len (2048), 2.1 GiB KV cache is needed, "
+           "which is larger than the available KV cache memory (0.4 GiB).\n"
+           "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}\n")
+    assert root_cause(log, RuntimeError("Engine core initialization failed")) == (
+        "ValueError: To serve at least one request with max_model_len (2048), 2.1 GiB KV cache is needed, "
+        "which is larger than the available KV cache memory (0.4 GiB).")
+    try:
+        try:
+            raise OSError("no such model folder")
+        except OSError as inner:
+            raise RuntimeError("Engine core initialization failed") from inner
+    except RuntimeError as e:
+        assert root_cause("", e) == "OSError: no such model folder"
+    with stderr_kept() as read:  # a child process writing to the inherited fd 2, as vLLM's engine core does
+        subprocess.run([sys.executable, "-c", "import sys; print('KeyError: lora 3', file=sys.stderr)"], check=True)
+        assert "KeyError: lora 3" in read()

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import gc
 import os
+import re
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 
 from qr_ds.eval.generation import Generation, Request, trim
 
@@ -26,6 +30,70 @@ def engine_rank(rank: int) -> int:
         if r >= rank:
             return r
     raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank ({VLLM_RANKS[-1]})")
+
+
+def model_limit(model: str) -> int | None:
+    """The model's own context limit (max_position_embeddings), when its config gives one."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(model).get_text_config(), "max_position_embeddings", None)
+
+
+def memory_fraction(asked: float, meminfo: str | None = None) -> float:
+    """On CPU vLLM's memory fraction is of host RAM, which other processes hold part of: ask for at
+    most 90% of what is available now, or the engine refuses to start. On a GPU: ``asked``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return asked
+    if meminfo is None:
+        try:
+            meminfo = open("/proc/meminfo").read()
+        except OSError:
+            return asked
+    kib = {line.split(":")[0]: int(line.split()[1]) for line in meminfo.splitlines() if line.split()[1:2]}
+    if not kib.get("MemTotal") or "MemAvailable" not in kib:
+        return asked
+    return round(max(0.01, min(asked, 0.9 * kib["MemAvailable"] / kib["MemTotal"])), 3)
+
+
+ROOT_CAUSE = re.compile(r"^\s*(?:\w+\.)*(\w*(?:Error|Exception)): (.+)$")
+
+
+def root_cause(log: str, error: BaseException) -> str:
+    """The first error line of the engine's own log (vLLM's exception says only "Engine core
+    initialization failed. See root cause above"), else the innermost chained exception."""
+    for line in log.splitlines():
+        m = ROOT_CAUSE.match(line)
+        if m and "initialization failed" not in m.group(2):
+            return f"{m.group(1)}: {m.group(2).strip()}"
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {error}"
+
+
+@contextmanager
+def stderr_kept():
+    """File descriptor 2 (vLLM's engine process inherits it) into a file, replayed afterwards;
+    yields a function reading what was written so far."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+
+        def read() -> str:
+            sys.stderr.flush()
+            log.seek(0)
+            return log.read().decode("utf-8", "replace")
+
+        try:
+            yield read
+        finally:
+            text = read()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sys.stderr.write(text)
+            sys.stderr.flush()
 
 
 class VLLMBackend:
@@ -58,8 +126,14 @@ class VLLMBackend:
                 gens[i] = g
         return gens  # type: ignore[return-value]
 
-    def _on_engine(self, model: str, tokenizer: str, requests: list[Request], stops: list[int],
-                   max_new_tokens: int, max_lora_rank: int, swaps: dict, gens: list) -> None:
+    def _on_engine(self, *args) -> None:
+        # the engine's own log is held until it shuts down (its process writes there till then), and
+        # read for the root cause if it fails to start
+        with stderr_kept() as engine_log:
+            self._serve(engine_log, *args)
+
+    def _serve(self, engine_log, model: str, tokenizer: str, requests: list[Request], stops: list[int],
+               max_new_tokens: int, max_lora_rank: int, swaps: dict, gens: list) -> None:
         """One engine on ``model``: base prompts, LoRA prompts, then ``swaps`` (FullRef -> request
         indices) with the weights loaded in place."""
         from vllm import LLM, SamplingParams
@@ -67,9 +141,16 @@ class VLLMBackend:
         loras = {r.lora.lora_id: r.lora for r in requests if r.lora is not None}
         lora_kw = dict(enable_lora=True, max_lora_rank=engine_rank(max_lora_rank),
                        max_loras=min(len(loras), self.max_loras), max_cpu_loras=len(loras)) if loras else {}
-        llm = LLM(model=model, tokenizer=tokenizer, dtype=self.dtype, max_model_len=self.max_model_len,
-                  gpu_memory_utilization=self.gpu_memory_utilization, generation_config="vllm",
-                  enforce_eager=True, **lora_kw)
+        limit = model_limit(model)
+        max_len = min(self.max_model_len, limit) if limit else self.max_model_len
+        if max_len < self.max_model_len:
+            print(f"eval: max_model_len {self.max_model_len} capped to {model}'s limit {max_len}", file=sys.stderr)
+        try:
+            llm = LLM(model=model, tokenizer=tokenizer, dtype=self.dtype, max_model_len=max_len,
+                      gpu_memory_utilization=memory_fraction(self.gpu_memory_utilization),
+                      generation_config="vllm", enforce_eager=True, **lora_kw)
+        except Exception as e:  # the root cause sits ~100 lines up, in the engine process's log
+            raise RuntimeError(f"vLLM could not start an engine for {model}: {root_cause(engine_log(), e)}") from e
         try:
             # greedy; logprobs=0 returns the chosen token's raw log-prob (log_softmax of the logits)
             params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, logprobs=0,
