@@ -16,7 +16,7 @@ class MutualConfig:
         default="anchored", metadata=rule(help="anchored = states centred and unit-normalised, pulled to a detached "
                                                "ensemble whose competence weights learn which student explains "
                                                "the path better; paper = eq. 5-8 literally (rewards shrinking the "
-                                               "projection and pulls the weights to uniform: docs/architecture.md)"))
+                                               "projection and pulls the weights to uniform: docs/method.md)"))
     paths: Literal["co_routed", "all"] = field(
         default="co_routed", metadata=rule(help="where the mutual term acts: co_routed = paths routed to >= 2 "
                                                 "students; all = every path (eq. 8's sum), each student forwarding "

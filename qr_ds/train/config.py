@@ -105,7 +105,9 @@ class TrainConfig:
     lr_schedule: Literal["constant", "linear", "cosine"] = field(
         default="linear", metadata=rule(help="after warmup: constant, or linear / cosine decay to min_lr_ratio x lr"))
     warmup_steps: int = field(default=0, metadata=rule(min=0, help="linear warmup from lr/warmup_steps to lr"))
-    min_lr_ratio: float = field(default=0.1, metadata=rule(min=0.0, max=1.0))
+    min_lr_ratio: float = field(default=0.1, metadata=rule(
+        min=0.0, max=1.0, help="where the linear and cosine decays end, as a fraction of lr: 0.1 x lr by default, "
+                               "where transformers' linear schedule ends at 0 (set 0.0 for that)"))
     grad_clip: float = field(default=1.0, metadata=rule(min=0.0))
     seed: int = 0
     output_dir: Path = Path("runs/train")
