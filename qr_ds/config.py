@@ -10,6 +10,7 @@ was meant, so both are refused unless a field opts in with ``rule(allow_inf=True
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import types
@@ -78,9 +79,15 @@ def _convert(tp, value: Any, key: str, allow_inf: bool = False):
             return value
         raise _fail(key, value, _type_name(tp))
     if origin in (list, tuple):
+        (item_tp, *_) = get_args(tp) or (Any,)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            try:  # "report_to: tensorboard" means the one-element list
+                item = _convert(item_tp, value, f"{key}[0]", allow_inf)
+            except ConfigError:
+                raise _fail(key, value, _type_name(tp)) from None
+            return (item,) if origin is tuple else [item]
         if not isinstance(value, (list, tuple)):
             raise _fail(key, value, _type_name(tp))
-        (item_tp, *_) = get_args(tp) or (Any,)
         out = [_convert(item_tp, v, f"{key}[{i}]", allow_inf) for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
@@ -154,7 +161,8 @@ def from_dict(cls: type[T], data: Any, key: str = "") -> T:
     if unknown:
         where = f"{key}." if key else ""
         raise ConfigError(
-            f"unknown config key '{where}{unknown[0]}'; allowed keys here: {', '.join(sorted(fields))}"
+            f"unknown config key '{where}{unknown[0]}'{_did_you_mean(str(unknown[0]), fields, where)}; "
+            f"allowed keys here: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, f in fields.items():
@@ -173,6 +181,45 @@ def from_dict(cls: type[T], data: Any, key: str = "") -> T:
     return obj
 
 
+# Names other trainers use, and where the same setting lives here; the first whose top key exists at
+# the level of the unknown key is suggested (so "learning_rate" is "lr" in a student, "students[].lr" at the top).
+KEY_ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("lr", "students[].lr"),
+    "lr": ("students[].lr",),
+    "weight_decay": ("students[].weight_decay",),
+    "model": ("students[].model",),
+    "model_name_or_path": ("model", "students[].model"),
+    "batch_size": ("micro_batch_paths", "batch_size"),
+    "train_batch_size": ("micro_batch_paths",),
+    "per_device_train_batch_size": ("micro_batch_paths",),
+    "num_train_epochs": ("epochs",),
+    "num_epochs": ("epochs",),
+    "gradient_accumulation_steps": ("grad_accum",),
+    "max_grad_norm": ("grad_clip",),
+    "lr_scheduler_type": ("lr_schedule",),
+    "warmup": ("warmup_steps",),
+    "save_steps": ("save_every",),
+    "logging_steps": ("log_every",),
+    "save_total_limit": ("keep_last",),
+    "output": ("output_dir", "out"),
+    "out_dir": ("output_dir", "out"),
+    "output_path": ("output_dir", "out"),
+    "seed": ("sampling.seed", "seed"),
+}
+
+
+def _did_you_mean(name: str, known: Any, where: str) -> str:
+    """" (did you mean 'lambda1'?)" by spelling, else by a common alias; "" when nothing is close."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    if close:
+        return f" (did you mean '{where}{close[0]}'?)"
+    for target in KEY_ALIASES.get(name.lower(), ()):
+        if target.split(".")[0].split("[")[0] in known:
+            return f" (did you mean '{where}{target}'?)"
+    return ""
+
+
 def to_dict(obj: Any) -> Any:
     """Plain-data form of a config (paths as strings), suitable for YAML or JSON."""
     if dataclasses.is_dataclass(obj):
@@ -186,14 +233,90 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+# An alias bomb (a 600-byte file whose aliases expand to ~10^9 nodes) is harmless while it stays a
+# graph, but every walk over the loaded value (validation, an error's repr, to_dict) expands it: the
+# first round's 600 bytes made a 312 MB message and 1.46 GB RSS. Configs are small trees.
+MAX_YAML_NODES = 100_000
+
+
+class _Refused(Exception):
+    """A YAML document the loader refuses; ``line`` is 1-based (0: no line)."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and documents whose aliases expand past MAX_YAML_NODES."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _count_expanded(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # keys from a "<<:" merge may be overridden; that is what merging is for
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _Refused(line, f"duplicate key {key!r} (first at line {seen[key]}); "
+                                         "YAML would silently keep the last value")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _count_expanded(root) -> None:
+    """Nodes of the document with every alias expanded, counted over the graph once per node."""
+    size: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        if done:
+            on_path.discard(id(node))
+            children = _children(node)
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            if size[id(node)] > MAX_YAML_NODES:
+                raise _Refused(node.start_mark.line + 1, f"aliases expand to more than {MAX_YAML_NODES:,} values "
+                                                         "(an alias bomb?); write the values out")
+            continue
+        if id(node) in size:
+            continue
+        if id(node) in on_path:
+            raise _Refused(node.start_mark.line + 1, "an alias refers to a node that contains it (a loop)")
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        # utf-8-sig: a BOM that an editor wrote is not content
+        data = yaml.load(path.read_bytes().decode("utf-8-sig"), Loader=_StrictLoader)  # noqa: S506 (safe subclass)
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except _Refused as e:
+        raise ConfigError(f"{path}:{e.line}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is not None and not isinstance(data, dict):

@@ -115,6 +115,14 @@ def test_qr_ds_traceback_shows_the_traceback(inputs):
      "embed_nan_share.yaml: config key 'min_embedded_share': got nan; allowed: a finite number"),
     (["embed", "embed_empty.yaml", "--set", "out.x=1"], "override 'out.x': 'x' is under a str"),
     (["score", "--task", "gsm8k", "missing.jsonl"], "no such file: missing.jsonl"),
+    # round two (issue 23)
+    (["train", "--config", "train_alias_bomb.yaml"],
+     "train_alias_bomb.yaml:9: aliases expand to more than 100,000 values (an alias bomb?)"),
+    (["train", "--config", "train_duplicate_key.yaml"],
+     "train_duplicate_key.yaml:5: duplicate key 'epochs' (first at line 3)"),
+    (["train", "--config", "train_did_you_mean.yaml"],
+     "train_did_you_mean.yaml: unknown config key 'learning_rate' (did you mean 'students[].lr'?)"),
+    (["train", "--config", "."], ".: is a folder, not a config file"),
 ])
 def test_config_and_input_refusals(inputs, monkeypatch, capsys, args, needle):
     monkeypatch.chdir(inputs)
@@ -166,3 +174,16 @@ def test_embeddings_that_do_not_fit_their_pool_are_refused(inputs, keep, needle)
         gather_embeddings(inputs / "pool_embedded.jsonl", records, record_lines(report))
     assert needle in str(e.value)
     assert gather_embeddings(inputs / "pool_embedded.jsonl", records[:1]).shape == (1, 4)
+
+
+# ---- round two (issue 23) ----
+
+def test_an_alias_bomb_is_one_short_line_in_a_real_process(inputs):
+    res = qr_ds(inputs, "train", "--config", "train_alias_bomb.yaml")
+    assert_refused(res.returncode, res.stderr, "train_alias_bomb.yaml:9: aliases expand")
+    assert res.returncode == 2 and len(res.stderr) < 400  # before: this file made a 351 MB message
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_record(inputs):
+    report = load_pool(inputs / "pool_bom.jsonl", log=lambda m: None)
+    assert record_lines(report) == {"q1/cot/0": 1, "q10/cot/0": 2} and not report.rejected

@@ -94,3 +94,37 @@ def test_unreadable_yaml_names_the_file(tmp_path, content, needle):
     p.write_bytes(content)
     with pytest.raises(ConfigError, match=f"c.yaml: {needle}"):
         load_config(TrainConfig, p)
+
+
+# ---- issue 23: YAML that loads as meant, or not at all ----
+from dataclasses import dataclass, field  # noqa: E402
+
+def test_bom_merge_keys_and_a_one_element_string_load_as_meant(tmp_path):
+    from qr_ds.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xef\xbb\xbfbase: &base {lr: 1, name: x}\nstudent:\n  <<: *base\n  lr: 2\n")
+    assert load_yaml(path) == {"base": {"lr": 1, "name": "x"}, "student": {"lr": 2, "name": "x"}}
+
+    @dataclass
+    class C:
+        tags: list[str] = field(default_factory=list)
+        steps: tuple[int, ...] = ()
+
+    assert from_dict(C, {"tags": "jsonl", "steps": 3}) == C(tags=["jsonl"], steps=(3,))
+    with pytest.raises(ConfigError, match=r"config key 'steps': got 'x'; allowed: list\[int\]"):
+        from_dict(C, {"steps": "x"})
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("a: &a [*a]\n", "c.yaml:1: an alias refers to a node that contains it"),
+    ("x: 1\ny: {z: 2, z: 3}\n", "c.yaml:2: duplicate key 'z' (first at line 2)"),
+    ("[" * 5000 + "]" * 5000 + "\n", "c.yaml: nested too deeply"),
+])
+def test_yaml_loops_duplicates_and_deep_nesting_are_refused(tmp_path, text, needle):
+    from qr_ds.config import load_yaml
+
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_yaml(tmp_path / "c.yaml")
+    assert needle in str(e.value)

@@ -1,6 +1,7 @@
 """JSONL reading that never drops a line silently, and append-only writing that survives kills."""
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import tempfile
@@ -86,6 +87,8 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     line be reported instead of aborting the file."""
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # an editor's byte-order mark, not content
             yield lineno, raw.rstrip(b"\n").removesuffix(b"\r")
 
 
@@ -117,7 +120,7 @@ def _parse_line(text: str, parse: Callable[[dict], T], report: LoadReport[T], li
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
     """Raw objects from a JSONL file whose validity the caller checks (or trusts: our own output)."""
-    with Path(path).open("r", encoding="utf-8") as fh:
+    with Path(path).open("r", encoding="utf-8-sig") as fh:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
