@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
-from qr_ds.data.jsonl import LoadReport, RecordError, load_jsonl, write_jsonl
+from qr_ds.data.jsonl import (LoadReport, RecordError, _decode, _parse_line, iter_lines, load_jsonl,
+                              quarantine_path, write_jsonl)
 
 SCHEMA = "qr_ds.path/1"
 VERDICTS = ("VALID", "INVALID", "UNPARSEABLE")
@@ -146,7 +148,62 @@ def load_pool(path: str | Path, *, log: Callable[[str], None] | None = None) -> 
     return load_jsonl(path, parse_record, log=log)
 
 
-def write_pool(path: str | Path, records: list[PathRecord]) -> int:
+class PoolStream:
+    """The records of a pool file one at a time, with their line numbers, for stages that must not hold
+    the pool. Lines are refused exactly as ``load_pool`` refuses them, quarantined next to the file
+    and summarised (to ``log``, stderr by default) once the iteration ends; ``accepted``,
+    ``rejected`` and ``quarantine`` are complete from then on."""
+
+    def __init__(self, path: str | Path, *, log: Callable[[str], None] | None = None, max_reasons: int = 5):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such file: {self.path}")
+        self.log = log or (lambda m: print(m, file=sys.stderr))
+        self.max_reasons = max_reasons
+        self.accepted = 0
+        self.rejected: list[tuple[int, str]] = []  # (line number, reason)
+        self.quarantine: Path | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, PathRecord]]:
+        # one record at a time through load_jsonl's own line parser, so both refuse the same lines
+        scratch: LoadReport[PathRecord] = LoadReport(path=self.path)
+        bad_lines = []
+        for lineno, raw in iter_lines(self.path):
+            text, reason = _decode(raw)
+            if reason is None:
+                if not text.strip():
+                    continue
+                reason = _parse_line(text, parse_record, scratch, lineno)
+            if reason is None:
+                scratch.lines.pop()
+                self.accepted += 1
+                yield lineno, scratch.records.pop()
+            else:
+                self.rejected.append((lineno, reason))
+                bad_lines.append({"line": lineno, "reason": reason, "raw": text})
+        self._finish(bad_lines)
+
+    def _finish(self, bad_lines: list[dict]) -> None:
+        if bad_lines:
+            self.quarantine = quarantine_path(self.path)
+            with self.quarantine.open("w", encoding="utf-8") as q:
+                for b in bad_lines:
+                    q.write(json.dumps(b, ensure_ascii=False) + "\n")
+        summary = f"{self.path}: accepted {self.accepted}, rejected {len(self.rejected)}"
+        self.log(summary + (f" (quarantined to {self.quarantine})" if self.rejected else ""))
+        for lineno, reason in self.rejected[: self.max_reasons]:
+            self.log(f"  {self.path}:{lineno}: {reason}")
+        if len(self.rejected) > self.max_reasons:
+            self.log(f"  ... and {len(self.rejected) - self.max_reasons} more in {self.quarantine}")
+
+
+def iter_pool(path: str | Path, *, log: Callable[[str], None] | None = None) -> Iterator[PathRecord]:
+    """The records of a pool file, streamed (see ``PoolStream`` for line numbers and counts)."""
+    for _, rec in PoolStream(path, log=log):
+        yield rec
+
+
+def write_pool(path: str | Path, records: Iterable[PathRecord]) -> int:
     return write_jsonl(path, (r.to_json() for r in records))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from qr_ds.data.pool import load_pool
+from qr_ds.data.pool import iter_pool
 from qr_ds.tasks import Example, get_task
 from qr_ds.tasks.score import wilson_interval
 
@@ -40,9 +40,10 @@ def ensemble(rows: list[dict]) -> list[dict]:
 
 def teacher_rows(pool: Path, tasks: list[str]) -> list[dict]:
     """Per-path accuracy of the teacher's responses in the pool (every generated path counts once):
-    the filter stage's ``correct`` where set, else extraction + is_correct on the response."""
+    the filter stage's ``correct`` where set, else extraction + is_correct on the response. The pool
+    is streamed: only the rows are held."""
     out = []
-    for rec in load_pool(pool).records:
+    for rec in iter_pool(pool):
         if rec.task not in tasks or not rec.ok:
             continue
         task = get_task(rec.task)

@@ -14,15 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
 from qr_ds.config import ConfigError
 from qr_ds.data.jsonl import JsonlAppender, iter_jsonl, repair_tail
-from qr_ds.data.pool import JudgeVerdict, PathRecord, load_pool, write_pool
+from qr_ds.data.pool import JudgeVerdict, PathRecord, PoolStream, write_pool
 from qr_ds.filter.config import HOW_TO_JUDGE, FilterConfig, JudgeConfig
 from qr_ds.filter.judge import judge_prompt, parse_verdict
 from qr_ds.stages import StageFailed, derive_seed, output_lock
@@ -56,28 +57,38 @@ def cache_key(judge: str, prompt: str) -> str:
     return hashlib.sha256(f"{judge}\n{prompt}".encode()).hexdigest()
 
 
-def check_unique_ids(pool: Path) -> None:
-    """Refuse a pool with repeated path ids: verdicts and training rows are matched by id."""
-    lines_of: dict[str, list[int]] = defaultdict(list)
+def check_unique_ids(pool: Path) -> set[str]:
+    """Refuse a pool with repeated path ids: verdicts and training rows are matched by id. Returns the
+    pool's task names (this pass reads every line anyway, and the judge check needs them first)."""
+    first_line: dict[str, int] = {}  # an int per id, a list only for the repeated ones: 1M ids fit
+    repeated: dict[str, list[int]] = {}
+    tasks: set[str] = set()
     with pool.open(encoding="utf-8") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError:
-                continue  # load_pool quarantines it
-            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-                lines_of[obj["id"]].append(lineno)
-    repeated = {i: lines for i, lines in lines_of.items() if len(lines) > 1}
+                continue  # the pool stream quarantines it
+            if not isinstance(obj, dict):
+                continue
+            if isinstance(obj.get("task"), str):
+                tasks.add(obj["task"])
+            if isinstance(obj.get("id"), str):
+                seen = first_line.setdefault(obj["id"], lineno)
+                if seen != lineno:
+                    repeated.setdefault(obj["id"], [seen]).append(lineno)
     if repeated:
-        shown = "; ".join(f"{i!r} at lines {', '.join(map(str, ls))}" for i, ls in list(repeated.items())[:10])
+        ordered = sorted(repeated.items(), key=lambda kv: kv[1][0])  # in the order the ids first occur
+        shown = "; ".join(f"{i!r} at lines {', '.join(map(str, ls))}" for i, ls in ordered[:10])
         more = f"; and {len(repeated) - 10} more" if len(repeated) > 10 else ""
         raise ValueError(f"{pool}: {len(repeated)} path id(s) occur more than once: {shown}{more}. "
                          f"Give each path one record (pools merged from several teachers need the teacher in the id)")
+    return tasks
 
 
-def check_judge_fits(records: list[PathRecord], judge: JudgeConfig) -> None:
+def check_judge_fits(tasks: set[str], judge: JudgeConfig) -> None:
     """The scripted judge knows only the steps the scripted teacher plants: elsewhere it passes everything."""
-    others = sorted({r.task for r in records} - {"synthetic"})
+    others = sorted(tasks - {"synthetic"})
     if judge.backend == "scripted" and others:
         raise ConfigError(f"config key 'judge.backend': the scripted stand-in judge recognises only the spurious "
                           f"steps the scripted teacher plants in the synthetic task; this pool holds task(s) "
@@ -94,11 +105,11 @@ def example_of(rec: PathRecord):
                    meta=rec.meta.get("example_meta") or {})
 
 
-def check_answers(records: list[PathRecord]) -> None:
+def check_answers(records: Iterable[PathRecord]) -> None:
     """Step 1: fill ``answer`` and ``correct`` from the task's extractor and scorer."""
     from qr_ds.tasks import get_task
 
-    for rec in tqdm(records, desc="step 1: answers", unit="path", disable=len(records) < 1000):
+    for rec in records:
         task, ex = get_task(rec.task), example_of(rec)
         rec.answer = task.extract(rec.response or "", ex)
         rec.correct = task.is_correct(rec.answer, ex)
@@ -122,17 +133,19 @@ def load_cache(log: Path) -> dict[str, dict]:
 
 
 def judge_paths(records: list[PathRecord], cfg: FilterConfig, out: Path, teacher: Teacher | None = None,
-                progress: bool = True) -> JudgeStats:
+                progress: bool = True, cache: dict[str, dict] | None = None,
+                stats: JudgeStats | None = None) -> JudgeStats:
     """Step 2: set ``judge`` on every record, from the cache or by asking (re-asking unparseable replies).
 
-    A record whose judge request failed is left with ``judge`` None: it has no verdict."""
+    A record whose judge request failed is left with ``judge`` None: it has no verdict. A caller
+    judging a pool chunk by chunk passes the judge, the loaded cache and the stats to add to."""
     teacher = teacher or make_teacher(cfg.judge)
     name = judged_by(cfg.judge)
     log = judge_log_path(out)
-    cache = load_cache(log)
+    cache = load_cache(log) if cache is None else cache
     prompts = {r.id: judge_prompt(r.question, r.response or "") for r in records}
     keys = {r.id: cache_key(name, prompts[r.id]) for r in records}
-    stats = JudgeStats()
+    stats = stats or JudgeStats()
     pending = []
     for rec in records:
         row = cache.get(keys[rec.id])
@@ -143,7 +156,7 @@ def judge_paths(records: list[PathRecord], cfg: FilterConfig, out: Path, teacher
             rec.judge = None
             pending.append(rec)
     by_id = {r.id: r for r in pending}
-    stats.asked = len(pending)
+    stats.asked += len(pending)
     bar = tqdm(total=len(pending), desc="step 2: judge", unit="path", disable=not progress, dynamic_ncols=True)
     with bar, JsonlAppender(log) as app:
         for attempt in range(cfg.judge_retries + 1):
@@ -185,29 +198,44 @@ def kept_paths(correct: list[PathRecord], cfg: FilterConfig) -> list[PathRecord]
     return [r for r in correct if r.judge is not None and r.judge.verdict in allowed]
 
 
+class RetentionTally:
+    """Counts after each step per (task, style) and overall, path by path: the table without the pool."""
+
+    def __init__(self, judged: bool, keep_unparseable: bool):
+        self.judged, self.keep_unparseable = judged, keep_unparseable
+        self.cells: dict[tuple[str, str], Counter] = defaultdict(Counter)
+
+    def add(self, rec: PathRecord) -> None:
+        for key in ((rec.task, rec.style), ("all", "all")):
+            c = self.cells[key]
+            c["paths"] += 1
+            if rec.correct:
+                c["correct"] += 1
+                c[rec.judge.verdict if rec.judge else None] += 1
+
+    def rows(self) -> list[dict]:
+        rows = []
+        for (task, style), c in sorted(self.cells.items(), key=lambda kv: (kv[0][0] == "all", kv[0])):
+            n, correct = c["paths"], c["correct"]
+            row = {"task": task, "style": style, "paths": n, "correct": correct,
+                   "step1_rate": round(correct / n, 4) if n else 0.0}
+            if self.judged:
+                kept = c["VALID"] + (c["UNPARSEABLE"] if self.keep_unparseable else 0)
+                row.update(valid=c["VALID"], invalid=c["INVALID"], unparseable=c["UNPARSEABLE"],
+                           judge_failed=c[None], kept=kept, step2_rate=round(kept / correct, 4) if correct else 0.0)
+            else:
+                row["kept"] = correct
+            row["kept_rate"] = round(row["kept"] / n, 4) if n else 0.0
+            rows.append(row)
+        return rows
+
+
 def retention_table(all_ok: list[PathRecord], judged: bool, keep_unparseable: bool) -> list[dict]:
     """Counts and rates after each step, per (task, style) and overall."""
-    groups: dict[tuple[str, str], list[PathRecord]] = defaultdict(list)
+    tally = RetentionTally(judged, keep_unparseable)
     for r in all_ok:
-        groups[(r.task, r.style)].append(r)
-        groups[("all", "all")].append(r)
-    rows = []
-    for (task, style), recs in sorted(groups.items(), key=lambda kv: (kv[0][0] == "all", kv[0])):
-        n = len(recs)
-        correct = [r for r in recs if r.correct]
-        row = {"task": task, "style": style, "paths": n, "correct": len(correct),
-               "step1_rate": round(len(correct) / n, 4) if n else 0.0}
-        if judged:
-            count = lambda v: sum(1 for r in correct if r.judge and r.judge.verdict == v)
-            kept = count("VALID") + (count("UNPARSEABLE") if keep_unparseable else 0)
-            row.update(valid=count("VALID"), invalid=count("INVALID"), unparseable=count("UNPARSEABLE"),
-                       judge_failed=sum(1 for r in correct if r.judge is None),
-                       kept=kept, step2_rate=round(kept / len(correct), 4) if correct else 0.0)
-        else:
-            row["kept"] = len(correct)
-        row["kept_rate"] = round(row["kept"] / n, 4) if n else 0.0
-        rows.append(row)
-    return rows
+        tally.add(r)
+    return tally.rows()
 
 
 @dataclass
@@ -228,33 +256,66 @@ class FilterFailed(StageFailed):
         self.result = result
 
 
+# Paths judged per chunk: the judge sees this many requests at once (its concurrency), and memory
+# holds one chunk, not the pool.
+JUDGE_CHUNK = 4096
+
+
 def run_filter(cfg: FilterConfig, teacher: Teacher | None = None, progress: bool = True) -> FilterResult:
     """Both steps, the filtered pool and the retention table; FilterFailed (after writing) when too little succeeded."""
-    check_unique_ids(cfg.pool)
-    records = load_pool(cfg.pool).records
-    check_judge_fits(records, cfg.judge)
+    check_judge_fits(check_unique_ids(cfg.pool), cfg.judge)
     with output_lock(cfg.out):
-        res = _filter(cfg, records, teacher, progress)
-    problems = shortfalls(res, len(records), cfg)
+        res, n_records = _filter(cfg, teacher, progress)
+    problems = shortfalls(res, n_records, cfg)
     if problems:
         raise FilterFailed("; ".join(problems), res)
     return res
 
 
-def _filter(cfg: FilterConfig, records: list[PathRecord], teacher: Teacher | None, progress: bool) -> FilterResult:
-    ok = [r for r in records if r.ok]
-    check_answers(ok)
-    correct = [r for r in ok if r.correct]
+def _filter(cfg: FilterConfig, teacher: Teacher | None, progress: bool) -> tuple[FilterResult, int]:
+    """Streams the pool: answers checked and kept paths written as they are read, judged a chunk at
+    a time; returns the result and the number of records read."""
     judged = cfg.judge.backend != "none"
-    jstats = judge_paths(correct, cfg, cfg.out, teacher, progress) if judged else None
-    kept = kept_paths(correct, cfg)
-    write_pool(cfg.out, kept)
-    rows = retention_table(ok, judged, cfg.keep_unparseable)
+    stream = PoolStream(cfg.pool)
+    tally = RetentionTally(judged, cfg.keep_unparseable)
+    jstats = JudgeStats() if judged else None
+    judge = dict(teacher=teacher or make_teacher(cfg.judge), cache=load_cache(judge_log_path(cfg.out)),
+                 stats=jstats) if judged else {}
+    counts = Counter()
+
+    def judged_chunk(chunk: list[PathRecord]) -> list[PathRecord]:
+        correct = [r for r in chunk if r.correct]
+        if judged and correct:
+            judge_paths(correct, cfg, cfg.out, progress=progress, **judge)
+        for r in chunk:
+            tally.add(r)
+        return kept_paths(correct, cfg)
+
+    def kept() -> Iterator[PathRecord]:
+        chunk: list[PathRecord] = []
+        bar = tqdm(desc="filter", unit="path", disable=not progress, dynamic_ncols=True)
+        with bar:
+            for _, rec in stream:
+                counts["records"] += 1
+                bar.update(1)
+                if not rec.ok:
+                    continue
+                counts["ok"] += 1
+                check_answers([rec])
+                chunk.append(rec)
+                if len(chunk) == (JUDGE_CHUNK if judged else 1):
+                    yield from judged_chunk(chunk)
+                    chunk = []
+            yield from judged_chunk(chunk)
+
+    n_kept = write_pool(cfg.out, kept())
+    rows = tally.rows()
     name = judged_by(cfg.judge)
     md, js = report_paths(cfg.out)
     md.write_text(f"# Retention after quality filtering\n\npool: {cfg.pool}\n\njudged by: {name}\n\n{markdown(rows)}\n")
     js.write_text(json.dumps({"pool": str(cfg.pool), "judged_by": name, "rows": rows}, indent=1))
-    return FilterResult(rows, len(kept), len(records) - len(ok), name, jstats, [cfg.out, md, js])
+    res = FilterResult(rows, n_kept, counts["records"] - counts["ok"], name, jstats, [cfg.out, md, js])
+    return res, counts["records"]
 
 
 def shortfalls(res: FilterResult, n_records: int, cfg: FilterConfig) -> list[str]:

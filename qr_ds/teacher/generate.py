@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from qr_ds.config import ConfigError
 from qr_ds.data.jsonl import JsonlAppender, repair_tail
-from qr_ds.data.pool import PathRecord, load_pool, write_pool
+from qr_ds.data.pool import PathRecord, iter_pool, write_pool
 from qr_ds.stages import StageFailed, derive_seed, output_lock
 from qr_ds.tasks.base import Example, LoadedExamples, Task, is_file_source, is_test_split
 from qr_ds.teacher.backends import make_teacher
@@ -124,11 +124,21 @@ def plan(cfg: GenerateConfig, model: str, examples: list[Example]) -> tuple[list
     return requests, skeletons
 
 
+def ends_with_newline(path: Path) -> bool:
+    """True for a missing or empty file, or one whose last byte is a newline; reads one byte."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return True
+    with path.open("rb") as fh:
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
+
+
 def compact(log: Path, keys: list[Key]) -> list[PathRecord]:
-    """One record per key, in ``keys`` order: the latest success, else the latest failure."""
+    """One record per key, in ``keys`` order: the latest success, else the latest failure. The log
+    (every try of every path) is streamed; only the best record per key is held."""
     best: dict[Key, PathRecord] = {}
     if log.is_file():
-        for rec in load_pool(log, log=lambda m: None).records:
+        for rec in iter_pool(log, log=lambda m: None):
             k = record_key(rec)
             if rec.ok or k not in best or not best[k].ok:
                 best[k] = rec
@@ -157,7 +167,8 @@ def _generate(cfg: GenerateConfig, examples: list[Example], teacher: Teacher, pr
     requests, skeletons = plan(cfg, teacher.model, examples)
     keys = [record_key(skeletons[r.key]) for r in requests]
     log = log_path(cfg.out)
-    repair_tail(log)
+    if not ends_with_newline(log):  # the log reaches GBs: look at its last byte, rewrite only after a kill
+        repair_tail(log)
     done = {record_key(r) for r in compact(log, keys) if r.ok}
     todo = [r for r, k in zip(requests, keys) if k not in done]
     stats = GenerateStats(planned=len(requests), skipped=len(requests) - len(todo))
