@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from qr_ds.data.pool import PoolStream
 from qr_ds.run_layout import RunDir
 
 
@@ -64,12 +65,13 @@ def load_run(label: str, path: Path) -> Run:
 
 def final_routing(run: Path) -> dict | None:
     """P(student gets path) from the final router, noise-free, for every path the run trained on
-    (its config's pool after its own selection), with each path's style and level. None without router."""
+    (its config's pool after its own selection), with each path's style and level. None without router.
+
+    The pool is streamed: records are routed a batch at a time as they are read and only a few
+    fields of each are kept, so the selection the trainer makes runs over those (see ``_Routed``)."""
     import torch
 
     from qr_ds.config import load_config
-    from qr_ds.data.pool import load_pool, record_lines
-    from qr_ds.embed.lookup import gather_embeddings
     from qr_ds.routing.policy import RoutingPolicy
     from qr_ds.train.config import TrainConfig
     from qr_ds.train.data import select_paths
@@ -79,14 +81,86 @@ def final_routing(run: Path) -> dict | None:
     state = layout.require_latest().component("router")
     if not cfg.router.enabled or not state.is_file():
         return None
-    pool = load_pool(cfg.data.pool)
-    records = select_paths(cfg, pool.records)
-    emb = torch.from_numpy(gather_embeddings(cfg.data.pool, records, record_lines(pool)))
-    policy = RoutingPolicy(cfg.router, emb.shape[1], len(cfg.students), cfg.lambda1, cfg.seed)
-    policy.load_state_dict(torch.load(state, weights_only=True))
+    policy: RoutingPolicy | None = None
+    routed: list[_Routed] = []
+    batches: list[np.ndarray] = []  # probabilities of each routed batch; a record keeps its row in them
+    batch: list[tuple[int, object]] = []
+
+    def route(batch: list[tuple[int, object]]) -> None:
+        nonlocal policy
+        emb, at, errors = _embeddings(cfg.data.pool, batch)
+        if policy is None and len(emb):
+            policy = RoutingPolicy(cfg.router, emb.shape[1], len(cfg.students), cfg.lambda1, cfg.seed)
+            policy.load_state_dict(torch.load(state, weights_only=True))
+        offset = sum(map(len, batches))
+        if len(emb):
+            batches.append(policy.probabilities(torch.from_numpy(emb)).numpy())
+        for k, (_, rec) in enumerate(batch):
+            routed.append(_Routed(rec, offset + at[k] if at[k] is not None else None, errors.get(k)))
+
+    for lineno, rec in PoolStream(cfg.data.pool):
+        if rec.ok:  # select_paths's first rule; what else it drops, it drops from the slim records
+            batch.append((lineno, rec))
+            if len(batch) == ROUTE_BATCH:
+                route(batch)
+                batch = []
+    if batch:
+        route(batch)
+    chosen = select_paths(cfg, routed)
+    failed = next((r.error for r in chosen if r.error is not None), None)
+    if failed is not None:  # the first selected path without a usable vector, as gather_embeddings says it
+        raise failed
+    probabilities = (np.concatenate(batches)[[r.row for r in chosen]] if chosen
+                     else np.zeros((0, len(cfg.students)), np.float32))
     return {"checkpoint": state.parent.name, "pool": str(cfg.data.pool), "students": [s.name for s in cfg.students],
-            "probabilities": policy.probabilities(emb).numpy(), "styles": [r.style for r in records],
-            "levels": [r.level for r in records]}
+            "probabilities": probabilities, "styles": [r.style for r in chosen],
+            "levels": [r.level for r in chosen]}
+
+
+# Paths routed per batch: the router's own batch, so each probability is computed exactly as when
+# the whole selection went through ``RoutingPolicy.probabilities`` at once.
+ROUTE_BATCH = 4096
+
+
+class _Routed:
+    """What the report keeps of one record: what select_paths reads, its style and level, and its
+    row of routing probabilities (or the error that kept it from having any). Strings shared by many
+    records are interned, so a million of these hold no pool text."""
+
+    __slots__ = ("ok", "correct", "judge", "question_id", "style", "level", "row", "error")
+
+    def __init__(self, rec, row, error):
+        self.ok, self.correct = rec.ok, rec.correct
+        self.judge = _VERDICTS.setdefault(rec.judge.verdict, rec.judge) if rec.judge else None
+        self.question_id, self.style = sys.intern(rec.question_id), sys.intern(rec.style)
+        self.level = sys.intern(rec.level) if rec.level is not None else None
+        self.row, self.error = row, error
+
+
+_VERDICTS: dict[str, object] = {}  # select_paths reads only .verdict: one object per verdict suffices
+
+
+def _embeddings(pool: Path, batch: list[tuple[int, object]]) -> tuple[np.ndarray, list[int | None], dict]:
+    """The vectors of a batch's records, stacked; each record's row in them (None for a record without
+    a usable vector); and the EmbeddingError of each such record, kept, not raised: the record may
+    not be selected."""
+    from qr_ds.embed.lookup import EmbeddingError, gather_embeddings
+
+    lines = {rec.id: lineno for lineno, rec in batch}
+    recs = [rec for _, rec in batch]
+    try:
+        return gather_embeddings(pool, recs, lines), list(range(len(recs))), {}
+    except EmbeddingError:
+        pass
+    rows, at, errors = [], [], {}
+    for k, rec in enumerate(recs):  # record by record, only for a batch that holds a bad one
+        try:
+            rows.append(gather_embeddings(pool, [rec], lines)[0])
+            at.append(len(rows) - 1)
+        except EmbeddingError as e:
+            at.append(None)
+            errors[k] = e
+    return (np.stack(rows) if rows else np.zeros((0, 0), np.float32)), at, errors
 
 
 def routing_cells(routing: dict, key: str) -> dict[str, dict[str, dict]]:
