@@ -9,6 +9,7 @@ each student form that chunk's cross-student group, which all-gathers projected 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,3 +74,8 @@ def make_layout(rank_counts: list[int], world_size: int, placement: Placement) -
         everyone = tuple(range(world_size))
         return Layout(placement, world_size, tuple(everyone for _ in rank_counts), world_size)
     raise ValueError(f"unknown placement {placement!r}; use 'separate' or 'colocated'")
+
+
+def local_rank() -> int:
+    """This process's index on its node, as torchrun and the DeepSpeed launcher set it (0 without one)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,21 +1,21 @@
 """Training data: the selected paths, tokenized for every student and aligned on shared character spans.
 
-Every rank builds the same ``TrainData`` (deterministic), so batch order, chunking and spans agree
-across ranks without communication.
+Encoding runs once per node (train/prepared.py); every rank maps the result, and every rank's
+``TrainData`` is the same (deterministic), so batch order, chunking and spans agree across ranks
+without communication.
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from qr_ds.data.format import _tokenizer_adds_specials, render_prompt
-from qr_ds.data.pool import PathRecord, load_pool, record_lines
-from qr_ds.embed.lookup import gather_embeddings
+from qr_ds.data.pool import PathRecord
 from qr_ds.mutual.spans import common_spans, group_spans, token_span_ids
 from qr_ds.train.config import TrainConfig
 
@@ -136,16 +136,16 @@ def encode_all(recs: list[PathRecord], tokenizers: list, max_len: int | Sequence
     return per_student, n_spans
 
 
-def unseen_nats(encoded: list[list[Encoded]], vocab_sizes: list[int], response_chars: torch.Tensor) -> torch.Tensor:
+def unseen_nats_of(unseen_chars: list[torch.Tensor], response_tokens: list[torch.Tensor], vocab_sizes: list[int],
+                   response_chars: torch.Tensor) -> torch.Tensor:
     """[N, S] nats each student is charged for the text its context cut off. A path a student cannot
     see whole is one it cannot learn, so its loss on the kept prefix must not pass for its loss on
     the path (that would route long paths to the student that cuts them). The charge is what an
-    untrained model pays: log(vocab) per token, at the student's own tokens per character."""
+    untrained model pays: log(vocab) per token, at the student's own tokens per character (from the
+    per-path counts of characters cut off and response tokens kept, per student)."""
     out = []
-    for enc, vocab in zip(encoded, vocab_sizes):
-        unseen = torch.tensor([e.unseen_chars for e in enc], dtype=torch.float32)
-        tokens = sum(sum(t != -100 for t in e.labels[1:]) for e in enc)
-        tokens_per_char = tokens / max(float((response_chars - unseen).sum()), 1.0)
+    for unseen, tokens, vocab in zip(unseen_chars, response_tokens, vocab_sizes):
+        tokens_per_char = int(tokens.sum()) / max(float((response_chars - unseen).sum()), 1.0)
         out.append(unseen * tokens_per_char * math.log(vocab))
     return torch.stack(out, dim=1)
 
@@ -175,31 +175,38 @@ def question_groups(question_index: torch.Tensor, n_questions: int) -> list[torc
 
 
 class TrainData:
+    """The prepared training data (train/prepared.py), mapped: every rank reads the paths it trains on."""
+
     def __init__(self, cfg: TrainConfig, tokenizers: list, log: Callable[[str], None], progress=None):
-        report = load_pool(cfg.data.pool, log=log)
-        self.records = select_paths(cfg, report.records)
-        self.embeddings = None
-        if cfg.router.enabled:  # checked: inside the pool's folder, row in range, computed from this text
-            rows = gather_embeddings(cfg.data.pool, self.records, record_lines(report))
-            self.embeddings = torch.from_numpy(rows)
+        from qr_ds.distributed.wait import wait_for_all_ranks
+        from qr_ds.train.prepared import Prepared, ensure_prepared
+
+        p = Prepared(ensure_prepared(cfg, tokenizers, log, progress or (lambda it, **kw: it)))
+        self.prepared = p
+        self.records = p.paths  # style, level and question of each path (what the logs need)
+        self.encoded = p.students
+        self.n_spans = p.n_spans
+        self.embeddings = torch.from_numpy(p.embeddings) if p.embeddings is not None else None
         max_lens = [cfg.max_len_of(s) for s in range(len(cfg.students))]
-        self.encoded, self.n_spans = encode_all(self.records, tokenizers, max_lens,
-                                                cfg.mutual.max_spans, progress or (lambda it, **kw: it))
         # Per-path sizes: losses become nats per character (comparable across tokenizers) for the
         # router, and per token for the logged SFT loss.
-        self.response_chars = torch.tensor([max(len(r.response), 1) for r in self.records], dtype=torch.float32)
-        self.unseen_nats = unseen_nats(self.encoded, [len(t) for t in tokenizers], self.response_chars)
-        self.response_tokens = [torch.tensor([max(sum(t != -100 for t in e.labels[1:]), 1) for e in enc],
-                                             dtype=torch.float32) for enc in self.encoded]
-        qids = {q: i for i, q in enumerate(dict.fromkeys(r.question_id for r in self.records))}
-        self.question_index = torch.tensor([qids[r.question_id] for r in self.records])
-        self._by_question = question_groups(self.question_index, len(qids))
+        self.response_chars = torch.from_numpy(np.array(p.response_chars))
+        self.unseen_nats = unseen_nats_of([torch.from_numpy(np.array(v.unseen_chars, np.float32)) for v in p.students],
+                                          [torch.from_numpy(t) for t in p.response_tokens],
+                                          [len(t) for t in tokenizers], self.response_chars)
+        self.response_tokens = [torch.from_numpy(t).clamp(min=1).float() for t in p.response_tokens]
+        self.question_index = torch.from_numpy(np.array(p.question_index))
+        n_q = p.meta["n_questions"]
+        self._by_question = question_groups(self.question_index, n_q)
         self.seed, self.by_question = cfg.seed, cfg.data.batch_order == "by_question"
-        log(f"training on {len(self.records)} paths of {len(qids)} questions")
-        cut = [sum(e.truncated for e in enc) for enc in self.encoded]
+        log(f"training on {len(self)} paths of {n_q} questions")
+        cut = [int(np.count_nonzero(v.truncated)) for v in p.students]
         names = [s.name for s in cfg.students]
         log("paths cut at the students' max_len: " + ", ".join(
-            f"{n} {c} ({100 * c / len(self.records):.1f}%) at {m}" for n, c, m in zip(names, cut, max_lens)))
+            f"{n} {c} ({100 * c / len(self):.1f}%) at {m}" for n, c, m in zip(names, cut, max_lens)))
+        # Ranks reach here minutes apart when one node built and another reused: wait without the
+        # collective timeout, so the first collective after this finds every rank ready.
+        wait_for_all_ranks("training data")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -220,5 +227,5 @@ class TrainData:
         return list(padded.view(n, batch))
 
     def span_mask(self, idx: torch.Tensor, max_spans: int) -> torch.Tensor:
-        counts = torch.tensor([self.n_spans[i] for i in idx.tolist()])
+        counts = torch.as_tensor(np.asarray(self.n_spans)[idx.numpy()], dtype=torch.long)
         return torch.arange(max_spans)[None, :] < counts[:, None]

@@ -1,0 +1,297 @@
+"""Training data prepared once per node and memory-mapped by every rank.
+
+The selected paths, tokenized and aligned for every student, go into flat arrays (one token array
+per student plus an offsets index, like Megatron's indexed dataset) in a folder named by a content
+hash of what decides them: the pool's bytes, each tokenizer, each student's ``max_len``, the span
+count and the data selection. Local rank 0 of each node builds it under a file lock into a
+temporary folder and renames it into place; the other ranks wait for it with a progress line and
+no collective timeout (a build of a large pool takes minutes). A resumed run finds the same hash
+and maps the folder again; a changed pool or tokenizer gets a new folder.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from qr_ds.data.pool import load_pool, record_lines
+from qr_ds.distributed.health import launch_id
+from qr_ds.distributed.topology import local_rank
+from qr_ds.embed.lookup import gather_embeddings
+from qr_ds.train.config import TrainConfig
+from qr_ds.train.data import Encoded, iter_encoded, select_paths
+
+VERSION = 1  # bump when the folder's layout or the encoding changes: old folders are then not reused
+DONE = "meta.json"  # written last: a folder holding it is complete
+ENV_DIR = "QR_DS_PREPARED_DIR"  # a cache shared by runs (or by nodes, on a shared filesystem)
+
+
+def prepared_root(cfg: TrainConfig) -> Path:
+    return Path(os.environ.get(ENV_DIR) or Path(cfg.output_dir) / "prepared")
+
+
+def _file_digest(path: Path, h) -> None:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 23):
+            h.update(chunk)
+
+
+def tokenizer_fingerprint(tok) -> str:
+    """What decides a tokenizer's ids and offsets: its serialized pipeline and vocabulary, the chat
+    template and the special tokens (the same files under another path give the same key)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    parts = [backend.to_str() if backend is not None else repr(tok.get_vocab()),
+             str(getattr(tok, "chat_template", None)), json.dumps(tok.special_tokens_map, sort_keys=True, default=str)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def data_key(cfg: TrainConfig, tokenizers: list) -> str:
+    h = hashlib.sha256()
+    settings = {"version": VERSION, "max_len": [cfg.max_len_of(s) for s in range(len(cfg.students))],
+                "max_spans": cfg.mutual.max_spans, "quality_filter": cfg.data.quality_filter,
+                "paths_per_question": cfg.data.paths_per_question, "limit": cfg.data.limit,
+                "embeddings": cfg.router.enabled}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    pool = Path(cfg.data.pool)
+    if not pool.is_file():
+        raise FileNotFoundError(f"data.pool: {pool} not found")
+    _file_digest(pool, h)
+    for tok in tokenizers:
+        h.update(tokenizer_fingerprint(tok).encode())
+    if cfg.router.enabled:  # matrices beside the pool: by size and time, not bytes (they are large)
+        for m in sorted(pool.resolve().parent.glob("*.npy")):
+            st = m.stat()
+            h.update(f"{m.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+# -- building -----------------------------------------------------------------------------------
+
+def _whoami() -> str:
+    return f"{socket.gethostname()} rank {os.environ.get('RANK', '0')} (pid {os.getpid()})"
+
+
+def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str], None],
+          progress: Callable = lambda it, **kw: it, chunk: int = 1024) -> None:
+    """Write the prepared folder for ``cfg``: into a temporary sibling, renamed into place when whole."""
+    tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    report = load_pool(cfg.data.pool, log=log)
+    recs = select_paths(cfg, report.records)
+    emb_dim = 0
+    if cfg.router.enabled:  # checked: inside the pool's folder, row in range, computed from this text
+        rows = gather_embeddings(cfg.data.pool, recs, record_lines(report))
+        np.save(tmp / "embeddings.npy", rows)
+        emb_dim = int(rows.shape[1])
+        del rows
+    del report
+    S, N = len(tokenizers), len(recs)
+    lens = [cfg.max_len_of(s) for s in range(S)]
+    span_dtype = np.int16 if cfg.mutual.max_spans < 2 ** 15 else np.int32
+    qids: dict[str, int] = {}
+    styles: dict[str, int] = {}
+    levels: dict[str | None, int] = {}
+    path_cols = {k: np.zeros(N, dt) for k, dt in (("question_index", np.int64), ("response_chars", np.float32),
+                                                  ("n_spans", np.int32), ("style", np.int32), ("level", np.int32))}
+    stud_cols = [{k: np.zeros(N, dt) for k, dt in (("truncated", np.int8), ("unseen_chars", np.int64),
+                                                   ("response_tokens", np.int64))} for _ in range(S)]
+    offsets = [np.zeros(N + 1, np.int64) for _ in range(S)]
+    files = [{k: open(tmp / f"{k}_{s}.bin", "wb") for k in ("ids", "is_label", "span")} for s in range(S)]
+    buffers: list[dict[str, list]] = [{"ids": [], "is_label": [], "span": []} for _ in range(S)]
+
+    def flush(s: int) -> None:
+        b = buffers[s]
+        np.asarray(b["ids"], np.int32).tofile(files[s]["ids"])
+        np.asarray(b["is_label"], np.int8).tofile(files[s]["is_label"])
+        np.asarray(b["span"], span_dtype).tofile(files[s]["span"])
+        for v in b.values():
+            v.clear()
+
+    progress_file = folder.with_name(folder.name + ".progress")
+    t0 = time.time()
+    try:
+        for i, (encs, n) in enumerate(progress(iter_encoded(recs, tokenizers, lens, cfg.mutual.max_spans, chunk),
+                                               total=N, desc="tokenize+align", unit="path")):
+            rec = recs[i]
+            path_cols["question_index"][i] = qids.setdefault(rec.question_id, len(qids))
+            path_cols["response_chars"][i] = max(len(rec.response), 1)
+            path_cols["n_spans"][i] = n
+            path_cols["style"][i] = styles.setdefault(rec.style, len(styles))
+            path_cols["level"][i] = levels.setdefault(rec.level, len(levels))
+            for s, e in enumerate(encs):
+                b = buffers[s]
+                b["ids"].extend(e.input_ids)
+                b["is_label"].extend(t != -100 for t in e.labels)
+                b["span"].extend(e.span_ids)
+                offsets[s][i + 1] = offsets[s][i] + len(e.input_ids)
+                c = stud_cols[s]
+                c["truncated"][i], c["unseen_chars"][i] = e.truncated, e.unseen_chars
+                c["response_tokens"][i] = sum(t != -100 for t in e.labels[1:])
+            if (i + 1) % chunk == 0 or i + 1 == N:
+                for s in range(S):
+                    flush(s)
+                progress_file.write_text(f"{i + 1}/{N} paths after {time.time() - t0:.0f} s, by {_whoami()}")
+    finally:
+        for fs in files:
+            for f in fs.values():
+                f.close()
+    for k, v in path_cols.items():
+        np.save(tmp / f"{k}.npy", v)
+    for s in range(S):
+        np.save(tmp / f"offsets_{s}.npy", offsets[s])
+        for k, v in stud_cols[s].items():
+            np.save(tmp / f"{k}_{s}.npy", v)
+    meta = {"version": VERSION, "n_paths": N, "n_questions": len(qids), "students": S, "max_len": lens,
+            "span_dtype": np.dtype(span_dtype).name, "embedding_dim": emb_dim, "styles": list(styles),
+            "levels": list(levels), "pool": str(cfg.data.pool), "built_by": _whoami(),
+            "build_s": round(time.time() - t0, 1)}
+    with open(tmp / DONE, "w") as fh:
+        json.dump(meta, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(tmp, folder)
+    progress_file.unlink(missing_ok=True)
+
+
+@contextmanager
+def _file_lock(path: Path, on_wait: Callable[[], None]):
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another node's builder, on a shared filesystem
+            on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_prepared(cfg: TrainConfig, tokenizers: list, log: Callable[[str], None],
+                    progress: Callable = lambda it, **kw: it, poll_s: float = 0.5, say_every_s: float = 30.0) -> Path:
+    """The prepared folder for ``cfg``: reused when its hash matches, else built by local rank 0
+    while this node's other ranks wait (with no timeout: a failed build leaves a marker that ends them)."""
+    root = prepared_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    key = data_key(cfg, tokenizers)
+    folder = root / key
+    failed = root / f"{key}.failed"
+    if (folder / DONE).is_file():
+        log(f"prepared training data reused: {folder}")
+        return folder
+    if local_rank() == 0:
+        with _file_lock(root / f"{key}.lock", lambda: log(f"waiting for another node's build of {folder}")):
+            if (folder / DONE).is_file():
+                log(f"prepared training data reused: {folder}")
+                return folder
+            failed.unlink(missing_ok=True)
+            log(f"preparing training data once for this node: {folder}")
+            try:
+                build(cfg, tokenizers, folder, log, progress)
+            except BaseException as e:
+                failed.write_text(f"{launch_id()}\n{_whoami()}: {type(e).__name__}: {e}")
+                raise
+        return folder
+    t0 = said = time.time()
+    while not (folder / DONE).is_file():
+        if failed.is_file():
+            owner, _, why = failed.read_text().partition("\n")
+            if owner == launch_id():
+                raise RuntimeError(f"preparing {folder} failed on {why}")
+        if time.time() - said >= say_every_s:
+            where = root / f"{key}.progress"
+            done = where.read_text() if where.is_file() else "not started"
+            print(f"[qr_ds] rank {os.environ.get('RANK', '0')} waiting {time.time() - t0:.0f} s for local rank 0 "
+                  f"to prepare {folder}: {done}", file=sys.stderr, flush=True)
+            said = time.time()
+        time.sleep(poll_s)
+    return folder
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PathInfo:
+    """What the trainer's logs need of a path (its record stays in the pool file)."""
+
+    style: str
+    level: str | None
+    question_index: int
+
+
+class _Paths(Sequence):
+    def __init__(self, p: "Prepared"):
+        self.p = p
+
+    def __len__(self) -> int:
+        return self.p.n
+
+    def __getitem__(self, i: int) -> PathInfo:
+        p = self.p
+        return PathInfo(p.styles[p.style[i]], p.levels[p.level[i]], int(p.question_index[i]))
+
+
+class EncodedView(Sequence):
+    """One student's ``Encoded`` paths, read from the mapped arrays on access."""
+
+    def __init__(self, folder: Path, s: int, n: int, span_dtype: str):
+        self.offsets = np.load(folder / f"offsets_{s}.npy", mmap_mode="r")
+        total = int(self.offsets[n])
+        self.ids = _map(folder / f"ids_{s}.bin", np.int32, total)
+        self.is_label = _map(folder / f"is_label_{s}.bin", np.int8, total)
+        self.span = _map(folder / f"span_{s}.bin", np.dtype(span_dtype), total)
+        self.truncated = np.load(folder / f"truncated_{s}.npy", mmap_mode="r")
+        self.unseen_chars = np.load(folder / f"unseen_chars_{s}.npy", mmap_mode="r")
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Encoded:
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        i %= self.n
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        ids = self.ids[a:b]
+        labels = np.where(self.is_label[a:b] != 0, ids, -100)
+        return Encoded(ids.tolist(), labels.tolist(), self.span[a:b].tolist(), bool(self.truncated[i]),
+                       int(self.unseen_chars[i]))
+
+
+def _map(path: Path, dtype, count: int) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+
+
+class Prepared:
+    """A prepared folder, mapped: pages are read only where a rank touches them."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.meta = json.loads((folder / DONE).read_text())
+        if self.meta.get("version") != VERSION:
+            raise ValueError(f"{folder / DONE}: version {self.meta.get('version')!r}, this code reads {VERSION}")
+        self.n = self.meta["n_paths"]
+        self.styles, self.levels = self.meta["styles"], self.meta["levels"]
+        for k in ("question_index", "response_chars", "n_spans", "style", "level"):
+            setattr(self, k, np.load(folder / f"{k}.npy", mmap_mode="r"))
+        self.paths = _Paths(self)
+        self.students = [EncodedView(folder, s, self.n, self.meta["span_dtype"]) for s in range(self.meta["students"])]
+        self.response_tokens = [np.load(folder / f"response_tokens_{s}.npy") for s in range(self.meta["students"])]
+        emb = folder / "embeddings.npy"
+        # copy-on-write: torch wants a writable array; pages stay shared with the file until written
+        self.embeddings = np.load(emb, mmap_mode="c") if emb.is_file() else None
