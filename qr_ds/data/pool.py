@@ -62,11 +62,29 @@ class PathRecord:
         return self.response is not None and self.error is None
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        # what dataclasses.asdict gives, without its generic walk and deepcopy: 60% of embed's own
+        # time and a third of filter's at 20k paths
+        out = {name: _plain(getattr(self, name)) for name in _FIELDS}
+        for name in ("judge", "embedding"):
+            if out[name] is not None:
+                out[name] = dict(out[name].__dict__)
+        return out
 
     @classmethod
     def from_json(cls, obj: dict) -> "PathRecord":
         return parse_record(obj)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(PathRecord))
+
+
+def _plain(value: Any) -> Any:
+    """A copy of the dicts, lists and tuples in ``value``, so a caller may change what to_json returns."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 _REQUIRED_STR = ("id", "task", "question_id", "question", "gold", "teacher", "style", "prompt")
