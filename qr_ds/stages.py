@@ -8,6 +8,7 @@ file's pid then only names who left it, in a note.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -30,16 +31,95 @@ def derive_seed(base: int, *parts: object) -> int:
 
 
 def load_stage_config(cls, path: Path, stage: str, overrides: list[tuple[str, object]] = ()):
-    """A stage's config from its own YAML, or from the ``<stage>:`` section of a pipeline YAML."""
+    """A stage's config from its own YAML, or from the ``<stage>:`` section of a pipeline YAML; refused
+    (ConfigError) when one of its outputs would overwrite one of its inputs (``refuse_overwrite``)."""
     data = load_yaml(path)
-    if isinstance(data.get(stage), dict):
+    if stage in data:
+        if not isinstance(data[stage], dict):  # an empty section must not fall back to the whole file
+            got = "empty" if data[stage] is None else f"a {type(data[stage]).__name__}, not a mapping"
+            raise ConfigError(f"{path}: the '{stage}:' section is {got}; it needs the {stage} keys "
+                              f"({', '.join(sorted(f.name for f in dataclasses.fields(cls) if f.init))})")
         data = data[stage]
     for dotted, value in overrides:
         apply_override(data, dotted, value)
     try:
-        return from_dict(cls, data)
+        cfg = from_dict(cls, data)
+        refuse_overwrite(*stage_files(stage, cfg), config_file=Path(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    return cfg
+
+
+# ---- nothing overwritten -------------------------------------------------------------------------
+
+def stage_files(stage: str, cfg) -> tuple[dict[str, Path], dict[str, Path]]:
+    """(outputs, inputs) of a stage run, each by the config key that names it."""
+    if stage == "generate":
+        from qr_ds.teacher.generate import log_path
+
+        return {"out": cfg.out, "out (its request log)": log_path(cfg.out)}, {"data": Path(cfg.data)}
+    if stage == "filter":
+        from qr_ds.filter.run import judge_log_path, report_paths
+
+        md, js = report_paths(cfg.out)
+        return ({"out": cfg.out, "out (its judge log)": judge_log_path(cfg.out), "out (its retention table)": md,
+                 "out (its retention JSON)": js}, {"pool": cfg.pool})
+    if stage == "embed":
+        from qr_ds.embed.run import matrix_path
+
+        return {"out": cfg.out, "out (its matrix)": matrix_path(cfg.out)}, {"pool": cfg.pool}
+    return {}, {}
+
+
+def _same(a: Path, b: Path) -> bool:
+    """One file by either name: symlinks resolved, hard links by inode."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass  # one does not exist yet: compare the resolved names
+    return a.resolve() == b.resolve()
+
+
+def training_run_of(path: Path) -> Path | None:
+    """The training run folder (one with checkpoints/) that ``path`` is inside or is, if any."""
+    for folder in [path.resolve(), *path.resolve().parents]:
+        if (folder / "checkpoints").is_dir() and ((folder / "config.yaml").is_file()
+                                                   or (folder / "checkpoints" / "latest").is_file()):
+            return folder
+    return None
+
+
+def _named(key: str) -> str:
+    """How the user set it: "config key 'out'" for "out (its matrix)", "--out" for a flag."""
+    key = key.split(" ")[0]
+    return key if key.startswith("-") else f"config key '{key}'"
+
+
+def refuse_overwrite(outputs: dict[str, Path], inputs: dict[str, Path], config_file: Path | None = None) -> None:
+    """ConfigError when an output is an input (any name of it), sits inside an input folder, is the
+    config file, another output of the same run, or lies inside a training run's folder."""
+    inputs = dict(inputs)
+    if config_file is not None:
+        inputs["config file"] = config_file
+    seen: dict[str, Path] = {}
+    for okey, out in outputs.items():
+        for ikey, inp in inputs.items():
+            what = "config file" if ikey == "config file" else "input " + _named(ikey).removeprefix("config key ")
+            if _same(out, inp):
+                raise ConfigError(f"{_named(okey)}: {out} is also the {what} ({inp}); writing it would destroy "
+                                  "the input: choose another output")
+            if inp.is_dir() and out.resolve().is_relative_to(inp.resolve()):
+                raise ConfigError(f"{_named(okey)}: {out} is inside the {what} folder ({inp})")
+        for other, path in seen.items():
+            if _same(out, path):
+                raise ConfigError(f"{_named(okey)}: {out} would be written twice, as {other} and as {okey}: "
+                                  "choose another name")
+        seen[okey] = out
+        run = training_run_of(out.parent)
+        if run is not None:
+            raise ConfigError(f"{_named(okey)}: {out} is inside the training run {run}; "
+                              "write stage outputs outside run folders")
 
 
 class LockHeld(StageFailed):

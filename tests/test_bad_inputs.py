@@ -187,3 +187,39 @@ def test_an_alias_bomb_is_one_short_line_in_a_real_process(inputs):
 def test_a_byte_order_mark_is_not_part_of_the_first_record(inputs):
     report = load_pool(inputs / "pool_bom.jsonl", log=lambda m: None)
     assert record_lines(report) == {"q1/cot/0": 1, "q10/cot/0": 2} and not report.rejected
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file below ``folder`` with its size and mtime: equal before and after means nothing was written."""
+    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["filter", "filter_out_is_pool.yaml"],
+     "filter_out_is_pool.yaml: config key 'out': pool_mixed.jsonl is also the input 'pool' (pool_mixed.jsonl)"),
+    (["generate", "generate_out_is_data.yaml"],
+     "generate_out_is_data.yaml: config key 'out': outputs_mixed.jsonl is also the input 'data'"),
+    (["generate", "generate_out_is_data.yaml", "out=generate_out_is_data.yaml"],
+     "generate_out_is_data.yaml: config key 'out': generate_out_is_data.yaml is also the config file"),
+    (["embed", "embed_out_is_matrix.yaml"],
+     "embed_out_is_matrix.yaml: config key 'out': emb.npy would be written twice, as out and as out (its matrix)"),
+    (["embed", "embed_mixed.yaml", "out=linked.jsonl"], "embed_mixed.yaml: config key 'out': linked.jsonl is also the input 'pool' (pool_mixed.jsonl)"),
+    (["embed", "embed_mixed.yaml", "out=run/pool.jsonl"], "embed_mixed.yaml: config key 'out': run/pool.jsonl is inside the training run "),
+    (["score", "--task", "gsm8k", "outputs_mixed.jsonl", "--out", "./outputs_mixed.jsonl"],
+     "--out: outputs_mixed.jsonl is also the input 'FILE'"),
+    (["score", "--task", "gsm8k", "pool_empty.jsonl"], "pool_empty.jsonl: nothing to score: it is empty"),
+    (["filter", "filter_empty_section.yaml"],
+     "filter_empty_section.yaml: the 'filter:' section is empty; it needs the filter keys"),
+    (["generate", "generate_no_styles.yaml"], "generate_no_styles.yaml: config key 'styles': an empty list names no style"),
+])
+def test_an_output_never_overwrites_an_input_and_a_refusal_writes_nothing(inputs, monkeypatch, capsys, args, needle):
+    (inputs / "linked.jsonl").symlink_to(inputs / "pool_mixed.jsonl")  # the pool by another name
+    (inputs / "run" / "checkpoints" / "step_000001").mkdir(parents=True)  # a training run
+    (inputs / "run" / "checkpoints" / "latest").write_text("step_000001")
+    (inputs / "run" / "config.yaml").write_text("{}")
+    before = snapshot(inputs)
+    monkeypatch.chdir(inputs)
+    monkeypatch.delenv("QR_DS_TRACEBACK", raising=False)
+    status = main(args)
+    assert_refused(status, capsys.readouterr().err, f"qr-ds {args[0]}: error: {needle}")
+    assert status == 2 and snapshot(inputs) == before

@@ -56,11 +56,17 @@ def score_records(task: str | Task, records: list[dict],
 def score_file(task_name: str, in_path: str | Path, out_path: str | Path | None = None,
                field: str = "output") -> dict[str, Any]:
     """Score a JSONL file; malformed lines are quarantined and reported (file:line, field)."""
+    from qr_ds.stages import refuse_overwrite
+
     task = get_task(task_name)
     in_path = Path(in_path)
-    report = load_jsonl(in_path, lambda rec: (example_of(task, rec, field), rec)[1])
-    rows, summary = score_records(task, report.records, field)
     out = Path(out_path) if out_path else in_path.with_name(in_path.name.removesuffix(".jsonl") + ".scored.jsonl")
+    refuse_overwrite({"--out": out}, {"FILE": in_path})
+    report = load_jsonl(in_path, lambda rec: (example_of(task, rec, field), rec)[1])
+    if not report.records:  # "0.00% (0/0)" with exit 0 reads as a result
+        why = f"all {len(report.rejected)} lines refused (see {report.quarantine})" if report.rejected else "it is empty"
+        raise ValueError(f"{in_path}: nothing to score: {why}")
+    rows, summary = score_records(task, report.records, field)
     write_jsonl(out, rows)
     summary |= {"out": str(out), "rejected": len(report.rejected),
                 "quarantine": str(report.quarantine) if report.quarantine else None}

@@ -77,6 +77,9 @@ class GenerateConfig:
         for name, tpl in self.templates.items():
             if "{question}" not in tpl:
                 raise ConfigError(f"config key 'templates.{name}': template has no {{question}} placeholder")
+        if self.styles is not None and not self.styles:
+            raise ConfigError("config key 'styles': an empty list names no style; leave the key out for all "
+                              "of them, or list the ones to use")
         known = set(self.style_templates(all_styles=True))
         for s in self.styles or []:
             if s not in known:
