@@ -1,0 +1,138 @@
+"""Two nodes on loopback: two torchrun launchers with a c10d rendezvous on 127.0.0.1, one student per
+node, so the mutual exchange and every collective cross the node boundary (gloo over TCP). The run
+folder is shared, as on a cluster's shared filesystem. Losses match a one-node run of the same
+layout, a dead node ends the other naming its rank, and one node resumes the two-node checkpoint."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from qr_ds.testing import builders as trainkit
+
+pytestmark = pytest.mark.slow
+ROOT = trainkit.ROOT
+KEYS = ("sft_loss/llama", "sft_loss/gemma", "mutual_loss", "router_loss")
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    d = tmp_path_factory.mktemp("nodes")
+    pool = trainkit.make_pool(d / "pool")
+    return d, pool, trainkit.make_students(d / "students", pool)
+
+
+def _config(kit, name, **over):
+    d, pool, studs = kit
+    over = {"max_steps": 4, "save_every": 2, "keep_last": 3, **over}
+    return trainkit.write_config(d / f"{name}.yaml", studs, pool, d / name, **over)
+
+
+def _node(config, node_rank: int, port: int, log_dir, *extra):
+    """One node's launcher, as docs/clusters.md starts it on a cluster (there, each on its own host;
+    here both on one, so the first is told to host the rendezvous store)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
+           "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+           "--rdzv_conf", f"is_host={int(node_rank == 0)}",
+           str(ROOT / "launch/train.py"), "--config", str(config), *extra]
+    out = open(log_dir / f"node{node_rank}.out", "w")
+    err = open(log_dir / f"node{node_rank}.err", "w")
+    # The files, not pipes: a launcher blocked on a full pipe would stall its node's collectives.
+    return subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True, cwd=ROOT)
+
+
+def _two_nodes(config, log_dir, *extra, wait=True):
+    port = trainkit._free_port()
+    node0 = _node(config, 0, port, log_dir, *extra)
+    time.sleep(1)  # node 0 hosts the store; node 1 retries its connection meanwhile anyway
+    node1 = _node(config, 1, port, log_dir, *extra)
+    if not wait:
+        return node0, node1
+    for p in (node0, node1):
+        p.wait(timeout=400)
+    errs = [(log_dir / f"node{r}.err").read_text() for r in (0, 1)]
+    assert node0.returncode == 0 and node1.returncode == 0, errs[0][-4000:] + errs[1][-4000:]
+    return errs
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _close(a: dict, b: dict):
+    for k in KEYS:
+        assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a, b)
+
+
+def test_two_nodes_match_one_node_and_one_node_resumes_their_checkpoint(kit, tmp_path):
+    d = kit[0]
+    one = _config(kit, "one")
+    res = trainkit.launch(one, 2, launcher="torchrun", timeout=400)
+    assert res.returncode == 0, res.stderr[-4000:]
+
+    two = _config(kit, "two")
+    errs = _two_nodes(two, tmp_path)
+    rows1, rows2 = _metrics(d / "one"), _metrics(d / "two")
+    assert [r["step"] for r in rows2] == [1, 2, 3, 4]
+    for a, b in zip(rows1, rows2):
+        _close(a, b)
+    assert all(r["mutual_loss"] > 0 for r in rows2)  # the exchange crossed the node boundary
+    # Node 1 shared node 0's prepared data (one folder, built once) and said so.
+    assert len(list((d / "two" / "prepared").glob("*/meta.json"))) == 1
+
+    # One node picks up the two-node checkpoint at step 2 and finishes as the two nodes did.
+    resumed = d / "resumed"
+    shutil.copytree(d / "two", resumed)
+    (resumed / "checkpoints/latest").write_text("step_000002")
+    shutil.rmtree(resumed / "checkpoints/step_000004")
+    (resumed / "metrics.jsonl").unlink()
+    res = trainkit.launch(_config(kit, "resumed"), 2, "--resume", launcher="torchrun", timeout=400)
+    assert res.returncode == 0, res.stderr[-4000:]
+    rows_r = _metrics(resumed)
+    assert [r["step"] for r in rows_r] == [3, 4]
+    for a, b in zip(rows_r, rows2[2:]):
+        _close(a, b)
+    assert "prepared training data reused" in res.stdout + res.stderr
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_dead_node_ends_the_other_naming_its_rank(kit, tmp_path):
+    d = kit[0]
+    run = d / "kill"
+    config = _config(kit, "kill", max_steps=500, collective_timeout_s=60)
+    node0, node1 = _two_nodes(config, tmp_path, wait=False)
+    try:
+        pid_file = run / "ranks" / "rank1.pid"
+        deadline = time.time() + 300
+        while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and pid_file.is_file()):
+            assert node0.poll() is None and node1.poll() is None, (tmp_path / "node0.err").read_text()[-3000:]
+            time.sleep(0.5)
+        assert pid_file.is_file(), "training never started"
+        worker = int(pid_file.read_text().split()[0])
+        launcher = _parent(worker)  # the rendezvous decides which launcher holds rank 1
+        assert launcher in (node0.pid, node1.pid)
+        survivor = node0 if launcher == node1.pid else node1
+        t0 = time.time()
+        os.kill(launcher, signal.SIGKILL)  # the node goes: its launcher and its rank
+        os.kill(worker, signal.SIGKILL)
+        survivor.wait(timeout=120)
+        took = time.time() - t0
+    finally:
+        for p in (node0, node1):
+            if p.poll() is None:
+                p.kill()
+    err = (tmp_path / f"node{0 if survivor is node0 else 1}.err").read_text()
+    assert survivor.returncode != 0
+    assert took < 60, f"the surviving node took {took:.0f} s to end"
+    assert f"[qr_ds] rank 1 (pid {worker}) is gone" in err, err[-3000:]
