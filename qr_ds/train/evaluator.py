@@ -34,14 +34,16 @@ class BackgroundEvaluator:
                  extra_args: list[str] | None = None):
         if not cfg.tasks:
             raise ValueError("eval during training: 'tasks' is empty (task name -> dev file)")
-        self.cfg, self.out_dir = cfg, Path(out_dir)
+        # Absolute now: each process runs inside its own output folder, where a path relative to the
+        # trainer's working directory (a relative output_dir) names nothing.
+        self.cfg, self.out_dir = cfg, Path(out_dir).resolve()
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self.extra_args = list(extra_args or [])
         self.running: list[_Job] = []
         self.pending: _Job | None = None
 
     def submit(self, checkpoint_dir: Path, step: int) -> None:
-        job = _Job(step, Path(checkpoint_dir), self.out_dir / step_name(step))
+        job = _Job(step, Path(checkpoint_dir).resolve(), self.out_dir / step_name(step))
         if len(self._alive()) < self.cfg.max_in_flight:
             self._start(job)
             return
@@ -119,5 +121,10 @@ class BackgroundEvaluator:
             self.log(f"eval: step {job.step} failed (exit {job.proc.returncode}); log {job.out / 'eval.log'}:\n{tail}")
             return {**res, "error": tail}
         rows = json.loads(summary.read_text())["rows"]
-        res["accuracy"] = {f"{r['student']}/{t}": c["accuracy"] for r in rows for t, c in r["tasks"].items()}
+        # the students' rows only: a teacher row scores other questions than the dev file's
+        res["accuracy"] = {f"{r['student']}/{t}": c["accuracy"] for r in rows if r["checkpoint"] != "teacher"
+                           for t, c in r["tasks"].items()}
+        if not res["accuracy"]:
+            self.log(f"eval: step {job.step}: {summary} holds no student row")
+            return {**res, "error": f"{summary}: no student row"}
         return res
