@@ -15,10 +15,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 WEIGHTS_DIR = {"lora": "adapter", "full": "model"}  # under students/<name>/, by StudentConfig.finetune
+
+
+STEP_NAME = re.compile(r"step_\d{6,}")
+
+
+def plain_name(name: str, what: str, where: Path) -> str:
+    """``name`` if it is one path component that stays in its folder; these names come from files
+    (meta.json, checkpoints/latest) that anyone may have edited."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"{where}: {what} {name!r} is not a plain folder name (it would leave the run folder)")
+    return name
 
 
 def step_name(step: int) -> str:
@@ -54,6 +66,23 @@ class CheckpointMeta:
                     for st in meta.get("students", [])]
         return cls(int(meta.get("step", -1)), students)
 
+    @classmethod
+    def read(cls, path: Path) -> CheckpointMeta:
+        """``from_json`` of the file, refused with one line naming it when it is cut short, not JSON, not
+        of this shape, or names a student that is not a plain folder name."""
+        try:
+            meta = cls.from_json(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}): "
+                             "a checkpoint cut short or edited by hand") from None
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"{path}: not a checkpoint's meta.json ({type(e).__name__}: {e})") from None
+        for st in meta.students:
+            plain_name(st.name, "student name", path)
+        return meta
+
 
 @dataclass(frozen=True)
 class CheckpointDir:
@@ -62,11 +91,12 @@ class CheckpointDir:
     @classmethod
     def of_weights(cls, weights: Path) -> CheckpointDir:
         """The checkpoint holding a student's weights folder (``students/<name>/{adapter,model}``)."""
-        return cls(Path(weights).parents[2])
+        return cls(Path(weights).absolute().parents[2])
 
     @property
     def run(self) -> RunDir:
-        return RunDir(self.path.parents[1])
+        # absolute: "step_000001" given from inside checkpoints/ has no parents[1] as it is written
+        return RunDir(self.path.absolute().parents[1])
 
     @property
     def name(self) -> str:
@@ -88,10 +118,10 @@ class CheckpointDir:
         self.meta.write_text(meta.to_json())
 
     def read_meta(self) -> CheckpointMeta:
-        return CheckpointMeta.from_json(self.meta.read_text())
+        return CheckpointMeta.read(self.meta)
 
     def student(self, name: str) -> Path:
-        return self.path / "students" / name
+        return self.path / "students" / plain_name(name, "student name", self.meta)
 
     def weights(self, name: str, finetune: str) -> Path:
         """The folder peft / transformers / vLLM load: the adapter, or the whole model."""
@@ -137,8 +167,15 @@ class RunDir:
         return CheckpointDir(self.checkpoints / step_name(step))
 
     def latest(self) -> CheckpointDir | None:
+        """The checkpoint ``checkpoints/latest`` names; ValueError when it names anything but a
+        ``step_N`` folder beside it (``../../outside/step_9`` was followed)."""
         marker = self.checkpoints / "latest"
-        return CheckpointDir(self.checkpoints / marker.read_text().strip()) if marker.is_file() else None
+        if not marker.is_file():
+            return None
+        name = marker.read_bytes().decode("utf-8", errors="replace").strip()
+        if not STEP_NAME.fullmatch(name):
+            raise ValueError(f"{marker}: names {name[:80]!r}, not a step_NNNNNN folder beside it")
+        return CheckpointDir(self.checkpoints / name)
 
     def require_latest(self) -> CheckpointDir:
         ckpt = self.latest()

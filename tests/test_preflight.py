@@ -1,5 +1,6 @@
 """`qr-ds train` refuses, before launching, what its ranks would fail on 40-155 s later: each case runs
-the real command in a subprocess and expects exit 2, the config key named, no traceback, in seconds."""
+the real command in a subprocess and expects exit 2, the config key named, no traceback, and no launcher
+output (no timing is asserted: a loaded machine takes any time to import torch)."""
 import json
 import os
 import subprocess
@@ -11,7 +12,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK_S = 30  # import + checks; a launch alone takes longer than this on this machine
 
 
 def fake_student(folder: Path) -> Path:
@@ -47,7 +47,6 @@ def refused(proc: subprocess.CompletedProcess, seconds: float, *needles: str) ->
     err = proc.stderr
     assert proc.returncode == 2, err
     assert "Traceback" not in err and "Repo id must be in the form" not in err, err
-    assert seconds < QUICK_S, f"took {seconds:.0f}s: did it launch?"
     assert "deepspeed.launcher" not in err and "[qr_ds] rank" not in err, err
     for needle in needles:
         assert needle in err, err
@@ -120,3 +119,98 @@ def test_every_problem_is_reported_at_once(setup):
     cfg["data"]["pool"] = str(tmp_path / "gone.jsonl")
     err = refused(*train(tmp_path, cfg), "students[0].model", "data.pool")
     assert all(line.startswith("qr-ds train: error: ") for line in err.strip().splitlines()), err
+
+
+# ---- issue 23: an existing run, contents of the inputs, nothing written on refusal ----
+
+def embedded_setup(tmp_path: Path, cfg: dict) -> Path:
+    """A real embedded pool (builders.make_pool): every content check passes on it."""
+    from qr_ds.testing.builders import make_pool
+
+    pool = make_pool(tmp_path / "data", n_questions=4)
+    cfg["data"]["pool"] = str(pool)
+    return pool
+
+
+def finished_run(run: Path) -> None:
+    (run / "checkpoints" / "step_000002").mkdir(parents=True)
+    (run / "checkpoints" / "step_000002" / "meta.json").write_text('{"step": 2, "students": []}')
+    (run / "checkpoints" / "latest").write_text("step_000002")
+    (run / "metrics.jsonl").write_text('{"step": 2}\n')
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_a_refused_run_creates_no_output_dir(setup):
+    tmp_path, cfg = setup
+    cfg["data"]["pool"] = str(tmp_path / "gone.jsonl")
+    cfg["output_dir"] = str(tmp_path / "new" / "run")
+    refused(*train(tmp_path, cfg), "config key 'data.pool'")
+    assert not (tmp_path / "new").exists()
+
+
+def test_training_into_a_finished_run_needs_resume_or_overwrite(setup):
+    tmp_path, cfg = setup
+    embedded_setup(tmp_path, cfg)
+    run = Path(cfg["output_dir"])
+    finished_run(run)
+    before = snapshot(run)
+    refused(*train(tmp_path, cfg), f"config key 'output_dir': {run} already holds a training run "
+                                   "(checkpoint step_000002); pass --resume to continue it, or --overwrite")
+    assert snapshot(run) == before
+    proc, s = train(tmp_path, cfg, "--resume", "--overwrite")
+    refused(proc, s, "give one")
+
+
+@pytest.mark.parametrize("latest,needle", [
+    ("../../outside/step_9", "checkpoints/latest: names '../../outside/step_9', not a step_NNNNNN folder"),
+    ("", "checkpoints/latest: names '', not a step_NNNNNN folder"),
+])
+def test_a_latest_that_leaves_the_run_is_refused(setup, latest, needle):
+    tmp_path, cfg = setup
+    embedded_setup(tmp_path, cfg)
+    run = Path(cfg["output_dir"])
+    finished_run(run)
+    (run / "checkpoints" / "latest").write_text(latest)
+    refused(*train(tmp_path, cfg, "--resume"), needle)
+
+
+def test_resume_without_a_checkpoint_and_a_run_inside_another_are_refused(setup):
+    tmp_path, cfg = setup
+    embedded_setup(tmp_path, cfg)
+    refused(*train(tmp_path, cfg, "--resume"), "has no complete checkpoint (no checkpoints/latest)")
+    finished_run(Path(cfg["output_dir"]))
+    cfg["output_dir"] = str(Path(cfg["output_dir"]) / "checkpoints" / "step_000002" / "mine")
+    refused(*train(tmp_path, cfg), "is inside another training run", "choose a folder outside it")
+    assert not Path(cfg["output_dir"]).exists()
+
+
+def test_contents_are_checked_before_launch(setup):
+    tmp_path, cfg = setup
+    pool = embedded_setup(tmp_path, cfg)
+    import numpy as np
+
+    matrix = next(pool.parent.glob("*.npy"))
+    (tmp_path / "ds.json").write_text('{"train_micro_batch_size_per_gpu": 1,\n "zero_optimization": {stage: 2}}')
+    cfg["students"][1]["deepspeed"] = str(tmp_path / "ds.json")
+    cfg["seed"] = 2**70
+    np.save(matrix, np.full(np.load(matrix).shape, np.nan, np.float32))
+    err = refused(*train(tmp_path, cfg), f"config key 'students[1].deepspeed': {tmp_path / 'ds.json'}:2: not valid JSON",
+                  "config key 'seed': 1180591620717411303424 is outside 0..4294967295")
+    assert "is not finite" not in err  # contents wait for the simple problems: one round of fixes at a time
+    cfg["seed"], cfg["students"][1]["deepspeed"] = 0, "ds_configs/zero2.json"
+    refused(*train(tmp_path, cfg), f"config key 'data.pool': {pool}:1: record ", "is not finite (NaN or inf)")
+    matrix.write_bytes(b"")
+    refused(*train(tmp_path, cfg), f"config key 'data.pool': {pool}: embedding file emb.npy (beside the pool) is "
+                                   "empty or cut short")
+
+
+def test_an_empty_question_is_refused_with_its_line(setup):
+    tmp_path, cfg = setup
+    pool = embedded_setup(tmp_path, cfg)
+    rows = [json.loads(line) for line in pool.read_text().splitlines()]
+    rows[2]["question"] = "  "
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    refused(*train(tmp_path, cfg), f"{pool}:3: record {rows[2]['id']!r} has an empty question")

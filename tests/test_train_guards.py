@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,39 @@ def test_world_that_does_not_fit_releases_shm(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "needs one process per student rank" in res.stderr
     assert glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_*") == []
+
+
+# ---- issue 23: names read from a run's files stay in the run ----
+
+def test_checkpoint_names_from_files_stay_in_the_run(tmp_path, monkeypatch):
+    from qr_ds.run_layout import CheckpointDir, RunDir
+
+    run = RunDir(tmp_path / "run")
+    ckpt = run.checkpoint(1)
+    ckpt.path.mkdir(parents=True)
+    ckpt.meta.write_text('{"step": 1, "students": [{"name": "../..", "model": "m"}]}')
+    with pytest.raises(ValueError, match=r"meta.json: student name '\.\./\.\.' is not a plain folder name"):
+        ckpt.read_meta()
+    ckpt.meta.write_text('{"step": 1, "students": [{"name": "a", "mo')
+    with pytest.raises(ValueError, match=r"meta.json:1: not valid JSON .*cut short"):
+        ckpt.read_meta()
+    ckpt.meta.write_text('[1, 2]')
+    with pytest.raises(ValueError, match=r"meta.json: not a checkpoint's meta.json"):
+        ckpt.read_meta()
+    (run.checkpoints / "latest").write_text("../../outside/step_9")
+    with pytest.raises(ValueError, match=r"latest: names '../../outside/step_9', not a step_NNNNNN folder"):
+        run.latest()
+    monkeypatch.chdir(run.checkpoints)  # `--checkpoint step_000001` from inside checkpoints/
+    assert CheckpointDir(Path("step_000001")).run.root == run.root
+
+
+def test_overwrite_moves_the_old_run_aside(tmp_path, capsys):
+    from qr_ds.train.command import set_aside
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    set_aside(run)
+    (aside,) = tmp_path.glob("run.replaced-*")
+    assert not run.exists() and (aside / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert f"moved the previous run {run} to {aside}" in capsys.readouterr().err

@@ -16,6 +16,8 @@ def register(sub) -> None:
                                    "N defaults to the sum of the students' ranks (separate placement).")
     p.add_argument("--config", required=True, type=Path)
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="output_dir already holds a run: move it aside (to OUTPUT_DIR.replaced-TIME) and start again")
     p.add_argument("--num-procs", type=int, default=None, help="processes on this node")
     p.add_argument("--hostfile", type=Path, default=None, help="DeepSpeed hostfile for multi-node runs")
     p.add_argument("--master-port", type=int, default=None, help="default: a free port on this node")
@@ -45,14 +47,30 @@ def run(args) -> int:
     cfg = load_config(TrainConfig, args.config, dict(parse_override(o) for o in args.overrides))
     n = args.num_procs or (sum(s.ranks for s in cfg.students) if cfg.placement == "separate"
                            else cfg.students[0].ranks)
-    found = problems(cfg, world_size(args, n))
+    if args.resume and args.overwrite:
+        print(f"qr-ds train: error: --resume continues the run in {cfg.output_dir} and --overwrite sets it aside: "
+              "give one", file=sys.stderr)
+        return 2
+    found = problems(cfg, world_size(args, n), resume=args.resume, overwrite=args.overwrite)
     for line in found:
         print(f"qr-ds train: error: {args.config}: {line}", file=sys.stderr)
     if found:
         return 2
+    if args.overwrite:
+        set_aside(cfg.output_dir)
     env = dict(os.environ)
     env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
     return subprocess.call(launcher_command(args, n), env=env)
+
+
+def set_aside(out: Path) -> None:
+    """--overwrite: the old run is renamed, not deleted: nothing is lost by a flag given by mistake."""
+    import time
+
+    if out.exists() and any(out.iterdir()):
+        aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(aside)
+        print(f"qr-ds train: --overwrite: moved the previous run {out} to {aside}", file=sys.stderr)
 
 
 def world_size(args, n_procs: int) -> int:

@@ -8,10 +8,13 @@ naming the config key, so a user fixes all of them in one go.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from qr_ds.data.pool import normalise_question, pool_questions
 from qr_ds.distributed.engines import find_ds_config
@@ -21,15 +24,25 @@ from qr_ds.train.config import StudentConfig, TrainConfig
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
-def problems(cfg: TrainConfig, world_size: int) -> list[str]:
-    """Every reason the launch would fail, one line each naming the config key; [] when ready."""
+SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds are uint32; torch's int64 holds them
+
+
+def problems(cfg: TrainConfig, world_size: int, resume: bool = False, overwrite: bool = False) -> list[str]:
+    """Every reason the launch would fail, one line each naming the config key; [] when ready.
+    Nothing is written: a refused run leaves no output_dir behind."""
     found = []
     for i, student in enumerate(cfg.students):
         found += student_problems(i, student)
     found += path_problem("data.pool", cfg.data.pool, "the embedded pool from `qr-ds embed`")
     found += output_dir_problem(cfg.output_dir)
+    found += existing_run_problems(cfg.output_dir, resume, overwrite)
     found += world_problem(cfg, world_size)
-    if not found:  # leakage needs a readable pool and eval files
+    if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
+        found.append(f"config key 'seed': {cfg.seed} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]} "
+                     "(numpy and torch take 32-bit seeds)")
+    if not found:  # contents, then leakage, need a readable pool and eval files
+        found += pool_problems(cfg)
+    if not found:
         found += leakage_problems(cfg)
     return found
 
@@ -41,11 +54,26 @@ def student_problems(i: int, s: StudentConfig) -> list[str]:
     found = model_problem(f"{key}.model", s.model, ("config.json",), "a model")
     if s.tokenizer is not None:
         found += model_problem(f"{key}.tokenizer", s.tokenizer, TOKENIZER_FILES, "a tokenizer")
-    if resolve_deepspeed_json(s.deepspeed) is None:
+    ds_json = resolve_deepspeed_json(s.deepspeed)
+    if ds_json is None:
         found.append(f"config key '{key}.deepspeed': DeepSpeed JSON {s.deepspeed} not found "
                      "(relative paths are read from the working directory; ds_configs/<name> also from "
                      "the configs shipped with qr_ds)")
+    else:
+        found += deepspeed_json_problem(f"{key}.deepspeed", ds_json)
     return found
+
+
+def deepspeed_json_problem(key: str, path: Path) -> list[str]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        return [f"config key '{key}': {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"]
+    except json.JSONDecodeError as e:
+        return [f"config key '{key}': {path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})"]
+    if not isinstance(data, dict):
+        return [f"config key '{key}': {path}: expected a JSON object, got {type(data).__name__}"]
+    return []
 
 
 def model_problem(key: str, name: str, marker_files: tuple[str, ...], what: str) -> list[str]:
@@ -111,15 +139,104 @@ def path_problem(key: str, path: Path, what: str) -> list[str]:
 
 
 def output_dir_problem(out: Path) -> list[str]:
-    """Create the output folder and a file in it, as rank 0 will: the only check that root, ACLs and
-    read-only mounts all answer truthfully."""
+    """Create a file in the output folder, or in the nearest folder above it that exists (where rank 0
+    will create it), and remove it: the only check that root, ACLs and read-only mounts all answer
+    truthfully, and one that leaves no output_dir behind when the run is refused."""
+    from qr_ds.stages import training_run_of
+
+    if out.exists() and not out.is_dir():
+        return [f"config key 'output_dir': {out} is a file, not a folder"]
+    here = out
+    while not here.exists() and here != here.parent:
+        here = here.parent
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        if not here.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(here))
+        with tempfile.TemporaryFile(dir=here):
             pass
     except OSError as e:
         return [f"config key 'output_dir': cannot write to {out} ({(e.strerror or str(e)).lower()}"
                 + (f": {e.filename}" if e.filename and str(e.filename) != str(out) else "") + ")"]
+    other = training_run_of(out.parent) if out.parent != out else None
+    if other is not None:
+        return [f"config key 'output_dir': {out} is inside another training run ({other}); "
+                "its checkpoints would be pruned or overwritten: choose a folder outside it"]
+    return []
+
+
+def existing_run_problems(out: Path, resume: bool, overwrite: bool) -> list[str]:
+    """Training into a run that holds results needs --resume (continue it) or --overwrite (set it aside)."""
+    from qr_ds.run_layout import RunDir
+
+    run = RunDir(out)
+    try:
+        latest = run.latest()
+    except ValueError as e:
+        return [f"config key 'output_dir': {e}"]
+    if resume:
+        if latest is None:
+            return [f"config key 'output_dir': --resume, but {out} has no complete checkpoint "
+                    "(no checkpoints/latest): start without --resume"]
+        return []
+    has_results = latest is not None or run.all_checkpoints() or (run.metrics.is_file() and run.metrics.stat().st_size)
+    if has_results and not overwrite:
+        what = f"checkpoint {latest.name}" if latest is not None else "results"
+        return [f"config key 'output_dir': {out} already holds a training run ({what}); "
+                "pass --resume to continue it, or --overwrite to move it aside and start again"]
+    return []
+
+
+# ---- what the ranks will read -------------------------------------------------------------------
+
+EMBEDDING_CHUNK = 8192  # records per finiteness check: bounded memory on a large pool
+
+
+def pool_problems(cfg: TrainConfig) -> list[str]:
+    """The pool's records parse, at least one is left, no question is empty, and (router on) every
+    record's embedding is readable, of one width and finite."""
+    from qr_ds.data.pool import load_pool, record_lines
+    from qr_ds.embed.lookup import EmbeddingError, gather_embeddings
+
+    pool = cfg.data.pool
+    report = load_pool(pool, log=lambda m: None)
+    if not report.records:
+        why = f"all {len(report.rejected)} lines refused, e.g. {pool}:{report.rejected[0][0]}: {report.rejected[0][1]}" \
+            if report.rejected else "it holds no records"
+        return [f"config key 'data.pool': {pool}: nothing to train on: {why}"]
+    from qr_ds.train.data import select_paths
+
+    lines = record_lines(report)
+    try:
+        recs = select_paths(cfg, report.records)  # the trainer's own choice: only these must be usable
+    except ValueError as e:
+        return [f"config key 'data.pool': {e}"]
+    for rec in recs:
+        if not (rec.question or "").strip():
+            return [f"config key 'data.pool': {pool}:{lines[rec.id]}: record {rec.id!r} has an empty question"]
+    if not cfg.router.enabled:
+        return []
+    width = None
+    for start in range(0, len(recs), EMBEDDING_CHUNK):
+        chunk = recs[start:start + EMBEDDING_CHUNK]
+        try:
+            rows = gather_embeddings(pool, chunk, lines)
+        except EmbeddingError as e:
+            return [f"config key 'data.pool': {e}"]
+        except EOFError:  # np.load on a 0-byte or cut-short .npy (lookup names the file for other errors)
+            files = sorted({r.embedding.file for r in chunk if r.embedding is not None})
+            return [f"config key 'data.pool': {pool}: embedding file {' or '.join(files)} (beside the pool) is "
+                    "empty or cut short: re-run `qr-ds embed`"]
+        except ValueError as e:  # rows of different widths cannot be stacked
+            return [f"config key 'data.pool': {pool}: embeddings of different widths ({e})"]
+        width = width or rows.shape[1]
+        if rows.shape[1] != width or width == 0:
+            return [f"config key 'data.pool': {pool}: embeddings of width {rows.shape[1]} after width {width}"]
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        if bad.size:
+            rec = chunk[int(bad[0])]
+            return [f"config key 'data.pool': {pool}:{lines[rec.id]}: record {rec.id!r}: its embedding "
+                    f"({rec.embedding.file} row {rec.embedding.row}) is not finite (NaN or inf), and "
+                    f"{bad.size - 1} more in this chunk: re-run `qr-ds embed`"]
     return []
 
 
