@@ -1,12 +1,32 @@
 """Typed configs for the teacher backends and the ``generate`` stage."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from qr_ds.config import ConfigError, rule
 
 BACKENDS = ("openai", "vllm", "hf", "scripted")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+KEY_PREFIXES = ("sk-", "sk_", "AIza", "hf_", "gsk_", "xai-", "pk-", "ghp_", "Bearer ")
+
+
+def looks_like_a_key(name: str) -> bool:
+    """A value pasted where an env var's name belongs: not a name, or a provider's key prefix and length."""
+    return not ENV_NAME.fullmatch(name) or (name.startswith(KEY_PREFIXES) and len(name) >= 20) or len(name) > 64
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """(the URL without ``user:password@``, (user, password) or None): what is stored and printed
+    never holds the credentials; they go only into the request's Authorization header."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), (unquote(user), unquote(password))
 
 
 @dataclass
@@ -49,6 +69,17 @@ class TeacherConfig:
         where = f"{key}." if key else ""
         if self.backend != "scripted" and not self.model:
             raise ConfigError(f"config key '{where}model' is required for backend '{self.backend}'")
+        if self.api_key_env is not None and looks_like_a_key(self.api_key_env):
+            raise ConfigError(f"config key '{where}api_key_env': the value looks like an API key, not the name of an "
+                              "env var holding one (it is not shown here); export the key in a variable, e.g. "
+                              "OPENAI_API_KEY, and give that name")
+        # a plain attribute, not a field: to_dict, asdict and repr never see the credentials
+        self.base_url, self.credentials = split_userinfo(self.base_url)
+        if self.backend == "openai":
+            parts = urlsplit(self.base_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(f"config key '{where}base_url': {self.base_url!r} is not an http(s) URL; "
+                                  "write it in full, e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1")
 
 
 @dataclass

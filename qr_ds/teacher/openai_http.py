@@ -7,15 +7,21 @@ request cannot stop a run; but 401/403/404 (wrong key, URL or model) raise Teach
 once, since every other request would fail the same way. The first request goes alone, so such
 a mistake costs one request, not a burst of ``concurrency``.
 The API key is read from the env var named in config and only placed in a request header; a
-server that echoes it (in an error body or a reply) has it replaced by ``<redacted>``.
+server that echoes it (in an error body or a reply) has it replaced by ``<redacted>``, and so has
+anything shaped like a secret whatever its value: a URL's ``user:password@``, an ``Authorization``,
+``Basic`` or ``Bearer`` value. Credentials in ``base_url`` become Basic auth and leave the URL.
+A refused connection before the server has answered once stops the run at once, naming the URL:
+retries are for a server that has answered before.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import os
 import random
+import re
 import time
 from typing import Iterable
 
@@ -23,11 +29,25 @@ import httpx
 
 from qr_ds.config import ConfigError
 from qr_ds.teacher.base import Completion, OnDone, Request, TeacherRefused
-from qr_ds.teacher.config import TeacherConfig
+from qr_ds.teacher.config import TeacherConfig, split_userinfo
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 REFUSED_STATUS = {401, 403, 404}
 REDACTED = "<redacted>"
+# secrets by shape: URL userinfo, and the value after an auth scheme or an Authorization header
+_SHAPES = [(re.compile(r"(\w+://)[^/\s@]+@"), r"\1" + REDACTED + "@"),
+           (re.compile(r"(?i)\b(basic|bearer|token|authorization:?)(\s+)[A-Za-z0-9+/=._~:-]{6,}"),
+            r"\1\2" + REDACTED)]
+
+
+def redact_shapes(text: str) -> str:
+    for pattern, repl in _SHAPES:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def _config_key(cfg: TeacherConfig, name: str) -> str:
+    return f"{'judge' if type(cfg).__name__ == 'JudgeConfig' else 'teacher'}.{name}"
 
 
 class Retryable(Exception):
@@ -64,12 +84,22 @@ class OpenAITeacher:
         self.model = cfg.model
         self._headers = {"Content-Type": "application/json"}
         self._key = None
+        self._secrets: list[str] = []
         if cfg.api_key_env:
             self._key = os.environ.get(cfg.api_key_env)
             if not self._key:
-                raise ConfigError(f"config key 'teacher.api_key_env': env var {cfg.api_key_env} is not set")
+                raise ConfigError(f"config key '{_config_key(cfg, 'api_key_env')}': env var {cfg.api_key_env} is not set")
             self._headers["Authorization"] = f"Bearer {self._key}"
-        self._url = cfg.base_url.rstrip("/") + "/chat/completions"
+            self._secrets.append(self._key)
+        base_url, credentials = split_userinfo(cfg.base_url)
+        credentials = credentials or getattr(cfg, "credentials", None)
+        if credentials and not self._key:
+            user, password = credentials
+            basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {basic}"
+            self._secrets += [s for s in (password, basic, f"{user}:{password}") if len(s) >= 4]
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._answered = False  # has the server answered once? until then a refused connection is final
         self._rng = random.Random()  # jitter only: never affects outputs
 
     def run(self, requests: Iterable[Request], on_done: OnDone) -> None:
@@ -90,10 +120,13 @@ class OpenAITeacher:
                 await _all_or_stop([one(r) for r in requests[1:]])
 
     def redact(self, text: str | None) -> str | None:
-        """``text`` with the API key replaced: servers echo it in error bodies ("Incorrect API key: sk-...")."""
-        if text is None or not self._key:
+        """``text`` with the API key and URL credentials replaced, by value (servers echo them in error
+        bodies: "Incorrect API key: sk-...") and by shape (a Basic value, a URL's userinfo)."""
+        if text is None:
             return text
-        return text.replace(self._key, REDACTED)
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return redact_shapes(text)
 
     def redacted(self, comp: Completion) -> Completion:
         comp.text, comp.error = self.redact(comp.text), self.redact(comp.error)
@@ -140,8 +173,16 @@ class OpenAITeacher:
         except httpx.RemoteProtocolError:
             # the server closed before sending all it announced (short body, dropped connection)
             raise Retryable("truncated body") from None
+        except httpx.ConnectError as e:
+            if not self._answered:  # a wrong host or port, or no server yet: 60 retries would not help
+                raise TeacherRefused(
+                    f"config key '{_config_key(self.cfg, 'base_url')}': cannot connect to {self._url} "
+                    f"({self.redact(str(e)) or type(e).__name__}); is the server running at that address? "
+                    "Stopped before any retry: it never answered.") from None
+            raise Retryable(f"connection error ({type(e).__name__})") from None
         except httpx.TransportError as e:
             raise Retryable(f"connection error ({type(e).__name__})") from None
+        self._answered = True
         if resp.status_code in REFUSED_STATUS:
             key_hint = f", the key in env var {self.cfg.api_key_env}" if self.cfg.api_key_env else ", the API key"
             raise TeacherRefused(
