@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import markdown_table, save_results
+from common import base_argparser, markdown_table, plot_bars, save_results
 
 HERE = Path(__file__).resolve()
 STUDENTS = ("a", "b")
@@ -269,13 +269,13 @@ def summarize(measured: dict[int, dict[str, dict]], target: int) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000], help="pool sizes to measure")
+    p = base_argparser(__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, nargs="+", default=None,
+                   help="pool sizes to measure (default 10k and 100k; --size toy: 1k and 10k)")
     p.add_argument("--million", action="store_true", help="also measure N=1,000,000 (else it is extrapolated)")
     p.add_argument("--encoder-n", type=int, default=300, help="texts for the encoder bound and embed-minilm")
     p.add_argument("--stages", nargs="+", default=["parse", "extract", "filter", "embed", "routing", "scoring"])
     p.add_argument("--name", default="scale", help="results file name: <name>-cpu.json")
-    p.add_argument("--out", type=Path, default=None, help="folder for the JSON (default benchmarks/results)")
     p.add_argument("--work", type=Path, default=None, help="folder for the pools (default: a temp folder, removed)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per stage")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -285,7 +285,8 @@ def main() -> None:
         print(json.dumps(child(args.child, args.dir, args.encoder_n)))
         return
 
-    ns = sorted(set(args.n) | ({1_000_000} if args.million else set()))
+    ns = args.n or ([1_000, 10_000] if args.size == "toy" else [10_000, 100_000])
+    ns = sorted(set(ns) | ({1_000_000} if args.million else set()))
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="bench_scale-")
     work = args.work or Path(tmp.name)
     measured: dict[int, dict[str, dict]] = {}
@@ -336,6 +337,9 @@ def main() -> None:
                                                   "after its imports; one thread; nice 19 beside other jobs"},
                         out_dir=args.out)
     print(f"wrote {path}")
+    if args.plot:
+        top = [r for r in rows if r["N"] == max(ns) and r["kind"] == "measured"]
+        print(f"wrote {plot_bars(path.with_suffix('.png'), top, 'stage', 'cpu_s', f'CPU-s per stage at N={max(ns)}')}")
 
 
 if __name__ == "__main__":
