@@ -107,10 +107,14 @@ def _parent(pid: int) -> int:
         return int(fh.read().rsplit(")", 1)[1].split()[1])
 
 
-def test_a_dead_node_ends_the_other_naming_its_rank(kit, tmp_path):
+@pytest.mark.parametrize("killed", ["launcher", "node"])
+def test_a_dead_node_ends_the_other_naming_its_rank(kit, tmp_path, killed):
+    """``launcher``: only node 1's torchrun dies (its rank must not train on as an orphan);
+    ``node``: its launcher and its rank both."""
     d = kit[0]
-    run = d / "kill"
-    config = _config(kit, "kill", max_steps=500, collective_timeout_s=60)
+    run = d / f"kill_{killed}"
+    # epochs: 24 steps an epoch finish in seconds on an idle machine, before the kill
+    config = _config(kit, f"kill_{killed}", max_steps=500, epochs=100, collective_timeout_s=60)
     node0, node1 = _two_nodes(config, tmp_path, wait=False)
     try:
         pid_file = run / "ranks" / "rank1.pid"
@@ -124,15 +128,41 @@ def test_a_dead_node_ends_the_other_naming_its_rank(kit, tmp_path):
         assert launcher in (node0.pid, node1.pid)
         survivor = node0 if launcher == node1.pid else node1
         t0 = time.time()
-        os.kill(launcher, signal.SIGKILL)  # the node goes: its launcher and its rank
-        os.kill(worker, signal.SIGKILL)
+        os.kill(launcher, signal.SIGKILL)
+        if killed == "node":
+            os.kill(worker, signal.SIGKILL)
         survivor.wait(timeout=120)
         took = time.time() - t0
     finally:
         for p in (node0, node1):
             if p.poll() is None:
                 p.kill()
+        if os.path.exists(f"/proc/{worker}"):  # an orphaned rank, when the test fails
+            os.kill(worker, signal.SIGKILL)
     err = (tmp_path / f"node{0 if survivor is node0 else 1}.err").read_text()
     assert survivor.returncode != 0
     assert took < 60, f"the surviving node took {took:.0f} s to end"
     assert f"[qr_ds] rank 1 (pid {worker}) is gone" in err, err[-3000:]
+
+
+def test_a_pid_of_another_node_is_never_judged_by_this_nodes_proc(tmp_path, monkeypatch, capsys):
+    """On a shared filesystem rank 1's pid file names a pid of its own host: this host's /proc says
+    nothing about it (here the pid is gone on this host), so it is listed as on another node, never
+    called dead; a rank of this host whose pid is gone is."""
+    from qr_ds.distributed import health
+    from qr_ds.train.launch import report_lost_ranks
+
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    health.write_pid_file(tmp_path, 0)
+    (tmp_path / "rank1.pid").write_text(f"{gone} {health.launch_id()} other-node")
+    assert health.dead_ranks(tmp_path) == [] and health.other_hosts(tmp_path) == [(1, int(gone), "other-node")]
+    before = signal.getsignal(signal.SIGTERM)
+    report_lost_ranks(tmp_path, wait_s=0.2)  # it ignores SIGTERM (a dying rank's last words)
+    signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert "is gone" not in err and f"ranks on other nodes: 1 on other-node (pid {gone})" in err
+    (tmp_path / "rank1.pid").write_text(f"{gone} {health.launch_id()}")  # no host: an older file, this host
+    assert health.dead_ranks(tmp_path) == [(1, int(gone))]

@@ -2,11 +2,13 @@
 failed can name the rank that is gone (ranks on the same node).
 
 A pid file carries the launch it belongs to (the rendezvous address, new for every launch), so a
-file left by an earlier run in the same folder never names a rank of this one.
+file left by an earlier run in the same folder never names a rank of this one, and its host: on a
+shared filesystem a pid of another node means nothing in this node's /proc.
 """
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 
@@ -17,7 +19,7 @@ def launch_id() -> str:
 def write_pid_file(folder: Path, rank: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".rank{rank}.pid.tmp"
-    tmp.write_text(f"{os.getpid()} {launch_id()}")
+    tmp.write_text(f"{os.getpid()} {launch_id()} {socket.gethostname()}")
     os.replace(tmp, folder / f"rank{rank}.pid")
 
 
@@ -36,14 +38,26 @@ def _state(pid: int) -> str | None:
             return None
 
 
-def _ranks(folder: Path) -> list[tuple[int, int]]:
-    """(rank, pid) of this launch's pid files."""
+def _all_ranks(folder: Path) -> list[tuple[int, int, str]]:
+    """(rank, pid, host) of this launch's pid files."""
     out = []
     for f in sorted(folder.glob("rank*.pid")):
-        pid, _, owner = f.read_text().partition(" ")
+        pid, owner, *host = f.read_text().split(" ")
         if owner == launch_id():
-            out.append((int(f.stem[4:]), int(pid)))
+            out.append((int(f.stem[4:]), int(pid), host[0] if host else socket.gethostname()))
     return out
+
+
+def _ranks(folder: Path) -> list[tuple[int, int]]:
+    """(rank, pid) of this launch's ranks on this host: the only pids this host can look up."""
+    here = socket.gethostname()
+    return [(r, pid) for r, pid, host in _all_ranks(folder) if host == here]
+
+
+def other_hosts(folder: Path) -> list[tuple[int, int, str]]:
+    """(rank, pid, host) of this launch's ranks on other nodes (their pid files on a shared filesystem)."""
+    here = socket.gethostname()
+    return [(r, pid, host) for r, pid, host in _all_ranks(folder) if host != here]
 
 
 def dead_ranks(folder: Path) -> list[tuple[int, int]]:

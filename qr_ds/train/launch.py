@@ -34,10 +34,26 @@ def _terminated(signum, frame):
     raise Terminated(f"stopped by signal {signum}, most likely because another rank failed")
 
 
+def die_with_launcher() -> None:
+    """A rank whose launcher dies must die with it. Otherwise it trains on as an orphan, its peers
+    keep waiting on it, and no launcher is left to stop the job or log it (measured: killing one
+    node's torchrun left its rank training and the other node ran to the end). Linux's parent-death
+    signal does it; a launcher already gone before it is set is caught by the parent pid changing."""
+    if not sys.platform.startswith("linux") or "LOCAL_RANK" not in os.environ:
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        print(f"[qr_ds] rank {os.environ.get('RANK', '?')}: its launcher (pid {parent}) is gone", file=sys.stderr)
+        os._exit(1)
+
+
 def report_lost_ranks(ranks_dir: Path, wait_s: float = 3.0) -> None:
     """Name the rank that died or hangs stopped. A dead rank's sockets close while it is still
     exiting, so poll briefly; the launcher waits 30 s after SIGTERM, which this rank ignores meanwhile."""
-    from qr_ds.distributed.health import dead_ranks, stopped_ranks
+    from qr_ds.distributed.health import dead_ranks, other_hosts, stopped_ranks
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     deadline = time.time() + wait_s
@@ -45,9 +61,14 @@ def report_lost_ranks(ranks_dir: Path, wait_s: float = 3.0) -> None:
         time.sleep(0.1)
     for r, pid in gone:
         print(f"[qr_ds] rank {r} (pid {pid}) is gone: it died first", file=sys.stderr, flush=True)
-    for r, pid in stopped_ranks(ranks_dir):
+    stopped = stopped_ranks(ranks_dir)
+    for r, pid in stopped:
         print(f"[qr_ds] rank {r} (pid {pid}) is stopped (SIGSTOP or a debugger): the collectives waited on it",
               file=sys.stderr, flush=True)
+    remote = other_hosts(ranks_dir)
+    if not gone and not stopped and remote:  # nothing here died: look at the other nodes' logs
+        print("[qr_ds] every rank on this node is alive; ranks on other nodes: " +
+              ", ".join(f"{r} on {host} (pid {pid})" for r, pid, host in remote), file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from qr_ds.train.config import TrainConfig
 
     rank = int(os.environ.get("RANK", "0"))
+    die_with_launcher()
     signal.signal(signal.SIGTERM, _terminated)
     run = None
     try:
