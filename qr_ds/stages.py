@@ -71,6 +71,13 @@ def stage_files(stage: str, cfg) -> tuple[dict[str, Path], dict[str, Path]]:
     return {}, {}
 
 
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except RuntimeError:  # Python 3.11 says "Symlink loop" with a traceback
+        raise ConfigError(f"{path}: a symlink loop (it points back to itself through links)") from None
+
+
 def _same(a: Path, b: Path) -> bool:
     """One file by either name: symlinks resolved, hard links by inode."""
     try:
@@ -78,12 +85,12 @@ def _same(a: Path, b: Path) -> bool:
             return True
     except OSError:
         pass  # one does not exist yet: compare the resolved names
-    return a.resolve() == b.resolve()
+    return _resolved(a) == _resolved(b)
 
 
 def training_run_of(path: Path) -> Path | None:
     """The training run folder (one with checkpoints/) that ``path`` is inside or is, if any."""
-    for folder in [path.resolve(), *path.resolve().parents]:
+    for folder in [_resolved(path), *_resolved(path).parents]:
         if (folder / "checkpoints").is_dir() and ((folder / "config.yaml").is_file()
                                                    or (folder / "checkpoints" / "latest").is_file()):
             return folder
@@ -109,7 +116,7 @@ def refuse_overwrite(outputs: dict[str, Path], inputs: dict[str, Path], config_f
             if _same(out, inp):
                 raise ConfigError(f"{_named(okey)}: {out} is also the {what} ({inp}); writing it would destroy "
                                   "the input: choose another output")
-            if inp.is_dir() and out.resolve().is_relative_to(inp.resolve()):
+            if inp.is_dir() and _resolved(out).is_relative_to(_resolved(inp)):
                 raise ConfigError(f"{_named(okey)}: {out} is inside the {what} folder ({inp})")
         for other, path in seen.items():
             if _same(out, path):

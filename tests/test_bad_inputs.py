@@ -211,9 +211,16 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     (["filter", "filter_empty_section.yaml"],
      "filter_empty_section.yaml: the 'filter:' section is empty; it needs the filter keys"),
     (["generate", "generate_no_styles.yaml"], "generate_no_styles.yaml: config key 'styles': an empty list names no style"),
+    (["generate", "generate_scripted_gsm8k.yaml"], "generate_scripted_gsm8k.yaml: config key 'teacher.backend': the "
+                                                   "scripted stand-in teacher writes paths for the synthetic task only"),
+    (["embed", "embed_mixed.yaml", "pool=loop_a"], "embed_mixed.yaml: loop_a: a symlink loop"),
+    (["score", "--task", "gsm8k", "loop_a"], "loop_a: a symlink loop"),
+    (["data", "export", "gsm8k", "--out", "x.jsonl", "--limit", "-1"], "--limit -1: give a count of records >= 1"),
 ])
 def test_an_output_never_overwrites_an_input_and_a_refusal_writes_nothing(inputs, monkeypatch, capsys, args, needle):
     (inputs / "linked.jsonl").symlink_to(inputs / "pool_mixed.jsonl")  # the pool by another name
+    (inputs / "loop_a").symlink_to("loop_b")
+    (inputs / "loop_b").symlink_to("loop_a")
     (inputs / "run" / "checkpoints" / "step_000001").mkdir(parents=True)  # a training run
     (inputs / "run" / "checkpoints" / "latest").write_text("step_000001")
     (inputs / "run" / "config.yaml").write_text("{}")

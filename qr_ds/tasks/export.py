@@ -39,6 +39,8 @@ def run_export(args: argparse.Namespace) -> int:
     from qr_ds.tasks.base import get_task, is_test_split
 
     task = get_task(args.task)
+    if args.limit is not None and args.limit < 1:  # 0 or -1 wrote an empty file with exit 0
+        raise ValueError(f"--limit {args.limit}: give a count of records >= 1, or leave it out for all of them")
     summary = export_split(task.name, args.out, split=args.split, config=args.config, dataset=args.dataset,
                            limit=args.limit, from_file=args.from_file)
     note = " (a test split: evaluate on it, never train on it)" if is_test_split(task, summary["split"]) else ""

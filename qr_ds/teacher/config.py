@@ -105,6 +105,9 @@ class GenerateConfig:
         "none at all always fails")))
 
     def validate(self, key: str = "") -> None:
+        if self.teacher.backend == "scripted" and self.task != "synthetic":  # its canned paths state the gold
+            raise ConfigError(f"config key 'teacher.backend': the scripted stand-in teacher writes paths for the "
+                              f"synthetic task only, not {self.task!r} (its paths would put the gold into training data)")
         for name, tpl in self.templates.items():
             if "{question}" not in tpl:
                 raise ConfigError(f"config key 'templates.{name}': template has no {{question}} placeholder")

@@ -40,10 +40,8 @@ def problems(cfg: TrainConfig, world_size: int, resume: bool = False, overwrite:
     if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
         found.append(f"config key 'seed': {cfg.seed} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]} "
                      "(numpy and torch take 32-bit seeds)")
-    if not found:  # contents, then leakage, need a readable pool and eval files
-        found += pool_problems(cfg)
-    if not found:
-        found += leakage_problems(cfg)
+    if not found:  # contents and leakage need a readable pool and eval files
+        found += pool_problems(cfg) + leakage_problems(cfg)
     return found
 
 
