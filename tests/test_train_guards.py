@@ -157,3 +157,25 @@ def test_overwrite_moves_the_old_run_aside(tmp_path, capsys):
     (aside,) = tmp_path.glob("run.replaced-*")
     assert not run.exists() and (aside / "metrics.jsonl").read_text() == '{"step": 1}\n'
     assert f"moved the previous run {run} to {aside}" in capsys.readouterr().err
+
+
+class _Planted:  # a pickle that would run code when loaded
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("content", ["malicious", "empty"])
+def test_a_state_file_that_is_not_weights_only_is_one_line_naming_it(tmp_path, content):
+    import pickle
+
+    from qr_ds.train.checkpoint import load_state
+
+    path, marker = tmp_path / "router.pt", tmp_path / "ran"
+    path.write_bytes(pickle.dumps({"w": _Planted(str(marker))}) if content == "malicious" else b"")
+    with pytest.raises(ValueError) as e:
+        load_state(path)
+    assert str(e.value).startswith(f"{path}: refused: not a weights-only state file (") and "\n" not in str(e.value)
+    assert not marker.exists()  # nothing ran

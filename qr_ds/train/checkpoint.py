@@ -46,6 +46,18 @@ class StudentSlot:
     tokenizer: Any
 
 
+def load_state(path) -> Any:
+    """``torch.load(weights_only=True)``, refused in one line naming the file: torch's refusal of a
+    pickle that would run code is a dozen lines of advice, and a cut-short file an EOFError with no name."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{path}: refused: not a weights-only state file ({first})") from None
+
+
 def rng_state() -> dict:
     """Every generator as tensors and plain lists, so it loads without unpickling."""
     version, mt, gauss = random.getstate()
@@ -131,10 +143,10 @@ class Checkpointer:
         ckpt = self.run.require_latest()
         for st in self.students:
             st.engine.load(ckpt.engine(st.name), f"student '{st.name}'")
-        set_rng_state(torch.load(ckpt.rng(self.strategy.rank), weights_only=True))
+        set_rng_state(load_state(ckpt.rng(self.strategy.rank)))
         if self.strategy.is_coordinator:
             for key, component in self.components.items():
-                component.load_state_dict(torch.load(ckpt.component(key), weights_only=True))
+                component.load_state_dict(load_state(ckpt.component(key)))
         position = json.loads(ckpt.position.read_text())
         self.position.load_state_dict(position)
         self.log(f"resumed from {ckpt.path} at step {position['step']}")
