@@ -216,6 +216,9 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     (["embed", "embed_mixed.yaml", "pool=loop_a"], "embed_mixed.yaml: loop_a: a symlink loop"),
     (["score", "--task", "gsm8k", "loop_a"], "loop_a: a symlink loop"),
     (["data", "export", "gsm8k", "--out", "x.jsonl", "--limit", "-1"], "--limit -1: give a count of records >= 1"),
+    (["data", "export", "gsm8k", "--from-file", "export_bad_line.jsonl", "--out", "x.jsonl"],
+     "export_bad_line.jsonl:2: not valid JSON"),
+    (["generate", "generate_empty_question.yaml"], "questions_empty.jsonl:2: gsm8k record: the question is empty"),
 ])
 def test_an_output_never_overwrites_an_input_and_a_refusal_writes_nothing(inputs, monkeypatch, capsys, args, needle):
     (inputs / "linked.jsonl").symlink_to(inputs / "pool_mixed.jsonl")  # the pool by another name

@@ -113,7 +113,10 @@ class Task:
         out = []
         for where, rec in rows:
             try:
-                out.append(self.from_record(rec))
+                example = self.from_record(rec)
+                if not example.question.strip():  # a path for no question teaches nothing and passes every check
+                    raise ValueError("the question is empty")
+                out.append(example)
             except (RecordError, ValueError, TypeError, KeyError) as e:
                 raise ValueError(f"{source}:{where}: {self.name} record: {e}") from e
         return LoadedExamples(out, source=source, split=split, config=config)

@@ -54,22 +54,28 @@ def export_split(task_name: str, out: str | Path, split: str | None = None, conf
                  from_file: str | Path | None = None) -> dict[str, Any]:
     """Write the split's records to ``out`` after checking that each one loads as the task's example."""
     from qr_ds.data.jsonl import write_jsonl
-    from qr_ds.tasks.base import SPLIT_FIELD, datasets_rows, get_task, hub_rows
+    from qr_ds.tasks.base import SPLIT_FIELD, _read_json_rows, datasets_rows, get_task, hub_rows
 
     task = get_task(task_name)
     name, config, split = task.hub_source(dataset or task.hub[0], split, config)
-    if from_file is not None:
-        rows = datasets_rows(lambda d: d.load_dataset(_builder(Path(from_file)), data_files=str(from_file),
-                                                      split="train"), limit)
+    if from_file is not None and _builder(Path(from_file)) == "json":
+        # our own reader: a bad line is named by file:line (datasets said only DatasetGenerationError)
+        numbered = _read_json_rows(Path(from_file), limit)
+        origin = str(from_file)
+    elif from_file is not None:
+        numbered = list(enumerate(datasets_rows(lambda d: d.load_dataset("parquet", data_files=str(from_file),
+                                                                         split="train"), limit), start=1))
         origin = str(from_file)
     else:
-        rows = hub_rows(task, name, config, split, limit, out=str(out))
+        numbered = list(enumerate(hub_rows(task, name, config, split, limit, out=str(out)), start=1))
         origin = f"{name}" + (f" ({config})" if config else "")
-    for i, rec in enumerate(rows, start=1):
+    rows = [rec for _, rec in numbered]
+    for where, rec in numbered:
         try:
             task.from_record(rec)
         except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"{origin}: record {i}: not a {task.name} record: {e}") from e
+            sep = ":" if from_file is not None else ": record "
+            raise ValueError(f"{origin}{sep}{where}: not a {task.name} record: {e}") from e
     n = write_jsonl(out, ({**_jsonable(rec), SPLIT_FIELD: split} for rec in rows))
     return {"n": n, "out": str(out), "split": split, "config": config, "origin": origin}
 
