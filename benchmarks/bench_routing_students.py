@@ -122,7 +122,7 @@ def per_style_p_on(routing: dict, names: list[str]) -> dict[str, dict[str, float
 def recent_rates(metrics: Path, names: list[str], every: int) -> list[dict]:
     """Each student's recent rate (noise-free, over the router's recent paths) every ``every`` steps."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return [{"step": r["step"], **{n: r.get(f"router/recent_rate/{s}") for s, n in enumerate(names)}}
+    return [{"step": r["step"], **{n: r.get(f"router/recent_rate/{n}") for n in names}}
             for r in rows if r["step"] % every == 0]
 
 

@@ -194,7 +194,7 @@ def test_placements_and_ablations(kit, name, over, procs):
     if "router" in over:
         assert all(r["routed/llama"] == 1.0 for r in rows)
     if over.get("mutual") == {"enabled": False} or single:
-        assert all(r["mutual_loss"] == 0 for r in rows)
+        assert all("mutual_loss" not in r for r in rows)  # missing, never logged as 0
     if name == "colocated":
         assert rows[-1]["mutual_loss"] > 0
     if full:  # whole models, gathered from ZeRO-3 shards, trained, and served by eval as weight swaps
