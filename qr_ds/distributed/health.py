@@ -42,7 +42,10 @@ def _all_ranks(folder: Path) -> list[tuple[int, int, str]]:
     """(rank, pid, host) of this launch's pid files."""
     out = []
     for f in sorted(folder.glob("rank*.pid")):
-        pid, owner, *host = f.read_text().split(" ")
+        fields = f.read_text().split(" ")
+        if len(fields) < 2:  # written by an older launch: not ours
+            continue
+        pid, owner, *host = fields
         if owner == launch_id():
             out.append((int(f.stem[4:]), int(pid), host[0] if host else socket.gethostname()))
     return out

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     run = None
     try:
         cfg = load_config(TrainConfig, args.config, dict(parse_override(o) for o in args.overrides))
+        cfg.run_name = cfg.run_name or Path(args.config).stem  # trackers name the config, not the folder
         run = RunDir(cfg.output_dir)
         from qr_ds.distributed.health import write_pid_file
         from qr_ds.distributed.shm_lock import check_shm_build_lock
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[qr_ds] rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         if run is not None:
             report_lost_ranks(run.ranks)
-        if os.environ.get("QR_DS_TRACEBACK", "1") == "1":
+        if os.environ.get("QR_DS_TRACEBACK", "0") == "1":
             traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)
