@@ -116,6 +116,7 @@ def run_embed(cfg: EmbedConfig, encoder: Encoder | None = None, progress: bool =
     writes the embedded pool aside, the second reads back only the texts the cache lacks and
     encodes them in batches into the matrix, written once into a preallocated .npy memmap."""
     mpath = matrix_path(cfg.out)
+    made = not mpath.parent.exists()  # a refused pool leaves no output folder behind
     mpath.parent.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(mpath, cfg.out.parent)
     stream, rows = PoolStream(cfg.pool), Rows()
@@ -133,6 +134,10 @@ def run_embed(cfg: EmbedConfig, encoder: Encoder | None = None, progress: bool =
         encoder = encoder or Encoder(cfg.encoder, cfg.device, cfg.max_seq_length, cfg.normalize)
         encoded = _write_matrix(cfg, encoder, rows, mpath, progress)
         os.replace(pending, cfg.out)
+    except BaseException:
+        if made and not any(mpath.parent.iterdir()):
+            mpath.parent.rmdir()
+        raise
     finally:
         pending.unlink(missing_ok=True)
     meta = {"encoder": cfg.encoder, "dim": encoder.dim, "rows": len(rows.of), "normalize": cfg.normalize}
