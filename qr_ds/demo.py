@@ -195,8 +195,10 @@ def train_seed(out: Path, seed: int, size: Size, pool: Path, unfiltered: Path, t
         if _finished(run):
             print(f"\n== train {name} seed {seed}: done already ({run})")
             continue
+        # an interrupted run without a final checkpoint is set aside (never deleted) and trained again
+        again = ["--overwrite"] if run.exists() else []
         timings.run(f"train {name} ({label}) seed {seed} through the DeepSpeed launcher",
-                    _qr_ds, out, "train", "--config", str(cfg))
+                    _qr_ds, out, "train", "--config", str(cfg), *again)
     return runs
 
 
