@@ -137,6 +137,8 @@ class TrainConfig:
                                   f"run `{pip}` or remove it")
         if self.optimizer == "adamw8bit" and find_spec("bitsandbytes") is None:
             raise ConfigError("config key 'optimizer': adamw8bit needs bitsandbytes; run `pip install bitsandbytes`")
+        if not self.students:
+            raise ConfigError("config key 'students': the list is empty; give at least one student")
         if len(set(names)) != len(names):
             raise ConfigError(f"config key 'students': student names must be unique, got {names}")
         multi = self.router.enabled or (self.mutual.enabled and self.lambda2 > 0)
