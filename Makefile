@@ -6,6 +6,9 @@ STAMP   := $(VENV)/.installed
 export DS_ACCELERATOR ?= cpu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# DeepSpeed's JIT ops built per venv: two checkouts would otherwise rebuild each other's op, and a
+# build killed in one would leave a lock every launch of the other waits on
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: demo test test-fast bench env clean
 

