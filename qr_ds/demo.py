@@ -252,4 +252,6 @@ def build_report_for(out: Path, runs: dict[int, dict[str, Path]], evals: list[Pa
     from qr_ds.report.build import build_report
 
     groups = {label: [runs[seed][name] for seed in sorted(runs)] for name, label, _ in RUNS}
-    return build_report(out / "report", groups, evals, retention, notes)
+    # each seed draws its own random student init (and tokenizer folder): part of the training noise measured
+    return build_report(out / "report", groups, evals, retention, notes,
+                        may_differ=("students[].model", "students[].tokenizer"))

@@ -289,8 +289,12 @@ def test_cli_refuses_bad_groups(report, tmp_path, capsys):
     make_run(tmp_path / "mix" / "r2", report["pool"], seed=2, steps=12, offset=0.5, lambda1=0.5)
     assert main(["report", f"X={tmp_path}/mix/r*", "--out", str(tmp_path / "o")]) == 2
     assert "r2 differs from" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="in lambda1; the runs of a group may differ only in seed and output_dir"):
+    with pytest.raises(ValueError, match="in lambda1; the runs of a group may differ only in output_dir, seed "):
         load_groups({"X": [tmp_path / "mix" / "r1", tmp_path / "mix" / "r2"]})
+    # a key every seed sets on purpose is allowed by name, and only that key
+    assert len(load_groups({"X": [tmp_path / "mix" / "r1", tmp_path / "mix" / "r2"]}, ("lambda1",))[0].runs) == 2
+    with pytest.raises(ValueError, match="in lambda1;"):
+        load_groups({"X": [tmp_path / "mix" / "r1", tmp_path / "mix" / "r2"]}, ("students[].model",))
 
 
 def test_partly_failed_run_is_reported_whole(built, tmp_path):

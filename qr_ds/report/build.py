@@ -141,11 +141,13 @@ def throughput_section(groups: list[Group]) -> tuple[list[str], dict, dict]:
 
 
 def build_report(out: Path, groups: dict[str, Path | list[Path]], eval_dirs: list[Path] = (),
-                 retention: Path | None = None, notes: list[str] = ()) -> Path:
+                 retention: Path | None = None, notes: list[str] = (), may_differ: tuple[str, ...] = ()) -> Path:
     """``groups``: label -> run folder, or a list of run folders (the training seeds of one method);
     the first group is the reference the others are compared against."""
     out.mkdir(parents=True, exist_ok=True)
-    loaded, skipped = load_groups(groups), []
+    loaded, skipped = load_groups(groups, tuple(may_differ)), []
+    notes = list(notes) + ([f"The seeds of each group also differ, on purpose, in: {', '.join(may_differ)}."]
+                           if may_differ else [])
     md = ["# qr_ds run report", ""] + [f"- {n}" for n in notes] + ([""] if notes else [])
     budget_md, budgets = budget_section(loaded)
     acc_md, accuracy = accuracy_section(loaded, [Path(e) for e in eval_dirs], budgets, skipped) if eval_dirs else ([], None)

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
                    help="a `qr-ds eval --out` folder with these runs' checkpoints (repeatable)")
     p.add_argument("--retention", type=Path, metavar="FILE",
                    help="the filter's <filtered>.retention.json for the pool these runs trained on")
+    p.add_argument("--may-differ", action="append", default=[], metavar="KEY",
+                   help="a config key the seeds of a group may differ in besides seed and output_dir, e.g. "
+                        "students[].model when each seed draws its own student init (repeatable; the report says so)")
     p.set_defaults(func=run)
 
 
@@ -49,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
     labels = [label for label, _ in groups]
     if len(set(labels)) < len(labels):
         raise ValueError(f"report: two groups share a label ({', '.join(labels)}); name them LABEL=FOLDER")
-    print(build_report(args.out, dict(groups), args.eval_dirs, args.retention))
+    print(build_report(args.out, dict(groups), args.eval_dirs, args.retention, may_differ=tuple(args.may_differ)))
     return 0

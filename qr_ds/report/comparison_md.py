@@ -43,7 +43,7 @@ def budget_markdown(groups: list[Group], budgets: dict) -> list[str]:
         md.append(f"| {g.label} | {', '.join(str(r.seed) for r in g.runs)} | {'/'.join(map(str, b['steps']))} | "
                   f"{'/'.join(map(str, b['paths_per_step']))} | {tokens} | {flags} |")
         notes += [f"{label}, {s}: tokens {how}." for label, rb in b["runs"].items()
-                  for s, how in rb["tokens_from"].items() if how != "summed over every step"]
+                  for s, how in rb["tokens_from"].items() if how not in ("logged", "summed over every step")]
     single = [g.label for g in groups if len(g.runs) == 1]
     if single:
         notes.append(f"One run in {', '.join(single)}: no training-noise estimate; their comparisons cover the test "

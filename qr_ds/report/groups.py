@@ -28,9 +28,10 @@ class Group:
         return re.sub(r"[^a-z0-9]+", "_", self.label.lower()).strip("_") or "group"
 
 
-def load_groups(groups: dict[str, Path | str | list]) -> list[Group]:
+def load_groups(groups: dict[str, Path | str | list], may_differ: tuple[str, ...] = ()) -> list[Group]:
     """``groups``: label -> run folder, or a list of them (the seeds of one method); the first group
-    is the reference every other is compared against."""
+    is the reference every other is compared against. ``may_differ``: config keys the seeds of a group
+    may differ in besides seed and output_dir (``students[].model`` when each seed draws its own init)."""
     owner: dict[Path, str] = {}
     out = []
     for label, paths in groups.items():
@@ -44,7 +45,7 @@ def load_groups(groups: dict[str, Path | str | list]) -> list[Group]:
                 raise ValueError(f"report: run {p} is given twice (groups {owner[p.resolve()]!r} and {label!r})")
             owner[p.resolve()] = label
         runs = sorted((load_run(label, p) for p in paths), key=lambda r: r.seed)
-        check_group(label, runs)
+        check_group(label, runs, may_differ)
         if len(runs) > 1:
             for run in runs:
                 run.label = f"{label} seed {run.seed}"
@@ -65,7 +66,7 @@ def flatten(value, prefix: str = "") -> dict[str, object]:
     return {prefix: value}
 
 
-def check_group(label: str, runs: list[Run]) -> None:
+def check_group(label: str, runs: list[Run], may_differ: tuple[str, ...] = ()) -> None:
     """One run per seed, and nothing but seed and output_dir differing: otherwise the spread between
     the runs is not training noise of one method."""
     by_seed: dict[object, Run] = {}
@@ -77,10 +78,13 @@ def check_group(label: str, runs: list[Run]) -> None:
     first = flatten(runs[0].config)
     for run in runs[1:]:
         other = flatten(run.config)
-        keys = sorted(k for k in first.keys() | other.keys() if k not in SEED_KEYS and first.get(k) != other.get(k))
+        allowed = set(SEED_KEYS) | set(may_differ)
+        keys = sorted(k for k in first.keys() | other.keys()
+                      if re.sub(r"\[\d+\]", "[]", k) not in allowed and k not in allowed and first.get(k) != other.get(k))
         if keys:
             raise ValueError(f"report: group {label!r}: {run.path} differs from {runs[0].path} in {', '.join(keys)}; "
-                             f"the runs of a group may differ only in {' and '.join(SEED_KEYS)}")
+                             f"the runs of a group may differ only in {', '.join(sorted(allowed))} "
+                             "(a key every seed sets on purpose: --may-differ KEY, e.g. students[].model)")
 
 
 def student_tokens(run: Run, student: str) -> tuple[int | None, str]:
