@@ -100,3 +100,17 @@ def test_a_port_that_never_answered_stops_at_once_naming_key_and_url(tmp_path, c
     assert (f"config key 'teacher.base_url': cannot connect to {url}/chat/completions" in err
             and "Stopped before any retry" in err), err
     assert_nowhere(tmp_path, out + err, SECRET, "user:")
+
+
+def test_a_reply_keeps_prose_shaped_like_a_secret(tmp_path, capfd):
+    """Redaction by shape is for what servers and libraries say: a path that reads "basic algebra: 2x"
+    or cites a URL with userinfo is the teacher's text, training data, and reaches the pool unchanged."""
+    prose = ("We use basic algebra: 2x = 10. Each token counts once; see ftp://guest@mirror.example/x.\n"
+             "The answer is 5.")
+    with StubChatServer(reply=lambda prompt, seed: prose) as server:
+        cfg = configs(tmp_path, with_key(server.url), with_key(server.url))
+        assert main(["generate", cfg, "--no-progress"]) == 0
+    out, err = capfd.readouterr()
+    assert_nowhere(tmp_path, out + err, SECRET, BASIC)
+    pool = [json.loads(line) for line in (tmp_path / "run" / "pool.jsonl").read_text().splitlines()]
+    assert len(pool) == 2 * N_QUESTIONS and {r["response"] for r in pool} == {prose}

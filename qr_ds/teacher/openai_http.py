@@ -34,8 +34,9 @@ from qr_ds.teacher.config import TeacherConfig, split_userinfo
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 REFUSED_STATUS = {401, 403, 404}
 REDACTED = "<redacted>"
-# secrets by shape: URL userinfo, and the value after an auth scheme or an Authorization header
-_SHAPES = [(re.compile(r"(\w+://)[^/\s@]+@"), r"\1" + REDACTED + "@"),
+# secrets by shape, for what a server or a library says (errors), never for a reply's text (training
+# data: "basic algebra: 2x" is prose): URL userinfo, and the value after an auth scheme or header
+_SHAPES = [(re.compile(r"\b(\w++://)[^/\s@]++@"), r"\1" + REDACTED + "@"),
            (re.compile(r"(?i)\b(basic|bearer|token|authorization:?)(\s+)[A-Za-z0-9+/=._~:-]{6,}"),
             r"\1\2" + REDACTED)]
 
@@ -119,17 +120,19 @@ class OpenAITeacher:
                 await one(requests[0])  # alone: a wrong key, URL or model is found with one request
                 await _all_or_stop([one(r) for r in requests[1:]])
 
-    def redact(self, text: str | None) -> str | None:
+    def redact(self, text: str | None, shapes: bool = True) -> str | None:
         """``text`` with the API key and URL credentials replaced, by value (servers echo them in error
-        bodies: "Incorrect API key: sk-...") and by shape (a Basic value, a URL's userinfo)."""
+        bodies: "Incorrect API key: sk-...") and, unless ``shapes`` is off, by shape (a Basic value, a
+        URL's userinfo)."""
         if text is None:
             return text
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
-        return redact_shapes(text)
+        return redact_shapes(text) if shapes else text
 
     def redacted(self, comp: Completion) -> Completion:
-        comp.text, comp.error = self.redact(comp.text), self.redact(comp.error)
+        """A reply's text is the teacher's path: only our own secrets are taken out of it, by value."""
+        comp.text, comp.error = self.redact(comp.text, shapes=False), self.redact(comp.error)
         return comp
 
     def body(self, req: Request) -> dict:
