@@ -203,8 +203,8 @@ def test_contents_are_checked_before_launch(setup):
     cfg["seed"], cfg["students"][1]["deepspeed"] = 0, "ds_configs/zero2.json"
     refused(*train(tmp_path, cfg), f"config key 'data.pool': {pool}:1: record ", "is not finite (NaN or inf)")
     matrix.write_bytes(b"")
-    refused(*train(tmp_path, cfg), f"config key 'data.pool': {pool}: embedding file emb.npy (beside the pool) is "
-                                   "empty or cut short")
+    refused(*train(tmp_path, cfg), f"config key 'data.pool': {pool}:1: record ",
+            f"embedding file {matrix.resolve()} is empty or cut short")
 
 
 def test_an_empty_question_is_refused_with_its_line(setup):
@@ -214,3 +214,17 @@ def test_an_empty_question_is_refused_with_its_line(setup):
     rows[2]["question"] = "  "
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
     refused(*train(tmp_path, cfg), f"{pool}:3: record {rows[2]['id']!r} has an empty question")
+
+
+def test_a_deepspeed_json_with_a_bom_is_read_alike_by_preflight_and_ranks(tmp_path):
+    """One reader: what preflight passes, the ranks' ds_config reads (it once failed on a BOM)."""
+    from qr_ds.distributed.engines import ds_config
+    from qr_ds.train.preflight import deepspeed_json_problem
+
+    path = tmp_path / "ds.json"
+    path.write_bytes(b'\xef\xbb\xbf{"zero_optimization": {"stage": 0}}')
+    assert deepspeed_json_problem("students[0].deepspeed", path) == []
+    assert ds_config(path, 1, 1, 1.0, "float32")["zero_optimization"] == {"stage": 0}
+    path.write_text("[1]")
+    assert deepspeed_json_problem("students[0].deepspeed", path) == [
+        f"config key 'students[0].deepspeed': {path}: expected a JSON object, got list"]

@@ -8,12 +8,13 @@ checkpoints you wrote (trusted input). Everything else qr_ds writes loads with w
 """
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from importlib.util import find_spec
 from pathlib import Path
 
 import torch
+
+from qr_ds.distributed.ds_json import read_ds_json
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,7 @@ def resolve_ds_config(path: str, key: str) -> Path:
 def ds_config(path: Path, micro_batch: int, grad_accum: int, grad_clip: float, dtype: str) -> dict:
     """The student's DeepSpeed JSON, with batch, accumulation, clipping and precision from our config
     (one source of truth: the JSON keeps ZeRO and communication settings)."""
-    ds = json.loads(Path(path).read_text())
+    ds = read_ds_json(path)
     ds.pop("train_batch_size", None)
     ds["train_micro_batch_size_per_gpu"] = micro_batch
     ds["gradient_accumulation_steps"] = grad_accum

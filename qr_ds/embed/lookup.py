@@ -31,6 +31,8 @@ def load_matrix(pool_file: Path, file: str) -> np.ndarray:
         raise EmbeddingError(f"embedding file {path} not found: run `qr-ds embed`")
     try:
         matrix = np.load(path, mmap_mode="r")
+    except EOFError:  # a 0-byte or cut-short .npy
+        raise EmbeddingError(f"embedding file {path} is empty or cut short: re-run `qr-ds embed`") from None
     except (ValueError, OSError) as e:
         raise EmbeddingError(f"embedding file {path} is not a .npy matrix ({e})") from None
     if matrix.ndim != 2:

@@ -8,7 +8,6 @@ naming the config key, so a user fixes all of them in one go.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from qr_ds.data.pool import normalise_question, pool_questions
+from qr_ds.distributed.ds_json import read_ds_json
 from qr_ds.distributed.engines import find_ds_config
 from qr_ds.train.config import StudentConfig, TrainConfig
 
@@ -29,7 +29,7 @@ SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds are uint32; torch's int64 holds the
 
 def problems(cfg: TrainConfig, world_size: int, resume: bool = False, overwrite: bool = False) -> list[str]:
     """Every reason the launch would fail, one line each naming the config key; [] when ready.
-    Nothing is written: a refused run leaves no output_dir behind."""
+    A refused run leaves no output_dir behind (reading the pool may write its quarantine file beside it)."""
     found = []
     for i, student in enumerate(cfg.students):
         found += student_problems(i, student)
@@ -64,13 +64,9 @@ def student_problems(i: int, s: StudentConfig) -> list[str]:
 
 def deepspeed_json_problem(key: str, path: Path) -> list[str]:
     try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as e:
-        return [f"config key '{key}': {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"]
-    except json.JSONDecodeError as e:
-        return [f"config key '{key}': {path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})"]
-    if not isinstance(data, dict):
-        return [f"config key '{key}': {path}: expected a JSON object, got {type(data).__name__}"]
+        read_ds_json(path)
+    except ValueError as e:
+        return [f"config key '{key}': {e}"]
     return []
 
 
@@ -220,10 +216,6 @@ def pool_problems(cfg: TrainConfig) -> list[str]:
             rows = gather_embeddings(pool, chunk, lines)
         except EmbeddingError as e:
             return [f"config key 'data.pool': {e}"]
-        except EOFError:  # np.load on a 0-byte or cut-short .npy (lookup names the file for other errors)
-            files = sorted({r.embedding.file for r in chunk if r.embedding is not None})
-            return [f"config key 'data.pool': {pool}: embedding file {' or '.join(files)} (beside the pool) is "
-                    "empty or cut short: re-run `qr-ds embed`"]
         except ValueError as e:  # rows of different widths cannot be stacked
             return [f"config key 'data.pool': {pool}: embeddings of different widths ({e})"]
         width = width or rows.shape[1]
