@@ -77,11 +77,10 @@ class _Tracker:
     """wandb and trackio share the ``init / log / finish`` API. The project comes from WANDB_PROJECT
     (TRACKIO_PROJECT for trackio) when set; wandb's files go under the run folder."""
 
-    def __init__(self, module: str, run: RunDir, config: dict, name: str, resume: bool):
+    def __init__(self, module: str, run: RunDir, config: dict, name: str, resume: bool, ids: dict):
         import importlib
 
         self.m = importlib.import_module(module)
-        ids = tracking_ids(run, resume)
         if module == "wandb":
             self.run = self.m.init(project=os.environ.get("WANDB_PROJECT") or "qr_ds", name=name, id=ids["wandb"],
                                    resume="allow", config=config, dir=str(run.root))
@@ -113,11 +112,13 @@ class MetricsLog:
             truncate_jsonl(run.eval_log, resume_step)
         self.jsonl = JsonlAppender(run.metrics, fsync=False)
         self.eval_path = run.eval_log
+        resume = resume_step is not None
+        ids = tracking_ids(run, resume) if {"wandb", "trackio"} & set(report_to) else {}  # once: both read one id
         for backend in report_to:
             if backend == "tensorboard":
                 self.sinks.append(_TensorBoard(run, resume_step))
             elif backend in ("wandb", "trackio"):
-                self.sinks.append(_Tracker(backend, run, config, run_name(config), resume_step is not None))
+                self.sinks.append(_Tracker(backend, run, config, run_name(config), resume, ids))
 
     def step(self, pos, rec: dict, names: list[str], data, idx: torch.Tensor, dt: float) -> dict:
         if not self.enabled:
