@@ -102,3 +102,27 @@ def test_embedding_refs_stay_in_the_pool_folder_and_rows_are_ints(tmp_path, embe
     rep = load_pool(path, log=lambda m: None)
     assert [r.id for r in rep.records] == ["q0/cot/0"]
     assert rep.rejected == [(2, needle + rep.rejected[0][1][len(needle):])]
+
+
+@pytest.mark.parametrize("content, kept", [(b'{"a": 1}\n{"b"', b'{"a": 1}\n'), (b'{"a": 1}\n', b'{"a": 1}\n'),
+                                           (b'{"a"', b""), (b"x\n" + b"y" * 5000, b"x\n"), (b"", b"")])
+def test_repair_tail_drops_only_a_half_written_last_line(tmp_path, content, kept):
+    """Read back from the end in blocks (a small one here, so the newline lies several blocks back)."""
+    from qr_ds.data.jsonl import repair_tail
+
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(content)
+    repair_tail(path, block=64)
+    assert path.read_bytes() == kept
+
+
+def test_to_json_is_what_asdict_gives_for_a_full_record():
+    import dataclasses
+
+    from qr_ds.data.pool import EmbeddingRef, JudgeVerdict, PathRecord
+
+    rec = PathRecord(id="q1/cot/0", task="gsm8k", question_id="q1", question="What is 2+2?", gold="4", teacher="t",
+                     style="cot", sample=0, prompt="p", response="r", error=None, sampling={"seed": 3}, level=2,
+                     answer="4", correct=True, judge=JudgeVerdict("VALID", "fine", "m"),
+                     embedding=EmbeddingRef("e.npy", 3, "ab" * 12), meta={"tokens_in": 5, "tries": [1, 2]})
+    assert rec.to_json() == dataclasses.asdict(rec)

@@ -138,16 +138,28 @@ def naming_path(path: Path) -> Iterator[None]:
         raise
 
 
-def repair_tail(path: Path) -> None:
-    """Drop a half-written last line (a kill mid-write) so appends start on a fresh line."""
+def repair_tail(path: Path, block: int = 1 << 16) -> None:
+    """Drop a half-written last line (a kill mid-write) so appends start on a fresh line. Logs reach
+    GBs: reads the last byte, and after a kill only back to the last newline."""
     if not path.is_file() or path.stat().st_size == 0:
         return
     with path.open("rb+") as fh:
-        data = fh.read()
-        if not data.endswith(b"\n"):
-            fh.truncate(data.rfind(b"\n") + 1)
-            fh.flush()
-            os.fsync(fh.fileno())
+        end = fh.seek(0, 2)
+        fh.seek(end - 1)
+        if fh.read(1) == b"\n":
+            return
+        cut = end
+        while cut > 0:
+            start = max(0, cut - block)
+            fh.seek(start)
+            nl = fh.read(cut - start).rfind(b"\n")
+            if nl >= 0:
+                cut = start + nl + 1
+                break
+            cut = start
+        fh.truncate(cut)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 class JsonlAppender:

@@ -129,7 +129,8 @@ def load_cache(log: Path) -> dict[str, dict]:
     repair_tail(log)
     if not log.is_file():
         return {}
-    return {row["key"]: row for row in iter_jsonl(log) if "key" in row}
+    # verdict and reason only: the raw reply stays in the log, never in memory for every path
+    return {row["key"]: {"verdict": row["verdict"], "reason": row["reason"]} for row in iter_jsonl(log) if "key" in row}
 
 
 def judge_paths(records: list[PathRecord], cfg: FilterConfig, out: Path, teacher: Teacher | None = None,

@@ -124,15 +124,6 @@ def plan(cfg: GenerateConfig, model: str, examples: list[Example]) -> tuple[list
     return requests, skeletons
 
 
-def ends_with_newline(path: Path) -> bool:
-    """True for a missing or empty file, or one whose last byte is a newline; reads one byte."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return True
-    with path.open("rb") as fh:
-        fh.seek(-1, 2)
-        return fh.read(1) == b"\n"
-
-
 def compact(log: Path, keys: list[Key]) -> list[PathRecord]:
     """One record per key, in ``keys`` order: the latest success, else the latest failure. The log
     (every try of every path) is streamed; only the best record per key is held."""
@@ -167,8 +158,7 @@ def _generate(cfg: GenerateConfig, examples: list[Example], teacher: Teacher, pr
     requests, skeletons = plan(cfg, teacher.model, examples)
     keys = [record_key(skeletons[r.key]) for r in requests]
     log = log_path(cfg.out)
-    if not ends_with_newline(log):  # the log reaches GBs: look at its last byte, rewrite only after a kill
-        repair_tail(log)
+    repair_tail(log)
     done = {record_key(r) for r in compact(log, keys) if r.ok}
     todo = [r for r, k in zip(requests, keys) if k not in done]
     stats = GenerateStats(planned=len(requests), skipped=len(requests) - len(todo))
