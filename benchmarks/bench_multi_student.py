@@ -34,11 +34,9 @@ def run(trainkit, work: Path, students: list[Path], pool: Path, placement: str, 
     step_s = mean("step_s")
     out = {"placement": placement, "steps": len(rows), "step_s": step_s, "tokens_per_s": mean("tokens_per_s"),
            "exchange_MiB_per_step": rows[0].get("exchange_bytes", 0) / 2**20}
-    per = {n: mean(f"exchange_s/{n}") for n in names if f"exchange_s/{n}" in rows[0]}
-    if per and placement == "separate":
-        gather = min(per.values())
+    if placement == "separate":  # the coordinator's exchange: its wait for the peer plus the all-gathers
+        gather = mean("exchange_s")
         out.update(allgather_s=gather, allgather_share=gather / step_s,
-                   max_wait_s=max(per.values()) - gather,
                    **{f"compute_s/{n}": mean(f"compute_s/{n}") for n in names})
         slowest = max(mean(f"compute_s/{n}") for n in names)
         out["step_over_slowest_student"] = step_s / slowest if slowest else None

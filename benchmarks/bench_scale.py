@@ -3,7 +3,8 @@
 Builds synthetic pools of realistic paths (about 1.5 KB per record, valid for the synthetic task,
 two samples per style, one answer in twelve wrong so the filter drops something) at each N, then runs
 every stage in its own subprocess, which measures itself after its imports (getrusage for CPU,
-/proc VmHWM for peak RSS, which includes the interpreter and imports, ``base_MiB`` is the RSS before the stage's work):
+/proc VmHWM for peak RSS, which includes the interpreter and imports; ``base_MiB`` is that peak
+after the imports, before the stage's work):
 
 - ``filter``: ``run_filter`` with judge backend none (step 1 only); bound: JSON parse + extractor.
 - ``embed``: ``run_embed`` with a hash stub encoder, so the time is what embed does outside the
@@ -142,7 +143,7 @@ def _responses(pool: Path, limit: int | None = None) -> list[tuple[dict, str]]:
     return out
 
 
-def child(stage: str, d: Path, encoder_n: int) -> dict:
+def child(stage: str, d: Path) -> dict:
     """Run ``stage`` over the pools in ``d``; returns wall/CPU seconds and RSS (MiB)."""
     prepared, extra = None, {}
     if stage == "filter":
@@ -216,10 +217,10 @@ def child(stage: str, d: Path, encoder_n: int) -> dict:
 
 # ---- parent side
 
-def run_stage(stage: str, d: Path, encoder_n: int, timeout: float) -> dict:
+def run_stage(stage: str, d: Path, timeout: float) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE.parents[1])]))
-    cmd = [sys.executable, str(HERE), "--child", stage, "--dir", str(d), "--encoder-n", str(encoder_n)]
+    cmd = [sys.executable, str(HERE), "--child", stage, "--dir", str(d)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if p.returncode:
         raise RuntimeError(f"stage {stage} failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -282,7 +283,7 @@ def main() -> None:
     p.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.dir, args.encoder_n)))
+        print(json.dumps(child(args.child, args.dir)))
         return
 
     ns = args.n or ([1_000, 10_000] if args.size == "toy" else [10_000, 100_000])
@@ -303,7 +304,7 @@ def main() -> None:
             for stage in args.stages:
                 if stage == "routing":
                     make_run(d / "run", d / "embedded.jsonl")
-                measured[n][stage] = run_stage(stage, d, args.encoder_n, args.timeout)
+                measured[n][stage] = run_stage(stage, d, args.timeout)
                 print(f"  {stage}: {measured[n][stage]}", file=sys.stderr)
             for name in ("filtered", "embedded"):  # keep the disk for the next N
                 for f in d.glob(f"{name}*"):
@@ -313,7 +314,7 @@ def main() -> None:
             d.mkdir(parents=True, exist_ok=True)
             write_pool(d / "enc-pool.jsonl", args.encoder_n)
             for stage in ("encoder", "embed-minilm"):
-                encoder_rows[stage] = run_stage(stage, d, args.encoder_n, args.timeout)
+                encoder_rows[stage] = run_stage(stage, d, args.timeout)
                 print(f"  {stage} (N={args.encoder_n}): {encoder_rows[stage]}", file=sys.stderr)
     finally:
         if tmp:

@@ -48,13 +48,26 @@ class EncodedExample:
 
 def encode_sft(tokenizer, prompt: str, response: str) -> EncodedExample:
     """Prompt + response + EOS, tokenized together, with character offsets for span alignment."""
+    return encode_sft_batch(tokenizer, [prompt], [response])[0]
+
+
+def encode_sft_batch(tokenizer, prompts: list[str], responses: list[str]) -> list[EncodedExample]:
+    """``encode_sft`` for many paths, one tokenizer call per special-token setting: the fast
+    tokenizer's batched call runs in Rust, a call per path pays Python's overhead each time."""
     eos = tokenizer.eos_token or ""
-    text = prompt + response + eos
-    enc = tokenizer(text, add_special_tokens=_tokenizer_adds_specials(tokenizer, prompt), return_offsets_mapping=True)
-    offsets = enc.get("offset_mapping")
-    if offsets is None:
-        raise ValueError(
-            f"tokenizer {type(tokenizer).__name__} gives no offset mapping; qr_ds aligns students on "
-            "character spans and needs a fast tokenizer (use_fast=True)"
-        )
-    return EncodedExample(list(enc["input_ids"]), [tuple(o) for o in offsets], len(prompt), text)
+    out: list = [None] * len(prompts)
+    groups: dict[bool, list[int]] = {}
+    for i, prompt in enumerate(prompts):  # BOS exactly once: decided per prompt
+        groups.setdefault(_tokenizer_adds_specials(tokenizer, prompt), []).append(i)
+    for specials, rows in groups.items():
+        texts = [prompts[i] + responses[i] + eos for i in rows]
+        enc = tokenizer(texts, add_special_tokens=specials, return_offsets_mapping=True)
+        offsets = enc.get("offset_mapping")
+        if offsets is None:
+            raise ValueError(
+                f"tokenizer {type(tokenizer).__name__} gives no offset mapping; qr_ds aligns students on "
+                "character spans and needs a fast tokenizer (use_fast=True)"
+            )
+        for i, text, ids, offs in zip(rows, texts, enc["input_ids"], offsets):
+            out[i] = EncodedExample(list(ids), [tuple(o) for o in offs], len(prompts[i]), text)
+    return out

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from qr_ds.distributed import engines
 from qr_ds.distributed.engines import StudentEngine
-from qr_ds.distributed.topology import Layout
+from qr_ds.distributed.topology import Layout, local_rank
 
 
 @dataclass
@@ -57,7 +57,7 @@ def pick_backend(requested: str) -> str:
 
 def device_for_local_rank(backend: str) -> torch.device:
     if backend == "nccl" or torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = local_rank()
         n = torch.cuda.device_count()
         # More ranks than GPUs (a two-student run on one GPU): ranks share devices round-robin.
         torch.cuda.set_device(local % n)

@@ -41,6 +41,11 @@ class MutualExchange:
         self.n_paths = paths_per_chunk * self.layout.n_chunks  # the global batch: shard losses add up to it
         # mutual.paths: all: every student is a party to every path's ensemble
         self.everywhere = cfg.paths == "all"
+        self.bytes_received = self._bytes_received()  # per micro-step: fixed by the layout
+
+    def acts_on(self, routed: torch.Tensor) -> bool:
+        """Whether the term has a path in this batch: a co-routed one (any path with ``paths: all``)."""
+        return self.everywhere or bool(((routed > 0).sum(1) > 1).any())
 
     def __call__(self, losses: dict[int, torch.Tensor], shares: dict[int, Share], routed: torch.Tensor,
                  span_mask: torch.Tensor) -> float:
@@ -75,7 +80,7 @@ class MutualExchange:
             routed = torch.ones_like(routed)
         return MutualInputs(z, logits, routed, span_mask.to(z.device), self.n_paths, self.cfg.form, nats)
 
-    def bytes_received(self) -> int:
+    def _bytes_received(self) -> int:
         """Bytes this rank receives per micro-step in the all-gathers (float32): none when colocated."""
         if self.layout.placement == "colocated":
             return 0

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from qr_ds.data.format import _tokenizer_adds_specials, render_prompt
+from qr_ds.data.format import EncodedExample, encode_sft_batch, render_prompt
 from qr_ds.data.pool import PathRecord
 from qr_ds.mutual.spans import common_spans, group_spans, token_span_ids
 from qr_ds.train.config import TrainConfig
@@ -57,26 +57,6 @@ def instruction_for(task: str) -> str:
     return get_task(task).instruction
 
 
-def _batched_sft(tok, prompts: list[str], responses: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """``encode_sft`` for many paths in one tokenizer call per special-token setting: the fast
-    tokenizer's batched call runs in Rust, a call per path pays Python's overhead each time."""
-    eos = tok.eos_token or ""
-    out: list = [None] * len(prompts)
-    groups: dict[bool, list[int]] = defaultdict(list)
-    for i, prompt in enumerate(prompts):  # BOS exactly once (format.py): decided per prompt
-        groups[_tokenizer_adds_specials(tok, prompt)].append(i)
-    for specials, rows in groups.items():
-        enc = tok([prompts[i] + responses[i] + eos for i in rows], add_special_tokens=specials,
-                  return_offsets_mapping=True)
-        offsets = enc.get("offset_mapping")
-        if offsets is None:
-            raise ValueError(f"tokenizer {type(tok).__name__} gives no offset mapping; qr_ds aligns students on "
-                             "character spans and needs a fast tokenizer (use_fast=True)")
-        for i, ids, offs in zip(rows, enc["input_ids"], offsets):
-            out[i] = (list(ids), [tuple(o) for o in offs])
-    return out
-
-
 def iter_encoded(recs: Sequence[PathRecord], tokenizers: list, lens: Sequence[int], max_spans: int,
                  chunk: int = 1024) -> Iterator[tuple[list[Encoded], int]]:
     """Per path, in order: each student's ``Encoded`` and the number of shared spans. Tokenizes
@@ -88,15 +68,15 @@ def iter_encoded(recs: Sequence[PathRecord], tokenizers: list, lens: Sequence[in
             if r.task not in instructions:
                 instructions[r.task] = instruction_for(r.task)
         prompts = [[render_prompt(tok, r.question, instructions[r.task]) for r in part] for tok in tokenizers]
-        batches = [_batched_sft(tok, p, [r.response for r in part]) for tok, p in zip(tokenizers, prompts)]
+        batches = [encode_sft_batch(tok, p, [r.response for r in part]) for tok, p in zip(tokenizers, prompts)]
         for j, rec in enumerate(part):
-            yield _align(rec, [b[j] for b in batches], [len(p[j]) for p in prompts], lens, max_spans)
+            yield _align(rec, [b[j] for b in batches], lens, max_spans)
 
 
-def _align(rec: PathRecord, encs: list[tuple[list[int], list[tuple[int, int]]]], starts: list[int],
-           lens: Sequence[int], max_spans: int) -> tuple[list[Encoded], int]:
+def _align(rec: PathRecord, encs: list[EncodedExample], lens: Sequence[int], max_spans: int) -> tuple[list[Encoded], int]:
     cut_encs, rel_offsets, ends = [], [], []
-    for (ids_all, offs_all), rstart, n in zip(encs, starts, lens):
+    for e, n in zip(encs, lens):
+        ids_all, offs_all, rstart = e.input_ids, e.offsets, e.response_start
         ids, offs = ids_all[:n], offs_all[:n]
         # Offsets relative to the response: prompts differ per student, the path text does not.
         rel = [(a - rstart, b - rstart) if b > a else (0, 0) for a, b in offs]

@@ -256,6 +256,7 @@ class EncodedView(Sequence):
         self.truncated = np.load(folder / f"truncated_{s}.npy", mmap_mode="r")
         self.unseen_chars = np.load(folder / f"unseen_chars_{s}.npy", mmap_mode="r")
         self.n = n
+        self.lengths = np.diff(self.offsets)  # tokens per path: counted per step without building items
 
     def __len__(self) -> int:
         return self.n

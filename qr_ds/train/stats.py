@@ -12,7 +12,6 @@ class StudentStats:
     routed: float = 0.0  # paths routed to the student
     tokens: float = 0.0  # tokens it trained on
     compute_s: float = 0.0  # forward, probes, backward and step
-    exchange_s: float = 0.0  # waiting for peers + the mutual all-gathers
     lr: float = 0.0  # after this micro-step's engine.step (reported by the student's first rank)
     grad_norm: float = 0.0  # global norm before clipping, on accumulation boundaries; NaN before the first
 

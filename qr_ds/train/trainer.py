@@ -67,8 +67,8 @@ class Trainer:
         # ZeRO-3 prefetches by a recorded module order that must repeat every step, and the mutual term
         # on every path needs every path's states with grad: then each student forwards its whole
         # chunk in one pass (unrouted paths at SFT weight 0) and never probes.
-        self.mutual_everywhere = cfg.use_mutual and cfg.mutual.paths == "all"
-        self.one_pass = self.mutual_everywhere or any(st.engine.zero3 for st in self.students)
+        everywhere = cfg.use_mutual and cfg.mutual.paths == "all"
+        self.one_pass = everywhere or any(st.engine.zero3 for st in self.students)
         self.exchange = None
         if cfg.use_mutual:
             self.exchange = MutualExchange(cfg.mutual, cfg.lambda2, cfg.micro_batch_paths, strategy)
@@ -148,10 +148,10 @@ class Trainer:
             path_loss[0, probe, st.index] = pn.float().cpu()
             path_loss[1, probe, st.index] = 1
         n_tok = self.data.response_tokens[st.index][idx[pos_t[routed]]]
-        mine, ids = stats.students[st.index], self.data.encoded[st.index]
+        mine = stats.students[st.index]
         mine.sft_loss_sum += float((path_loss[0, pos_t[routed], st.index] / n_tok).sum())
         mine.routed += int(routed.sum())
-        mine.tokens += sum(len(ids[i].input_ids) for i in idx[train].tolist())
+        mine.tokens += int(self.data.encoded[st.index].lengths[idx[train].numpy()].sum())
         if z is None:
             return loss, None
         # competence evidence: -log p(whole path), the text a short context cut off included
@@ -176,15 +176,14 @@ class Trainer:
             stats.mutual_loss = self.exchange(losses, shares, hard, self.data.span_mask(idx, self.cfg.mutual.max_spans))
         t_x = time.perf_counter() - t_x
         for st in self.students:
-            self.backward_step(st, losses[st.index], stats.students[st.index], t_x)
+            self.backward_step(st, losses[st.index], stats.students[st.index])
         return self.learn(idx, hard, path_loss, stats, t_x)
 
-    def backward_step(self, st: LocalStudent, loss: torch.Tensor, mine: StudentStats, exchange_s: float) -> None:
+    def backward_step(self, st: LocalStudent, loss: torch.Tensor, mine: StudentStats) -> None:
         t0 = time.perf_counter()
         st.engine.backward(loss)
         st.engine.step()
         mine.compute_s += time.perf_counter() - t0
-        mine.exchange_s += exchange_s
         if st.engine.writer:  # one rank per student reports, so the sum over ranks is the value
             mine.lr, mine.grad_norm = st.engine.lr_and_grad_norm()
 
@@ -195,9 +194,9 @@ class Trainer:
         path_loss = self.dist.sum_to_coordinator(path_loss)
         stats = StepStats.from_tensor(self.dist.sum_to_coordinator(stats.to_tensor()))
         record = {"stats": stats, "exchange_s": exchange_s, "hard": hard, "lambda2": self.cfg.lambda2,
-                  "exchange_bytes": self.exchange.bytes_received() if self.exchange is not None else 0}
+                  "exchange_bytes": self.exchange.bytes_received if self.exchange is not None else 0}
         # the mutual term exists on co-routed paths only (every path with mutual.paths: all)
-        if self.exchange is not None and (self.mutual_everywhere or bool(((hard > 0).sum(1) > 1).any())):
+        if self.exchange is not None and self.exchange.acts_on(hard):
             record["mutual_loss"] = stats.mutual_loss
         if self.is_coord:
             known = path_loss[1] > 0
