@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from qr_ds.config import ConfigError, apply_override, from_dict, load_yaml
+from qr_ds.config import ConfigError, apply_override, from_dict, load_yaml, parse_override
 
 
 class StageFailed(RuntimeError):
@@ -28,6 +28,19 @@ def derive_seed(base: int, *parts: object) -> int:
     """A stable 31-bit seed from a base seed and a key (Python's hash() changes per process)."""
     h = hashlib.sha256("|".join(map(str, (base, *parts))).encode()).digest()
     return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
+
+
+def add_stage_args(p, cls_name: str, stage: str) -> None:
+    """The arguments generate, filter and embed share: the config, its overrides, the progress bar."""
+    p.add_argument("config", type=Path, help=f"YAML with a {cls_name}, or a pipeline YAML with a {stage}: section")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, dotted keys as for train "
+                                                                    "(limit=10 teacher.base_url=http://...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the same as a bare KEY=VALUE")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def stage_overrides(args) -> list[tuple[str, object]]:
+    return [parse_override(s) for s in args.overrides + args.set]
 
 
 def load_stage_config(cls, path: Path, stage: str, overrides: list[tuple[str, object]] = ()):
