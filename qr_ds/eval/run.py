@@ -13,7 +13,7 @@ from typing import Callable
 
 from qr_ds.data.format import encode_prompt, render_prompt
 from qr_ds.data.jsonl import write_jsonl
-from qr_ds.data.pool import load_pool, normalise_question, pool_questions
+from qr_ds.data.pool import normalise_question, pool_questions
 from qr_ds.eval.checkpoints import Adapter, checkpoints_of_run, read_checkpoint
 from qr_ds.eval.config import EvalConfig
 from qr_ds.eval.backends import make_backend
@@ -64,10 +64,9 @@ def teacher_split(pool: Path, examples: dict[str, list[Example]]) -> tuple[list[
     and those on the pool's other questions: the training questions, correct by construction once
     filtered, so never a row beside the test scores."""
     test = {(t, normalise_question(ex.question)) for t, exs in examples.items() for ex in exs}
-    question_of = {r.id: (r.task, normalise_question(r.question)) for r in load_pool(pool, log=lambda m: None).records}
     on_test, other = [], []
-    for row in teacher_rows(pool, list(examples)):
-        (on_test if question_of[row["id"]] in test else other).append(row)
+    for row in teacher_rows(pool, list(examples)):  # one pass over the pool
+        (on_test if (row["task"], normalise_question(row["question"])) in test else other).append(row)
     return on_test, other
 
 
@@ -90,12 +89,12 @@ def coincide(rows: list[dict]) -> dict[str, int] | None:
 def table_notes(pool: Path | None, pool_only: list[dict], ensembles: dict[str, int] | None) -> list[str]:
     notes = []
     if ensembles is not None:
-        notes.append(f"\nWith two students the vote and log-prob ensembles can differ only where the likelier "
+        notes.append(f"With two students the vote and log-prob ensembles can differ only where the likelier "
                      f"student gave no answer: they differ on {ensembles['differ']} of {ensembles['questions']} "
                      f"(checkpoint, question) pairs here.")
     for row in pool_only:
         cells = ", ".join(f"{t} {100 * c['accuracy']:.1f}% of {c['n']} paths" for t, c in row["tasks"].items())
-        notes.append(f"\nNot a test score: the teacher ({row['student']}) has no path on these test questions; "
+        notes.append(f"Not a test score: the teacher ({row['student']}) has no path on these test questions; "
                      f"its paths in the training pool `{pool}` are right in {cells} (a filtered pool is right "
                      f"by construction).")
     return notes
@@ -188,11 +187,13 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, fi
     write_jsonl(out / "predictions.jsonl", rows)
     (out / "adapters.json").write_text(json.dumps(served, indent=1))
     pool_only = summarize(off_test, tasks)
+    ensembles = coincide(rows)
+    notes = table_notes(pool, pool_only, ensembles)
     summary = {"tasks": tasks, "backend": backend.name, "teacher_pool": str(pool) if pool else None,
                "seconds": round(time.perf_counter() - t0, 2), "rows": table,
-               "teacher_pool_rows": pool_only, "ensembles_coincide": coincide(rows)}
+               "teacher_pool_rows": pool_only, "ensembles_coincide": ensembles, "notes": notes}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    md = "\n".join([markdown(table, tasks), *table_notes(pool, pool_only, summary["ensembles_coincide"])])
+    md = "\n\n".join([markdown(table, tasks), *notes])
     (out / "summary.md").write_text(md + "\n")
     log(md)
     return summary

@@ -51,7 +51,7 @@ def teacher_rows(pool: Path, tasks: list[str]) -> list[dict]:
         pred = rec.answer if rec.correct is not None else task.extract(rec.response or "", ex)
         correct = rec.correct if rec.correct is not None else task.is_correct(pred, ex)
         out.append({"checkpoint": "teacher", "student": rec.teacher, "task": rec.task, "id": rec.id,
-                    "extracted": pred, "gold": rec.gold, "correct": bool(correct)})
+                    "question": rec.question, "extracted": pred, "gold": rec.gold, "correct": bool(correct)})
     return out
 
 

@@ -28,6 +28,7 @@ class EvalOutputs:
     table: list[dict]  # summary.json rows
     predictions: list[dict]
     checkpoint_dirs: dict[str, CheckpointDir] = field(default_factory=dict)  # row's checkpoint label -> folder
+    notes: list[str] = field(default_factory=list)  # what the eval says beside its table (the teacher's pool figure)
 
 
 def load_eval(path: Path) -> EvalOutputs:
@@ -37,7 +38,8 @@ def load_eval(path: Path) -> EvalOutputs:
     summary = json.loads((path / "summary.json").read_text())
     served = json.loads((path / "adapters.json").read_text())
     dirs = {a["checkpoint"]: CheckpointDir.of_weights(Path(a["path"]).resolve()) for a in served}
-    return EvalOutputs(path, summary["tasks"], summary["rows"], read_jsonl(path / "predictions.jsonl"), dirs)
+    return EvalOutputs(path, summary["tasks"], summary["rows"], read_jsonl(path / "predictions.jsonl"), dirs,
+                       summary.get("notes", []))
 
 
 def evaluated_checkpoint(ev: EvalOutputs, run: Path) -> str | None:

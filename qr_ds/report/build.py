@@ -57,7 +57,7 @@ def accuracy_section(groups: list[Group], eval_dirs: list[Path], budgets: dict,
                 labels[ckpt] = run.label
         table = relabelled_table(ev, labels)
         tables.append({"eval": str(ev.path), "tasks": ev.tasks, "checkpoints": labels, "rows": table})
-        md += [f"From `{ev.path}`:", "", accuracy_markdown(table, ev.tasks), ""]
+        md += [f"From `{ev.path}`:", "", accuracy_markdown(table, ev.tasks), ""] + [f"{n}\n" for n in ev.notes]
     return md, {"groups": per_group, "paired_tests": tests, "tables": tables}
 
 

@@ -75,10 +75,9 @@ def check_group(label: str, runs: list[Run], may_differ: tuple[str, ...] = ()) -
             raise ValueError(f"report: group {label!r}: {by_seed[run.seed].path} and {run.path} both have seed "
                              f"{run.seed}; a group holds one run per training seed")
         by_seed[run.seed] = run
-    first = flatten(runs[0].config)
+    first, allowed = flatten(runs[0].config), set(SEED_KEYS) | set(may_differ)
     for run in runs[1:]:
         other = flatten(run.config)
-        allowed = set(SEED_KEYS) | set(may_differ)
         keys = sorted(k for k in first.keys() | other.keys()
                       if re.sub(r"\[\d+\]", "[]", k) not in allowed and k not in allowed and first.get(k) != other.get(k))
         if keys:

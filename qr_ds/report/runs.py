@@ -117,8 +117,8 @@ def final_routing(run: Path) -> dict | None:
             "levels": [r.level for r in chosen]}
 
 
-# Paths routed per batch: the router's own batch, so each probability is computed exactly as when
-# the whole selection went through ``RoutingPolicy.probabilities`` at once.
+# Paths routed per batch: a memory bound (the router scores each path on its own, so batching
+# changes nothing but the float summation order).
 ROUTE_BATCH = 4096
 
 
