@@ -2,7 +2,6 @@
 in the run folder), WANDB_PROJECT honoured, and the run named by the config, not by its folder."""
 import json
 
-import pytest
 import wandb  # noqa: F401  (a dev dependency: this test must run, not skip)
 
 from qr_ds.run_layout import RunDir

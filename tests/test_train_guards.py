@@ -47,14 +47,14 @@ def test_pid_files_of_an_earlier_launch_are_not_blamed(tmp_path, monkeypatch):
 
 
 def test_stopped_rank_is_named(tmp_path, monkeypatch, capsys):
-    from qr_ds.distributed.health import write_pid_file
+    from qr_ds.distributed.health import launch_id, write_pid_file
     from qr_ds.train.launch import report_lost_ranks
 
     monkeypatch.setenv("MASTER_PORT", "3333")
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         os.kill(proc.pid, signal.SIGSTOP)
-        (tmp_path / "rank1.pid").write_text(f"{proc.pid} :3333")
+        (tmp_path / "rank1.pid").write_text(f"{proc.pid} {launch_id()}")  # whatever MASTER_ADDR an earlier test left
         write_pid_file(tmp_path, 0)
         old = signal.getsignal(signal.SIGTERM)
         report_lost_ranks(tmp_path, wait_s=0.2)
