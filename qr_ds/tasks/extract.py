@@ -47,11 +47,6 @@ def strip_markdown(text: str) -> str:
 CANDIDATE_CHARS = 500  # longer boxed content is not an answer; a marker's line is cut here
 
 
-def braced(text: str, start: int) -> str | None:
-    """Content of the brace group opening at ``text[start - 1] == '{'``; None if unbalanced."""
-    return _boxed_contents(text, [start]).get(start)
-
-
 def _boxed_contents(text: str, starts: list[int]) -> dict[int, str]:
     """{start: content} for each brace group opening at ``text[start - 1]``, paired in one pass over
     the braces (scanning from each opener was quadratic: 63 KB of "\\boxed{" took 24 s). Unbalanced
