@@ -35,7 +35,7 @@ assert set(STYLES) == {s for half in HALVES.values() for s in half}, "each style
 
 
 def _encode(records, tok, max_len=192):
-    from qr_ds.train.data import encode_all
+    from qr_ds.train.encoding import encode_all
 
     return encode_all(records, [tok], max_len, 8)[0][0]
 

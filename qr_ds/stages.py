@@ -57,32 +57,13 @@ def load_stage_config(cls, path: Path, stage: str, overrides: list[tuple[str, ob
         apply_override(data, dotted, value)
     try:
         cfg = from_dict(cls, data)
-        refuse_overwrite(*stage_files(stage, cfg), config_file=Path(path))
+        refuse_overwrite(*cfg.files(), config_file=Path(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return cfg
 
 
 # ---- nothing overwritten -------------------------------------------------------------------------
-
-def stage_files(stage: str, cfg) -> tuple[dict[str, Path], dict[str, Path]]:
-    """(outputs, inputs) of a stage run, each by the config key that names it."""
-    if stage == "generate":
-        from qr_ds.teacher.generate import log_path
-
-        return {"out": cfg.out, "out (its request log)": log_path(cfg.out)}, {"data": Path(cfg.data)}
-    if stage == "filter":
-        from qr_ds.filter.run import judge_log_path, report_paths
-
-        md, js = report_paths(cfg.out)
-        return ({"out": cfg.out, "out (its judge log)": judge_log_path(cfg.out), "out (its retention table)": md,
-                 "out (its retention JSON)": js}, {"pool": cfg.pool})
-    if stage == "embed":
-        from qr_ds.embed.run import matrix_path
-
-        return {"out": cfg.out, "out (its matrix)": matrix_path(cfg.out)}, {"pool": cfg.pool}
-    return {}, {}
-
 
 def _resolved(path: Path) -> Path:
     try:

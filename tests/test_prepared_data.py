@@ -55,7 +55,8 @@ def _tokenizers(cfg):
 def test_mapped_data_equals_the_in_memory_encoding(kit):
     from qr_ds.data.pool import load_pool, record_lines
     from qr_ds.embed.lookup import gather_embeddings
-    from qr_ds.train.data import TrainData, encode_all, select_paths, unseen_nats_of
+    from qr_ds.train.data import TrainData, unseen_nats_of
+    from qr_ds.train.encoding import encode_all, select_paths
 
     _, cfg = _cfg(kit, "equal", data={"pool": str(kit[1]), "max_len": 256, "paths_per_question": 4})
     toks = _tokenizers(cfg)

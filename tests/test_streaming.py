@@ -24,7 +24,7 @@ from qr_ds.run_layout import RunDir
 from qr_ds.tasks import Example, get_task
 from qr_ds.testing.builders import ROOT, synthetic_records
 from qr_ds.train.config import TrainConfig
-from qr_ds.train.data import select_paths
+from qr_ds.train.encoding import select_paths
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_scale import StubEncoder, make_run, write_pool as write_scale_pool  # noqa: E402

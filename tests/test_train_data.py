@@ -47,7 +47,7 @@ def _per_path_reference(recs, tokenizers, lens, max_spans):
     """The encoding as it was before batching: one ``encode_sft`` per path and student."""
     from qr_ds.data.format import encode_sft, render_prompt
     from qr_ds.mutual.spans import common_spans, group_spans, token_span_ids
-    from qr_ds.train.data import instruction_for
+    from qr_ds.train.encoding import instruction_for
 
     per_student, n_spans = [[] for _ in tokenizers], []
     for rec in recs:
@@ -81,7 +81,7 @@ def _tiny_tokenizers(recs):
 
 def test_batched_encoding_equals_one_call_per_path():
     from qr_ds.testing.builders import synthetic_records
-    from qr_ds.train.data import encode_all
+    from qr_ds.train.encoding import encode_all
 
     recs = synthetic_records(6)
     recs[3].response = recs[3].response + " ünïcode ∑ and  two  spaces\n\nand a blank line"

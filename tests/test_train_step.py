@@ -132,7 +132,8 @@ def test_a_short_context_is_charged_for_the_text_it_cuts(strategy, kit):
     from qr_ds.data.pool import load_pool
     from qr_ds.tiny import tokenizer_dir
     from qr_ds.train.config import TrainConfig
-    from qr_ds.train.data import collate, encode_all
+    from qr_ds.train.data import collate
+    from qr_ds.train.encoding import encode_all
     from qr_ds.train.trainer import Trainer
 
     d, pool, studs = kit

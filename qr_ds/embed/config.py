@@ -7,6 +7,10 @@ from pathlib import Path
 from qr_ds.config import rule
 
 
+def matrix_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".npy")
+
+
 @dataclass
 class EmbedConfig:
     pool: Path = field(metadata=rule(help="pool JSONL to embed (usually the filtered pool)"))
@@ -18,3 +22,7 @@ class EmbedConfig:
     cache_dir: Path | None = field(default=None, metadata=rule(help="text-hash cache (default: <out folder>/embed_cache)"))
     device: str | None = field(default=None, metadata=rule(help="torch device (default: cuda if available)"))
     min_embedded_share: float = field(default=1.0, metadata=rule(min=0.0, max=1.0, help="the run stops before encoding (exit 2, naming the quarantine file) when a smaller share of the pool's paths can be embedded: those with a response, over those plus the lines refused at load; none at all always fails"))
+
+    def files(self) -> tuple[dict[str, Path], dict[str, Path]]:
+        """(outputs, inputs), each by the config key that names it: stages refuse an output that is an input."""
+        return {"out": self.out, "out (its matrix)": matrix_path(self.out)}, {"pool": self.pool}

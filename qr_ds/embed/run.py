@@ -20,13 +20,9 @@ from tqdm import tqdm
 
 from qr_ds.data.jsonl import JsonlAppender, iter_jsonl, iter_lines, naming_path, repair_tail
 from qr_ds.data.pool import EmbeddingRef, PathRecord, PoolStream, write_pool
-from qr_ds.embed.config import EmbedConfig
+from qr_ds.embed.config import EmbedConfig, matrix_path
 from qr_ds.embed.encoder import Encoder, encoder_slug
 from qr_ds.embed.lookup import text_hash
-
-
-def matrix_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".npy")
 
 
 class VectorCache:

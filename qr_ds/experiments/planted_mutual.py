@@ -61,7 +61,8 @@ def _batch_loss(student, batch, max_spans: int):
 def run_competence(p: Competence, form: str = "anchored") -> dict:
     """Pre-train student 0, then train both with the mutual loss in ``form``; return gamma and ||z||."""
     from qr_ds.testing.builders import synthetic_records
-    from qr_ds.train.data import collate, encode_all
+    from qr_ds.train.data import collate
+    from qr_ds.train.encoding import encode_all
     from qr_ds.train.student import Student
 
     torch.manual_seed(p.seed)

@@ -111,7 +111,8 @@ def sft(student_dir: Path, records: list[PathRecord], max_len: int, steps: int, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qr_ds.tiny import tokenizer_dir
-    from qr_ds.train.data import collate, encode_all
+    from qr_ds.train.data import collate
+    from qr_ds.train.encoding import encode_all
     from qr_ds.train.optim import build_optimizer, build_schedule
     from qr_ds.train.student import Student
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from qr_ds.mutual.heads import MutualHead
 from qr_ds.mutual.loss import mutual_loss
-from qr_ds.train.data import collate, encode_all
+from qr_ds.train.data import collate
+from qr_ds.train.encoding import encode_all
 from qr_ds.train.student import Student
 
 X_STYLES = ("program", "fact_retrieval", "backward")  # A's alone: B never SFT-trains on them

@@ -18,6 +18,14 @@ HOW_TO_JUDGE = """Name a judge in the filter config (a pipeline YAML's filter: s
   judge: {backend: none}                         # skip step 2: keep every correct path (same as --no-judge)"""
 
 
+def judge_log_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".judge.jsonl")
+
+
+def report_paths(out: Path) -> tuple[Path, Path]:
+    return out.with_name(out.stem + ".retention.md"), out.with_name(out.stem + ".retention.json")
+
+
 @dataclass
 class JudgeConfig(TeacherConfig):
     # No default backend: a judge that was never named must not silently pass every path.
@@ -44,6 +52,12 @@ class FilterConfig:
     min_success_share: float = field(default=0.5, metadata=rule(min=0.0, max=1.0, help=(
         "the run fails (exit 1, with the table) when fewer of the pool's records have a response or fewer "
         "judge requests got a reply; keeping no path always fails")))
+
+    def files(self) -> tuple[dict[str, Path], dict[str, Path]]:
+        """(outputs, inputs), each by the config key that names it: stages refuse an output that is an input."""
+        md, js = report_paths(self.out)
+        return ({"out": self.out, "out (its judge log)": judge_log_path(self.out), "out (its retention table)": md,
+                 "out (its retention JSON)": js}, {"pool": self.pool})
 
     def validate(self, key: str = "") -> None:
         if not self.judge.backend:

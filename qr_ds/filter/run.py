@@ -24,7 +24,7 @@ from tqdm import tqdm
 from qr_ds.config import ConfigError
 from qr_ds.data.jsonl import JsonlAppender, iter_jsonl, repair_tail
 from qr_ds.data.pool import JudgeVerdict, PathRecord, PoolStream, write_pool
-from qr_ds.filter.config import HOW_TO_JUDGE, FilterConfig, JudgeConfig
+from qr_ds.filter.config import HOW_TO_JUDGE, FilterConfig, JudgeConfig, judge_log_path, report_paths
 from qr_ds.filter.judge import judge_prompt, parse_verdict
 from qr_ds.stages import StageFailed, derive_seed, output_lock
 from qr_ds.teacher.backends import make_teacher
@@ -32,14 +32,6 @@ from qr_ds.teacher.base import Completion, Request, Teacher
 
 STAND_IN = "scripted stand-in judge (not an LLM; synthetic task only)"
 NO_JUDGE = "none: step 2 skipped"
-
-
-def judge_log_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".judge.jsonl")
-
-
-def report_paths(out: Path) -> tuple[Path, Path]:
-    return out.with_name(out.stem + ".retention.md"), out.with_name(out.stem + ".retention.json")
 
 
 def judged_by(judge: JudgeConfig) -> str:

@@ -74,7 +74,7 @@ def final_routing(run: Path) -> dict | None:
     from qr_ds.config import load_config
     from qr_ds.routing.policy import RoutingPolicy
     from qr_ds.train.config import TrainConfig
-    from qr_ds.train.data import select_paths
+    from qr_ds.train.encoding import select_paths
 
     layout = RunDir(run)
     cfg = load_config(TrainConfig, layout.config)

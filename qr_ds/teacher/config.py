@@ -29,6 +29,11 @@ def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
     return urlunsplit(parts._replace(netloc=host)), (unquote(user), unquote(password))
 
 
+def log_path(out: Path) -> Path:
+    """Every try of every path, beside the pool: generate resumes from it."""
+    return out.with_name(out.stem + ".log.jsonl")
+
+
 @dataclass
 class SamplingConfig:
     temperature: float = field(default=0.7, metadata=rule(min=0.0, max=2.0, help="sampling temperature"))
@@ -118,6 +123,10 @@ class GenerateConfig:
         for s in self.styles or []:
             if s not in known:
                 raise ConfigError(f"config key 'styles': unknown style {s!r}; known: {', '.join(sorted(known))}")
+
+    def files(self) -> tuple[dict[str, Path], dict[str, Path]]:
+        """(outputs, inputs), each by the config key that names it: stages refuse an output that is an input."""
+        return {"out": self.out, "out (its request log)": log_path(self.out)}, {"data": Path(self.data)}
 
     def style_templates(self, all_styles: bool = False) -> dict[str, str]:
         from qr_ds.data.styles import DEFAULT_TEMPLATES

@@ -27,7 +27,7 @@ from qr_ds.stages import StageFailed, derive_seed, output_lock
 from qr_ds.tasks.base import Example, LoadedExamples, Task, is_file_source, is_test_split
 from qr_ds.teacher.backends import make_teacher
 from qr_ds.teacher.base import Completion, Request, Teacher
-from qr_ds.teacher.config import GenerateConfig, TeacherConfig
+from qr_ds.teacher.config import GenerateConfig, TeacherConfig, log_path
 
 Key = tuple[str, str, str]
 
@@ -56,10 +56,6 @@ class GenerateStats:
 
 class TooFewSucceeded(StageFailed):
     """Less than ``min_success_share`` of the planned paths have a response."""
-
-
-def log_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".log.jsonl")
 
 
 def sampling_params(cfg: TeacherConfig) -> dict:

@@ -197,7 +197,7 @@ def pool_problems(cfg: TrainConfig) -> list[str]:
         why = f"all {len(report.rejected)} lines refused, e.g. {pool}:{report.rejected[0][0]}: {report.rejected[0][1]}" \
             if report.rejected else "it holds no records"
         return [f"config key 'data.pool': {pool}: nothing to train on: {why}"]
-    from qr_ds.train.data import select_paths
+    from qr_ds.train.encoding import select_paths
 
     lines = record_lines(report)
     try:

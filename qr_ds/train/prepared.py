@@ -31,7 +31,7 @@ from qr_ds.distributed.health import launch_id
 from qr_ds.distributed.topology import local_rank
 from qr_ds.embed.lookup import gather_embeddings
 from qr_ds.train.config import TrainConfig
-from qr_ds.train.data import Encoded, iter_encoded, select_paths
+from qr_ds.train.encoding import Encoded, iter_encoded, select_paths
 
 VERSION = 1  # bump when the folder's layout or the encoding changes: old folders are then not reused
 DONE = "meta.json"  # written last: a folder holding it is complete
