@@ -176,3 +176,32 @@ def test_rebase_aligns_different_prompts():
 def test_bad_range_is_reported():
     with pytest.raises(ValueError, match="response range"):
         common_spans([[(0, 1)]], 5, 2)
+
+
+def test_align_arrays_gives_the_reference_spans_on_random_text(tokenizers):
+    """The builder's array form against ``align`` on 300 random texts: unicode, runs of spaces,
+    tabs and blank lines (where tokenizers disagree on whitespace, so spans must merge), a prompt
+    before the response (negative offsets), paths cut at a token budget, 1 to 1000 spans."""
+    import random
+
+    import numpy as np
+
+    from qr_ds.mutual.spans import align_arrays
+
+    rnd = random.Random(0)
+    words = ["the", "pens", "  ", "ünï", "∑", "12", "+", "\n\n", "\t", "x=3", "🙂", "東京", "é", "—", "(8)", "1.25"]
+    merged = compared = 0
+    for _ in range(300):
+        response = "".join(rnd.choice(words) + rnd.choice(["", " ", "   "]) for _ in range(rnd.randint(0, 60)))
+        encs, start, _ = _encode_all(tokenizers, response)
+        rels = [rebase(e.offsets[: rnd.choice([len(e.offsets), rnd.randint(0, len(e.offsets))])], start) for e in encs]
+        end = min(min(max([b for a, b in r if b > a] + [0]) for r in rels), len(response))
+        for sub in (rels, rels[:2], rels[1:]):
+            for m in (1, 3, 1000):
+                spans, want = align(sub, 0, end, m)
+                n, got = align_arrays([np.asarray(r, np.int64).reshape(-1, 2) for r in sub], end, m)
+                assert n == len(spans) and [g.tolist() for g in got] == want, (response, m)
+                compared += 1
+        merged += len(common_spans(rels, 0, end)) < len(set.intersection(*(
+            {x for a, b in r if a < b and a >= 0 and b <= end for x in (a, b)} for r in rels))) - 1
+    assert compared == 2700 and merged > 20  # tokenizers disagreed (spans merged, boundaries dropped), often

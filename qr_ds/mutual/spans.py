@@ -4,10 +4,16 @@ Students have different tokenizers, so token positions never line up; character 
 A span is a stretch of the response whose two ends are token boundaries in every tokenizer, so
 each student can mean-pool its own tokens inside it and the pooled vectors describe the same text.
 Offsets are (start, end) character ranges as fast tokenizers return them; (0, 0) marks specials.
+
+The functions over lists of offsets are the reference; ``align_arrays`` computes the same spans
+over (T, 2) arrays, a few array operations per path instead of a Python step per token and
+character, for the training data builder (a pool holds up to a million paths).
 """
 from __future__ import annotations
 
 from bisect import bisect_right
+
+import numpy as np
 
 Span = tuple[int, int]
 Offsets = list[tuple[int, int]]
@@ -109,3 +115,58 @@ def align(
     """Grouped common spans and, per tokenizer, each token's span index."""
     spans = group_spans(common_spans(tokenizers_offsets, start, end), max_spans)
     return spans, [token_span_ids(o, spans) for o in tokenizers_offsets]
+
+
+def align_arrays(offsets: list[np.ndarray], end: int, max_spans: int) -> tuple[int, list[np.ndarray]]:
+    """``align`` over [0, end) for offsets given as (T, 2) integer arrays: the number of grouped
+    spans and, per tokenizer, each token's span index (-1 outside every span)."""
+    if max_spans < 1:
+        raise ValueError(f"group_spans: max_spans must be >= 1, got {max_spans}")
+    L = end + 1  # character positions 0..end
+    shared = np.ones(L, bool)
+    starts_before = []  # per tokenizer: starts_before[x] = tokens starting before position x
+    for off in offsets:
+        a, b = off[:, 0], off[:, 1]
+        live = a < b
+        over = live & (b > 0) & (a < end)  # positions a+1..b-1 of these lie strictly inside a token
+        lo, hi = np.maximum(a[over] + 1, 0), np.minimum(b[over] - 1, end)
+        keep = lo <= hi
+        diff = np.bincount(lo[keep], minlength=L + 1) - np.bincount(hi[keep] + 1, minlength=L + 1)
+        inside = live & (a >= 0) & (b <= end)
+        bound = np.zeros(L, bool)
+        bound[a[inside]] = True
+        bound[b[inside]] = True
+        shared &= bound & (np.cumsum(diff[:L]) == 0)
+        starts_before.append(np.concatenate([[0], np.cumsum(np.bincount(a[inside], minlength=L))]))
+    cuts = np.flatnonzero(shared)
+    if len(cuts) < 2:
+        return 0, [np.full(len(o), -1, np.int64) for o in offsets]
+    # every tokenizer has a token in the elementary span [cuts[k], cuts[k+1])?
+    has = np.stack([sb[cuts[1:]] - sb[cuts[:-1]] > 0 for sb in starts_before])
+    if has.all():
+        los, his = cuts[:-1], cuts[1:]
+    else:  # merge each elementary span lacking some tokenizer's token into the next (as common_spans)
+        bits = (has.astype(np.int64) << np.arange(len(offsets))[:, None]).sum(0).tolist()
+        full, seen, ends = (1 << len(offsets)) - 1, 0, []
+        for k, bit in enumerate(bits):
+            seen |= bit
+            if seen == full:
+                ends.append(k + 1)
+                seen = 0
+        if not ends:
+            return 0, [np.full(len(o), -1, np.int64) for o in offsets]
+        ends = np.asarray(ends)
+        los, his = cuts[np.concatenate([[0], ends[:-1]])], cuts[ends]
+        his[-1] = cuts[-1]  # a leftover tail joins the last span
+    n = len(los)
+    if n > max_spans:  # group_spans: contiguous groups of near-equal span count
+        size, extra = divmod(n, max_spans)
+        stops = np.cumsum([size + (g < extra) for g in range(max_spans)])
+        los, his, n = los[np.concatenate([[0], stops[:-1]])], his[stops - 1], max_spans
+    ids = []
+    for off in offsets:
+        a, b = off[:, 0], off[:, 1]
+        k = np.searchsorted(los, a, side="right") - 1
+        ok = (a < b) & (k >= 0) & (b <= his[np.maximum(k, 0)])
+        ids.append(np.where(ok, k, -1))
+    return n, ids
