@@ -6,6 +6,7 @@ answer/correct/judge, ``embed`` fills embedding, and the trainer reads the resul
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class PathRecord:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(PathRecord))
+_ALLOWED = frozenset(_FIELDS)
 
 
 def _plain(value: Any) -> Any:
@@ -96,8 +98,7 @@ def parse_record(obj: dict) -> PathRecord:
     schema = obj.get("schema", SCHEMA)
     if schema != SCHEMA:
         raise RecordError("schema", f"unsupported schema {schema!r}; this version reads {SCHEMA!r}")
-    allowed = {f.name for f in dataclasses.fields(PathRecord)}
-    unknown = sorted(set(obj) - allowed)
+    unknown = sorted(set(obj) - _ALLOWED)
     if unknown:
         raise RecordError(unknown[0], "unknown field (put extra data under 'meta')")
     for k in _REQUIRED_STR:
@@ -131,7 +132,7 @@ def parse_record(obj: dict) -> PathRecord:
     emb = obj.get("embedding")
     if emb is not None:
         emb = parse_embedding_ref(emb)
-    kw = {k: obj[k] for k in allowed if k in obj}
+    kw = {k: obj[k] for k in _ALLOWED if k in obj}
     kw.update(judge=judge, embedding=emb, schema=SCHEMA)
     return PathRecord(**kw)
 
@@ -146,14 +147,19 @@ def parse_embedding_ref(emb: Any) -> EmbeddingRef:
     file, row, text_hash = emb.get("file"), emb.get("row"), emb.get("text_hash", "")
     if not isinstance(file, str) or not file:
         raise RecordError("embedding.file", f"expected a file name, got {file!r}")
-    # A pool names its matrix beside itself: an absolute or '..' path would let a pool load any file.
-    if PurePath(file).is_absolute() or ".." in PurePath(file).parts:
+    if not _inside_folder(file):
         raise RecordError("embedding.file", f"{file!r} must be relative to the pool's folder, without '..'")
     if not isinstance(row, int) or isinstance(row, bool) or row < 0:
         raise RecordError("embedding.row", f"expected an integer >= 0, got {row!r}")
     if not isinstance(text_hash, str):
         raise RecordError("embedding.text_hash", f"expected a string, got {text_hash!r}")
     return EmbeddingRef(file=file, row=row, text_hash=text_hash)
+
+
+@functools.lru_cache(maxsize=64)  # a pool names one or a few matrices, a million times
+def _inside_folder(file: str) -> bool:
+    # A pool names its matrix beside itself: an absolute or '..' path would let a pool load any file.
+    return not (PurePath(file).is_absolute() or ".." in PurePath(file).parts)
 
 
 def record_lines(report: LoadReport[PathRecord]) -> dict[str, int]:

@@ -43,20 +43,32 @@ def load_matrix(pool_file: Path, file: str) -> np.ndarray:
 def gather_embeddings(pool_file: Path, records: list[PathRecord],
                       lines: Mapping[str, int] | None = None) -> np.ndarray:
     """One float32 row per record, in order. ``lines`` (record id -> line, see
-    ``qr_ds.data.pool.record_lines``) lets every error name the record's line in ``pool_file``."""
+    ``qr_ds.data.pool.record_lines``) lets every error name the record's line in ``pool_file``.
+    Each record is checked on its own; the rows are read from each matrix in one indexed read."""
     lines = lines or {}
     matrices: dict[str, np.ndarray] = {}
-    rows = []
-    for rec in records:
-        where = f"{pool_file}:{lines[rec.id]}" if rec.id in lines else str(pool_file)
+    at = np.empty(len(records), np.int64)
+    for k, rec in enumerate(records):
         try:
-            rows.append(_row(pool_file, rec, matrices))
+            at[k] = _checked_row(pool_file, rec, matrices)
         except EmbeddingError as e:
+            where = f"{pool_file}:{lines[rec.id]}" if rec.id in lines else str(pool_file)
             raise EmbeddingError(f"{where}: record {rec.id!r}: {e}") from None
-    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+    if not records:
+        return np.zeros((0, 0), np.float32)
+    widths = {m.shape[1] for m in matrices.values()}
+    if len(widths) > 1:
+        raise ValueError(f"{pool_file}: embeddings of different widths {sorted(widths)} in "
+                         f"{sorted(matrices)}: all paths must come from one encoder")
+    out = np.empty((len(records), widths.pop()), np.float32)
+    files = np.array([rec.embedding.file for rec in records], dtype=object)
+    for name, matrix in matrices.items():
+        mine = np.flatnonzero(files == name) if len(matrices) > 1 else np.arange(len(records))
+        out[mine] = matrix[at[mine]]
+    return out
 
 
-def _row(pool_file: Path, rec: PathRecord, matrices: dict[str, np.ndarray]) -> np.ndarray:
+def _checked_row(pool_file: Path, rec: PathRecord, matrices: dict[str, np.ndarray]) -> int:
     ref = rec.embedding
     if ref is None:
         raise EmbeddingError("no embedding: run `qr-ds embed` (or set router.enabled: false)")
@@ -70,4 +82,4 @@ def _row(pool_file: Path, rec: PathRecord, matrices: dict[str, np.ndarray]) -> n
     if ref.text_hash != actual:
         raise EmbeddingError(f"embedding.text_hash {ref.text_hash!r} is not the hash of this response ({actual!r}): "
                              "the vector belongs to another text; re-run `qr-ds embed`")
-    return np.asarray(matrix[ref.row], dtype=np.float32)
+    return ref.row
