@@ -87,7 +87,9 @@ def test_batched_encoding_equals_one_call_per_path():
     recs[3].response = recs[3].response + " ünïcode ∑ and  two  spaces\n\nand a blank line"
     toks = _tiny_tokenizers(recs)
     lens = [180, 4096, 100]  # two students cut, one whole: truncation and unseen text both covered
+    toks[1].backend_tokenizer.enable_truncation(20)  # as a saved tokenizer.json may carry: the call ignores it
     got, got_spans = encode_all(recs, toks, lens, max_spans=5)
+    assert toks[1].backend_tokenizer.truncation["max_length"] == 20  # the caller's tokenizer left as it was
     want, want_spans = _per_path_reference(recs, toks, lens, 5)
     assert got_spans == want_spans and max(got_spans) > 1
     for s in range(len(toks)):
@@ -106,3 +108,32 @@ def test_question_groups_match_a_scan_per_question():
     assert len(got) == 7 and len(got[3]) == 0
     for q in range(7):
         assert torch.equal(got[q], torch.nonzero(qi == q).flatten())
+
+
+def _selection_config(**data):
+    from qr_ds.config import from_dict
+    from qr_ds.train.config import TrainConfig
+
+    return from_dict(TrainConfig, {"students": [{"name": "a", "model": "m"}, {"name": "b", "model": "m"}],
+                                   "data": {"pool": "pool.jsonl", **data}, "output_dir": "out"})
+
+
+def test_selection_streams_in_pool_order_and_says_why_nothing_is_left():
+    import dataclasses
+
+    import pytest
+
+    from qr_ds.testing.builders import synthetic_records
+    from qr_ds.train.encoding import select_paths, selected
+
+    recs = synthetic_records(3)  # six paths per question, questions one after another
+    mixed = [recs[i + 6 * q] for i in range(6) for q in range(3)]  # interleaved: q0 q1 q2 q0 q1 q2 ...
+    mixed[0] = dataclasses.replace(mixed[0], correct=False)
+    got = select_paths(_selection_config(paths_per_question=2), mixed)
+    assert [r.id for r in got] == [r.id for r in mixed[1:7]]  # the first two right ones of each question, pool order
+    assert [line for line, _ in selected(_selection_config(limit=4), enumerate(mixed))] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="run `qr-ds filter` first"):
+        select_paths(_selection_config(), [dataclasses.replace(r, correct=None) for r in recs])
+    with pytest.raises(ValueError, match="no paths left"):
+        select_paths(_selection_config(), [dataclasses.replace(r, correct=False) for r in recs])
+    assert len(select_paths(_selection_config(quality_filter=False), [dataclasses.replace(r, correct=None) for r in recs])) == 18

@@ -27,7 +27,7 @@ def render_prompt(tokenizer, question: str, instruction: str) -> str:
     return PLAIN_TEMPLATE.format(question=question, instruction=instruction)
 
 
-def _tokenizer_adds_specials(tokenizer, prompt: str) -> bool:
+def tokenizer_adds_specials(tokenizer, prompt: str) -> bool:
     """BOS exactly once: from the chat template or the prompt text when they carry it, else from the tokenizer."""
     bos = getattr(tokenizer, "bos_token", None)
     return not (bos and prompt.startswith(bos)) and not getattr(tokenizer, "chat_template", None)
@@ -35,7 +35,7 @@ def _tokenizer_adds_specials(tokenizer, prompt: str) -> bool:
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
     """Prompt ids exactly as training saw them."""
-    return tokenizer(prompt, add_special_tokens=_tokenizer_adds_specials(tokenizer, prompt))["input_ids"]
+    return tokenizer(prompt, add_special_tokens=tokenizer_adds_specials(tokenizer, prompt))["input_ids"]
 
 
 @dataclass
@@ -47,27 +47,13 @@ class EncodedExample:
 
 
 def encode_sft(tokenizer, prompt: str, response: str) -> EncodedExample:
-    """Prompt + response + EOS, tokenized together, with character offsets for span alignment."""
-    return encode_sft_batch(tokenizer, [prompt], [response])[0]
-
-
-def encode_sft_batch(tokenizer, prompts: list[str], responses: list[str]) -> list[EncodedExample]:
-    """``encode_sft`` for many paths, one tokenizer call per special-token setting: the fast
-    tokenizer's batched call runs in Rust, a call per path pays Python's overhead each time."""
-    eos = tokenizer.eos_token or ""
-    out: list = [None] * len(prompts)
-    groups: dict[bool, list[int]] = {}
-    for i, prompt in enumerate(prompts):  # BOS exactly once: decided per prompt
-        groups.setdefault(_tokenizer_adds_specials(tokenizer, prompt), []).append(i)
-    for specials, rows in groups.items():
-        texts = [prompts[i] + responses[i] + eos for i in rows]
-        enc = tokenizer(texts, add_special_tokens=specials, return_offsets_mapping=True)
-        offsets = enc.get("offset_mapping")
-        if offsets is None:
-            raise ValueError(
-                f"tokenizer {type(tokenizer).__name__} gives no offset mapping; qr_ds aligns students on "
-                "character spans and needs a fast tokenizer (use_fast=True)"
-            )
-        for i, text, ids, offs in zip(rows, texts, enc["input_ids"], offsets):
-            out[i] = EncodedExample(list(ids), [tuple(o) for o in offs], len(prompts[i]), text)
-    return out
+    """Prompt + response + EOS, tokenized together, with character offsets for span alignment: the
+    reference for the training data builder, which calls the tokenizer's Rust pipeline in batches
+    (train/encoding.py) and is tested against this."""
+    text = prompt + response + (tokenizer.eos_token or "")
+    enc = tokenizer(text, add_special_tokens=tokenizer_adds_specials(tokenizer, prompt), return_offsets_mapping=True)
+    offsets = enc.get("offset_mapping")
+    if offsets is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} gives no offset mapping; qr_ds aligns students on "
+                         "character spans and needs a fast tokenizer (use_fast=True)")
+    return EncodedExample(list(enc["input_ids"]), [tuple(o) for o in offsets], len(prompt), text)

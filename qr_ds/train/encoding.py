@@ -1,14 +1,17 @@
-"""Paths to token ids: the selection rules, one tokenizer call per chunk and student, and the
-alignment of every student's tokens on character spans of the path text that all of them share."""
+"""Paths to token ids: the selection rules (streamed), one tokenizer call per chunk and student, and
+the alignment of every student's tokens on character spans of the path text that all of them share."""
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
-from qr_ds.data.format import EncodedExample, encode_sft_batch, render_prompt
+import numpy as np
+
+from qr_ds.data.format import render_prompt, tokenizer_adds_specials
 from qr_ds.data.pool import PathRecord
-from qr_ds.mutual.spans import common_spans, group_spans, token_span_ids
+from qr_ds.mutual.spans import align_arrays
 from qr_ds.train.config import TrainConfig
 
 
@@ -21,26 +24,49 @@ class Encoded:
     unseen_chars: int = 0  # characters of the path past the cut
 
 
-def select_paths(cfg: TrainConfig, records: list[PathRecord]) -> list[PathRecord]:
-    recs = [r for r in records if r.ok]
-    if cfg.data.quality_filter:
-        if recs and all(r.correct is None for r in recs):
-            raise ValueError(f"{cfg.data.pool}: no record has 'correct' set: run `qr-ds filter` first, "
-                             "or set data.quality_filter: false to train on unfiltered paths")
-        # The filter decides what an UNPARSEABLE verdict means (keep_unparseable) and writes only
-        # what it keeps; here only what it rejected outright is dropped, so both agree.
-        recs = [r for r in recs if r.correct and (r.judge is None or r.judge.verdict != "INVALID")]
-    if cfg.data.paths_per_question:
-        by_q: dict[str, list[PathRecord]] = defaultdict(list)
-        for r in recs:
-            by_q[r.question_id].append(r)
-        recs = [r for q in by_q.values() for r in q[: cfg.data.paths_per_question]]
-    if cfg.data.limit:
-        recs = recs[: cfg.data.limit]
-    if not recs:
+R = TypeVar("R")
+
+
+def selected(cfg: TrainConfig, stream: Iterable[tuple[int, R]]) -> Iterator[tuple[int, R]]:
+    """The (line, record) pairs the trainer trains on, in pool order, streamed: the ok ones; with
+    ``data.quality_filter`` those the filter judged right and the judge did not reject; the first
+    ``data.paths_per_question`` of each question; at most ``data.limit``. Raises if none is left."""
+    per_question: Counter = Counter()
+    n = ok = checked = 0
+    for line, r in stream:
+        if not r.ok:
+            continue
+        ok += 1
+        if cfg.data.quality_filter:
+            checked += r.correct is not None
+            # The filter decides what an UNPARSEABLE verdict means (keep_unparseable) and writes only
+            # what it keeps; here only what it rejected outright is dropped, so both agree.
+            if not r.correct or (r.judge is not None and r.judge.verdict == "INVALID"):
+                continue
+        if cfg.data.paths_per_question:
+            if per_question[r.question_id] >= cfg.data.paths_per_question:
+                continue
+            per_question[r.question_id] += 1
+        yield line, r
+        n += 1
+        if n == cfg.data.limit:
+            return
+    if n == 0 and ok and cfg.data.quality_filter and not checked:
+        raise ValueError(f"{cfg.data.pool}: no record has 'correct' set: run `qr-ds filter` first, "
+                         "or set data.quality_filter: false to train on unfiltered paths")
+    if n == 0:
         raise ValueError(f"{cfg.data.pool}: no paths left to train on after selection "
                          f"(quality_filter={cfg.data.quality_filter}, paths_per_question={cfg.data.paths_per_question})")
-    return recs
+
+
+def select_paths(cfg: TrainConfig, records: list[R]) -> list[R]:
+    return [r for _, r in selected(cfg, enumerate(records))]
+
+
+def chunked(items: Iterable[R], size: int) -> Iterator[list[R]]:
+    it = iter(items)
+    while part := list(islice(it, size)):
+        yield part
 
 
 def instruction_for(task: str) -> str:
@@ -49,41 +75,95 @@ def instruction_for(task: str) -> str:
     return get_task(task).instruction
 
 
-def iter_encoded(recs: Sequence[PathRecord], tokenizers: list, lens: Sequence[int], max_spans: int,
-                 chunk: int = 1024) -> Iterator[tuple[list[Encoded], int]]:
-    """Per path, in order: each student's ``Encoded`` and the number of shared spans. Tokenizes
-    ``chunk`` paths per batched call, so memory holds one chunk, never the pool."""
-    instructions: dict[str, str] = {}
-    for lo in range(0, len(recs), chunk):
-        part = recs[lo: lo + chunk]
+@dataclass
+class EncodedArrays:
+    """One student's encoding of one path, as the builder writes it."""
+
+    input_ids: np.ndarray  # int32
+    is_label: np.ndarray  # bool: response and EOS tokens
+    span_ids: np.ndarray  # -1 outside every shared span
+    truncated: bool
+    unseen_chars: int
+
+    def to_encoded(self) -> Encoded:
+        ids = self.input_ids.tolist()
+        return Encoded(ids, np.where(self.is_label, self.input_ids, -100).tolist(), self.span_ids.tolist(),
+                       self.truncated, self.unseen_chars)
+
+
+def rust_pipeline(tok):
+    """The fast tokenizer's Rust pipeline, set as the tokenizer's own call with default arguments
+    sets it (no truncation, no padding, its ``split_special_tokens``): the same ids and offsets,
+    without that call's per-token conversion to Python lists (a third of its time)."""
+    from tokenizers import Tokenizer
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"tokenizer {type(tok).__name__} gives no offset mapping; qr_ds aligns students on "
+                         "character spans and needs a fast tokenizer (use_fast=True)")
+    copy = Tokenizer.from_str(backend.to_str())  # the caller's tokenizer keeps its settings
+    copy.no_truncation()
+    copy.no_padding()
+    copy.encode_special_tokens = bool(getattr(tok, "split_special_tokens", False))
+    return copy
+
+
+def _encode_chunk(tok, pipeline, prompts: list[str], responses: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per path: ids and (T, 2) offsets of prompt + response + EOS, BOS exactly once (as encode_sft_batch)."""
+    eos = tok.eos_token or ""
+    out: list = [None] * len(prompts)
+    groups: dict[bool, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(tokenizer_adds_specials(tok, prompt), []).append(i)
+    for specials, rows in groups.items():
+        encs = pipeline.encode_batch([prompts[i] + responses[i] + eos for i in rows], add_special_tokens=specials)
+        for i, e in zip(rows, encs):
+            out[i] = (np.array(e.ids, np.int32), np.array(e.offsets, np.int64).reshape(-1, 2))
+    return out
+
+
+class ChunkEncoder:
+    """Tokenizes and aligns a chunk of paths for every student: one batched call per student."""
+
+    def __init__(self, tokenizers: list, lens: Sequence[int], max_spans: int):
+        self.tokenizers, self.lens, self.max_spans = tokenizers, lens, max_spans
+        self.pipelines = [rust_pipeline(tok) for tok in tokenizers]
+        self.instructions: dict[str, str] = {}
+
+    def __call__(self, part: Sequence[PathRecord]) -> list[tuple[list[EncodedArrays], int]]:
+        """Per path, in order: each student's ``EncodedArrays`` and the number of shared spans."""
         for r in part:
-            if r.task not in instructions:
-                instructions[r.task] = instruction_for(r.task)
-        prompts = [[render_prompt(tok, r.question, instructions[r.task]) for r in part] for tok in tokenizers]
-        batches = [encode_sft_batch(tok, p, [r.response for r in part]) for tok, p in zip(tokenizers, prompts)]
-        for j, rec in enumerate(part):
-            yield _align(rec, [b[j] for b in batches], lens, max_spans)
+            if r.task not in self.instructions:
+                self.instructions[r.task] = instruction_for(r.task)
+        responses = [r.response for r in part]
+        prompts = []
+        for tok in self.tokenizers:  # one rendering per question: its paths (styles, samples) share it
+            rendered: dict[tuple[str, str], str] = {}
+            for r in part:
+                if (r.task, r.question) not in rendered:
+                    rendered[r.task, r.question] = render_prompt(tok, r.question, self.instructions[r.task])
+            prompts.append([rendered[r.task, r.question] for r in part])
+        batches = [_encode_chunk(tok, pipe, p, responses) for tok, pipe, p in zip(self.tokenizers, self.pipelines, prompts)]
+        return [_align(len(rec.response), [b[j] for b in batches], [len(p[j]) for p in prompts], self.lens,
+                       self.max_spans) for j, rec in enumerate(part)]
 
 
-def _align(rec: PathRecord, encs: list[EncodedExample], lens: Sequence[int], max_spans: int) -> tuple[list[Encoded], int]:
-    cut_encs, rel_offsets, ends = [], [], []
-    for e, n in zip(encs, lens):
-        ids_all, offs_all, rstart = e.input_ids, e.offsets, e.response_start
-        ids, offs = ids_all[:n], offs_all[:n]
-        # Offsets relative to the response: prompts differ per student, the path text does not.
-        rel = [(a - rstart, b - rstart) if b > a else (0, 0) for a, b in offs]
-        cut_encs.append((ids, offs, rstart, len(ids_all) > n))
-        rel_offsets.append(rel)
-        ends.append(max([b for a, b in rel if b > a] + [0]))
-    end = min(min(ends), len(rec.response))  # spans only where every student kept the text
-    spans = group_spans(common_spans(rel_offsets, 0, end), max_spans)
-    out = []
-    for s, (ids, offs, rstart, cut) in enumerate(cut_encs):
-        # The response and the EOS after it (an added token keeps its offsets in the text).
-        labels = [t if a >= rstart and b > a else -100 for t, (a, b) in zip(ids, offs)]
-        unseen = len(rec.response) - min(ends[s], len(rec.response)) if cut else 0
-        out.append(Encoded(ids, labels, token_span_ids(rel_offsets[s], spans), cut, unseen))
-    return out, len(spans)
+def _align(n_chars: int, encs: list[tuple[np.ndarray, np.ndarray]], rstarts: list[int], lens: Sequence[int],
+           max_spans: int) -> tuple[list[EncodedArrays], int]:
+    cut, rel, ends, labels = [], [], [], []
+    for (ids, offs), rstart, n in zip(encs, rstarts, lens):
+        a, b = offs[:n, 0], offs[:n, 1]
+        live = b > a
+        labels.append(live & (a >= rstart))  # the response and the EOS after it (an added token keeps its offsets)
+        # offsets relative to the response: prompts differ per student, the path text does not
+        rel.append(np.where(live[:, None], offs[:n] - rstart, 0))
+        ends.append(int(b[live].max(initial=rstart)) - rstart)
+        cut.append(len(ids) > n)
+    end = min(min(ends), n_chars)  # spans only where every student kept the text
+    n_spans, span_ids = align_arrays(rel, end, max_spans)
+    out = [EncodedArrays(ids[:n], lab, sid, c, n_chars - min(e, n_chars) if c else 0)
+           for (ids, _), n, lab, sid, c, e in zip(encs, lens, labels, span_ids, cut, ends)]
+    return out, n_spans
 
 
 def student_lens(max_len: int | Sequence[int], n_students: int) -> list[int]:
@@ -100,9 +180,10 @@ def encode_all(recs: list[PathRecord], tokenizers: list, max_len: int | Sequence
     lens = student_lens(max_len, len(tokenizers))
     per_student: list[list[Encoded]] = [[] for _ in tokenizers]
     n_spans: list[int] = []
-    for encs, n in progress(iter_encoded(recs, tokenizers, lens, max_spans), total=len(recs),
-                            desc="tokenize+align", unit="path"):
-        for s, e in enumerate(encs):
-            per_student[s].append(e)
-        n_spans.append(n)
+    encode = ChunkEncoder(tokenizers, lens, max_spans)
+    for part in progress(chunked(recs, 1024), total=-(-len(recs) // 1024), desc="tokenize+align", unit="chunk"):
+        for encs, n in encode(part):
+            for s, e in enumerate(encs):
+                per_student[s].append(e.to_encoded())
+            n_spans.append(n)
     return per_student, n_spans

@@ -187,46 +187,44 @@ EMBEDDING_CHUNK = 8192  # records per finiteness check: bounded memory on a larg
 
 def pool_problems(cfg: TrainConfig) -> list[str]:
     """The pool's records parse, at least one is left, no question is empty, and (router on) every
-    record's embedding is readable, of one width and finite."""
-    from qr_ds.data.pool import load_pool, record_lines
+    record's embedding is readable, of one width and finite. The pool is streamed."""
+    from qr_ds.data.pool import PoolStream
     from qr_ds.embed.lookup import EmbeddingError, gather_embeddings
+    from qr_ds.train.encoding import chunked, selected
 
     pool = cfg.data.pool
-    report = load_pool(pool, log=lambda m: None)
-    if not report.records:
-        why = f"all {len(report.rejected)} lines refused, e.g. {pool}:{report.rejected[0][0]}: {report.rejected[0][1]}" \
-            if report.rejected else "it holds no records"
-        return [f"config key 'data.pool': {pool}: nothing to train on: {why}"]
-    from qr_ds.train.encoding import select_paths
-
-    lines = record_lines(report)
-    try:
-        recs = select_paths(cfg, report.records)  # the trainer's own choice: only these must be usable
-    except ValueError as e:
-        return [f"config key 'data.pool': {e}"]
-    for rec in recs:
-        if not (rec.question or "").strip():
-            return [f"config key 'data.pool': {pool}:{lines[rec.id]}: record {rec.id!r} has an empty question"]
-    if not cfg.router.enabled:
-        return []
+    stream = PoolStream(pool, log=lambda m: None)
     width = None
-    for start in range(0, len(recs), EMBEDDING_CHUNK):
-        chunk = recs[start:start + EMBEDDING_CHUNK]
-        try:
-            rows = gather_embeddings(pool, chunk, lines)
-        except EmbeddingError as e:
-            return [f"config key 'data.pool': {e}"]
-        except ValueError as e:  # rows of different widths cannot be stacked
-            return [f"config key 'data.pool': {pool}: embeddings of different widths ({e})"]
-        width = width or rows.shape[1]
-        if rows.shape[1] != width or width == 0:
-            return [f"config key 'data.pool': {pool}: embeddings of width {rows.shape[1]} after width {width}"]
-        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-        if bad.size:
-            rec = chunk[int(bad[0])]
-            return [f"config key 'data.pool': {pool}:{lines[rec.id]}: record {rec.id!r}: its embedding "
-                    f"({rec.embedding.file} row {rec.embedding.row}) is not finite (NaN or inf), and "
-                    f"{bad.size - 1} more in this chunk: re-run `qr-ds embed`"]
+    try:  # the trainer's own choice of paths: only these must be usable
+        for part in chunked(selected(cfg, stream), EMBEDDING_CHUNK):
+            lines = {r.id: line for line, r in part}
+            for line, rec in part:
+                if not (rec.question or "").strip():
+                    return [f"config key 'data.pool': {pool}:{line}: record {rec.id!r} has an empty question"]
+            if not cfg.router.enabled:
+                continue
+            chunk = [r for _, r in part]
+            try:
+                rows = gather_embeddings(pool, chunk, lines)
+            except EmbeddingError as e:
+                return [f"config key 'data.pool': {e}"]
+            except ValueError as e:  # matrices of different widths
+                return [f"config key 'data.pool': {e}"]
+            width = width or rows.shape[1]
+            if rows.shape[1] != width or width == 0:
+                return [f"config key 'data.pool': {pool}: embeddings of width {rows.shape[1]} after width {width}"]
+            bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+            if bad.size:
+                rec = chunk[int(bad[0])]
+                return [f"config key 'data.pool': {pool}:{lines[rec.id]}: record {rec.id!r}: its embedding "
+                        f"({rec.embedding.file} row {rec.embedding.row}) is not finite (NaN or inf), and "
+                        f"{bad.size - 1} more in this chunk: re-run `qr-ds embed`"]
+    except ValueError as e:  # nothing selected
+        if not stream.accepted:
+            why = (f"all {len(stream.rejected)} lines refused, e.g. {pool}:{stream.rejected[0][0]}: "
+                   f"{stream.rejected[0][1]}" if stream.rejected else "it holds no records")
+            return [f"config key 'data.pool': {pool}: nothing to train on: {why}"]
+        return [f"config key 'data.pool': {e}"]
     return []
 
 

@@ -26,14 +26,14 @@ from typing import Callable
 
 import numpy as np
 
-from qr_ds.data.pool import load_pool, record_lines
+from qr_ds.data.pool import PoolStream
 from qr_ds.distributed.health import launch_id
 from qr_ds.distributed.topology import local_rank
 from qr_ds.embed.lookup import gather_embeddings
 from qr_ds.train.config import TrainConfig
-from qr_ds.train.encoding import Encoded, iter_encoded, select_paths
+from qr_ds.train.encoding import ChunkEncoder, Encoded, chunked, selected
 
-VERSION = 1  # bump when the folder's layout or the encoding changes: old folders are then not reused
+VERSION = 2  # bump when the folder's layout or the encoding changes: old folders are then not reused
 DONE = "meta.json"  # written last: a folder holding it is complete
 ENV_DIR = "QR_DS_PREPARED_DIR"  # a cache shared by runs (or by nodes, on a shared filesystem)
 
@@ -83,79 +83,87 @@ def _whoami() -> str:
     return f"{socket.gethostname()} rank {os.environ.get('RANK', '0')} (pid {os.getpid()})"
 
 
+def _count_lines(path: Path) -> int:
+    n = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 23):
+            n += block.count(b"\n")
+    return n
+
+
+class _Columns:
+    """Per-path arrays filled a chunk at a time (the path count is known only at the end)."""
+
+    def __init__(self, dtypes: dict[str, type]):
+        self.dtypes, self.parts = dtypes, {k: [] for k in dtypes}
+
+    def add(self, **cols) -> None:
+        for k, v in cols.items():
+            self.parts[k].append(np.asarray(v, self.dtypes[k]))
+
+    def save(self, folder: Path, suffix: str = "") -> None:
+        for k, parts in self.parts.items():
+            np.save(folder / f"{k}{suffix}.npy", np.concatenate(parts) if parts else np.zeros(0, self.dtypes[k]))
+
+
 def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str], None],
           progress: Callable = lambda it, **kw: it, chunk: int = 1024) -> None:
-    """Write the prepared folder for ``cfg``: into a temporary sibling, renamed into place when whole."""
+    """Write the prepared folder for ``cfg`` into a temporary sibling, renamed into place when whole.
+    The pool is streamed a chunk at a time: memory holds one chunk and the per-path columns."""
     tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    report = load_pool(cfg.data.pool, log=log)
-    recs = select_paths(cfg, report.records)
-    emb_dim = 0
-    if cfg.router.enabled:  # checked: inside the pool's folder, row in range, computed from this text
-        rows = gather_embeddings(cfg.data.pool, recs, record_lines(report))
-        np.save(tmp / "embeddings.npy", rows)
-        emb_dim = int(rows.shape[1])
-        del rows
-    del report
-    S, N = len(tokenizers), len(recs)
+    pool = Path(cfg.data.pool)
+    S = len(tokenizers)
     lens = [cfg.max_len_of(s) for s in range(S)]
     span_dtype = np.int16 if cfg.mutual.max_spans < 2 ** 15 else np.int32
     qids: dict[str, int] = {}
     styles: dict[str, int] = {}
     levels: dict[str | None, int] = {}
-    path_cols = {k: np.zeros(N, dt) for k, dt in (("question_index", np.int64), ("response_chars", np.float32),
-                                                  ("n_spans", np.int32), ("style", np.int32), ("level", np.int32))}
-    stud_cols = [{k: np.zeros(N, dt) for k, dt in (("truncated", np.int8), ("unseen_chars", np.int64),
-                                                   ("response_tokens", np.int64))} for _ in range(S)]
-    offsets = [np.zeros(N + 1, np.int64) for _ in range(S)]
-    files = [{k: open(tmp / f"{k}_{s}.bin", "wb") for k in ("ids", "is_label", "span")} for s in range(S)]
-    buffers: list[dict[str, list]] = [{"ids": [], "is_label": [], "span": []} for _ in range(S)]
-
-    def flush(s: int) -> None:
-        b = buffers[s]
-        np.asarray(b["ids"], np.int32).tofile(files[s]["ids"])
-        np.asarray(b["is_label"], np.int8).tofile(files[s]["is_label"])
-        np.asarray(b["span"], span_dtype).tofile(files[s]["span"])
-        for v in b.values():
-            v.clear()
-
+    paths = _Columns({"question_index": np.int64, "response_chars": np.float32, "n_spans": np.int32,
+                      "style": np.int32, "level": np.int32})
+    students = [_Columns({"truncated": np.int8, "unseen_chars": np.int64, "response_tokens": np.int64,
+                          "lengths": np.int64}) for _ in range(S)]
+    dtypes = {"ids": np.int32, "is_label": np.int8, "span": span_dtype}
+    files = [{k: open(tmp / f"{k}_{s}.bin", "wb") for k in dtypes} for s in range(S)]
+    emb_file, emb_dim = (open(tmp / "embeddings.bin", "wb"), 0) if cfg.router.enabled else (None, 0)
+    encode = ChunkEncoder(tokenizers, lens, cfg.mutual.max_spans)
     progress_file = folder.with_name(folder.name + ".progress")
-    t0 = time.time()
+    t0, n = time.time(), 0
+    stream = progress(PoolStream(pool, log=log), total=_count_lines(pool), desc="tokenize+align", unit="line")
     try:
-        for i, (encs, n) in enumerate(progress(iter_encoded(recs, tokenizers, lens, cfg.mutual.max_spans, chunk),
-                                               total=N, desc="tokenize+align", unit="path")):
-            rec = recs[i]
-            path_cols["question_index"][i] = qids.setdefault(rec.question_id, len(qids))
-            path_cols["response_chars"][i] = max(len(rec.response), 1)
-            path_cols["n_spans"][i] = n
-            path_cols["style"][i] = styles.setdefault(rec.style, len(styles))
-            path_cols["level"][i] = levels.setdefault(rec.level, len(levels))
-            for s, e in enumerate(encs):
-                b = buffers[s]
-                b["ids"].extend(e.input_ids)
-                b["is_label"].extend(t != -100 for t in e.labels)
-                b["span"].extend(e.span_ids)
-                offsets[s][i + 1] = offsets[s][i] + len(e.input_ids)
-                c = stud_cols[s]
-                c["truncated"][i], c["unseen_chars"][i] = e.truncated, e.unseen_chars
-                c["response_tokens"][i] = sum(t != -100 for t in e.labels[1:])
-            if (i + 1) % chunk == 0 or i + 1 == N:
-                for s in range(S):
-                    flush(s)
-                progress_file.write_text(f"{i + 1}/{N} paths after {time.time() - t0:.0f} s, by {_whoami()}")
+        for part in chunked(selected(cfg, stream), chunk):
+            recs = [r for _, r in part]
+            if emb_file is not None:  # checked: inside the pool's folder, row in range, computed from this text
+                rows = gather_embeddings(pool, recs, {r.id: line for line, r in part})
+                if emb_dim and rows.shape[1] != emb_dim:
+                    raise ValueError(f"{pool}: embeddings of width {rows.shape[1]} after width {emb_dim}")
+                emb_dim = rows.shape[1]
+                rows.astype(np.float32, copy=False).tofile(emb_file)
+            encoded = encode(recs)
+            paths.add(question_index=[qids.setdefault(r.question_id, len(qids)) for r in recs],
+                      response_chars=[max(len(r.response), 1) for r in recs], n_spans=[k for _, k in encoded],
+                      style=[styles.setdefault(r.style, len(styles)) for r in recs],
+                      level=[levels.setdefault(r.level, len(levels)) for r in recs])
+            for s in range(S):
+                encs = [e[s] for e, _ in encoded]
+                for k, field in (("ids", "input_ids"), ("is_label", "is_label"), ("span", "span_ids")):
+                    np.concatenate([getattr(e, field) for e in encs]).astype(dtypes[k], copy=False).tofile(files[s][k])
+                students[s].add(truncated=[e.truncated for e in encs], unseen_chars=[e.unseen_chars for e in encs],
+                                response_tokens=[np.count_nonzero(e.is_label[1:]) for e in encs],
+                                lengths=[len(e.input_ids) for e in encs])
+            n += len(part)
+            progress_file.write_text(f"{n} paths after {time.time() - t0:.0f} s, by {_whoami()}")
     finally:
-        for fs in files:
-            for f in fs.values():
-                f.close()
-    for k, v in path_cols.items():
-        np.save(tmp / f"{k}.npy", v)
-    for s in range(S):
-        np.save(tmp / f"offsets_{s}.npy", offsets[s])
-        for k, v in stud_cols[s].items():
-            np.save(tmp / f"{k}_{s}.npy", v)
-    meta = {"version": VERSION, "n_paths": N, "n_questions": len(qids), "students": S, "max_len": lens,
-            "span_dtype": np.dtype(span_dtype).name, "embedding_dim": emb_dim, "styles": list(styles),
+        for f in [*(f for fs in files for f in fs.values()), *([emb_file] if emb_file else [])]:
+            f.close()
+    paths.save(tmp)
+    for s, cols in enumerate(students):
+        lengths = np.concatenate(cols.parts.pop("lengths"))
+        np.save(tmp / f"offsets_{s}.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        cols.save(tmp, f"_{s}")
+    meta = {"version": VERSION, "n_paths": n, "n_questions": len(qids), "students": S, "max_len": lens,
+            "span_dtype": np.dtype(span_dtype).name, "embedding_dim": int(emb_dim), "styles": list(styles),
             "levels": list(levels), "pool": str(cfg.data.pool), "built_by": _whoami(),
             "build_s": round(time.time() - t0, 1)}
     with open(tmp / DONE, "w") as fh:
@@ -293,6 +301,7 @@ class Prepared:
         self.paths = _Paths(self)
         self.students = [EncodedView(folder, s, self.n, self.meta["span_dtype"]) for s in range(self.meta["students"])]
         self.response_tokens = [np.load(folder / f"response_tokens_{s}.npy") for s in range(self.meta["students"])]
-        emb = folder / "embeddings.npy"
+        dim = self.meta["embedding_dim"]
         # copy-on-write: torch wants a writable array; pages stay shared with the file until written
-        self.embeddings = np.load(emb, mmap_mode="c") if emb.is_file() else None
+        self.embeddings = (np.memmap(folder / "embeddings.bin", np.float32, mode="c", shape=(self.n, dim))
+                           if dim and self.n else None)
