@@ -127,7 +127,7 @@ def test_routing_names_the_first_selected_path_without_a_vector(pool, tmp_path):
 
 
 def test_scoring_rows_equal_the_whole_pool_rows(pool):
-    rows = teacher_rows(pool, ["synthetic"])
+    rows = list(teacher_rows(pool, ["synthetic"]))
     task = get_task("synthetic")
     want = []
     for r in load_pool(pool).records:
@@ -136,6 +136,13 @@ def test_scoring_rows_equal_the_whole_pool_rows(pool):
         want.append({"checkpoint": "teacher", "student": r.teacher, "task": r.task, "id": r.id, "question": r.question, "extracted": pred,
                      "gold": r.gold, "correct": bool(task.is_correct(pred, ex))})
     assert rows == want and 0 < sum(not r["correct"] for r in rows) < len(rows)
+    from qr_ds.eval.run import teacher_split
+    from qr_ds.eval.scoring import summarize
+
+    test = [Example(id="t", task="synthetic", question=want[7]["question"], gold="0")]
+    on_test, pool_only = teacher_split(pool, {"synthetic": test})  # one question scored, the rest summarized
+    assert on_test == [w for w in want if w["question"] == want[7]["question"]] and len(on_test) >= 1
+    assert pool_only == summarize([w for w in want if w["question"] != want[7]["question"]], ["synthetic"])
 
 
 CHILD = textwrap.dedent("""
@@ -159,15 +166,25 @@ CHILD = textwrap.dedent("""
         from qr_ds.report.runs import final_routing
         final_routing(make_run(d / "run", d / "e.jsonl"))
     elif stage == "scoring":
-        from qr_ds.eval.scoring import teacher_rows
-        teacher_rows(d / "pool.jsonl", ["synthetic"])
+        from qr_ds.eval.run import teacher_split
+        teacher_split(d / "pool.jsonl", {{"synthetic": []}})
+    elif stage == "prepare":
+        from transformers import AutoTokenizer
+        from qr_ds.train.config import TrainConfig
+        from qr_ds.train.prepared import ensure_prepared
+        toks = d.parent / "tok-{{}}"
+        cfg = from_dict(TrainConfig, {{"students": [{{"name": s, "model": str(d / s), "tokenizer": str(toks).format(s)}}
+                                                  for s in "ab"], "data": {{"pool": str(d / "e.jsonl")}},
+                                     "router": {{"enabled": True}}, "output_dir": str(d / "train")}})
+        ensure_prepared(cfg, [AutoTokenizer.from_pretrained(str(toks).format(s)) for s in "ab"], log=print)
     print(int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024)
 """).format(bench=str(ROOT / "benchmarks"))
 
 
 def peak_rss(d, stage) -> int:
     p = subprocess.run([sys.executable, "-c", CHILD, str(d), stage], capture_output=True, text=True, timeout=600,
-                       env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+                       env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+                            "TOKENIZERS_PARALLELISM": "false"})
     assert p.returncode == 0, p.stderr[-2000:]
     return int(p.stdout.split()[-1])
 
@@ -179,16 +196,22 @@ SMALL = 4200
 def test_peak_memory_does_not_grow_with_the_pool(tmp_path):
     """At 10x the paths, each stage's peak RSS grows by less than half the added pool's size on disk.
     A stage holding the pool grows by more than its size: before streaming, 2.2x (filter), 2.1x
-    (embed) and 3.1x (routing) of it (benchmarks/results/scale-before-cpu.json, 10k -> 100k paths of 1.47 KB)."""
+    (embed) and 3.1x (routing) of it (benchmarks/results/scale-before-cpu.json, 10k -> 100k paths of 1.47 KB);
+    the training data builder held 42 KB per path (the issue's measurement)."""
+    from bench_scale import make_tokenizers
+
     sizes, peaks = {}, {}
+    stages = ("filter", "embed", "routing", "scoring", "prepare")
     for n in (SMALL, 10 * SMALL):
         d = tmp_path / f"n{n}"
         d.mkdir()
         write_scale_pool(d / "pool.jsonl", n)
+        if n == SMALL:
+            make_tokenizers(tmp_path, d / "pool.jsonl")
         sizes[n] = (d / "pool.jsonl").stat().st_size
-        peaks[n] = {stage: peak_rss(d, stage) for stage in ("filter", "embed", "routing")}
+        peaks[n] = {stage: peak_rss(d, stage) for stage in stages}
     added = sizes[10 * SMALL] - sizes[SMALL]
     assert added > 50 * 2**20
-    for stage in ("filter", "embed", "routing"):
+    for stage in stages:
         grew = peaks[10 * SMALL][stage] - peaks[SMALL][stage]
         assert grew < 0.5 * added, (stage, grew / 2**20, added / 2**20)

@@ -60,14 +60,22 @@ def warn_overlap(pools: list[Path], examples: dict[str, list[Example]], tasks: d
 
 
 def teacher_split(pool: Path, examples: dict[str, list[Example]]) -> tuple[list[dict], list[dict]]:
-    """The teacher's paths on the questions scored here (table rows, comparable with the students'),
-    and those on the pool's other questions: the training questions, correct by construction once
-    filtered, so never a row beside the test scores."""
+    """The teacher's paths on the questions scored here (rows beside the students'), and the summary
+    of those on the pool's other questions: the training questions, correct by construction once
+    filtered, so never a row beside the test scores. One pass over the pool; only the test
+    questions' rows are held (the pool may hold a million paths)."""
     test = {(t, normalise_question(ex.question)) for t, exs in examples.items() for ex in exs}
-    on_test, other = [], []
-    for row in teacher_rows(pool, list(examples)):  # one pass over the pool
-        (on_test if (row["task"], normalise_question(row["question"])) in test else other).append(row)
-    return on_test, other
+    on_test: list[dict] = []
+
+    def others():
+        for row in teacher_rows(pool, list(examples)):
+            if (row["task"], normalise_question(row["question"])) in test:
+                on_test.append(row)
+            else:
+                yield row
+
+    pool_only = summarize(others(), list(examples))
+    return on_test, pool_only
 
 
 def coincide(rows: list[dict]) -> dict[str, int] | None:
@@ -179,14 +187,13 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, fi
                          "correct": task.is_correct(pred, ex), "logprob": g.logprob, "tokens": len(g.token_ids)})
     rows += ensemble([r for r in rows if r["checkpoint"] != "zero-shot"])
     pool = cfg.teacher_pool or (RunDir(cfg.run_dir).training_pool() if cfg.run_dir is not None else None)
-    teacher, off_test = teacher_split(pool, examples) if pool else ([], [])
+    teacher, pool_only = teacher_split(pool, examples) if pool else ([], [])
     tasks = list(cfg.tasks)
     table = summarize(teacher + rows, tasks)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "predictions.jsonl", rows)
     (out / "adapters.json").write_text(json.dumps(served, indent=1))
-    pool_only = summarize(off_test, tasks)
     ensembles = coincide(rows)
     notes = table_notes(pool, pool_only, ensembles)
     summary = {"tasks": tasks, "backend": backend.name, "teacher_pool": str(pool) if pool else None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from qr_ds.data.pool import iter_pool
 from qr_ds.tasks import Example, get_task
@@ -38,11 +39,9 @@ def ensemble(rows: list[dict]) -> list[dict]:
     return out
 
 
-def teacher_rows(pool: Path, tasks: list[str]) -> list[dict]:
+def teacher_rows(pool: Path, tasks: list[str]) -> Iterator[dict]:
     """Per-path accuracy of the teacher's responses in the pool (every generated path counts once):
-    the filter stage's ``correct`` where set, else extraction + is_correct on the response. The pool
-    is streamed: only the rows are held."""
-    out = []
+    the filter stage's ``correct`` where set, else extraction + is_correct on the response, streamed."""
     for rec in iter_pool(pool):
         if rec.task not in tasks or not rec.ok:
             continue
@@ -50,9 +49,8 @@ def teacher_rows(pool: Path, tasks: list[str]) -> list[dict]:
         ex = Example(id=rec.question_id, task=rec.task, question=rec.question, gold=rec.gold, level=rec.level)
         pred = rec.answer if rec.correct is not None else task.extract(rec.response or "", ex)
         correct = rec.correct if rec.correct is not None else task.is_correct(pred, ex)
-        out.append({"checkpoint": "teacher", "student": rec.teacher, "task": rec.task, "id": rec.id,
-                    "question": rec.question, "extracted": pred, "gold": rec.gold, "correct": bool(correct)})
-    return out
+        yield {"checkpoint": "teacher", "student": rec.teacher, "task": rec.task, "id": rec.id,
+               "question": rec.question, "extracted": pred, "gold": rec.gold, "correct": bool(correct)}
 
 
 def label(checkpoint: str, student: str) -> str:
@@ -63,8 +61,9 @@ def label(checkpoint: str, student: str) -> str:
     return f"{student} @ {checkpoint}"
 
 
-def summarize(rows: list[dict], tasks: list[str]) -> list[dict]:
-    """One row per method with accuracy, 95% Wilson interval and n per task, plus the macro Avg."""
+def summarize(rows: Iterable[dict], tasks: list[str]) -> list[dict]:
+    """One row per method with accuracy, 95% Wilson interval and n per task, plus the macro Avg.
+    Rows are read once and only counted, so a stream of a million holds nothing."""
     cells: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     order: list[tuple[str, str]] = []
     for r in rows:
