@@ -6,15 +6,25 @@ every stage in its own subprocess, which measures itself after its imports (getr
 /proc VmHWM for peak RSS, which includes the interpreter and imports; ``base_MiB`` is that peak
 after the imports, before the stage's work):
 
-- ``filter``: ``run_filter`` with judge backend none (step 1 only); bound: JSON parse + extractor.
+- ``filter``: ``run_filter`` with judge backend none (step 1 only); bound: read + extractor.
 - ``embed``: ``run_embed`` with a hash stub encoder, so the time is what embed does outside the
-  encoder (the stub's own time is subtracted); bound: JSON parse.
+  encoder (the stub's own time is subtracted); bound: read (and ``embed-minilm`` against the encoder).
 - ``routing``: the report's ``final_routing`` + ``routing_cells`` over a run whose router reads the
-  embedded pool; bound: JSON parse.
-- ``scoring``: eval's ``teacher_rows`` over the generated pool (extracts every answer); bound: JSON
-  parse + extractor.
-- bounds, measured in the same run: ``parse`` (json.loads of every line, nothing kept), ``extract``
-  (the task's extractor + is_correct on responses already in memory), ``encoder`` (all-MiniLM-L6-v2
+  embedded pool (torch and the router imported before the clock); bound: read.
+- ``scoring``: eval's ``teacher_split`` over the generated pool, no test question in it (extracts
+  every answer and summarizes the training pool's paths); bound: read + extractor.
+- ``prepare``: the training data built once per node (local rank 0: ``ensure_prepared``) for two
+  tiny students (byte-level BPE with a chat template, Unigram; trained here, vocabulary 2000) over
+  the embedded pool, router on; bound: ``tokenize``.
+- ``rank2``: a second rank of the node once the data is built: ``TrainData`` maps it (the pool's
+  hash included) and the first batch is collated for both students; no bound (the goal is seconds).
+- bounds, measured in the same run: ``parse`` (json.loads of every line, nothing kept), ``read``
+  (the pool reader every stage shares, ``PoolStream``: parse and schema checks, nothing kept; the
+  floor of a stage that must not trust its input; ``read-filtered`` and ``read-embedded`` read
+  the filter's and embed's outputs, which embed and routing read), ``extract``
+  (the task's extractor + is_correct on responses already in memory), ``tokenize`` (each
+  student's tokenizer, its batched call with offsets over prompt + path in chunks of 1024, the
+  texts already in memory), ``encoder`` (all-MiniLM-L6-v2
   on ``--encoder-n`` texts, beside ``embed-minilm``, the whole embed stage on the same texts).
 
 Exponents are fitted over the measured N (log-log least squares); 1M is run with ``--million``,
@@ -30,6 +40,7 @@ import math
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,6 +133,34 @@ def make_run(root: Path, pool: Path) -> Path:
     return root
 
 
+def make_tokenizers(root: Path, pool: Path) -> None:
+    """The two students' tokenizers, trained on the first 3000 paths of ``pool``."""
+    from qr_ds.tiny import train_tokenizer
+
+    text = [t for obj, resp in _responses(pool, 3000) for t in (obj["question"], resp)]
+    for name, kind in zip(STUDENTS, ("llama-bpe", "gemma-unigram")):
+        tok = train_tokenizer(kind, text, 2000)
+        if name == "a":  # real students render a chat template per path
+            tok.chat_template = "{{ bos_token }}<|user|>\n{{ messages[0]['content'] }}\n<|assistant|>\n"
+        tok.save_pretrained(root / f"tok-{name}")
+
+
+def _tokenizers(root: Path) -> list:
+    from transformers import AutoTokenizer
+
+    return [AutoTokenizer.from_pretrained(root / f"tok-{s}") for s in STUDENTS]
+
+
+def _train_config(d: Path):
+    from qr_ds.config import from_dict
+    from qr_ds.train.config import TrainConfig
+
+    return from_dict(TrainConfig, {
+        "students": [{"name": s, "model": str(d / s), "tokenizer": str(d.parent / f"tok-{s}")} for s in STUDENTS],
+        "data": {"pool": str(d / "embedded.jsonl"), "max_len": 512}, "router": {"enabled": True},
+        "seed": 0, "max_steps": 1, "output_dir": str(d / "train")})
+
+
 # ---- child side: one stage, measured from inside after its imports
 
 def _rusage() -> tuple[float, float]:
@@ -171,15 +210,54 @@ def child(stage: str, d: Path) -> dict:
             enc = StubEncoder()
         work = lambda: run_embed(cfg, encoder=enc, progress=False)
     elif stage == "routing":
+        import torch  # noqa: F401  (imported before the clock starts: the report imports it lazily)
+
         from qr_ds.report.runs import final_routing, routing_cells
+        from qr_ds.routing.policy import RoutingPolicy  # noqa: F401
 
         def work():
             r = final_routing(d / "run")
             return routing_cells(r, "styles"), routing_cells(r, "levels")
     elif stage == "scoring":
-        from qr_ds.eval.scoring import teacher_rows
+        from qr_ds.eval.run import teacher_split
 
-        work = lambda: teacher_rows(d / "pool.jsonl", ["synthetic"])
+        work = lambda: teacher_split(d / "pool.jsonl", {"synthetic": []})
+    elif stage in ("prepare", "rank2"):
+        from qr_ds.train.prepared import ensure_prepared
+
+        cfg, toks = _train_config(d), _tokenizers(d.parent)
+        if stage == "prepare":
+            shutil.rmtree(d / "train", ignore_errors=True)
+            work = lambda: ensure_prepared(cfg, toks, log=lambda m: None)
+        else:
+            from qr_ds.train.data import TrainData, collate
+
+            os.environ["LOCAL_RANK"] = os.environ["RANK"] = "1"
+
+            def work():
+                data = TrainData(cfg, toks, log=lambda m: None)
+                first = data.epoch_batches(0, 8)[0]
+                return [collate([v[int(i)] for i in first], 0, "cpu") for v in data.encoded]
+    elif stage == "tokenize":
+        from qr_ds.data.format import render_prompt
+        from qr_ds.tasks import get_task
+
+        instruction = get_task("synthetic").instruction
+        rows = _responses(d / "pool.jsonl")
+        toks = _tokenizers(d.parent)
+        texts = [[render_prompt(tok, obj["question"], instruction) + resp + tok.eos_token for obj, resp in rows]
+                 for tok in toks]
+
+        def work():
+            for tok, t in zip(toks, texts):
+                for lo in range(0, len(t), 1024):
+                    tok(t[lo: lo + 1024], return_offsets_mapping=True)
+    elif stage in READS:
+        from qr_ds.data.pool import PoolStream
+
+        def work():
+            for _ in PoolStream(d / READS[stage], log=lambda m: None):
+                pass
     elif stage == "parse":
         def work():
             with (d / "pool.jsonl").open(encoding="utf-8") as fh:
@@ -227,8 +305,9 @@ def run_stage(stage: str, d: Path, timeout: float) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-BOUND = {"filter": ("parse", "extract"), "embed": ("parse",), "routing": ("parse",),
-         "scoring": ("parse", "extract"), "embed-minilm": ("encoder",)}
+READS = {"read": "pool.jsonl", "read-filtered": "filtered.jsonl", "read-embedded": "embedded.jsonl"}
+BOUND = {"filter": ("read", "extract"), "embed": ("read-filtered",), "routing": ("read-embedded",),
+         "scoring": ("read", "extract"), "embed-minilm": ("encoder",), "prepare": ("tokenize",)}
 
 
 def fit_exponent(points: list[tuple[int, float]]) -> float | None:
@@ -243,14 +322,15 @@ def fit_exponent(points: list[tuple[int, float]]) -> float | None:
 def summarize(measured: dict[int, dict[str, dict]], target: int) -> list[dict]:
     rows = []
     ns = sorted(measured)
-    for stage in ("filter", "embed", "routing", "scoring", "parse", "extract"):
+    for stage in ("prepare", "rank2", "filter", "embed", "routing", "scoring", "parse", *READS, "extract", "tokenize"):
         pts = [(n, measured[n][stage]) for n in ns if stage in measured[n]]
         if not pts:
             continue
         t_exp = fit_exponent([(n, m["cpu_s"]) for n, m in pts])
         m_exp = fit_exponent([(n, max(m["rss_MiB"] - m["base_MiB"], 1e-3)) for n, m in pts])
         for n, m in pts:
-            bound = sum(measured[n][b]["cpu_s"] for b in BOUND.get(stage, ()))
+            bounds = BOUND.get(stage, ())
+            bound = sum(measured[n][b]["cpu_s"] for b in bounds) if all(b in measured[n] for b in bounds) else 0
             rows.append({"stage": stage, "N": n, "wall_s": m["wall_s"], "cpu_s": m["cpu_s"], "rss_MiB": m["rss_MiB"],
                          "growth_MiB": round(m["rss_MiB"] - m["base_MiB"], 1),
                          "bound": "+".join(BOUND.get(stage, ())) or "-", "bound_cpu_s": round(bound, 3) if bound else None,
@@ -275,7 +355,8 @@ def main() -> None:
                    help="pool sizes to measure (default 10k and 100k; --size toy: 1k and 10k)")
     p.add_argument("--million", action="store_true", help="also measure N=1,000,000 (else it is extrapolated)")
     p.add_argument("--encoder-n", type=int, default=300, help="texts for the encoder bound and embed-minilm")
-    p.add_argument("--stages", nargs="+", default=["parse", "extract", "filter", "embed", "routing", "scoring"])
+    p.add_argument("--stages", nargs="+", default=["parse", "read", "extract", "tokenize", "filter", "read-filtered",
+                                                     "embed", "read-embedded", "prepare", "rank2", "routing", "scoring"])
     p.add_argument("--name", default="scale", help="results file name: <name>-cpu.json")
     p.add_argument("--work", type=Path, default=None, help="folder for the pools (default: a temp folder, removed)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per stage")
@@ -301,6 +382,8 @@ def main() -> None:
             print(f"N={n}: pool {(d / 'pool.jsonl').stat().st_size / n:.0f} B/path, built in "
                   f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
             measured[n] = {}
+            if not (work / "tok-a").is_dir():
+                make_tokenizers(work, d / "pool.jsonl")
             for stage in args.stages:
                 if stage == "routing":
                     make_run(d / "run", d / "embedded.jsonl")
@@ -309,6 +392,7 @@ def main() -> None:
             for name in ("filtered", "embedded"):  # keep the disk for the next N
                 for f in d.glob(f"{name}*"):
                     f.unlink()
+            shutil.rmtree(d / "train", ignore_errors=True)
         if args.encoder_n:
             d = work / "encoder"
             d.mkdir(parents=True, exist_ok=True)
