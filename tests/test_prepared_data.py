@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,6 +109,8 @@ def test_resume_reuses_the_folder_and_a_changed_pool_rebuilds(kit, tmp_path):
     assert changed.prepared.folder != first and len(changed) == len(lines) - 6
     assert (first / "meta.json").is_file()  # the earlier preparation is kept, not overwritten
     assert not list(first.parent.glob("*.tmp-*"))  # nothing half-built left behind
+    kept = [m for m in logs if "older prepared folder(s)" in m]  # and the new build names it
+    assert len(kept) == 1 and kept[0].startswith("1 older") and kept[0].endswith(first.name)
 
     # another max_len is another key too
     c2 = yaml.safe_load(path.read_text())
@@ -157,3 +160,15 @@ def test_a_failed_build_ends_the_waiting_ranks_with_its_error(kit, tmp_path):
     assert builder.returncode != 0 and "no embedding" in err0
     assert waiter.returncode != 0
     assert "failed on" in err1 and "rank 0" in err1 and "no embedding" in err1
+
+
+def test_prepared_folder_comes_from_the_config_key_then_the_environment_then_the_run(kit, tmp_path, monkeypatch):
+    from qr_ds.train.prepared import ENV_DIR, prepared_root
+
+    _, cfg = _cfg(kit, "where")
+    monkeypatch.delenv(ENV_DIR, raising=False)
+    assert prepared_root(cfg) == Path(cfg.output_dir) / "prepared"
+    monkeypatch.setenv(ENV_DIR, str(tmp_path / "env"))
+    assert prepared_root(cfg) == tmp_path / "env"
+    _, keyed = _cfg(kit, "where", data={"pool": str(kit[1]), "prepared_dir": str(tmp_path / "key")})
+    assert prepared_root(keyed) == tmp_path / "key"

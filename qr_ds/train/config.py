@@ -64,6 +64,9 @@ class DataConfig:
     max_len: int = field(default=512, metadata=rule(min=8, help="tokens per path (prompt + path) for every "
                                                                 "student without its own students[].max_len"))
     limit: int = field(default=0, metadata=rule(min=0, help="use only the first N paths (0 = all)"))
+    prepared_dir: Path | None = field(default=None, metadata=rule(
+        help="folder of prepared (tokenized, aligned) training data, shared by runs over the same pool, or by "
+             "nodes on a shared filesystem; default $QR_DS_PREPARED_DIR, else output_dir/prepared"))
     batch_order: Literal["shuffled", "by_question"] = field(
         default="shuffled", metadata=rule(help="shuffled = paths in random order; by_question = each question's "
                                                "paths in one batch, so eq. 3 averages over all of them. In a plain "

@@ -39,7 +39,26 @@ ENV_DIR = "QR_DS_PREPARED_DIR"  # a cache shared by runs (or by nodes, on a shar
 
 
 def prepared_root(cfg: TrainConfig) -> Path:
-    return Path(os.environ.get(ENV_DIR) or Path(cfg.output_dir) / "prepared")
+    """``data.prepared_dir``, else $QR_DS_PREPARED_DIR, else the run's own folder."""
+    return Path(cfg.data.prepared_dir or os.environ.get(ENV_DIR) or Path(cfg.output_dir) / "prepared")
+
+
+def older_for_pool(root: Path, key: str, pool: Path) -> list[tuple[Path, int]]:
+    """Complete prepared folders under ``root`` for the same pool file but another key (another pool
+    content, tokenizer or max_len), with their sizes in bytes: nothing deletes them, since a run that
+    trained on them resumes from them, so the builder names them."""
+    found = []
+    for meta in root.glob(f"*/{DONE}"):
+        folder = meta.parent
+        if folder.name == key or ".tmp-" in folder.name:
+            continue
+        try:
+            same = Path(json.loads(meta.read_text()).get("pool", "")).resolve() == pool.resolve()
+        except (OSError, ValueError):
+            continue
+        if same:
+            found.append((folder, sum(f.stat().st_size for f in folder.iterdir() if f.is_file())))
+    return sorted(found)
 
 
 def _file_digest(path: Path, h) -> None:
@@ -164,7 +183,7 @@ def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str],
         cols.save(tmp, f"_{s}")
     meta = {"version": VERSION, "n_paths": n, "n_questions": len(qids), "students": S, "max_len": lens,
             "span_dtype": np.dtype(span_dtype).name, "embedding_dim": int(emb_dim), "styles": list(styles),
-            "levels": list(levels), "pool": str(cfg.data.pool), "built_by": _whoami(),
+            "levels": list(levels), "pool": str(pool.resolve()), "built_by": _whoami(),
             "build_s": round(time.time() - t0, 1)}
     with open(tmp / DONE, "w") as fh:
         json.dump(meta, fh, indent=1)
@@ -212,6 +231,10 @@ def ensure_prepared(cfg: TrainConfig, tokenizers: list, log: Callable[[str], Non
             except BaseException as e:
                 failed.write_text(f"{launch_id()}\n{_whoami()}: {type(e).__name__}: {e}")
                 raise
+            if older := older_for_pool(root, key, Path(cfg.data.pool)):
+                log(f"{len(older)} older prepared folder(s) for {cfg.data.pool} kept beside it "
+                    f"({sum(b for _, b in older) / 2**20:.1f} MiB; delete them once no run resumes from them): "
+                    + ", ".join(f.name for f, _ in older))
         return folder
     t0 = said = time.time()
     while not (folder / DONE).is_file():
