@@ -72,7 +72,7 @@ def final_routing(run: Path) -> dict | None:
     import torch
 
     from qr_ds.config import load_config
-    from qr_ds.routing.policy import RoutingPolicy
+    from qr_ds.routing.policy import router_probabilities, saved_router
     from qr_ds.train.config import TrainConfig
     from qr_ds.train.encoding import select_paths
 
@@ -81,20 +81,19 @@ def final_routing(run: Path) -> dict | None:
     state = layout.require_latest().component("router")
     if not cfg.router.enabled or not state.is_file():
         return None
-    policy: RoutingPolicy | None = None
+    router = None
     routed: list[_Routed] = []
     batches: list[np.ndarray] = []  # probabilities of each routed batch; a record keeps its row in them
     batch: list[tuple[int, object]] = []
 
     def route(batch: list[tuple[int, object]]) -> None:
-        nonlocal policy
+        nonlocal router
         emb, at, errors = _embeddings(cfg.data.pool, batch)
-        if policy is None and len(emb):
-            policy = RoutingPolicy(cfg.router, emb.shape[1], len(cfg.students), cfg.lambda1, cfg.seed)
-            policy.load_state_dict(torch.load(state, weights_only=True))
+        if router is None and len(emb):
+            router = saved_router(cfg.router, torch.load(state, weights_only=True), emb.shape[1], len(cfg.students))
         offset = sum(map(len, batches))
         if len(emb):
-            batches.append(policy.probabilities(torch.from_numpy(emb)).numpy())
+            batches.append(router_probabilities(router, torch.from_numpy(emb)).numpy())
         for k, (_, rec) in enumerate(batch):
             routed.append(_Routed(rec, offset + at[k] if at[k] is not None else None, errors.get(k)))
 

@@ -48,15 +48,9 @@ class RoutingPolicy:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    @torch.no_grad()
     def probabilities(self, embeddings: torch.Tensor, batch: int = 4096) -> torch.Tensor:
         """Noise-free P(student gets path) [N, S] over any number of paths (reports, inspection)."""
-        was_training = self.router.training
-        self.router.eval()
-        out = torch.cat([route_probs(self.router(embeddings[i:i + batch]))
-                         for i in range(0, len(embeddings), batch)]) if len(embeddings) else torch.zeros(0)
-        self.router.train(was_training)
-        return out
+        return router_probabilities(self.router, embeddings, batch)
 
     def state_dict(self) -> dict:
         return {"router": self.router.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -68,3 +62,21 @@ class RoutingPolicy:
         self.gumbel.set_state(state["gumbel"])
         if "recent_paths" in state:  # checkpoints written before the rate balance existed have none
             self.recent.load_state_dict(state["recent_paths"])
+
+
+@torch.no_grad()
+def router_probabilities(router: Router, embeddings: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    was_training = router.training
+    router.eval()
+    out = torch.cat([route_probs(router(embeddings[i:i + batch]))
+                     for i in range(0, len(embeddings), batch)]) if len(embeddings) else torch.zeros(0)
+    router.train(was_training)
+    return out
+
+
+def saved_router(cfg: RouterConfig, state: dict, in_dim: int, n_students: int) -> Router:
+    """The router of a saved policy state, to score paths with ``router_probabilities``: a report
+    needs no optimizer, and building the first Adam imports ~900 modules (1.1 CPU-s here)."""
+    router = Router(in_dim, n_students, cfg.hidden)
+    router.load_state_dict(state["router"])
+    return router
