@@ -274,6 +274,20 @@ def test_routing_rates_per_key():
     with pytest.raises(ValueError, match="len\\(keys\\)"):
         tally.update(alpha, keys[:3])
 
+    # many rows at once: what a row-by-row count gives, keys in first-seen order
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(1000, 3, generator=g)
+    keys = [f"k{int(i)}" for i in torch.randint(0, 7, (1000,), generator=g)]
+    tally = RoutingTally(["a", "b", "c"])
+    tally.update(probs[:10], keys[:10])
+    tally.update(probs[10:], keys[10:])
+    assert list(tally.rates()) == list(dict.fromkeys(keys))
+    for k, got in tally.rates().items():
+        rows = probs[[i for i, key in enumerate(keys) if key == k]]
+        assert list(got.values()) == pytest.approx(rows.double().mean(0).tolist(), rel=1e-12)
+    tally.update(torch.zeros(0, 3), [])  # an empty batch changes nothing
+    assert sum(tally.seen.values()) == 1000
+
 
 # Known-answer experiments (benchmarks/bench_routing.py runs the full grid and writes JSON).
 @pytest.mark.parametrize("order", ["shuffled", "by_question"])
