@@ -156,3 +156,16 @@ def test_duplicate_ids_are_refused_naming_ids_and_lines(synthetic_pool, tmp_path
     assert f"{synthetic_pool}: 2 path id(s) occur more than once" in err
     assert f"{ids[0]!r} at lines 2, {n + 1}, {n + 3}" in err and f"{ids[1]!r} at lines 4, {n + 2}" in err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_ids_whose_hashes_clash_are_not_called_repeated(synthetic_pool, monkeypatch):
+    """The uniqueness check keeps 8-byte hashes; when every hash clashes, the second pass compares the
+    ids themselves: distinct ids pass, and a real repeat is still named with its lines."""
+    from qr_ds.filter import run as filter_run
+
+    monkeypatch.setattr(filter_run, "_id_hash", lambda _id: 7)
+    lines = synthetic_pool.read_text().splitlines()
+    assert filter_run.check_unique_ids(synthetic_pool) == {json.loads(line)["task"] for line in lines}
+    synthetic_pool.write_text("\n".join(lines + [lines[2]]) + "\n")
+    with pytest.raises(ValueError, match=rf"1 path id\(s\) occur more than once: '[^']+' at lines 3, {len(lines) + 1}\."):
+        filter_run.check_unique_ids(synthetic_pool)
