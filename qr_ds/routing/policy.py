@@ -1,6 +1,7 @@
 """The coordinator's half of routing: the router MLP, its optimizer, its Gumbel generator, the paths
 it saw last and its objective, as one object with one state dict. The trainer asks it to route a
-batch and hands it the students' per-path losses; nothing else touches the router."""
+batch and hands it the students' per-path losses; nothing else trains the router (reports score
+paths with a saved one: ``saved_router``)."""
 from __future__ import annotations
 
 import torch
