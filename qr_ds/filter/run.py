@@ -63,7 +63,7 @@ def check_unique_ids(pool: Path) -> set[str]:
             tasks.add(obj["task"])
         if isinstance(obj.get("id"), str):
             hashes.append(_id_hash(obj["id"]))
-    ordered = np.sort(np.frombuffer(hashes, np.int64)) if hashes else np.zeros(0, np.int64)
+    ordered = np.sort(np.frombuffer(hashes, np.int64))
     clashing = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
     if not clashing:
         return tasks

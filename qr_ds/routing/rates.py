@@ -23,7 +23,7 @@ class RoutingTally:
                 f"len(students)={len(self.students)}]"
             )
         # summed per key with bincount, not a Python loop over rows: the report tallies every path of
-        # the pool at once (a row at a time took ~1 s per 100k paths here)
+        # the pool at once (row by row: 1.8 CPU-s at 1M paths here, against 0.1)
         first_seen: dict[str, int] = {}
         group = np.fromiter((first_seen.setdefault(k, len(first_seen)) for k in keys), np.int64, len(keys))
         a = alpha.detach().double().cpu().numpy()
