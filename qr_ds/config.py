@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -336,8 +337,9 @@ def load_config(cls: type[T], path: str | Path, overrides: dict | None = None) -
 
 
 def apply_override(data: dict, dotted: str, value: Any) -> None:
-    """Set ``a.b.c=value`` in nested dicts; list items by index (``students.1.lr``)."""
-    *parents, last = dotted.split(".")
+    """Set ``a.b.c=value`` in nested dicts; list items by index (``students.1.lr`` or ``students[1].lr``,
+    the spelling of the keys in error messages)."""
+    *parents, last = re.sub(r"\[(\d+)\]", r".\1", dotted).split(".")
     node: Any = data
     for part in parents:
         node = _override_step(node, part, dotted)

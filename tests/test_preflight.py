@@ -33,10 +33,10 @@ def setup(tmp_path):
     return tmp_path, cfg
 
 
-def train(tmp_path: Path, cfg: dict, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+def train(tmp_path: Path, cfg: dict, *args: str, env_extra=None) -> tuple[subprocess.CompletedProcess, float]:
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", **(env_extra or {}))
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "qr_ds", "train", "--config", str(path), *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)  # a guard, not a timing
@@ -103,14 +103,41 @@ def test_ranks_that_do_not_fit_the_world(setup):
     tmp_path, cfg = setup
     for s in cfg["students"]:
         s["ranks"] = 2
-    refused(*train(tmp_path, cfg, "--num-procs", "3"), "config key 'students[].ranks'", "2 + 2 = 4",
-            "would start 3")
+    refused(*train(tmp_path, cfg, "--num-procs", "3"), "config key 'students[].ranks'", "2 + 2 does not fit",
+            "the 3 processes started by --num-procs 3", "want a world of 4, or ranks: auto")
 
 
-def test_ranks_against_a_hostfile(setup):
+def test_ranks_against_a_hostfile_name_the_hostfile_not_num_procs(setup):
     tmp_path, cfg = setup
-    (tmp_path / "hostfile").write_text("node1 slots=2\nnode2 slots=1  # one GPU broken\n")
-    refused(*train(tmp_path, cfg, "--hostfile", str(tmp_path / "hostfile")), "1 + 1 = 2", "would start 3")
+    (tmp_path / "hostfile").write_text("node1 slots=2\nnode2 slots=1\n")
+    err = refused(*train(tmp_path, cfg, "--hostfile", str(tmp_path / "hostfile")), "1 + 1 does not fit",
+                  f"3 processes started by hostfile {tmp_path / 'hostfile'} (node1:2 + node2:1)")
+    assert "--num-procs" not in err  # the slots decide the world, not --num-procs
+
+
+def test_a_hostfile_deepspeed_refuses_is_refused(setup):
+    tmp_path, cfg = setup
+    (tmp_path / "hostfile").write_text("node1 slots=1\nnode1 slots=1\n")
+    refused(*train(tmp_path, cfg, "--hostfile", str(tmp_path / "hostfile")),
+            f"--hostfile {tmp_path / 'hostfile'}: Hostfile contains multiple entries for node1")
+
+
+def test_dry_run_checks_a_two_node_world_and_prints_each_ranks_work(setup):
+    tmp_path, cfg = setup
+    embedded_setup(tmp_path, cfg)
+    for s in cfg["students"]:
+        s["ranks"] = "auto"
+    proc, _ = train(tmp_path, cfg, "--dry-run", "--nnodes", "2", "--num-procs", "2", "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr
+    assert "world: 4 processes (--nnodes 2 x --num-procs 2)" in proc.stdout
+    assert "ranks 0-1 on node 0: student 'a'" in proc.stdout and "ranks 2-3 on node 1: student 'b'" in proc.stdout
+    assert "8 paths a chunk (micro_batch_paths) x 2 chunks" in proc.stdout and "= 16 paths" in proc.stdout
+    assert not Path(cfg["output_dir"]).exists()  # nothing started, nothing written
+    slurm = dict(SLURM_NNODES="3", SLURM_GPUS_PER_NODE="h100:1")
+    proc, s = train(tmp_path, cfg, "--dry-run", env_extra=slurm)
+    refused(proc, s, "auto does not fit the 3 processes started by SLURM (3 nodes x 1)",
+            "want a world of a positive multiple of 2")
+    refused(*train(tmp_path, cfg, "--nnodes", "2"), "--nnodes 2 is for --dry-run")
 
 
 def test_every_problem_is_reported_at_once(setup):

@@ -1,4 +1,6 @@
-"""`qr-ds train`: start launch/train.py under the DeepSpeed launcher with one process per student rank."""
+"""`qr-ds train`: check everything the ranks will need, then start launch/train.py under the DeepSpeed
+launcher (this node, or a hostfile's nodes). `--dry-run` checks and prints what each rank will run,
+for the world a hostfile, `--nnodes` x `--num-procs` or the SLURM allocation gives, and starts nothing."""
 from __future__ import annotations
 
 import os
@@ -6,21 +8,27 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qr_ds.train.launch import script  # launch/train.py, installed or in this checkout
-LAUNCH = script()
+from qr_ds.train.launch import CHECKED, add_resume_flag, resume_mode, script, wants_resume
+LAUNCH = script()  # launch/train.py, installed or in this checkout
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train students together (wraps `deepspeed launch/train.py`)",
                        description="Runs `deepspeed [--hostfile H] --num_gpus N launch/train.py --config C`. "
-                                   "N defaults to the sum of the students' ranks (separate placement).")
+                                   "N defaults to the sum of the students' ranks (separate placement), or this "
+                                   "node's GPUs when a student has ranks: auto.")
     p.add_argument("--config", required=True, type=Path)
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    add_resume_flag(p)
     p.add_argument("--overwrite", action="store_true",
                    help="output_dir already holds a run: move it aside (to OUTPUT_DIR.replaced-TIME) and start again")
-    p.add_argument("--num-procs", type=int, default=None, help="processes on this node")
+    p.add_argument("--num-procs", type=int, default=None, help="processes on this node (with --nnodes: on each node)")
     p.add_argument("--hostfile", type=Path, default=None, help="DeepSpeed hostfile for multi-node runs")
     p.add_argument("--master-port", type=int, default=None, help="default: a free port on this node")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run every check and print what each rank will run; start nothing (e.g. on a login node)")
+    p.add_argument("--nnodes", type=int, default=1,
+                   help="with --dry-run: nodes of the torchrun/SLURM launch to check (default: the SLURM "
+                        "allocation's, when run inside one)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.set_defaults(func=run)
 
@@ -33,34 +41,62 @@ def launcher_command(args, n_procs: int) -> list[str]:
         cmd += ["--num_gpus", str(n_procs)]
     cmd += ["--master_port", str(args.master_port or _free_port())]
     cmd += [str(LAUNCH), "--config", str(args.config)]
-    if args.resume:
-        cmd.append("--resume")
+    if args.resume != "no":
+        cmd += ["--resume", args.resume] if args.resume == "auto" else ["--resume"]
     return cmd + list(args.overrides)
+
+
+def usage_error(message: str) -> int:
+    print(f"qr-ds train: error: {message}", file=sys.stderr)
+    return 2
 
 
 def run(args) -> int:
     from qr_ds.config import load_config, parse_override
     from qr_ds.train.config import TrainConfig
     from qr_ds.train.preflight import problems
+    from qr_ds.train.world import plan
 
+    mode = resume_mode(args)
     # Validate here so a bad config, or anything the ranks would miss, fails before any process starts.
     cfg = load_config(TrainConfig, args.config, dict(parse_override(o) for o in args.overrides))
-    n = args.num_procs or (sum(s.ranks for s in cfg.students) if cfg.placement == "separate"
-                           else cfg.students[0].ranks)
-    if args.resume and args.overwrite:
-        print(f"qr-ds train: error: --resume continues the run in {cfg.output_dir} and --overwrite sets it aside: "
-              "give one", file=sys.stderr)
-        return 2
-    found = problems(cfg, world_size(args, n), resume=args.resume, overwrite=args.overwrite)
+    if mode != "no" and args.overwrite:
+        return usage_error(f"--resume continues the run in {cfg.output_dir} and --overwrite sets it aside: give one")
+    if args.nnodes > 1 and not (args.dry_run and args.hostfile is None):
+        return usage_error(f"--nnodes {args.nnodes} is for --dry-run: `qr-ds train` starts ranks on this node or "
+                           "on a --hostfile's nodes; on SLURM the ranks start by srun + torchrun (docs/clusters.md)")
+    world = launch_world(args, cfg)
+    found = problems(cfg, world, resume=wants_resume(mode, cfg.output_dir), overwrite=args.overwrite)
     for line in found:
         print(f"qr-ds train: error: {args.config}: {line}", file=sys.stderr)
     if found:
         return 2
+    if args.dry_run:
+        print("\n".join(plan(cfg, world)))
+        print(f"qr-ds train: dry run: every check passed for {args.config}; nothing was started")
+        return 0
     if args.overwrite:
         set_aside(cfg.output_dir)
-    env = dict(os.environ)
+    env = dict(os.environ, **{CHECKED: "1"})
     env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
-    return subprocess.call(launcher_command(args, n), env=env)
+    return subprocess.call(launcher_command(args, world.size), env=env)
+
+
+def launch_world(args, cfg):
+    """The processes the launch will start: a hostfile's slots; --nnodes x --num-procs; in a dry run
+    inside a SLURM allocation, its nodes x GPUs; else --num-procs, the config's fixed ranks or this
+    node's GPUs. Bad input raises ValueError (exit 2)."""
+    from qr_ds.train.world import fixed_world, hostfile_world, local_gpus, nodes_world, slurm_world
+
+    if args.hostfile is not None:
+        return hostfile_world(args.hostfile)
+    if args.dry_run and args.nnodes == 1 and (slurm := slurm_world(per_node=args.num_procs)) is not None:
+        return slurm
+    per_node = args.num_procs or (fixed_world(cfg) if args.nnodes == 1 else None) or local_gpus()
+    if not per_node:
+        raise ValueError(f"{args.config}: config key 'students[].ranks': 'auto' shares the world the launcher "
+                         "starts, and this node shows no GPU to count: give --num-procs N (or --hostfile)")
+    return nodes_world(args.nnodes, per_node)
 
 
 def set_aside(out: Path) -> None:
@@ -71,17 +107,6 @@ def set_aside(out: Path) -> None:
         aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         out.rename(aside)
         print(f"qr-ds train: --overwrite: moved the previous run {out} to {aside}", file=sys.stderr)
-
-
-def world_size(args, n_procs: int) -> int:
-    """Processes the launcher will start: a hostfile's slots, else the count on this node."""
-    from qr_ds.train.preflight import hostfile_slots
-
-    if args.hostfile is None:
-        return n_procs
-    if not args.hostfile.is_file():
-        raise FileNotFoundError(f"--hostfile {args.hostfile}: no such file")
-    return hostfile_slots(args.hostfile)
 
 
 def _free_port() -> int:

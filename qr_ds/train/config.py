@@ -18,6 +18,8 @@ REPORTERS = {"jsonl": (None, ""), "tensorboard": ("tensorboard", "pip install te
              "wandb": ("wandb", "pip install wandb"), "trackio": ("trackio", "pip install trackio")}
 Reporter = Literal["jsonl", "tensorboard", "wandb", "trackio"]
 
+AUTO_RANKS = "auto"  # students[].ranks: share the launcher's world (qr_ds/train/world.py)
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -39,7 +41,9 @@ class StudentConfig:
     tokenizer: str | None = field(default=None, metadata=rule(help="defaults to model"))
     lr: float = field(default=2e-4, metadata=rule(min=0.0, max=1.0, help="paper: 5e-6 Mistral, 2e-4 Gemma"))
     weight_decay: float = field(default=0.0, metadata=rule(min=0.0))
-    ranks: int = field(default=1, metadata=rule(min=1, help="processes (GPUs) for this student (separate placement)"))
+    ranks: int | Literal["auto"] = field(
+        default=1, metadata=rule(help="processes (GPUs) for this student (separate placement), >= 1; auto = an equal "
+                                      "share of the ranks the launcher starts beyond the other students' (qr_ds/train/world.py)"))
     deepspeed: str = field(default="ds_configs/zero2.json", metadata=rule(help="DeepSpeed JSON for this student"))
     max_len: int | None = field(
         default=None, metadata=rule(min=8, help="this student's training context in tokens (prompt + path); "
@@ -157,6 +161,9 @@ class TrainConfig:
                                   "frozen base of a LoRA student; with finetune: full every weight trains")
         if self.eval.every_steps and not self.eval.tasks:
             raise ConfigError("config key 'eval.tasks': eval.every_steps is set but no task -> dev file is given")
+        for i, s in enumerate(self.students):
+            if s.ranks != AUTO_RANKS and s.ranks < 1:
+                raise ConfigError(f"config key 'students[{i}].ranks': got {s.ranks}; allowed: >= 1 or 'auto'")
         if self.placement == "colocated" and len({s.ranks for s in self.students}) > 1:
             raise ConfigError("config key 'students[].ranks': colocated placement runs every student on "
                               "every rank; leave ranks at the same value")

@@ -1,9 +1,10 @@
-"""What every rank runs: `deepspeed --module qr_ds.train.launch --config C [--resume] [key=value ...]`
+"""What every rank runs: `deepspeed --module qr_ds.train.launch --config C [--resume [auto]] [key=value ...]`
 (or `deepspeed launch/train.py ...`, or torchrun). Overrides use dotted keys (``lambda2=0``,
-``students.1.lr=1e-4``).
+``students.1.lr=1e-4`` or ``students[1].lr=1e-4``).
 
-Builds the strategy (process groups), hands it to the Trainer, and on failure names this rank and
-any rank that died or was stopped before leaving at once.
+Rank 0 runs `qr-ds train`'s checks (preflight.py) before the first collective, since torchrun and srun
+start no `qr-ds train`; then it builds the strategy (process groups), hands it to the Trainer, and on
+failure names this rank and any rank that died or was stopped before leaving at once.
 """
 from __future__ import annotations
 
@@ -24,6 +25,87 @@ def script() -> Path:
     except ModuleNotFoundError:  # an editable install maps only qr_ds itself: the checkout has it
         spec = None
     return Path(spec.origin) if spec and spec.origin else Path(__file__).resolve().parents[2] / "launch" / "train.py"
+
+
+# `qr-ds train` sets it for the ranks it starts: it ran every check before launching, over the whole pool.
+CHECKED = "QR_DS_PREFLIGHT_DONE"
+RESUME_HELP = ("continue from OUTPUT_DIR/checkpoints/latest; `--resume auto` continues when a checkpoint "
+               "is there and starts the run when none is (one command for a first run and a requeue)")
+
+
+def add_resume_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", nargs="?", const="yes", default="no", metavar="auto", help=RESUME_HELP)
+
+
+def resume_mode(args) -> str:
+    """'yes', 'no' or 'auto'. `--resume key=value` has argparse take the override for the flag's
+    value: it goes back to the overrides."""
+    if args.resume not in ("yes", "no", "auto"):
+        args.overrides.insert(0, args.resume)
+        args.resume = "yes"
+    return args.resume
+
+
+def wants_resume(mode: str, output_dir: Path) -> bool:
+    """Whether this start resumes: auto resumes a run that has a complete checkpoint. A latest that
+    cannot be read counts as one, so preflight names what is wrong with it."""
+    from qr_ds.run_layout import RunDir
+
+    if mode != "auto":
+        return mode == "yes"
+    try:
+        return RunDir(output_dir).latest() is not None
+    except ValueError:
+        return True
+
+
+class Refused(Exception):
+    """Rank 0's checks refused the run; every rank stops before the first collective."""
+
+
+def checked_layout(cfg, resume: bool):
+    """The strategy's layout function: the checks on rank 0 first, then the ranks of each student."""
+    from qr_ds.distributed.topology import make_layout
+    from qr_ds.train.world import student_ranks
+
+    def layout(world_size: int):
+        if os.environ.get(CHECKED) != "1":
+            verdict(cfg, world_size, resume)
+        return make_layout(student_ranks(cfg, world_size, "the launcher (WORLD_SIZE)"), world_size, cfg.placement)
+    return layout
+
+
+def verdict(cfg, world_size: int, resume: bool, poll_s: float = 0.2) -> None:
+    """Rank 0 checks; the others wait for its answer on the rendezvous store (no collective, so a long
+    pool scan meets no collective timeout) and all raise Refused when it found problems."""
+    import torch.distributed as dist
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    from qr_ds.train.preflight import problems
+    from qr_ds.train.world import World
+
+    key, rank = "qr_ds/preflight", dist.get_rank()
+    store = _get_default_store()
+    if rank == 0:
+        found = problems(cfg, World(world_size, "the launcher (WORLD_SIZE)"), resume=resume)
+        for line in found:  # before the verdict: the launcher stops this rank once another has left
+            print(f"[qr_ds] preflight: {line}", file=sys.stderr, flush=True)
+        store.set(key, "\n".join(found))
+        if found:
+            deadline = time.time() + 10  # every rank says why it stops before the launcher stops them
+            while store.add(f"{key}/read", 0) < world_size - 1 and time.time() < deadline:
+                time.sleep(poll_s)
+            raise Refused(f"{len(found)} problem(s) found by preflight")
+        return
+    while not store.check([key]):
+        time.sleep(poll_s)
+    found = store.get(key).decode().splitlines()
+    if found:
+        print(f"[qr_ds] rank {rank} refused: rank 0's checks refused the run ({len(found)} problem(s), "
+              "listed by rank 0)", file=sys.stderr, flush=True)
+    store.add(f"{key}/read", 1)
+    if found:
+        raise Refused("")
 
 
 class Terminated(Exception):
@@ -74,10 +156,11 @@ def report_lost_ranks(ranks_dir: Path, wait_s: float = 3.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", required=True, help="training YAML (see docs/config-reference.md)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/latest")
+    add_resume_flag(p)
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_args(argv)
+    mode = resume_mode(args)
 
     import yaml
 
@@ -96,17 +179,18 @@ def main(argv: list[str] | None = None) -> int:
         from qr_ds.distributed.health import write_pid_file
         from qr_ds.distributed.shm_lock import check_shm_build_lock
         from qr_ds.distributed.strategy import Strategy
-        from qr_ds.distributed.topology import make_layout
         from qr_ds.train.trainer import Trainer
 
         write_pid_file(run.ranks, rank)  # before any collective can fail
         check_shm_build_lock()
-        strategy = Strategy(lambda ws: make_layout([s.ranks for s in cfg.students], ws, cfg.placement),
-                            cfg.backend, cfg.collective_timeout_s)
+        resume = wants_resume(mode, cfg.output_dir)
+        strategy = Strategy(checked_layout(cfg, resume), cfg.backend, cfg.collective_timeout_s)
         trainer = Trainer(cfg, strategy)
         if strategy.is_coordinator:
             run.config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        trainer.fit(resume=args.resume)
+        trainer.fit(resume=resume)
+    except Refused:  # said already; no collective ran, so there is no peer to name
+        os._exit(2)
     except Exception as e:  # name the rank, then leave at once: peers blocked in a collective must not wait on us
         print(f"[qr_ds] rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         if run is not None:

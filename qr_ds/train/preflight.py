@@ -9,7 +9,6 @@ naming the config key, so a user fixes all of them in one go.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from qr_ds.data.pool import normalise_question, pool_questions
 from qr_ds.distributed.ds_json import read_ds_json
 from qr_ds.distributed.engines import find_ds_config
 from qr_ds.train.config import StudentConfig, TrainConfig
+from qr_ds.train.world import World, student_ranks
 
 # Any one of these makes a folder a tokenizer (fast, sentencepiece, BPE and WordPiece layouts).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
@@ -27,7 +27,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds are uint32; torch's int64 holds them
 
 
-def problems(cfg: TrainConfig, world_size: int, resume: bool = False, overwrite: bool = False) -> list[str]:
+def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bool = False) -> list[str]:
     """Every reason the launch would fail, one line each naming the config key; [] when ready.
     A refused run leaves no output_dir behind (reading the pool may write its quarantine file beside it)."""
     found = []
@@ -36,7 +36,7 @@ def problems(cfg: TrainConfig, world_size: int, resume: bool = False, overwrite:
     found += path_problem("data.pool", cfg.data.pool, "the embedded pool from `qr-ds embed`")
     found += output_dir_problem(cfg.output_dir)
     found += existing_run_problems(cfg.output_dir, resume, overwrite)
-    found += world_problem(cfg, world_size)
+    found += world_problem(cfg, world)
     if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
         found.append(f"config key 'seed': {cfg.seed} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]} "
                      "(numpy and torch take 32-bit seeds)")
@@ -172,11 +172,15 @@ def existing_run_problems(out: Path, resume: bool, overwrite: bool) -> list[str]
             return [f"config key 'output_dir': --resume, but {out} has no complete checkpoint "
                     "(no checkpoints/latest): start without --resume"]
         return []
-    has_results = latest is not None or run.all_checkpoints() or (run.metrics.is_file() and run.metrics.stat().st_size)
-    if has_results and not overwrite:
-        what = f"checkpoint {latest.name}" if latest is not None else "results"
-        return [f"config key 'output_dir': {out} already holds a training run ({what}); "
+    if overwrite:
+        return []
+    if latest is not None:
+        return [f"config key 'output_dir': {out} already holds a training run (checkpoint {latest.name}); "
                 "pass --resume to continue it, or --overwrite to move it aside and start again"]
+    if run.all_checkpoints() or (run.metrics.is_file() and run.metrics.stat().st_size):
+        return [f"config key 'output_dir': {out} holds results of a run with no complete checkpoint (no "
+                "checkpoints/latest), so there is nothing to resume: pass --overwrite to move it aside and "
+                "start again (under torchrun, move the folder aside yourself)"]
     return []
 
 
@@ -230,29 +234,12 @@ def pool_problems(cfg: TrainConfig) -> list[str]:
 
 # ---- ranks ---------------------------------------------------------------------------------------
 
-def world_problem(cfg: TrainConfig, world_size: int) -> list[str]:
-    if cfg.placement != "separate":
-        return []  # colocated: every rank runs every student, any world fits
-    ranks = [s.ranks for s in cfg.students]
-    if sum(ranks) == world_size:
-        return []
-    return [f"config key 'students[].ranks': placement 'separate' needs one process per student rank: "
-            f"{' + '.join(map(str, ranks))} = {sum(ranks)}, but the launcher would start {world_size} "
-            f"(set --num-procs {sum(ranks)}, or change the students' ranks)"]
-
-
-def hostfile_slots(path: Path) -> int:
-    """Processes the DeepSpeed launcher starts for a hostfile: the sum of its ``slots=N``."""
-    total = 0
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        m = re.search(r"\bslots=(\d+)", line)
-        if m is None:
-            raise ValueError(f"{path}:{lineno}: expected 'HOST slots=N', got {line!r}")
-        total += int(m.group(1))
-    return total
+def world_problem(cfg: TrainConfig, world: World) -> list[str]:
+    try:
+        student_ranks(cfg, world.size, world.source)
+    except ValueError as e:
+        return [str(e)]
+    return []
 
 
 # ---- leakage between the pool and the dev files --------------------------------------------------

@@ -1,0 +1,45 @@
+"""The torchrun path (what srun starts on SLURM) runs `qr-ds train`'s checks on rank 0 before the first
+collective and a refusal ends every rank; `--resume auto` starts a first run and resumes a requeued one."""
+import json
+
+import pytest
+
+from qr_ds.testing import builders as trainkit
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    d = tmp_path_factory.mktemp("checks")
+    pool = trainkit.make_pool(d / "pool")
+    return d, pool, trainkit.make_students(d / "students", pool)
+
+
+def test_a_refusal_on_rank_0_ends_every_rank_naming_the_key(kit):
+    d, pool, studs = kit
+    run = d / "held"
+    (run / "checkpoints" / "step_000002").mkdir(parents=True)
+    (run / "checkpoints" / "step_000002" / "meta.json").write_text('{"step": 2, "students": []}')
+    (run / "checkpoints" / "latest").write_text("step_000002")
+    cfg = trainkit.write_config(d / "held.yaml", studs, pool, run, ranks=["auto", "auto"])
+    res = trainkit.launch(cfg, 2, launcher="torchrun", timeout=300)
+    assert res.returncode != 0
+    assert f"[qr_ds] preflight: config key 'output_dir': {run} already holds a training run" in res.stderr, res.stderr[-3000:]
+    assert "[qr_ds] rank 1 refused: rank 0's checks refused the run (1 problem(s)" in res.stderr, res.stderr[-3000:]
+    assert "qr_ds/train/" not in res.stderr  # no rank's traceback (torchrun prints its own)
+    assert not (run / "metrics.jsonl").exists()
+
+
+def test_resume_auto_starts_a_first_run_and_resumes_a_requeued_one(kit):
+    d, pool, studs = kit
+    run = d / "auto"
+    first = trainkit.write_config(d / "auto.yaml", studs, pool, run, ranks=["auto", "auto"], max_steps=2, save_every=2)
+    res = trainkit.launch(first, 2, "--resume", "auto", launcher="torchrun", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = trainkit.write_config(d / "auto.yaml", studs, pool, run, ranks=["auto", "auto"], max_steps=4, save_every=2)
+    res = trainkit.launch(again, 2, "--resume", "auto", launcher="torchrun", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stdout + res.stderr
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
