@@ -132,9 +132,11 @@ def compact(log: Path, keys: list[Key]) -> list[PathRecord]:
     return [best[k] for k in keys if k in best]
 
 
-def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool = True) -> GenerateStats:
-    """Ask for every path not yet done, write the pool; raise TooFewSucceeded after writing it."""
-    examples = load_questions(cfg)  # a refused split, like a refused second run, should cost nothing
+def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool = True,
+             examples: list[Example] | None = None) -> GenerateStats:
+    """Ask for every path not yet done, write the pool; raise TooFewSucceeded after writing it.
+    ``examples``: these questions instead of ``cfg.data``'s (questions a teacher wrote, teacher/derive.py)."""
+    examples = load_questions(cfg) if examples is None else examples  # a refused split, like a refused second run, should cost nothing
     with output_lock(cfg.out):  # before loading a model: a refused second run should cost nothing
         stats = _generate(cfg, examples, teacher or make_teacher(cfg.teacher), progress)
     check_success(stats, cfg)
@@ -187,6 +189,46 @@ def _generate(cfg: GenerateConfig, examples: list[Example], teacher: Teacher, pr
     write_pool(cfg.out, pool)
     stats.succeeded = sum(1 for r in pool if r.ok)
     return stats
+
+
+CHARS_PER_TOKEN = 4  # English prose in the common BPE vocabularies; the plan says it is an estimate
+TOKENS_PER_S = 50  # one request's output speed assumed for the time estimate (a hosted model's usual stream)
+
+
+def spending_plan(cfg: GenerateConfig) -> list[str]:
+    """`qr-ds generate --plan`: what a run would ask, before it asks anything. Paths already in the log
+    are not counted; their measured output length, when there are some, replaces max_tokens as the
+    per-path estimate."""
+    from qr_ds.teacher.scripted import MODEL_NAME
+
+    examples = load_questions(cfg)
+    model = MODEL_NAME if cfg.teacher.backend == "scripted" else cfg.teacher.model
+    requests, skeletons = plan(cfg, model, examples)
+    keys = [record_key(skeletons[r.key]) for r in requests]
+    log = log_path(cfg.out)
+    done = [r for r in compact(log, keys) if r.ok] if log.is_file() else []
+    done_keys = {record_key(r) for r in done}
+    todo = [r for r, k in zip(requests, keys) if k not in done_keys]
+    measured = [r.meta.get("tokens_out", 0) for r in done if r.meta.get("tokens_out")]
+    per_path = sum(measured) / len(measured) if measured else cfg.teacher.sampling.max_tokens
+    tokens_in = sum(len(r.prompt) for r in todo) // CHARS_PER_TOKEN
+    tokens_out = int(per_path * len(todo))
+    rounds = -(-len(todo) // cfg.teacher.concurrency)
+    seconds = rounds * per_path / TOKENS_PER_S
+    took = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+    basis = (f"the mean of {len(measured)} paths already generated" if measured
+             else f"sampling.max_tokens, an upper bound: run with limit=20 to measure")
+    return [
+        f"plan for {cfg.out}: {len(examples)} questions x {len(cfg.style_templates())} styles x "
+        f"{cfg.samples_per_style} samples = {len(requests)} paths; {len(requests) - len(todo)} already done",
+        f"teacher calls: {len(todo)} ({cfg.teacher.backend}, {model or '(no model)'}); each retried up to "
+        f"{cfg.teacher.max_retries} times on failure",
+        f"tokens in: ~{tokens_in:,} (prompt characters / {CHARS_PER_TOKEN})",
+        f"tokens out: ~{tokens_out:,} ({per_path:.0f} a path: {basis})",
+        f"time: ~{took} at concurrency {cfg.teacher.concurrency}, assuming {TOKENS_PER_S} output tokens/s "
+        "a request",
+        "cost: tokens in x the endpoint's input price + tokens out x its output price; nothing was asked",
+    ]
 
 
 def print_summary(stats: GenerateStats, out: Path) -> None:
