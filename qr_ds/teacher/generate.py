@@ -132,11 +132,9 @@ def compact(log: Path, keys: list[Key]) -> list[PathRecord]:
     return [best[k] for k in keys if k in best]
 
 
-def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool = True,
-             examples: list[Example] | None = None) -> GenerateStats:
-    """Ask for every path not yet done, write the pool; raise TooFewSucceeded after writing it.
-    ``examples``: these questions instead of ``cfg.data``'s (questions a teacher wrote, teacher/derive.py)."""
-    examples = load_questions(cfg) if examples is None else examples  # a refused split, like a refused second run, should cost nothing
+def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool = True) -> GenerateStats:
+    """Ask for every path not yet done, write the pool; raise TooFewSucceeded after writing it."""
+    examples = load_questions(cfg)  # a refused split, like a refused second run, should cost nothing
     with output_lock(cfg.out):  # before loading a model: a refused second run should cost nothing
         stats = _generate(cfg, examples, teacher or make_teacher(cfg.teacher), progress)
     check_success(stats, cfg)
