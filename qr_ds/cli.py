@@ -27,6 +27,7 @@ COMMANDS = [
     "qr_ds.eval.command",  # eval
     "qr_ds.report.command",  # report
     "qr_ds.demo",  # demo
+    "qr_ds.teacher.derive",  # derive (the second call of the Table 1 baselines that write questions)
 ]
 
 

@@ -56,6 +56,8 @@ class PathRecord:
     judge: JudgeVerdict | None = None
     embedding: EmbeddingRef | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # a multi-task objective's task this path serves (data/baselines.py TRAIN_TASKS); None = question -> path
+    train_task: str | None = None
     schema: str = SCHEMA
 
     @property
@@ -90,7 +92,7 @@ def _plain(value: Any) -> Any:
 
 
 _REQUIRED_STR = ("id", "task", "question_id", "question", "gold", "teacher", "style", "prompt")
-_OPT_STR = ("response", "error", "level", "answer")
+_OPT_STR = ("response", "error", "level", "answer", "train_task")
 
 
 def parse_record(obj: dict) -> PathRecord:

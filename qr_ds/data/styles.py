@@ -1,4 +1,5 @@
 """The paper's six reasoning-style templates (Figure 2). Config can add more; these are the defaults."""
+from qr_ds.data.baselines import SOLVE_TEMPLATES, WRITERS
 
 DEFAULT_TEMPLATES: dict[str, str] = {
     "vanilla": "Reason to solve the problem:\n{question}",
@@ -9,3 +10,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "backward": "Use forward reasoning to propose a candidate answer, then backward reasoning to verify it and provide the final verified answer.\n{question}",
 }
 STYLES: tuple[str, ...] = tuple(DEFAULT_TEMPLATES)
+
+# Templates of the Table 1 baselines (data/baselines.py): asked for only when a config names them
+# (generate's baseline or styles), never by default.
+BASELINE_TEMPLATES: dict[str, str] = {**{k: w.template for k, w in WRITERS.items()}, **SOLVE_TEMPLATES}

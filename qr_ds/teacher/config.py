@@ -103,6 +103,9 @@ class GenerateConfig:
     limit: int | None = field(default=None, metadata=rule(min=1, help="first N questions only"))
     samples_per_style: int = field(default=1, metadata=rule(min=1, max=1000, help="k paths per style per question"))
     styles: list[str] | None = field(default=None, metadata=rule(help="styles to use (default: all templates)"))
+    baseline: str | None = field(default=None, metadata=rule(help=(
+        "a Table 1 baseline (qr_ds/data/baselines.py): its styles instead of the six, e.g. cot and the question "
+        "writer; `qr-ds derive` then has the teacher solve the written questions")))
     templates: dict[str, str] = field(default_factory=dict, metadata=rule(help="extra or overriding style templates, with {question}"))
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     min_success_share: float = field(default=0.5, metadata=rule(min=0.0, max=1.0, help=(
@@ -116,6 +119,18 @@ class GenerateConfig:
         for name, tpl in self.templates.items():
             if "{question}" not in tpl:
                 raise ConfigError(f"config key 'templates.{name}': template has no {{question}} placeholder")
+        from qr_ds.data.baselines import BASELINES
+
+        if self.baseline is not None:
+            if self.baseline not in BASELINES:
+                raise ConfigError(f"config key 'baseline': unknown baseline {self.baseline!r}; known: "
+                                  f"{', '.join(BASELINES)}")
+            if self.styles is not None:
+                raise ConfigError(f"config key 'styles': baseline {self.baseline} names its own styles "
+                                  f"({', '.join(BASELINES[self.baseline].styles)}); leave one of the two keys out")
+            if self.samples_per_style < BASELINES[self.baseline].min_samples:
+                raise ConfigError(f"config key 'samples_per_style': baseline {self.baseline} samples each question "
+                                  f"several times: give k >= {BASELINES[self.baseline].min_samples}")
         if self.styles is not None and not self.styles:
             raise ConfigError("config key 'styles': an empty list names no style; leave the key out for all "
                               "of them, or list the ones to use")
@@ -129,9 +144,13 @@ class GenerateConfig:
         return {"out": self.out, "out (its request log)": log_path(self.out)}, {"data": Path(self.data)}
 
     def style_templates(self, all_styles: bool = False) -> dict[str, str]:
-        from qr_ds.data.styles import DEFAULT_TEMPLATES
+        """The templates this run asks for: ``styles``, else the baseline's, else the six and any added."""
+        from qr_ds.data.baselines import BASELINES
+        from qr_ds.data.styles import BASELINE_TEMPLATES, DEFAULT_TEMPLATES
 
         tpl = {**DEFAULT_TEMPLATES, **self.templates}
-        if all_styles or not self.styles:
-            return tpl
-        return {s: tpl[s] for s in self.styles}
+        known = {**BASELINE_TEMPLATES, **tpl}
+        if all_styles:
+            return known
+        chosen = self.styles or (BASELINES[self.baseline].styles if self.baseline else None)
+        return {s: known[s] for s in chosen} if chosen else tpl

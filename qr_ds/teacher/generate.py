@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from qr_ds.config import ConfigError
+from qr_ds.data.baselines import WRITERS
 from qr_ds.data.jsonl import JsonlAppender, repair_tail
 from qr_ds.data.pool import PathRecord, iter_pool, write_pool
 from qr_ds.stages import StageFailed, derive_seed, output_lock
@@ -132,9 +133,11 @@ def compact(log: Path, keys: list[Key]) -> list[PathRecord]:
     return [best[k] for k in keys if k in best]
 
 
-def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool = True) -> GenerateStats:
-    """Ask for every path not yet done, write the pool; raise TooFewSucceeded after writing it."""
-    examples = load_questions(cfg)  # a refused split, like a refused second run, should cost nothing
+def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool = True,
+             examples: list[Example] | None = None) -> GenerateStats:
+    """Ask for every path not yet done, write the pool; raise TooFewSucceeded after writing it.
+    ``examples``: these questions instead of ``cfg.data``'s (questions a teacher wrote, teacher/derive.py)."""
+    examples = load_questions(cfg) if examples is None else examples  # a refused split, like a refused second run, should cost nothing
     with output_lock(cfg.out):  # before loading a model: a refused second run should cost nothing
         stats = _generate(cfg, examples, teacher or make_teacher(cfg.teacher), progress)
     check_success(stats, cfg)
@@ -226,7 +229,8 @@ def spending_plan(cfg: GenerateConfig) -> list[str]:
         f"time: ~{took} at concurrency {cfg.teacher.concurrency}, assuming {TOKENS_PER_S} output tokens/s "
         "a request",
         "cost: tokens in x the endpoint's input price + tokens out x its output price; nothing was asked",
-    ]
+    ] + ([f"then `qr-ds derive`: up to {written} more calls, one to solve each written question"]
+         if (written := sum(r.context["style"] in WRITERS for r in requests)) else [])
 
 
 def print_summary(stats: GenerateStats, out: Path) -> None:

@@ -161,7 +161,11 @@ class ScriptedTeacher:
         return Plan(misread, slip, spurious and not slip)
 
     def path(self, req: Request) -> str:
+        from qr_ds.teacher.scripted_baselines import REPLIES  # the Table 1 baselines' templates
+
         ex, style = req.context["example"], req.context["style"]
+        if style in REPLIES:
+            return REPLIES[style](self, req)
         plan = self.plan(req)
         steps = steps_of(ex, plan.misread, plan.slip)
         lines = RENDER[style](ex, steps)
