@@ -155,6 +155,28 @@ def test_two_base_models_each_get_their_engine(tiny, tmp_path):
     methods = [r["method"] for r in summary["rows"]]
     assert methods == ["llama @ step_000003", "qwen @ step_000003", "ensemble-logprob @ step_000003",
                        "ensemble-vote @ step_000003"]
+    served = {a["student"]: a["model"] for a in json.loads((tmp_path / "out/adapters.json").read_text())}
+    assert served == {"llama": str(base), "qwen": str(qwen)}
+
+    # each student's outputs are its own base model's with its adapter, on its own prompt format
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qr_ds.data.format import encode_prompt
+
+    preds = [json.loads(l) for l in (tmp_path / "out/predictions.jsonl").read_text().splitlines()]
+    for student, model_dir in (("llama", base), ("qwen", qwen)):
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir),
+                                          str(run / "checkpoints/step_000003/students" / student / "adapter"))
+        mine = [p for p in preds if p["student"] == student]
+        assert len(mine) == 2 and all(("<|user|>" in p["prompt"]) == (student == "llama") for p in mine)
+        for p in mine:
+            ids = torch.tensor([encode_prompt(tok, p["prompt"])])
+            with torch.no_grad():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=p["tokens"],
+                                     min_new_tokens=p["tokens"], do_sample=False)
+            assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == p["output"], (student, p["id"])
 
 
 def test_checkpoints_of_several_runs_at_one_step_get_labels_that_tell_the_runs_apart():

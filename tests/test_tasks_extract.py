@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from qr_ds.tasks import Example, get_task
+from qr_ds.tasks import Example, get_task, list_tasks
 from qr_ds.tasks.equiv import math_equiv
 
 ARC = get_task("arc_challenge").from_record({
@@ -166,9 +166,19 @@ CASES: dict[str, tuple[Example, list[tuple[str, str | None]]]] = {
 }
 
 
-@pytest.mark.parametrize("task", list(CASES))
-def test_enough_cases(task: str) -> None:
-    assert len(CASES[task][1]) >= 15
+BENCHMARKS = [t.name for t in list_tasks() if t.name != "synthetic"]  # synthetic's outputs are generated
+
+
+@pytest.mark.parametrize("task", BENCHMARKS)
+def test_every_benchmark_has_cases_its_extractor_must_answer_and_refuse(task: str) -> None:
+    """Every registered benchmark has at least 15 cases here, and its extractor finds an answer in some
+    and refuses others: a task registered without cases, or an extractor that always or never answers,
+    fails here."""
+    assert task in CASES, f"task {task!r} is registered but has no extraction cases"
+    example, cases = CASES[task]
+    got = [get_task(task).extract(output, example) for output, _ in cases]
+    assert len(cases) >= 15
+    assert None in got and any(g is not None for g in got), got
 
 
 @pytest.mark.parametrize("task,i", [(t, i) for t, (_, cs) in CASES.items() for i in range(len(cs))])

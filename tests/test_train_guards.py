@@ -36,14 +36,23 @@ def test_report_to_backend_not_installed_is_refused_naming_pip(tmp_path, monkeyp
         load_config(TrainConfig, _cfg(tmp_path, report_to=["jsonl", "wandb"]))
 
 
-def test_pid_files_of_an_earlier_launch_are_not_blamed(tmp_path, monkeypatch):
-    from qr_ds.distributed.health import dead_ranks, write_pid_file
+def test_dead_ranks_of_this_launch_are_named_and_of_an_earlier_one_are_not(tmp_path, monkeypatch):
+    from qr_ds.distributed.health import dead_ranks, launch_id, write_pid_file
 
     monkeypatch.setenv("MASTER_PORT", "1111")
-    (tmp_path / "rank2.pid").write_text("999999999 :2222")  # a dead rank of another launch
-    (tmp_path / "rank3.pid").write_text("999999999")  # the old format: no launch at all
-    write_pid_file(tmp_path, 0)
-    assert dead_ranks(tmp_path) == []
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # exited and reaped: no /proc entry
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie, as a killed rank is
+    try:
+        (tmp_path / "rank1.pid").write_text(f"{gone.pid} {launch_id()} {socket.gethostname()}")
+        (tmp_path / "rank4.pid").write_text(f"{zombie.pid} {launch_id()} {socket.gethostname()}")
+        (tmp_path / "rank2.pid").write_text(f"{gone.pid} :2222")  # a dead rank of another launch
+        (tmp_path / "rank3.pid").write_text(f"{gone.pid}")  # the old format: no launch at all
+        write_pid_file(tmp_path, 0)  # this process: alive
+        assert dead_ranks(tmp_path) == [(1, gone.pid), (4, zombie.pid)]
+    finally:
+        zombie.wait()
 
 
 def test_stopped_rank_is_named(tmp_path, monkeypatch, capsys):

@@ -2,6 +2,7 @@
 A micro-step, a checkpoint whose student folders load with the Auto classes and peft, and a resume
 that logs each step once."""
 import json
+import math
 import os
 import socket
 
@@ -52,12 +53,17 @@ def _trainer(strategy, kit, name, **over):
 
 def test_micro_step_in_one_process(strategy, kit):
     tr = _trainer(strategy, kit, "micro")
+    idx = tr.data.epoch_batches(0, tr.P)[0]
+    real = tr.route(idx)  # the router's own choice: 0/1, every path to one student at least
+    assert ((real == 0) | (real == 1)).all() and (real.sum(1) >= 1).all()
+    hard = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # path 0 co-routed, path 1 to the second student only
+    tr.route = lambda _: hard
     before = {n: p.detach().clone() for n, p in tr.students[0].engine.module.named_parameters() if p.requires_grad}
-    rec = tr.micro_step(tr.data.epoch_batches(0, tr.P)[0])
-    stats = rec["stats"]
-    assert [s.routed for s in stats.students] and sum(s.routed for s in stats.students) >= tr.P
-    assert stats.mutual_loss > 0 and all(s.tokens > 0 for s in stats.students)
-    assert all(s.lr > 0 for s in stats.students)
+    stats = tr.micro_step(idx)["stats"]
+    assert [s.routed for s in stats.students] == [1, 2]
+    for s, st in enumerate(stats.students):  # a student trains on the tokens of the paths routed to it
+        assert st.tokens == tr.data.encoded[s].lengths[idx[hard[:, s] > 0].numpy()].sum() and st.sft_loss_sum > 0
+    assert stats.mutual_loss > 0 and all(s.lr > 0 for s in stats.students)
     after = dict(tr.students[0].engine.module.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in before)
 
@@ -116,9 +122,25 @@ def test_resume_logs_each_step_once(strategy, kit):
 
 
 def test_adamw8bit_and_cosine_schedule(strategy, kit):
-    tr = _trainer(strategy, kit, "bnb", optimizer="adamw8bit", lr_schedule="cosine", warmup_steps=2)
-    rec = tr.micro_step(tr.data.epoch_batches(0, tr.P)[0])
-    assert all(0 < s.lr for s in rec["stats"].students)
+    """optimizer: adamw8bit is bitsandbytes' AdamW8bit inside DeepSpeed, and the lr after each step
+    follows linear warmup, then cosine decay to min_lr_ratio x lr (the formula written out here)."""
+    import bitsandbytes as bnb
+
+    warmup, total, ratio, base = 2, 6, 0.1, 1e-3
+    tr = _trainer(strategy, kit, "bnb", optimizer="adamw8bit", lr_schedule="cosine", warmup_steps=warmup,
+                  max_steps=total, min_lr_ratio=ratio)
+    for st in tr.students:
+        opt = st.engine.engine.optimizer
+        assert isinstance(getattr(opt, "optimizer", opt), bnb.optim.AdamW8bit)  # ZeRO wraps the one it is given
+
+    def lr_after(step: int) -> float:
+        if step < warmup:
+            return base * (step + 1) / warmup
+        return base * (ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))))
+
+    batches = tr.data.epoch_batches(0, tr.P)
+    lrs = [tr.micro_step(batches[k])["stats"].students[0].lr for k in range(3)]
+    assert lrs == pytest.approx([lr_after(k) for k in range(1, 4)], rel=1e-6)
 
 
 def test_a_short_context_is_charged_for_the_text_it_cuts(strategy, kit):
