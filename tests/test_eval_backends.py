@@ -206,10 +206,9 @@ def test_vllm_start_fits_the_machine_and_names_its_root_cause(tiny, tmp_path):
     from qr_ds.eval.vllm_backend import memory_fraction, model_limit, root_cause, stderr_kept
 
     assert model_limit(str(tiny[1])) == 1024  # the tiny model's max_position_embeddings
-    meminfo = "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:    6000000 kB\n"
-    if not torch.cuda.is_available():
-        assert memory_fraction(0.8, meminfo) == pytest.approx(0.9 * 6 / 24)  # not 0.8 of RAM others hold
-        assert memory_fraction(0.1, meminfo) == 0.1  # never more than asked
+    if not torch.cuda.is_available():  # 6 of 24 GiB available
+        assert memory_fraction(0.8, 6 / 24) == pytest.approx(0.9 * 6 / 24)  # not 0.8 of RAM others hold
+        assert memory_fraction(0.1, 6 / 24) == 0.1  # never more than asked
     log = ("INFO 12-01 engine starting\nTraceback (most recent call last):\n  File \"x.py\", line 3\n"
            "ValueError: To serve at least one request with max_model_len (2048), 2.1 GiB KV cache is needed, "
            "which is larger than the available KV cache memory (0.4 GiB).\n"

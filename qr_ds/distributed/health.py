@@ -11,6 +11,11 @@ import os
 import socket
 from pathlib import Path
 
+import psutil
+
+GONE = (None, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+FROZEN = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)  # SIGSTOP, or a debugger's stop
+
 
 def launch_id() -> str:
     return f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
@@ -23,19 +28,14 @@ def write_pid_file(folder: Path, rank: int) -> None:
     os.replace(tmp, folder / f"rank{rank}.pid")
 
 
-def _state(pid: int) -> str | None:
-    """The /proc state letter (R, S, T, Z...), or None when the process is gone."""
+def _status(pid: int) -> str | None:
+    """psutil's status (running, sleeping, stopped, zombie...), or None when the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+        return psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
         return None
-    except OSError:
-        try:
-            os.kill(pid, 0)
-            return "?"
-        except ProcessLookupError:
-            return None
+    except psutil.AccessDenied:  # /proc mounted with hidepid: the process exists, its state is hidden
+        return "unknown"
 
 
 def _all_ranks(folder: Path) -> list[tuple[int, int, str]]:
@@ -65,9 +65,9 @@ def other_hosts(folder: Path) -> list[tuple[int, int, str]]:
 
 def dead_ranks(folder: Path) -> list[tuple[int, int]]:
     # A killed rank stays a zombie until the launcher reaps it; kill(pid, 0) still succeeds then.
-    return [(r, pid) for r, pid in _ranks(folder) if _state(pid) in (None, "Z")]
+    return [(r, pid) for r, pid in _ranks(folder) if _status(pid) in GONE]
 
 
 def stopped_ranks(folder: Path) -> list[tuple[int, int]]:
     """Ranks frozen by a signal (SIGSTOP, a debugger): alive, yet every collective waits on them."""
-    return [(r, pid) for r, pid in _ranks(folder) if _state(pid) in ("T", "t")]
+    return [(r, pid) for r, pid in _ranks(folder) if _status(pid) in FROZEN]

@@ -10,6 +10,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 
+import psutil
+
 from qr_ds.eval.generation import Generation, Request, trim
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # max_lora_rank values vLLM accepts
@@ -39,22 +41,18 @@ def model_limit(model: str) -> int | None:
     return getattr(AutoConfig.from_pretrained(model).get_text_config(), "max_position_embeddings", None)
 
 
-def memory_fraction(asked: float, meminfo: str | None = None) -> float:
+def memory_fraction(asked: float, available_share: float | None = None) -> float:
     """On CPU vLLM's memory fraction is of host RAM, which other processes hold part of: ask for at
-    most 90% of what is available now, or the engine refuses to start. On a GPU: ``asked``."""
+    most 90% of what is available now (``available_share`` of the total, psutil's by default), or
+    the engine refuses to start. On a GPU: ``asked``."""
     import torch
 
     if torch.cuda.is_available():
         return asked
-    if meminfo is None:
-        try:
-            meminfo = open("/proc/meminfo").read()
-        except OSError:
-            return asked
-    kib = {line.split(":")[0]: int(line.split()[1]) for line in meminfo.splitlines() if line.split()[1:2]}
-    if not kib.get("MemTotal") or "MemAvailable" not in kib:
-        return asked
-    return round(max(0.01, min(asked, 0.9 * kib["MemAvailable"] / kib["MemTotal"])), 3)
+    if available_share is None:
+        memory = psutil.virtual_memory()  # /proc/meminfo's MemAvailable and MemTotal
+        available_share = memory.available / memory.total
+    return round(max(0.01, min(asked, 0.9 * available_share)), 3)
 
 
 ROOT_CAUSE = re.compile(r"^\s*(?:\w+\.)*(\w*(?:Error|Exception)): (.+)$")

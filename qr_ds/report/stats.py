@@ -12,8 +12,6 @@ so the planted-data test runs hundreds of simulated studies in one call.
 """
 from __future__ import annotations
 
-from math import comb
-
 import numpy as np
 from scipy import stats
 
@@ -24,12 +22,11 @@ SEEDS_AND_QUESTIONS, QUESTIONS_ONLY = "seeds and questions", "questions only"
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact p-value: under H0 each discordant question is a fair coin flip between
     "only A right" and "only B right" (binomial, n = discordant pairs, p = 1/2). Shown only for one
-    run per method, labelled questions only."""
+    run per method, labelled questions only. scipy's binomtest matches the exact rational sum to
+    3e-14 relative up to n = 300 (tests/test_libraries.py) and stays near 1 ms at n = 20 000, where
+    summing binomial coefficients took 21 s."""
     n = only_a + only_b
-    if n == 0:
-        return 1.0
-    tail = sum(comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    return 1.0 if n == 0 else float(stats.binomtest(only_a, n, 0.5).pvalue)
 
 
 def hierarchical_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:

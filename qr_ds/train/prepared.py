@@ -10,7 +10,6 @@ and maps the folder again; a changed pool or tokenizer gets a new folder.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from qr_ds.data.pool import PoolStream
 from qr_ds.distributed.health import launch_id
@@ -195,16 +195,17 @@ def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str],
 
 @contextmanager
 def _file_lock(path: Path, on_wait: Callable[[], None]):
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another node's builder, on a shared filesystem
-            on_wait()
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """filelock's flock, which also falls back to a marker file where the filesystem has no flock."""
+    lock = FileLock(path)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:  # another node's builder, on a shared filesystem
+        on_wait()
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def ensure_prepared(cfg: TrainConfig, tokenizers: list, log: Callable[[str], None],
