@@ -8,17 +8,13 @@ whether fusing it would pay (see benchmarks/README.md).
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-from benchmarks.common import base_argparser, markdown_table, plot_bars, resolve_size, save_results, timeit  # noqa: E402
-from qr_ds.kernels import (  # noqa: E402
+from common import base_argparser, markdown_table, plot_bars, resolve_size, save_results, timeit
+from qr_ds.kernels import (
     fused_linear_cross_entropy,
     reference_linear_cross_entropy,
     reference_span_pool_project,
@@ -28,7 +24,7 @@ from qr_ds.kernels import (  # noqa: E402
 
 CE_SHAPES = {  # name: (N tokens, H, V)
     "toy": {"llama-like V=8k": (512, 256, 8192), "gemma-like V=32k": (512, 192, 32000)},
-    "full": {"mistral V=32768": (8 * 768, 4096, 32768), "gemma V=256000": (8 * 768, 3072, 256000)},
+    "full": {"mistral V=32768": (8 * 768, 4096, 32768), "gemma-3 V=262144 (H of Gemma-7B)": (8 * 768, 3072, 262144)},
 }
 # Toy sizes fit one default chunk; 128 rows keeps the chunk/N ratio of the full Gemma shape (512/6144).
 CE_CHUNK = {"toy": 128, "full": None}
@@ -175,7 +171,7 @@ def main() -> None:
     if liger_ce() is None:
         print("liger-kernel not importable: no Liger rows.\n")
     print(markdown_table(rows, ["kernel", "impl", "ms", "largest_tensor_MiB", "extra_peak_MiB", "fastest"]))
-    path = save_results("bench_kernels", rows, {"size": size}, args.out)
+    path = save_results(args.name or "bench_kernels", rows, {"size": size}, args.out)
     print(f"\nwrote {path}")
     if args.plot:
         labelled = [{**r, "label": f"{r['kernel']}: {r['impl']}"} for r in rows]

@@ -5,23 +5,23 @@ Variants, all LoRA r=32 on the 7 linear projections, AdamW, random weights:
   qr_ds        causal_lm_loss with the fused linear+CE kernel, no checkpointing (speed mode)
   qr_ds-mem    the same with selective checkpointing of a fraction of the layers (memory-saving mode)
   qr_ds-nokern causal_lm_loss without kernels (lm_head logits + F.cross_entropy), no checkpointing
+"ours" runs the trainer's own Student module (qr_ds.train.student) with per-token weights as the
+trainer builds them. Models: mistral and gemma (7B shapes), smollm2 and gemma3 (the real small pair's
+shapes: SmolLM2-135M-Instruct, Gemma-3-270M), all with random weights.
 GPU only: nf4 QLoRA via bitsandbytes (as /work/shared/tools/gpu_baseline.py), CUDA timing, peak
-memory and MFU; the full 7B shapes with batch 8 x 768. On CPU: plain fp32 LoRA at toy size.
+memory and MFU; the full shapes with batch 8 x 768. On CPU: plain fp32 LoRA at toy size.
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch import nn
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from benchmarks.common import base_argparser, markdown_table, plot_bars, resolve_size, save_results  # noqa: E402
-from qr_ds.kernels import causal_lm_loss, selective_checkpointing  # noqa: E402
+from common import base_argparser, markdown_table, plot_bars, resolve_size, save_results
+from qr_ds.kernels import selective_checkpointing
+from qr_ds.train.student import Student
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA_R = 32
@@ -40,31 +40,51 @@ SHAPES = {
                         num_attention_heads=32, num_key_value_heads=8, head_dim=128),
         "gemma": dict(kind="gemma", vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
                       num_attention_heads=16, num_key_value_heads=16, head_dim=256),
+        # the real small pair's published configs (SmolLM2-135M-Instruct, Gemma-3-270M)
+        "smollm2": dict(kind="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                        num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True),
+        "gemma3": dict(kind="gemma3", vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                       num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
+                       query_pre_attn_scalar=256),
     },
     "toy": {  # same ratios that matter (GQA for mistral, big vocab/hidden for gemma), CPU-sized
         "mistral": dict(kind="llama", vocab_size=2048, hidden_size=128, intermediate_size=448, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, head_dim=32),
         "gemma": dict(kind="gemma", vocab_size=16384, hidden_size=96, intermediate_size=768, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, head_dim=48),
+        # head_dim 64: vLLM's CPU attention refuses smaller heads (the eval rehearsal serves these)
+        "smollm2": dict(kind="llama", vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=64, tie_word_embeddings=True),
+        "gemma3": dict(kind="gemma3", vocab_size=16384, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=64, sliding_window=32,
+                       query_pre_attn_scalar=64),
     },
 }
+# shape kind -> (transformers config class, model class)
+ARCHITECTURES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "gemma": ("GemmaConfig", "GemmaForCausalLM"),
+                 "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM")}
 BATCH = {"full": (8, 768), "toy": (2, 64)}
 VARIANTS = ["plain", "qr_ds", "qr_ds-mem", "qr_ds-nokern"]
 
 
-def build(shape: dict, device: str, nf4: bool) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-    from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
+def random_model(shape: dict, device: str, dtype: torch.dtype, **config_extra) -> nn.Module:
+    """A causal LM of ``shape`` with random weights (seed 0), built on ``device``."""
+    import transformers
 
     shape = dict(shape)
-    kind = shape.pop("kind")
-    config_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if kind == "llama" else (GemmaConfig, GemmaForCausalLM)
-    config = config_cls(**shape, max_position_embeddings=4096)
+    config_name, model_name = ARCHITECTURES[shape.pop("kind")]
+    config = getattr(transformers, config_name)(**shape, max_position_embeddings=4096, **config_extra)
     config._attn_implementation = "sdpa"
-    config.use_cache = False  # training: no KV cache (and no warning when checkpointing)
     torch.manual_seed(0)
     with torch.device(device):
-        model = model_cls(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
+        return getattr(transformers, model_name)(config).to(dtype)
+
+
+def build(shape: dict, device: str, nf4: bool) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    # training: no KV cache (and no warning when checkpointing)
+    model = random_model(shape, device, torch.bfloat16 if device == "cuda" else torch.float32, use_cache=False)
     if nf4:
         quantize_nf4(model)
     for p in model.parameters():
@@ -104,8 +124,11 @@ def step_fn(model: nn.Module, variant: str, input_ids: torch.Tensor, mem_fractio
     mask = torch.ones_like(input_ids)
     if variant == "plain":
         return lambda: model(input_ids=input_ids, attention_mask=mask, labels=input_ids).loss.backward()
-    use_kernels = variant != "qr_ds-nokern"
-    return lambda: causal_lm_loss(model, input_ids, mask, input_ids, use_kernels=use_kernels)[0].backward()
+    # the trainer's module and weighting: each path's tokens weigh 1 / (its tokens x paths)
+    student = Student(model, None, use_kernels=variant != "qr_ds-nokern")
+    weights = torch.zeros(input_ids.shape, device=input_ids.device)
+    weights[:, 1:] = 1.0 / ((input_ids.shape[1] - 1) * input_ids.shape[0])
+    return lambda: student(input_ids, mask, input_ids, weights)[0].backward()
 
 
 def run_variant(model: nn.Module, variant: str, input_ids: torch.Tensor, steps: int, mem_fraction: float) -> dict:
@@ -133,7 +156,7 @@ def run_variant(model: nn.Module, variant: str, input_ids: torch.Tensor, steps: 
 
 def main() -> None:
     p = base_argparser(__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", choices=["mistral", "gemma"], default=["mistral", "gemma"])
+    p.add_argument("--models", nargs="+", choices=list(SHAPES["full"]), default=["mistral", "gemma"])
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 3 full, 2 toy)")
     p.add_argument("--mem-fraction", type=float, default=0.75,
@@ -174,7 +197,8 @@ def main() -> None:
     if "qr_ds-mem" in args.variants:
         print(f"qr_ds-mem checkpoints {args.mem_fraction:.0%} of the decoder layers.\n")
     print(markdown_table(rows))
-    path = save_results("bench_student_step", rows, {"size": size, "flops_formula": FLOPS_FORMULA}, args.out)
+    path = save_results(args.name or "bench_student_step", rows,
+                        {"size": size, "weights": "random", "flops_formula": FLOPS_FORMULA}, args.out)
     print(f"\nwrote {path}")
     if args.plot:
         labelled = [{**r, "label": f"{r['model']} {r['variant']}"} for r in rows]

@@ -46,7 +46,7 @@ def machine() -> dict:
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     if not rows:
         return "(no rows)"
-    columns = list(columns or rows[0].keys())
+    columns = list(columns or dict.fromkeys(k for r in rows for k in r))  # every row's keys, first seen first
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         out.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
@@ -105,6 +105,8 @@ def base_argparser(description: str) -> argparse.ArgumentParser:
                    help="toy: CPU-sized shapes (default without CUDA); full: the 7B shapes (default with CUDA)")
     p.add_argument("--out", type=Path, default=None, help="folder for JSON/PNG (default benchmarks/results)")
     p.add_argument("--plot", action="store_true", help="also draw a PNG")
+    p.add_argument("--name", default=None, help="results file stem (default: the benchmark's own), so that two "
+                                                 "runs of one benchmark into one --out folder keep both")
     return p
 
 

@@ -82,8 +82,8 @@ def launch(config: Path, nprocs: int, *extra: str, timeout: float = 300, env_ext
            launcher: str = "deepspeed"):
     """The real DeepSpeed launcher (or torchrun) on CPU (gloo); a running Popen when ``background``."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # trainer uses the torch path on CPU
-    env = dict(env, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               MASTER_PORT=str(_free_port()), **(env_extra or {}))
+    env = {**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "MASTER_PORT": str(_free_port()), **(env_extra or {})}  # env_extra may name the accelerator
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nprocs),
                "--master-port", env["MASTER_PORT"]]
