@@ -151,6 +151,12 @@ class RunDir:
     ranks = property(lambda self: self.root / "ranks")
     evaluations = property(lambda self: self.root / "eval")
     checkpoints = property(lambda self: self.root / "checkpoints")
+    latest_marker = property(lambda self: self.checkpoints / "latest")
+    prepared = property(lambda self: self.root / "prepared")  # prepared training data, unless configured elsewhere
+
+    def is_run(self) -> bool:
+        """A training run's folder: checkpoints/ beside its config.yaml or its checkpoints/latest."""
+        return self.checkpoints.is_dir() and (self.config.is_file() or self.latest_marker.is_file())
 
     def training_pool(self) -> Path | None:
         """The teacher's path pool the run trained on: config.yaml's data.pool, else RUN/pool.jsonl."""
@@ -169,7 +175,7 @@ class RunDir:
     def latest(self) -> CheckpointDir | None:
         """The checkpoint ``checkpoints/latest`` names; ValueError when it names anything but a
         ``step_N`` folder beside it (``../../outside/step_9`` was followed)."""
-        marker = self.checkpoints / "latest"
+        marker = self.latest_marker
         if not marker.is_file():
             return None
         name = marker.read_bytes().decode("utf-8", errors="replace").strip()
@@ -193,12 +199,12 @@ class RunDir:
     def set_latest(self, ckpt: CheckpointDir) -> None:
         """Write-temp, fsync, rename, fsync the folder: after a power cut 'latest' names either the
         old checkpoint or the new one, never an empty file."""
-        tmp = self.checkpoints / "latest.tmp"
+        tmp = self.latest_marker.with_name("latest.tmp")
         with open(tmp, "w") as fh:
             fh.write(ckpt.name)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, self.checkpoints / "latest")
+        os.replace(tmp, self.latest_marker)
         fd = os.open(self.checkpoints, os.O_RDONLY)
         try:
             os.fsync(fd)

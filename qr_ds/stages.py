@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from qr_ds.config import ConfigError, apply_override, from_dict, load_yaml, parse_override
+from qr_ds.run_layout import RunDir
 
 
 class StageFailed(RuntimeError):
@@ -85,8 +86,7 @@ def _same(a: Path, b: Path) -> bool:
 def training_run_of(path: Path) -> Path | None:
     """The training run folder (one with checkpoints/) that ``path`` is inside or is, if any."""
     for folder in [_resolved(path), *_resolved(path).parents]:
-        if (folder / "checkpoints").is_dir() and ((folder / "config.yaml").is_file()
-                                                   or (folder / "checkpoints" / "latest").is_file()):
+        if RunDir(folder).is_run():
             return folder
     return None
 
