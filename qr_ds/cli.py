@@ -21,13 +21,13 @@ COMMANDS = [
     "qr_ds.tasks.command",  # tasks, score
     "qr_ds.tasks.export",  # data export
     "qr_ds.teacher.command",  # generate
+    "qr_ds.teacher.derive",  # derive (the second call of the Table 1 baselines that write questions)
     "qr_ds.filter.command",  # filter
     "qr_ds.embed.command",  # embed
     "qr_ds.train.command",  # train
     "qr_ds.eval.command",  # eval
     "qr_ds.report.command",  # report
     "qr_ds.demo",  # demo
-    "qr_ds.teacher.derive",  # derive (the second call of the Table 1 baselines that write questions)
 ]
 
 

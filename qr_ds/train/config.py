@@ -76,6 +76,33 @@ class DataConfig:
                                                "paths in one batch, so eq. 3 averages over all of them. In a plain "
                                                "training loop on the demo task: 79% vs 27% after 3 epochs; batches of "
                                                "two or three questions teach too little per step"))
+    question_fraction: float = field(default=1.0, metadata=rule(min=0.0, max=1.0, help=(
+        "train on this share of the questions, each with all of its paths (paper Figure 6); which questions is "
+        "decided by question_seed and each question's id alone, so every method gets the same ones")))
+    question_seed: int = field(default=0, metadata=rule(help="the data seed that picks question_fraction's "
+                                                             "questions (not the training seed)"))
+    objective: Literal["sft", "step_by_step", "revthink"] = field(default="sft", metadata=rule(help=(
+        "sft = question -> path; step_by_step = each path trained as a label task and a [rationale] task (Hsieh "
+        "et al. 2023); revthink = backward paths also trained as question -> [backward question] (Chen et al. "
+        "2024); tasks and weights in qr_ds/data/baselines.py")))
+    task_weights: dict[str, float] = field(default_factory=dict, metadata=rule(help=(
+        "loss weight per training task (main, label, rationale, backward_question, backward_reasoning); "
+        "default: the weights of the objective's paper, all 1.0")))
+
+    def validate(self, key: str = "") -> None:
+        from qr_ds.data.baselines import TRAIN_TASKS
+
+        where = f"{key}." if key else ""
+        if self.question_fraction <= 0:
+            raise ConfigError(f"config key '{where}question_fraction': 0 selects no question; give a share in (0, 1]")
+        for task, w in self.task_weights.items():
+            if task not in TRAIN_TASKS:
+                raise ConfigError(f"config key '{where}task_weights.{task}': unknown task; known: "
+                                  f"{', '.join(TRAIN_TASKS)}")
+            if not w >= 0:
+                raise ConfigError(f"config key '{where}task_weights.{task}': {w} is not a weight >= 0")
+
+
 
 
 @dataclass
@@ -159,6 +186,9 @@ class TrainConfig:
             if s.finetune == "full" and s.lora.quantize != "none":
                 raise ConfigError(f"config key 'students[{i}].lora.quantize': {s.lora.quantize!r} quantizes the "
                                   "frozen base of a LoRA student; with finetune: full every weight trains")
+        if self.router.enabled and self.data.objective != "sft":  # the task copies' targets are not the embedded text
+            raise ConfigError(f"config key 'data.objective': {self.data.objective} trains copies of paths with other "
+                              "targets, which have no embedding to route by; set router.enabled: false")
         if self.eval.every_steps and not self.eval.tasks:
             raise ConfigError("config key 'eval.tasks': eval.every_steps is set but no task -> dev file is given")
         for i, s in enumerate(self.students):

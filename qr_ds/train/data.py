@@ -30,6 +30,14 @@ def unseen_nats_of(unseen_chars: list[torch.Tensor], response_tokens: list[torch
     return torch.stack(out, dim=1)
 
 
+def path_weights(tasks: list[str], task_index: np.ndarray, overrides: dict[str, float]) -> torch.Tensor:
+    """[N] loss weight of each path: its training task's (data.task_weights, else data/baselines.py's)."""
+    from qr_ds.data.baselines import TRAIN_TASKS
+
+    per_task = torch.tensor([overrides.get(t, TRAIN_TASKS[t].weight) for t in tasks] or [1.0], dtype=torch.float32)
+    return per_task[torch.from_numpy(task_index.astype(np.int64))]
+
+
 def collate(items: list[Encoded], pad_id: int, device) -> dict[str, torch.Tensor]:
     T = max(len(e.input_ids) for e in items)
     B = len(items)
@@ -76,6 +84,8 @@ class TrainData:
                                           [len(t) for t in tokenizers], self.response_chars)
         self.response_tokens = [torch.from_numpy(t).clamp(min=1).float() for t in p.response_tokens]
         self.question_index = torch.from_numpy(np.array(p.question_index))
+        self.styles = torch.from_numpy(np.asarray(p.style, dtype=np.int64))  # index into p.styles
+        self.path_weight = path_weights(p.meta["train_tasks"], np.asarray(p.train_task), cfg.data.task_weights)
         n_q = p.meta["n_questions"]
         self._by_question = question_groups(self.question_index, n_q)
         self.seed, self.by_question = cfg.seed, cfg.data.batch_order == "by_question"

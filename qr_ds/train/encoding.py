@@ -2,6 +2,8 @@
 the alignment of every student's tokens on character spans of the path text that all of them share."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
@@ -9,6 +11,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from qr_ds.data.baselines import MAIN, OBJECTIVES, TARGETS, TRAIN_TASKS
 from qr_ds.data.format import render_prompt, tokenizer_adds_specials
 from qr_ds.data.pool import PathRecord
 from qr_ds.mutual.spans import align_arrays
@@ -29,8 +32,9 @@ R = TypeVar("R")
 
 def selected(cfg: TrainConfig, stream: Iterable[tuple[int, R]]) -> Iterator[tuple[int, R]]:
     """The (line, record) pairs the trainer trains on, in pool order, streamed: the ok ones; with
-    ``data.quality_filter`` those the filter judged right and the judge did not reject; the first
-    ``data.paths_per_question`` of each question; at most ``data.limit``. Raises if none is left."""
+    ``data.quality_filter`` those the filter judged right and the judge did not reject; those of the
+    questions ``data.question_fraction`` picks; the first ``data.paths_per_question`` of each question;
+    each as the tasks of ``data.objective``; at most ``data.limit``. Raises if none is left."""
     per_question: Counter = Counter()
     n = ok = checked = 0
     for line, r in stream:
@@ -43,20 +47,57 @@ def selected(cfg: TrainConfig, stream: Iterable[tuple[int, R]]) -> Iterator[tupl
             # what it keeps; here only what it rejected outright is dropped, so both agree.
             if not r.correct or (r.judge is not None and r.judge.verdict == "INVALID"):
                 continue
+        if cfg.data.question_fraction < 1 and not picked(cfg.data.question_seed, source_question(r),
+                                                         cfg.data.question_fraction):
+            continue
         if cfg.data.paths_per_question:
             if per_question[r.question_id] >= cfg.data.paths_per_question:
                 continue
             per_question[r.question_id] += 1
-        yield line, r
-        n += 1
-        if n == cfg.data.limit:
-            return
+        for task_record in as_tasks(cfg.data.objective, r, f"{cfg.data.pool}:{line}"):
+            yield line, task_record
+            n += 1
+            if n == cfg.data.limit:
+                return
     if n == 0 and ok and cfg.data.quality_filter and not checked:
         raise ValueError(f"{cfg.data.pool}: no record has 'correct' set: run `qr-ds filter` first, "
                          "or set data.quality_filter: false to train on unfiltered paths")
     if n == 0:
         raise ValueError(f"{cfg.data.pool}: no paths left to train on after selection "
-                         f"(quality_filter={cfg.data.quality_filter}, paths_per_question={cfg.data.paths_per_question})")
+                         f"(quality_filter={cfg.data.quality_filter}, paths_per_question={cfg.data.paths_per_question}, "
+                         f"question_fraction={cfg.data.question_fraction})")
+
+
+def source_question(r: PathRecord) -> str:
+    """The question a path stems from: a written question's (data/baselines.py) original, so a
+    question's share of the data holds what was written from it too."""
+    return (r.meta.get("example_meta") or {}).get("source_id", r.question_id)
+
+
+def picked(seed: int, question_id: str, fraction: float) -> bool:
+    """Whether ``question_fraction`` keeps this question: a hash of the data seed and the id alone, so
+    every method and every pool of the same questions keeps the same ones (about ``fraction`` of them)."""
+    digest = hashlib.blake2b(f"{seed}|{question_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2 ** 64
+
+
+def task_of(r: PathRecord) -> str:
+    return r.train_task or MAIN
+
+
+def as_tasks(objective: str, r: PathRecord, where: str) -> list[PathRecord]:
+    """The record as each task ``objective`` trains it as (data/baselines.py OBJECTIVES): itself, or
+    copies whose question and target are the task's, each id suffixed with its task."""
+    if task_of(r) not in TRAIN_TASKS:
+        raise ValueError(f"{where}: path {r.id} has train_task {r.train_task!r}; known: {', '.join(TRAIN_TASKS)}")
+    tasks = OBJECTIVES[objective].get(task_of(r))
+    if tasks is None:
+        return [r]
+    out = []
+    for task in tasks:
+        question, response = TARGETS[task](r)
+        out.append(dataclasses.replace(r, id=f"{r.id}#{task}", question=question, response=response, train_task=task))
+    return out
 
 
 def select_paths(cfg: TrainConfig, records: list[R]) -> list[R]:
@@ -136,13 +177,15 @@ class ChunkEncoder:
             if r.task not in self.instructions:
                 self.instructions[r.task] = instruction_for(r.task)
         responses = [r.response for r in part]
+        # a task's prefix tells the student which task of a multi-task objective it is asked to do
+        keys = [(r.task, TRAIN_TASKS[task_of(r)].prefix + r.question) for r in part]
         prompts = []
         for tok in self.tokenizers:  # one rendering per question: its paths (styles, samples) share it
             rendered: dict[tuple[str, str], str] = {}
-            for r in part:
-                if (r.task, r.question) not in rendered:
-                    rendered[r.task, r.question] = render_prompt(tok, r.question, self.instructions[r.task])
-            prompts.append([rendered[r.task, r.question] for r in part])
+            for task, question in keys:
+                if (task, question) not in rendered:
+                    rendered[task, question] = render_prompt(tok, question, self.instructions[task])
+            prompts.append([rendered[k] for k in keys])
         batches = [_encode_chunk(tok, pipe, p, responses) for tok, pipe, p in zip(self.tokenizers, self.pipelines, prompts)]
         return [_align(len(rec.response), [b[j] for b in batches], [len(p[j]) for p in prompts], self.lens,
                        self.max_spans) for j, rec in enumerate(part)]

@@ -26,13 +26,14 @@ from typing import Callable
 import numpy as np
 from filelock import FileLock, Timeout
 
+from qr_ds.data.baselines import TRAIN_TASKS
 from qr_ds.data.pool import PoolStream
 from qr_ds.distributed.health import launch_id
 from qr_ds.distributed.topology import local_rank
 from qr_ds.embed.lookup import gather_embeddings
 from qr_ds.run_layout import RunDir
 from qr_ds.train.config import TrainConfig
-from qr_ds.train.encoding import ChunkEncoder, Encoded, chunked, selected
+from qr_ds.train.encoding import ChunkEncoder, Encoded, chunked, selected, task_of
 
 VERSION = 2  # bump when the folder's layout or the encoding changes: old folders are then not reused
 DONE = "meta.json"  # written last: a folder holding it is complete
@@ -82,7 +83,9 @@ def data_key(cfg: TrainConfig, tokenizers: list) -> str:
     settings = {"version": VERSION, "max_len": [cfg.max_len_of(s) for s in range(len(cfg.students))],
                 "max_spans": cfg.mutual.max_spans, "quality_filter": cfg.data.quality_filter,
                 "paths_per_question": cfg.data.paths_per_question, "limit": cfg.data.limit,
-                "embeddings": cfg.router.enabled}
+                "embeddings": cfg.router.enabled, "question_fraction": cfg.data.question_fraction,
+                "question_seed": cfg.data.question_seed, "objective": cfg.data.objective,
+                "prefixes": {t: v.prefix for t, v in TRAIN_TASKS.items()}}
     h.update(json.dumps(settings, sort_keys=True).encode())
     pool = Path(cfg.data.pool)
     if not pool.is_file():
@@ -140,8 +143,9 @@ def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str],
     qids: dict[str, int] = {}
     styles: dict[str, int] = {}
     levels: dict[str | None, int] = {}
+    tasks: dict[str, int] = {}
     paths = _Columns({"question_index": np.int64, "response_chars": np.float32, "n_spans": np.int32,
-                      "style": np.int32, "level": np.int32})
+                      "style": np.int32, "level": np.int32, "train_task": np.int32})
     students = [_Columns({"truncated": np.int8, "unseen_chars": np.int64, "response_tokens": np.int64,
                           "lengths": np.int64}) for _ in range(S)]
     dtypes = {"ids": np.int32, "is_label": np.int8, "span": span_dtype}
@@ -164,7 +168,8 @@ def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str],
             paths.add(question_index=[qids.setdefault(r.question_id, len(qids)) for r in recs],
                       response_chars=[max(len(r.response), 1) for r in recs], n_spans=[k for _, k in encoded],
                       style=[styles.setdefault(r.style, len(styles)) for r in recs],
-                      level=[levels.setdefault(r.level, len(levels)) for r in recs])
+                      level=[levels.setdefault(r.level, len(levels)) for r in recs],
+                      train_task=[tasks.setdefault(task_of(r), len(tasks)) for r in recs])
             for s in range(S):
                 encs = [e[s] for e, _ in encoded]
                 for k, field in (("ids", "input_ids"), ("is_label", "is_label"), ("span", "span_ids")):
@@ -184,7 +189,7 @@ def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str],
         cols.save(tmp, f"_{s}")
     meta = {"version": VERSION, "n_paths": n, "n_questions": len(qids), "students": S, "max_len": lens,
             "span_dtype": np.dtype(span_dtype).name, "embedding_dim": int(emb_dim), "styles": list(styles),
-            "levels": list(levels), "pool": str(pool.resolve()), "built_by": _whoami(),
+            "levels": list(levels), "train_tasks": list(tasks), "pool": str(pool.resolve()), "built_by": _whoami(),
             "build_s": round(time.time() - t0, 1)}
     with open(tmp / DONE, "w") as fh:
         json.dump(meta, fh, indent=1)
@@ -321,7 +326,7 @@ class Prepared:
             raise ValueError(f"{folder / DONE}: version {self.meta.get('version')!r}, this code reads {VERSION}")
         self.n = self.meta["n_paths"]
         self.styles, self.levels = self.meta["styles"], self.meta["levels"]
-        for k in ("question_index", "response_chars", "n_spans", "style", "level"):
+        for k in ("question_index", "response_chars", "n_spans", "style", "level", "train_task"):
             setattr(self, k, np.load(folder / f"{k}.npy", mmap_mode="r"))
         self.paths = _Paths(self)
         self.students = [EncodedView(folder, s, self.n, self.meta["span_dtype"]) for s in range(self.meta["students"])]

@@ -118,7 +118,7 @@ class Trainer:
         batch = collate(items, st.pad_id, dev)
         labels = batch["labels"]
         n_tok = (labels[:, 1:] != -100).sum(1, keepdim=True).clamp(min=1)
-        w_path = hard[positions, st.index].to(dev) * st.dp_size / self.P
+        w_path = hard[positions, st.index].to(dev) * self.data.path_weight[idx[positions]].to(dev) * st.dp_size / self.P
         weights = torch.zeros_like(labels, dtype=torch.float32)
         weights[:, 1:] = (labels[:, 1:] != -100) * (w_path[:, None] / n_tok)
         M = self.cfg.mutual.max_spans if self.cfg.use_mutual and states else 0
