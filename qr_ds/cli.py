@@ -28,6 +28,7 @@ COMMANDS = [
     "qr_ds.eval.command",  # eval
     "qr_ds.report.command",  # report
     "qr_ds.demo",  # demo
+    "qr_ds.models.command",  # models (packaged GGUF students: list, convert)
 ]
 
 

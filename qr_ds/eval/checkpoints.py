@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from qr_ds.models.packaged import resolve
 from qr_ds.run_layout import CheckpointDir, RunDir
 
 
@@ -59,9 +60,10 @@ def read_checkpoint(ckpt: Path) -> list[Adapter]:
     step = meta.step
     out = []
     for st in meta.students:
-        name, model = st.name, st.model
+        # a GGUF student (packaged:<name>, .gguf) is served from the same converted folder it trained on
+        name, model, tokenizer = st.name, resolve(st.model), resolve(st.tokenizer)
         if st.finetune == "full":
-            out.append(_full_model(ckpt, step, name, model, st.tokenizer))
+            out.append(_full_model(ckpt, step, name, model, tokenizer))
             continue
         path = CheckpointDir(ckpt).weights(name, "lora")
         cfg_path = path / "adapter_config.json"
@@ -74,7 +76,7 @@ def read_checkpoint(ckpt: Path) -> list[Adapter]:
         if base and not _same_model(base, model):
             raise ValueError(f"{cfg_path}: adapter of student '{name}' was trained on base model {base!r}, "
                              f"but {meta_path} serves it on {model!r}")
-        out.append(Adapter(ckpt.name, step, name, model, st.tokenizer, path, adapter_rank(cfg)))
+        out.append(Adapter(ckpt.name, step, name, model, tokenizer, path, adapter_rank(cfg)))
     if not out:
         raise ValueError(f"{meta_path}: lists no students")
     return out

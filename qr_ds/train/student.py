@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from qr_ds.models.packaged import resolve
 from qr_ds.mutual.config import MutualConfig
 from qr_ds.train.config import StudentConfig
 
@@ -15,7 +16,7 @@ def load_tokenizer(cfg: StudentConfig):
     from transformers import AutoTokenizer
 
     name = cfg.tokenizer or cfg.model
-    tok = AutoTokenizer.from_pretrained(name, use_fast=True)
+    tok = AutoTokenizer.from_pretrained(resolve(name), use_fast=True)
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"student '{cfg.name}': tokenizer {name} has no fast version, so no offset "
                          "mapping; qr_ds aligns students on character spans and needs offsets")
@@ -71,7 +72,7 @@ def build_student(cfg: StudentConfig, mutual: MutualConfig | None, device: torch
         )
         if device.type == "cuda":
             kw["device_map"] = {"": device.index or 0}
-    lm = AutoModelForCausalLM.from_pretrained(cfg.model, **kw)
+    lm = AutoModelForCausalLM.from_pretrained(resolve(cfg.model), **kw)
     if cfg.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.enable_input_require_grads()

