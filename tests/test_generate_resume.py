@@ -3,17 +3,37 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from qr_ds.data.pool import load_pool
 from qr_ds.tasks import write_synthetic
 from qr_ds.teacher.generate import log_path
-from qr_ds.testing.stub_server import StubChatServer
+from qr_ds.testing.stub_server import StubChatServer, stub_reply
+
+pytestmark = pytest.mark.slow  # three `qr-ds generate` processes
 
 ROOT = Path(__file__).resolve().parents[1]
+HELD_AFTER = 20  # replies the killed run gets: where the kill lands, by count rather than by timing
+
+
+class HoldAfter:
+    """The stub's reply: once ``limit`` is set, replies past it wait until ``release`` is set."""
+
+    def __init__(self):
+        self.limit, self.count, self.release, self.lock = None, 0, threading.Event(), threading.Lock()
+
+    def __call__(self, prompt: str, seed: int | None) -> str:
+        with self.lock:
+            self.count += 1
+            held = self.limit is not None and self.count > self.limit
+        if held:
+            self.release.wait(timeout=300)
+        return stub_reply(prompt, seed)
 
 
 def write_cfg(tmp_path, name: str, url: str) -> Path:
@@ -36,20 +56,24 @@ def env() -> dict:
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     write_synthetic(tmp_path / "syn.jsonl", 6, seed=1)  # 6 questions x 6 styles x 2 samples = 72 paths
-    with StubChatServer(latency_s=0.04) as server:
+    reply = HoldAfter()
+    with StubChatServer(reply=reply) as server:
         full = write_cfg(tmp_path, "full", server.url)
         subprocess.run(cli(full), check=True, env=env(), cwd=tmp_path, timeout=120)
 
         cut = write_cfg(tmp_path, "cut", server.url)
         log = log_path(tmp_path / "cut" / "pool.jsonl")
+        reply.count, reply.limit = 0, HELD_AFTER
         proc = subprocess.Popen(cli(cut), env=env(), cwd=tmp_path, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (log.is_file() and log.read_text().count("\n") >= 15):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (log.is_file() and log.read_text().count("\n") >= HELD_AFTER):
             time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)  # mid-run: the next replies are held
         proc.wait(timeout=30)
+        reply.limit = None
+        reply.release.set()
         written = log.read_text().count("\n")
-        assert 15 <= written < 72, "the kill should land mid-run"
+        assert written == HELD_AFTER, "the kill should land mid-run"
         assert not (tmp_path / "cut" / "pool.jsonl").exists()
         with log.open("a") as fh:  # a torn last line, as a kill during a write leaves
             fh.write('{"id": "synthetic-1-0/cot/0", "respo')

@@ -216,6 +216,51 @@ def test_span_pool_rejects_out_of_range_span():
         span_mean_pool(hidden, span_ids, 2)
 
 
+# Just over one block of each multi-block loop as the interpreter runs it (CPU blocks: 65536 vocab
+# columns, 1024 tokens, 256 hidden units), so the loops' second, partly masked pass runs on CPU too.
+CPU_VOCAB_BLOCK, CPU_TOKEN_BLOCK, CPU_HIDDEN_BLOCK = 65536, 1024, 256
+
+
+@pytest.mark.parametrize("softcap", [None, 2.5])
+def test_fused_ce_crosses_vocab_blocks(softcap):
+    """Labels on both sides of the first block's end and the largest logit in the second block: the
+    online max / sum-exp must carry over blocks, and the gradient pass must reach the last columns."""
+    v = CPU_VOCAB_BLOCK + 37
+    hidden, weight, _ = _ce_inputs(n=5, h=8, v=v)
+    labels = torch.tensor([3, CPU_VOCAB_BLOCK - 1, CPU_VOCAB_BLOCK, v - 1, -100])
+    with torch.no_grad():
+        weight[v - 5] = hidden[0] * 4  # row 0's largest logit lies past the first block
+    tw = torch.rand(5, generator=torch.Generator().manual_seed(2)).requires_grad_()
+    loss, ce = fused_linear_cross_entropy(hidden, weight, labels, tw, chunk_size=8, softcap=softcap)
+    ref_loss, ref_ce = reference_linear_cross_entropy(hidden, weight, labels, tw, softcap=softcap)
+    torch.testing.assert_close(ce, ref_ce, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for got, want in zip(_grads(loss, [hidden, weight, tw]), _grads(ref_loss, [hidden, weight, tw])):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_span_pool_crosses_token_and_hidden_blocks():
+    """Forward: a span with tokens on both sides of the first token block's end, and hidden units past
+    the first hidden block. Backward (one program per token, blocks over hidden units only): the same
+    hidden width on a short row, which keeps the interpreter's per-token programs few."""
+    g = torch.Generator().manual_seed(0)
+    t, h = CPU_TOKEN_BLOCK + 40, CPU_HIDDEN_BLOCK + 8
+    hidden = torch.randn(1, t, h, generator=g)
+    span_ids = torch.full((1, t), -1)
+    span_ids[0, :10], span_ids[0, 1000:1050], span_ids[0, -3:] = 0, 1, 2
+    pooled, counts = span_mean_pool(hidden, span_ids, 3)
+    ref, ref_counts = reference_span_mean_pool(hidden, span_ids, 3)
+    assert counts.tolist() == ref_counts.tolist() == [[10, 50, 3]]
+    torch.testing.assert_close(pooled, ref)
+
+    short = hidden[:, :40].clone().requires_grad_()
+    ids = torch.tensor([[-1] * 5 + [0] * 20 + [1] * 10 + [-1] * 5])
+    pooled, _ = span_mean_pool(short, ids, 2)
+    ref, _ = reference_span_mean_pool(short, ids, 2)
+    up = torch.randn(pooled.shape, generator=g)
+    torch.testing.assert_close(_grads((pooled * up).sum(), [short])[0], _grads((ref * up).sum(), [short])[0])
+
+
 def test_triton_kernels_compile_for_h100_without_gpu():
     # The interpreter runs the kernels as Python; this compiles them for real (sm_90 cubin via Triton's ptxas).
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -1,12 +1,31 @@
 """Splits and leakage: generate reads train splits and refuses a test split, training refuses a pool
 that shares questions with its dev files, and eval defaults to the test split."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
 from qr_ds.cli import main
 from qr_ds.testing.stub_server import StubChatServer
 from test_preflight import fake_student, refused, train
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def qr_ds_offline(tmp_path, *args) -> subprocess.CompletedProcess:
+    """`qr-ds ARGS` in a process of its own, with an empty Hugging Face cache of this test's and the hub
+    off: neither a dataset cached on this machine nor HF_HUB_OFFLINE=0 can change the outcome (in this
+    process `datasets` may already have read another cache and mode)."""
+    hf = tmp_path / "hf"
+    env = {**os.environ, "HF_HOME": str(hf), "HF_DATASETS_CACHE": str(hf / "datasets"), "HF_HUB_CACHE": str(hf / "hub"),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "qr_ds", *args], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
 
 
 def gsm8k_file(path, questions, split=None):
@@ -48,17 +67,18 @@ def test_a_split_key_cannot_contradict_the_records(tmp_path, capsys):
     assert "'train', but the records of" in capsys.readouterr().err
 
 
-def test_hub_data_defaults_to_train_and_refuses_test_before_downloading(tmp_path, capsys):
+def test_hub_data_defaults_to_train_and_refuses_test_before_downloading(tmp_path):
     url = "http://127.0.0.1:9/v1"
-    assert main(["generate", generate_config(tmp_path, url, "openai/gsm8k", split="test")]) == 2
-    assert "split 'test' of gsm8k, a test split" in capsys.readouterr().err
-    assert main(["generate", generate_config(tmp_path, url, "openai/gsm8k")]) == 2  # offline: says what to fetch
-    assert "split 'train'" in capsys.readouterr().err
+    res = qr_ds_offline(tmp_path, "generate", generate_config(tmp_path, url, "openai/gsm8k", split="test"))
+    assert res.returncode == 2 and "split 'test' of gsm8k, a test split" in res.stderr, res.stderr
+    res = qr_ds_offline(tmp_path, "generate", generate_config(tmp_path, url, "openai/gsm8k"))
+    assert res.returncode == 2 and "split 'train'" in res.stderr, res.stderr  # offline: says what to fetch
+    assert "HF_HUB_OFFLINE=1 and no cached copy" in res.stderr
 
 
-def test_eval_reads_the_test_split_of_hub_data_by_default(tmp_path, capsys):
-    assert main(["eval", "--checkpoint", str(tmp_path), "--task", "gsm8k=openai/gsm8k"]) == 2
-    assert "openai/gsm8k, config 'main', split 'test'" in capsys.readouterr().err
+def test_eval_reads_the_test_split_of_hub_data_by_default(tmp_path):
+    res = qr_ds_offline(tmp_path, "eval", "--checkpoint", str(tmp_path), "--task", "gsm8k=openai/gsm8k", "--backend", "hf")
+    assert res.returncode == 2 and "openai/gsm8k, config 'main', split 'test'" in res.stderr, res.stderr
 
 
 def test_train_refuses_a_pool_sharing_questions_with_its_dev_file(tmp_path):

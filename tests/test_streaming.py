@@ -193,6 +193,7 @@ def peak_rss(d, stage) -> int:
 SMALL = 4200
 
 
+@pytest.mark.slow  # ten stage subprocesses, two of them on 42k paths
 def test_peak_memory_does_not_grow_with_the_pool(tmp_path):
     """At 10x the paths, each stage's peak RSS grows by less than half the added pool's size on disk.
     A stage holding the pool grows by more than its size: before streaming, 2.2x (filter), 2.1x

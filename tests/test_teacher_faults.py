@@ -19,6 +19,11 @@ EXPECTED_ERROR = {2: "http 500 after 2 tries", 3: "timeout after 2 tries",
                   4: "malformed JSON after 2 tries", 5: "truncated body after 2 tries"}
 
 
+# A reply slower than this is a timeout: far above any healthy reply on a busy machine; a "hang" holds
+# its reply three times as long.
+CLIENT_TIMEOUT_S = 10
+
+
 def qnum(prompt: str) -> int:
     return int(prompt.split("Q", 1)[1].split(":", 1)[0])
 
@@ -36,13 +41,13 @@ def make_cfg(tmp_path, url: str) -> dict:
     return {"task": "gsm8k", "data": str(data), "out": str(tmp_path / "pool.jsonl"), "styles": ["vanilla", "cot"],
             "min_success_share": 0.3,
             "teacher": {"backend": "openai", "model": "stub-model", "base_url": url, "api_key_env": "QR_TEST_KEY",
-                        "concurrency": 4, "timeout_s": 0.5, "max_retries": 1, "backoff_s": 0.05,
+                        "concurrency": 4, "timeout_s": CLIENT_TIMEOUT_S, "max_retries": 1, "backoff_s": 0.05,
                         "sampling": {"temperature": 0.0, "max_tokens": 64}}}
 
 
 def test_faults_reasons_retry_after_resume_and_no_key_leak(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("QR_TEST_KEY", SECRET)
-    with StubChatServer(faults=faults, hang_s=1.5, retry_after="1") as server:
+    with StubChatServer(faults=faults, hang_s=3 * CLIENT_TIMEOUT_S, retry_after="1") as server:
         raw = make_cfg(tmp_path, server.url)
         cfg = from_dict(GenerateConfig, raw)
         stats = generate(cfg, progress=True)
@@ -88,5 +93,8 @@ def test_faults_reasons_retry_after_resume_and_no_key_leak(tmp_path, monkeypatch
 def test_parse_retry_after_forms():
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
-    assert 25 <= parse_retry_after(date) <= 31
+    start = time.time()
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(start + 30))
+    waited = parse_retry_after(date)
+    # the date has whole seconds; whatever time passed since `start` is already off the wait
+    assert start + 29 - time.time() <= waited <= 30

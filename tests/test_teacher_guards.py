@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from qr_ds.cli import main
 from qr_ds.data.pool import load_pool
 from qr_ds.teacher.generate import log_path
 from qr_ds.stages import lock_path
-from qr_ds.testing.stub_server import StubChatServer
+from qr_ds.testing.stub_server import StubChatServer, stub_reply
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-DO-NOT-LEAK-91c0aa"
@@ -91,19 +92,30 @@ def cli(cfg: str) -> list[str]:
 
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, monkeypatch, capfd):
+    """The first run is held inside its first request (the server answers only once released), so
+    the second run meets a run that is certainly still going, however slow the machine."""
     monkeypatch.setenv("QR_TEST_KEY", SECRET)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with StubChatServer(latency_s=0.1) as server:
-        cfg = write_cfg(tmp_path, server.url, concurrency=1)
+    release = threading.Event()
+
+    def held_reply(prompt, seed):
+        release.wait(timeout=300)
+        return stub_reply(prompt, seed)
+
+    with StubChatServer(reply=held_reply) as server:
+        cfg = write_cfg(tmp_path, server.url, concurrency=1, timeout_s=300)
         first = subprocess.Popen(cli(cfg), env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-        log = log_path(tmp_path / "pool.jsonl")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (log.is_file() and log.read_text().count("\n") >= 2):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not server.seen:  # asking: it holds the lock
             time.sleep(0.02)
-        assert main(["generate", cfg, "--no-progress"]) == 1
+        try:
+            assert server.seen, first.stderr.read() if first.poll() is not None else "the first run never asked"
+            assert main(["generate", cfg, "--no-progress"]) == 1
+        finally:
+            release.set()
         err = capfd.readouterr().err
         assert f"another run (pid {first.pid}) is writing this output: {lock_path(tmp_path / 'pool.jsonl')} is held" in err
-        assert first.wait(timeout=60) == 0, first.stderr.read()
+        assert first.wait(timeout=120) == 0, first.stderr.read()
         prompts = [s.prompt for s in server.seen]
         assert len(prompts) == 12 == len(set(prompts))  # no path asked twice
     assert not lock_path(tmp_path / "pool.jsonl").exists()  # released at the end

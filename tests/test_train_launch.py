@@ -88,23 +88,34 @@ def test_two_students_two_ranks_each(kit):
     d, pool, studs = kit
     run = d / "run22"
     cfg = trainkit.write_config(d / "twotwo.yaml", studs[:2], pool, run, ranks=[2, 2], max_steps=2)
-    shm_before = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
     _ok(trainkit.launch(cfg, 4))
     rows = _metrics(run)
     assert len(rows) == 2 and rows[-1]["mutual_loss"] > 0
     # DeepSpeed's CPU all-reduce leaves a 66 MiB /dev/shm file per rank; hundreds of runs filled a
-    # CI machine's memory until vLLM refused to start. The trainer must leave none behind.
-    assert set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*")) - shm_before == set()
+    # CI machine's memory until vLLM refused to start. The trainer must leave none behind. Only this
+    # launch's files count (named by its rendezvous port, which rank 0's pid file holds): another
+    # DeepSpeed job on the machine has its own.
+    port = (run / "ranks" / "rank0.pid").read_text().split()[1].rsplit(":", 1)[1]
+    assert port.isdigit()
+    assert glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*") == []
     assert (run / "checkpoints/step_000002/students/gemma/adapter/adapter_config.json").is_file()
 
 
 def test_three_students_unequal_tokenizers(kit):
     d, pool, studs = kit
     run = d / "run3"
-    cfg = trainkit.write_config(d / "three.yaml", studs, pool, run, max_steps=2)
+    cfg = trainkit.write_config(d / "three.yaml", studs, pool, run, max_steps=2, save_every=1, keep_last=2,
+                                mutual={"shared_dim": 16, "max_spans": 8, "paths": "all"})
     _ok(trainkit.launch(cfg, 3))
-    row = _metrics(run)[-1]
-    assert {"sft_loss/llama", "sft_loss/gemma", "sft_loss/qwen"} <= set(row)
+    rows = _metrics(run)
+    names = ("llama", "gemma", "qwen")
+    assert all(r["mutual_loss"] > 0 and all(r[f"sft_loss/{n}"] > 0 for n in names) for r in rows), rows
+    # A head learns only from the mutual term, which it enters through the spans its tokenizer shares
+    # with the other two: with paths: all, every student's head moves at every step.
+    for name in names:
+        heads = [torch.load(run / f"checkpoints/step_{k:06d}/students/{name}/mutual_head.pt", weights_only=True)
+                 for k in (1, 2)]
+        assert any(not torch.equal(heads[0][k], heads[1][k]) for k in heads[0]), f"{name}'s head never moved"
 
 
 def _training_rank1(kit, name: str, timeout_s: int):
@@ -152,8 +163,24 @@ def test_bad_inputs_refused_before_models_load(kit, tmp_path):
     cfg = trainkit.write_config(tmp_path / "c.yaml", studs[:2], empty, tmp_path / "run")
     res = trainkit.launch(cfg, 2)
     assert res.returncode != 0
-    assert "no paths left to train on" in res.stderr
+    assert f"config key 'data.pool': {empty}: nothing to train on" in res.stderr  # rank 0's preflight
     assert "Loading weights" not in res.stderr  # refused before any model loaded
+
+
+def _pool_the_filter_would_cut(folder):
+    """The kit's pool (8 questions x 6 styles) with one style answered wrong and one judged INVALID:
+    the quality filter keeps 32 of its 48 paths."""
+    from qr_ds.data.pool import JudgeVerdict, load_pool, write_pool
+
+    path = trainkit.make_pool(folder)
+    records = load_pool(path).records
+    for r in records:
+        r.correct = r.style != "backward"
+        if r.style == "tot":
+            r.judge = JudgeVerdict("INVALID", "scripted")
+    write_pool(path, records)
+    assert sum(r.correct and r.judge.verdict == "VALID" for r in records) == 32 and len(records) == 48
+    return path
 
 
 @pytest.mark.parametrize("name,over,procs", [
@@ -171,6 +198,8 @@ def test_placements_and_ablations(kit, name, over, procs):
     over = dict(over)
     frozen, single = over.pop("frozen", None), over.pop("single", False)
     zero3, torchrun, full = over.pop("zero3", False), over.pop("torchrun", False), over.pop("full", False)
+    if name == "no_route_no_filter":
+        pool = _pool_the_filter_would_cut(d / "mixed_pool")
     data = {"pool": str(pool), "max_len": 256, **over.pop("data", {})}
     if single:
         data["paths_per_question"] = 1
@@ -188,9 +217,12 @@ def test_placements_and_ablations(kit, name, over, procs):
         for s in c["students"]:
             s["finetune"] = "full"
     cfg.write_text(yaml.safe_dump(c))
-    _ok(trainkit.launch(cfg, procs, launcher="torchrun" if torchrun else "deepspeed"))
+    res = trainkit.launch(cfg, procs, launcher="torchrun" if torchrun else "deepspeed")
+    _ok(res)
     rows = _metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
+    if name == "no_route_no_filter":  # the wrong and the rejected paths too: all 48
+        assert "training on 48 paths of 8 questions" in res.stdout, res.stdout[-3000:]
     if "router" in over:
         assert all(r["routed/llama"] == 1.0 for r in rows)
     if over.get("mutual") == {"enabled": False} or single:

@@ -22,6 +22,8 @@ from qr_ds.teacher.base import TeacherRefused
 from qr_ds.teacher.config import GenerateConfig
 from qr_ds.teacher.generate import generate
 
+pytestmark = pytest.mark.slow  # starts a vLLM engine
+
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n"
                  "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
