@@ -105,7 +105,7 @@ def judge_cfg(tmp_path, pool, url: str, **kw) -> str:
     return write_yaml(tmp_path / "f.yaml", {
         "pool": str(pool), "out": str(tmp_path / "out.jsonl"), "judge_retries": 0, **kw,
         "judge": {"backend": "openai", "model": "judge", "base_url": url, "api_key_env": "QR_TEST_KEY",
-                  "concurrency": 3, "max_retries": 1, "backoff_s": 0.01, "timeout_s": 5}})
+                  "concurrency": 3, "max_retries": 1, "backoff_s": 0.01, "timeout_s": 60}})
 
 
 def test_a_judge_that_never_answers_fails_the_run(tmp_path, monkeypatch, capfd):

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from qr_ds.cli import main
 from qr_ds.config import load_config
 from qr_ds.tasks import get_task
-from qr_ds.testing.stub_server import StubChatServer
+from qr_ds.testing.stub_server import StubChatServer, stub_reply
 from qr_ds.testing.builders import make_students
 from qr_ds.train.config import TrainConfig
 from qr_ds.tiny import tokenizer_dir
@@ -110,12 +111,18 @@ def test_readme_chain_runs_end_to_end(tmp_path, monkeypatch, capsys):
 
 
 def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
-    """Ctrl-C while `qr-ds generate` waits on a slow teacher: no traceback, one line that says what is
-    kept and how to go on, and the shell's status for an interrupt."""
+    """Ctrl-C while `qr-ds generate` waits on a teacher that has not answered: no traceback, one line
+    that says what is kept and how to go on, and the shell's status for an interrupt."""
     shutil.copytree(ROOT / "data/gsm8k", tmp_path / "data/gsm8k")
     env = dict(os.environ, GEMINI_API_KEY="sk-stand-in", PYTHONSAFEPATH="1")
     env.pop("QR_DS_TRACEBACK", None)
-    with StubChatServer(latency_s=3.0) as server:
+    release = threading.Event()  # the teacher answers nothing until the interrupt is handled
+
+    def held_reply(prompt, seed):
+        release.wait(timeout=300)
+        return stub_reply(prompt, seed)
+
+    with StubChatServer(reply=held_reply) as server:
         proc = subprocess.Popen([sys.executable, "-m", "qr_ds", "generate", str(PIPELINE), f"teacher.base_url={server.url}",
                                  "limit=2", "teacher.concurrency=1", "--no-progress"],
                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -125,7 +132,10 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
         while not server.seen and time.monotonic() < deadline:  # in its first teacher call
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            release.set()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "qr-ds generate: interrupted; paths written so far are kept; run the same command again to resume" in err

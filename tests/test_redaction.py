@@ -34,7 +34,7 @@ def configs(tmp_path, teacher_url: str, judge_url: str, **teacher) -> str:
     data = tmp_path / "gsm8k.jsonl"
     data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}: what is {i} plus one?",
                                         "answer": f"#### {i + 1}"}) + "\n" for i in range(N_QUESTIONS)))
-    http = {"backend": "openai", "model": "stub", "concurrency": 2, "max_retries": 1, "backoff_s": 0.01, "timeout_s": 5}
+    http = {"backend": "openai", "model": "stub", "concurrency": 2, "max_retries": 1, "backoff_s": 0.01, "timeout_s": 60}
     cfg = {"generate": {"task": "gsm8k", "data": str(data), "out": str(tmp_path / "run" / "pool.jsonl"),
                         "styles": ["vanilla", "cot"], "teacher": {**http, "base_url": teacher_url, **teacher}},
            "filter": {"pool": str(tmp_path / "run" / "pool.jsonl"), "out": str(tmp_path / "run" / "filtered.jsonl"),

@@ -77,7 +77,8 @@ def test_hub_data_defaults_to_train_and_refuses_test_before_downloading(tmp_path
 
 
 def test_eval_reads_the_test_split_of_hub_data_by_default(tmp_path):
-    res = qr_ds_offline(tmp_path, "eval", "--checkpoint", str(tmp_path), "--task", "gsm8k=openai/gsm8k", "--backend", "hf")
+    res = qr_ds_offline(tmp_path, "eval", "--checkpoint", str(tmp_path), "--task", "gsm8k=openai/gsm8k",
+                        "--backend", "hf")
     assert res.returncode == 2 and "openai/gsm8k, config 'main', split 'test'" in res.stderr, res.stderr
 
 

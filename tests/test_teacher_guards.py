@@ -27,7 +27,7 @@ def write_cfg(tmp_path, url: str, **teacher) -> str:
                                         "answer": f"#### {i + 1}"}) + "\n" for i in range(N_QUESTIONS)))
     cfg = {"task": "gsm8k", "data": str(data), "out": str(tmp_path / "pool.jsonl"), "styles": ["vanilla", "cot"],
            "teacher": {"backend": "openai", "model": "stub", "base_url": url, "api_key_env": "QR_TEST_KEY",
-                       "concurrency": 4, "max_retries": 1, "backoff_s": 0.01, "timeout_s": 5, **teacher}}
+                       "concurrency": 4, "max_retries": 1, "backoff_s": 0.01, "timeout_s": 60, **teacher}}
     path = tmp_path / "gen.yaml"
     path.write_text(yaml.safe_dump({"generate": cfg}))
     return str(path)

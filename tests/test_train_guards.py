@@ -63,6 +63,10 @@ def test_stopped_rank_is_named(tmp_path, monkeypatch, capsys):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         os.kill(proc.pid, signal.SIGSTOP)
+        stat = Path(f"/proc/{proc.pid}/stat")
+        deadline = time.monotonic() + 60  # the stop lands when the process is next scheduled
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
         (tmp_path / "rank1.pid").write_text(f"{proc.pid} {launch_id()}")  # whatever MASTER_ADDR an earlier test left
         write_pid_file(tmp_path, 0)
         old = signal.getsignal(signal.SIGTERM)
