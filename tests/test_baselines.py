@@ -256,3 +256,19 @@ def test_each_baseline_trains_end_to_end(strategy, student, pipelines, tmp_path,
     want = {"sft": {"main"}, "step_by_step": {"label", "rationale"},
             "revthink": {"main", "backward_question", "backward_reasoning"}}[objective]
     assert set(tr.data.prepared.meta["train_tasks"]) == want
+
+
+@pytest.mark.slow
+def test_a_multi_task_baseline_trains_through_the_deepspeed_launcher(student, pipelines, tmp_path):
+    """RevThink (three tasks, written questions) through the real launcher, as `qr-ds train` runs it."""
+    import json
+
+    run = tmp_path / "revthink"
+    cfg = builders.write_config(tmp_path / "revthink.yaml", [student], pipelines["revthink"]["filtered"], run,
+                                max_steps=2, router={"enabled": False}, mutual={"enabled": False},
+                                data={"pool": str(pipelines["revthink"]["filtered"]), "max_len": 256,
+                                      "objective": "revthink", "task_weights": {"backward_question": 0.5}})
+    res = builders.launch(cfg, 1)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] > 0 for r in rows)
