@@ -1,5 +1,5 @@
 """Known-answer mutual-loss experiment: a pre-trained and a from-scratch tiny student (Llama + BPE,
-Qwen2 + WordPiece) train together on co-routed paths, with the shipped anchored form and with eq. 8
+Qwen2 + Qwen2-style BPE) train together on co-routed paths, with the shipped anchored form and with eq. 8
 as written (qr_ds/experiments/planted_mutual.py). Right answers: competence favours the pre-trained student; the
 projected states keep their scale. Method numbers, not timings.
 """

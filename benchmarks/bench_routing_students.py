@@ -2,7 +2,7 @@
 style to the student that is better at it?
 
 Two tiny students of different architectures and tokenizers (Llama + byte-level BPE, Qwen2 +
-WordPiece) are first warm-started on different halves of the six styles, so which student models
+Qwen2-style BPE) are first warm-started on different halves of the six styles, so which student models
 which style better is a measured fact, not an assumption. QR-Distill then trains both together on
 every style (`qr-ds train`, the real launcher, defaults of the shipped router, checkpoints every
 ``--save-every`` steps). Afterwards:

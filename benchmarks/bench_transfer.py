@@ -1,5 +1,5 @@
 """Peer teaching (qr_ds/experiments/transfer.py): does the mutual term lower a student's held-out loss
-on the half of the styles (X) that only its peer trained on? B = tiny Qwen2 + WordPiece, trained on
+on the half of the styles (X) that only its peer trained on? B = tiny Qwen2 + Qwen2-style BPE, trained on
 Y only; A = tiny Llama + byte-level BPE, trained on X and Y. Every arm of a seed starts from the same
 warm-started students and trains the same steps on the same batches; mean ± sd over seeds, and the
 paired difference from "mutual off". Method numbers, not timings.
@@ -17,7 +17,7 @@ from common import base_argparser, markdown_table, save_results  # noqa: E402
 
 from qr_ds.experiments.transfer import Arm, Transfer, mutual_gradient_on_x, prepare, run_arm  # noqa: E402
 
-B, A = "qwen-wordpiece", "llama-bpe"
+B, A = "qwen-bpe", "llama-bpe"
 LEVELS = {  # column: (student, key), mean ± sd over seeds
     "B X nats/char": (B, "nats_per_char_X"),
     "B X token acc": (B, "token_accuracy_X"),
@@ -84,7 +84,7 @@ def main() -> None:
         for arm in arms(args.lambdas, args.head_lrs):
             runs.append(run_arm(setup, arm))
             print(f"seed {seed}: {arm.label}: B X nats/char "
-                  f"{runs[-1]['students']['qwen-wordpiece']['nats_per_char_X']:.3f}", flush=True)
+                  f"{runs[-1]['students']['qwen-bpe']['nats_per_char_X']:.3f}", flush=True)
     rows = table(runs, seeds)
     print(markdown_table(rows, list(dict.fromkeys(k for r in rows for k in r))))
     print("\nGradient of the mutual term alone on B, on a batch of X paths (norms, seed 0):")

@@ -22,7 +22,7 @@ from qr_ds.run_layout import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 # Qwen2 rather than Gemma beside Llama: vLLM reloads its fully fine-tuned weights in place, where
 # Gemma needs a fresh engine per checkpoint (qr_ds/eval/vllm_backend.py), minutes on CPU.
-STUDENT_KINDS = ("llama-bpe", "qwen-wordpiece")
+STUDENT_KINDS = ("llama-bpe", "qwen-bpe")
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,14 @@ class Size:
 SIZES = {
     "small": Size(train_questions=24, test_questions=24, samples_per_style=1, steps=6, eval_limit=24,
                   max_new_tokens=40),
-    # 320 new tokens: the longest path (~295 WordPiece tokens) fits, so a right answer is never cut off
+    # 448 new tokens: the longest response (420 Qwen2-student tokens) fits, so a right answer is never cut off
     "full": Size(train_questions=150, test_questions=200, samples_per_style=1, steps=450, eval_limit=200,
-                 max_new_tokens=320),
+                 max_new_tokens=448),
 }
 # Training context per student (students[].max_len): 150 tokens hold every quick-style path of the
-# Llama student and cut every long-style one before its answer line; 384 hold every path. This is
+# Llama student and cut every long-style one before its answer line; 512 hold every path (474). This is
 # the fixed student x style suitability the router has to find (benchmarks/probe_demo_task.py).
-MAX_LEN = {"llama-bpe": 150, "qwen-wordpiece": 384}
+MAX_LEN = {"llama-bpe": 150, "qwen-bpe": 512}
 
 # (run name, report label, config overrides): the full method and the ablations of Table 2, plus SFT.
 RUNS = [
@@ -186,7 +186,7 @@ def _finished(run: Path) -> bool:
 
 def train_seed(out: Path, seed: int, size: Size, pool: Path, unfiltered: Path, timings: Timings) -> dict[str, Path]:
     """Every method of one training seed, through the DeepSpeed launcher; finished runs are kept."""
-    models = timings.run(f"students of seed {seed}: tiny Llama (byte-level BPE) and tiny Qwen2 (WordPiece), "
+    models = timings.run(f"students of seed {seed}: tiny Llama (byte-level BPE) and tiny Qwen2 (its own BPE), "
                          "random init", students, out, pool, seed)
     runs = {}
     for name, label, over in RUNS:
@@ -231,7 +231,7 @@ def run_demo(out: Path, size_name: str, seeds: int = 1, skip_eval: bool = False)
     notes = [f"Size '{size_name}': {size.train_questions} training and {size.test_questions} test questions of the "
              f"synthetic task; paths from a scripted stand-in teacher (no real LLM), judged by a scripted judge.",
              "Students are tiny random-init transformers (2 layers, hidden 128) with locally trained tokenizers, "
-             f"fully fine-tuned; contexts {MAX_LEN['llama-bpe']} (Llama) and {MAX_LEN['qwen-wordpiece']} (Qwen2) "
+             f"fully fine-tuned; contexts {MAX_LEN['llama-bpe']} (Llama) and {MAX_LEN['qwen-bpe']} (Qwen2) "
              "tokens, so the Llama student cannot finish the long styles.",
              f"Budget: {size.steps} optimizer steps of 8 paths for every method; {seeds} training seed(s) "
              f"(0..{seeds - 1}), each with its own student init, data order and router.",

@@ -1,7 +1,11 @@
 """Tiny random-init students with locally trained tokenizers, for CPU tests and the demo.
 
 Each kind pairs an architecture with a different tokenizer type, so cross-tokenizer code meets
-real differences: Llama + byte-level BPE, Gemma + Unigram, Qwen2 + WordPiece. head_dim is 64
+real differences: Llama + byte-level BPE (GPT-2 pre-tokenization: digit runs stay together),
+Gemma + Unigram (Metaspace), Qwen2 + byte-level BPE with Qwen2's own pre-tokenization (single
+digits, NFC). Each pipeline is one AutoTokenizer rebuilds for its architecture: transformers 5 builds
+Qwen2's tokenizer class for a qwen2 config whatever the folder's tokenizer_class says, so a WordPiece
+saved beside a Qwen2 model loaded as BPE over its vocabulary and lost every space. head_dim is 64
 because vLLM's CPU attention refuses smaller heads. Saved with save_pretrained and loaded back
 through from_pretrained(dir), the same path a 7B checkpoint takes.
 """
@@ -10,35 +14,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-KINDS = ("llama-bpe", "gemma-unigram", "qwen-wordpiece")
+KINDS = ("llama-bpe", "gemma-unigram", "qwen-bpe")
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
 def train_tokenizer(kind: str, corpus: Iterable[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX
 
     corpus = list(corpus)
     if kind not in KINDS:
         raise ValueError(f"unknown tiny kind {kind!r}; choose from {KINDS}")
-    tokenizer_type = kind.split("-")[1]
-    if tokenizer_type == "bpe":
-        tok = Tokenizer(models.BPE(unk_token=None))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    elif tokenizer_type == "unigram":
+    arch = kind.split("-")[0]
+    if arch == "gemma":
         tok = Tokenizer(models.Unigram())
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>")
     else:
-        tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
-        tok.normalizer = normalizers.NFC()
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS)
+        tok = Tokenizer(models.BPE(unk_token=None))
+        if arch == "llama":
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        else:  # Qwen2Tokenizer's pipeline: AutoTokenizer's rebuild of it over our vocabulary is then this tokenizer
+            tok.normalizer = normalizers.NFC()
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>", unk_token="<unk>")
@@ -61,19 +66,14 @@ def model_config(kind: str, vocab_size: int, hidden: int = 128, layers: int = 2)
 
 
 def tokenizer_dir(model_dir: str | Path) -> Path:
-    """Where a tiny student's tokenizer loads as trained.
-
-    transformers 5 ignores tokenizer.json's pipeline for some model types: for a ``qwen2`` config
-    AutoTokenizer builds Qwen2's byte-level tokenizer over our vocabulary, which loses every space
-    ("Letmesolvethis."). Next to no config.json, the tokenizer loads as saved.
-    """
-    return Path(model_dir) / "tokenizer"
+    """The tokenizer folder to configure for a tiny student: the model's own, where every kind loads
+    through AutoTokenizer as trained (tests/test_tiny.py)."""
+    return Path(model_dir)
 
 
 def build_tiny_student(kind: str, out_dir: str | Path, corpus: Iterable[str], vocab_size: int = 512,
                        hidden: int = 128, layers: int = 2, seed: int = 0) -> Path:
-    """Train a tokenizer of ``kind`` on ``corpus``, build a random-init model, save both to ``out_dir``
-    (the tokenizer also to ``tokenizer_dir(out_dir)``, the copy to configure as the student's tokenizer)."""
+    """Train a tokenizer of ``kind`` on ``corpus``, build a random-init model, save both to ``out_dir``."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -86,5 +86,4 @@ def build_tiny_student(kind: str, out_dir: str | Path, corpus: Iterable[str], vo
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    tok.save_pretrained(tokenizer_dir(out_dir))
     return out_dir

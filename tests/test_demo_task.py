@@ -20,7 +20,7 @@ from qr_ds.teacher.scripted import (LONG_STYLES, MODEL_NAME, QUICK_STYLES, Scrip
 from qr_ds.tiny import train_tokenizer
 
 TASK = get_task("synthetic")
-SHORT, LONG = "llama-bpe", "qwen-wordpiece"  # the demo's short- and long-context students
+SHORT, LONG = "llama-bpe", "qwen-bpe"  # the demo's short- and long-context students
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,7 @@ def test_ensembles_pick_by_logprob_and_by_vote_with_logprob_tiebreak():
 
 def test_two_base_models_each_get_their_engine(tiny, tmp_path):
     root, base = tiny
-    qwen = build_base(tmp_path / "qwen", kind="qwen-wordpiece", chat=False)  # plain prompt, tokenizer's BOS
+    qwen = build_base(tmp_path / "qwen", kind="qwen-bpe", chat=False)  # plain prompt, tokenizer's BOS
     run = build_run(tmp_path / "run", {"llama": base, "qwen": qwen}, steps=[3])
     data = write_task_data(tmp_path / "syn.jsonl", n=2)
     cfg = from_dict(EvalConfig, {"run_dir": str(run), "tasks": {"synthetic": str(data)}, "backend": "hf",

@@ -32,7 +32,7 @@ def outputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
     base = build_base(root / "base")
     build_run(root / "run", {"a": base, "b": base, "c": base}, steps=[100, 200], full=("c",))
-    qwen, gemma = build_base(root / "qwen", kind="qwen-wordpiece"), build_base(root / "gemma", kind="gemma-unigram")
+    qwen, gemma = build_base(root / "qwen", kind="qwen-bpe"), build_base(root / "gemma", kind="gemma-unigram")
     other = build_run(root / "other", {"q": qwen, "g": gemma}, steps=[300], full=("q", "g"))
     data = write_task_data(root / "syn.jsonl", n=4)
     common = ["--run", str(root / "run"), "--all-checkpoints", "--task", f"synthetic={data}", "--limit", "4",

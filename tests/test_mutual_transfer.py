@@ -37,7 +37,7 @@ ARMS = {"off": Arm(), "anchored": Arm("all"), "control": Arm("all", peer_knows_x
 def b_after():
     """B's held-out measures after each arm (one seed), all arms from the same warm-started students."""
     setup = prepare(SMALL)
-    return {k: run_arm(setup, arm)["students"]["qwen-wordpiece"] for k, arm in ARMS.items()}
+    return {k: run_arm(setup, arm)["students"]["qwen-bpe"] for k, arm in ARMS.items()}
 
 
 def test_anchored_mutual_on_x_teaches_b_the_tokens_it_already_emits_and_only_from_a_peer_that_knows_x(b_after):

@@ -73,7 +73,7 @@ def _tiny_tokenizers(recs):
     from qr_ds.tiny import train_tokenizer
 
     text = corpus_of(recs)
-    toks = [train_tokenizer(k, text, 300) for k in ("llama-bpe", "gemma-unigram", "qwen-wordpiece")]
+    toks = [train_tokenizer(k, text, 300) for k in ("llama-bpe", "gemma-unigram", "qwen-bpe")]
     # a chat template whose prompt carries BOS: the tokenizer must then add none (the other branch)
     toks[0].chat_template = "{{ bos_token }}[U] {{ messages[0]['content'] }} [A] "
     return toks

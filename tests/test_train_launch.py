@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def kit(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
     pool = trainkit.make_pool(d / "pool")
-    studs = trainkit.make_students(d / "students", pool, kinds=("llama-bpe", "gemma-unigram", "qwen-wordpiece"))
+    studs = trainkit.make_students(d / "students", pool, kinds=("llama-bpe", "gemma-unigram", "qwen-bpe"))
     return d, pool, studs
 
 

@@ -1,7 +1,7 @@
 """A mutual-distillation experiment whose right answer is known: a competent and an incompetent student.
 
 Two tiny students of different architectures and tokenizers (Llama + byte-level BPE, Qwen2 +
-WordPiece) share the synthetic task's paths. The first is pre-trained on them (SFT), the second
+Qwen2-style BPE) share the synthetic task's paths. The first is pre-trained on them (SFT), the second
 starts from random weights. Both then train together on every path, co-routed, with
 SFT + lambda2 * mutual loss. Right answers: the competence weights favour the pre-trained student on
 most paths, and the projected states keep their scale. Eq. 8 as written (``form="paper"``) instead
@@ -41,7 +41,7 @@ def _students(p: Competence, work: Path, records) -> list:
 
     text = corpus_of(records)
     out = []
-    for i, kind in enumerate(("llama-bpe", "qwen-wordpiece")):
+    for i, kind in enumerate(("llama-bpe", "qwen-bpe")):
         d = build_tiny_student(kind, work / kind, text, vocab_size=400, hidden=p.hidden, layers=2, seed=p.seed + i)
         tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(d)))
         out.append((AutoModelForCausalLM.from_pretrained(str(d)), tok))

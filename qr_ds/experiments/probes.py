@@ -26,9 +26,9 @@ from qr_ds.data.styles import STYLES
 from qr_ds.tasks import Example, get_task, solve_steps
 from qr_ds.teacher.scripted import LONG_STYLES, QUICK_STYLES
 
-KINDS = ("llama-bpe", "qwen-wordpiece")
+KINDS = ("llama-bpe", "qwen-bpe")
 # the short-context student learns the quick styles only; the long-context one, all six
-STYLES_OF = {"llama-bpe": QUICK_STYLES, "qwen-wordpiece": STYLES}
+STYLES_OF = {"llama-bpe": QUICK_STYLES, "qwen-bpe": STYLES}
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class Knobs:
     train_questions: int = 150
     test_questions: int = 200
     # training context per student: 150 holds every quick-style path of the short student (prompt
-    # included) and cuts every long-style one before its answer line; 384 holds every path
-    max_len: dict = field(default_factory=lambda: {"llama-bpe": 150, "qwen-wordpiece": 384})
+    # included) and cuts every long-style one before its answer line; 512 holds every path
+    max_len: dict = field(default_factory=lambda: {"llama-bpe": 150, "qwen-bpe": 512})
     lr: float = 3e-3
     batch_paths: int = 8
     warmup_steps: int = 10
@@ -47,7 +47,7 @@ class Knobs:
     vocab_size: int = 600
     hidden: int = 128
     layers: int = 2
-    max_new_tokens: int = 320  # the longest response (~295 WordPiece tokens), with room
+    max_new_tokens: int = 448  # the longest response (420 of the Qwen2 student's tokens), with room
 
 
 POOLS = ("clean", "answer_checked", "unfiltered")

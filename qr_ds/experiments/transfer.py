@@ -2,7 +2,7 @@
 student the part of the task that only its peer trained on?
 
 Two tiny students of different architectures and tokenizers (Llama + byte-level BPE, Qwen2 +
-WordPiece) get disjoint knowledge by style, the unit the router assigns: A warm-starts on all six
+Qwen2-style BPE) get disjoint knowledge by style, the unit the router assigns: A warm-starts on all six
 styles, B on Y (vanilla, cot, tot) only and never SFT-trains on X (program, fact_retrieval,
 backward). Both then train together for the same steps on the same batches, the router's decision
 planted (Y to both, X to A), and arms differ only in the mutual term:
@@ -32,7 +32,7 @@ from qr_ds.train.encoding import encode_all
 from qr_ds.train.student import Student
 
 X_STYLES = ("program", "fact_retrieval", "backward")  # A's alone: B never SFT-trains on them
-KINDS = ("llama-bpe", "qwen-wordpiece")  # A, B
+KINDS = ("llama-bpe", "qwen-bpe")  # A, B
 
 
 @dataclass
