@@ -29,12 +29,10 @@ class Writer:
 class TrainTask:
     prefix: str  # put before the question the student sees: which task the model is asked to do
     weight: float  # default loss weight (data.task_weights overrides it)
-    source: str  # where the task and its weight come from
 
 
 @dataclass(frozen=True)
 class Baseline:
-    row: str  # Table 1's row
     styles: tuple[str, ...]  # what `qr-ds generate` asks per question (path styles, then writers)
     objective: str = "sft"  # data.objective to train with
     min_samples: int = 1  # samples_per_style the method needs
@@ -64,17 +62,17 @@ WRITTEN = re.compile(r"^\s*\**(?:rephrased question|new question|backward questi
 STATED = re.compile(r"^\s*\**answer\**\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 TRAIN_TASKS: dict[str, TrainTask] = {
-    MAIN: TrainTask("", 1.0, "next-token SFT on the path (SKD, Li et al. 2023b)"),
-    # Hsieh et al. 2023, §3.2: L = L_label + lambda * L_rationale with lambda = 1, each task marked by a
-    # prefix on the input. Here the label task keeps the bare question (what eval asks) and answers in
-    # one line; the rationale task's target is the whole path (its last line states the answer too).
-    "label": TrainTask("", 1.0, "Distill Step-by-Step (Hsieh et al. 2023), L_label"),
-    "rationale": TrainTask("[rationale] ", 1.0, "Distill Step-by-Step (Hsieh et al. 2023), lambda * L_rationale, lambda = 1"),
-    # Chen et al. 2024 (RevThink), §3.2: the mean of three losses with equal weights: question ->
-    # forward reasoning (the main task), question -> backward question, backward question -> backward
-    # reasoning. The backward question is asked for with its own instruction; a prefix marks it here.
-    "backward_question": TrainTask("[backward question] ", 1.0, "RevThink (Chen et al. 2024), question -> backward question"),
-    "backward_reasoning": TrainTask("", 1.0, "RevThink (Chen et al. 2024), backward question -> backward reasoning"),
+    MAIN: TrainTask("", 1.0),  # next-token SFT on the path (SKD, Li et al. 2023b)
+    # Distill Step-by-Step (Hsieh et al. 2023): L = L_label + lambda * L_rationale, lambda = 1, each task
+    # marked by a prefix on the input. Here the label task keeps the bare question (what eval asks) and
+    # answers in one line; the rationale task's target is the whole path (its last line states the answer).
+    "label": TrainTask("", 1.0),
+    "rationale": TrainTask("[rationale] ", 1.0),
+    # RevThink (Chen et al. 2024): the mean of three losses with equal weights: question -> forward
+    # reasoning (the main task), question -> backward question, backward question -> backward reasoning.
+    # The backward question is asked for with its own instruction; a prefix marks it here.
+    "backward_question": TrainTask("[backward question] ", 1.0),
+    "backward_reasoning": TrainTask("", 1.0),
 }
 # data.objective -> {a record's train_task: the tasks it is trained as} (train/encoding.py expands them)
 OBJECTIVES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -105,13 +103,14 @@ TARGETS = {
 }
 
 
+# Table 1's rows (§3.4) by name: SKD, Distill Step-by-Step, Rephrase Question, Question Aug, Answer Aug, RevThink
 BASELINES: dict[str, Baseline] = {
-    "skd": Baseline("SKD", ("cot",)),
-    "step_by_step": Baseline("Distill Step-by-Step", ("cot",), objective="step_by_step"),
-    "rephrase": Baseline("Rephrase Question", ("cot", "rephrase")),
-    "question_aug": Baseline("Question Aug", ("cot", "new_question")),
-    "answer_aug": Baseline("Answer Aug", ("cot",), min_samples=2),
-    "revthink": Baseline("RevThink", ("cot", "backward_question"), objective="revthink"),
+    "skd": Baseline(("cot",)),
+    "step_by_step": Baseline(("cot",), objective="step_by_step"),
+    "rephrase": Baseline(("cot", "rephrase")),
+    "question_aug": Baseline(("cot", "new_question")),
+    "answer_aug": Baseline(("cot",), min_samples=2),
+    "revthink": Baseline(("cot", "backward_question"), objective="revthink"),
 }
 
 

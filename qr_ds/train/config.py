@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from qr_ds.config import ConfigError, rule
+from qr_ds.data.baselines import OBJECTIVES, TRAIN_TASKS
 from qr_ds.mutual.config import MutualConfig
 from qr_ds.routing.config import RouterConfig
 
@@ -81,7 +82,7 @@ class DataConfig:
         "decided by question_seed and each question's id alone, so every method gets the same ones")))
     question_seed: int = field(default=0, metadata=rule(help="the data seed that picks question_fraction's "
                                                              "questions (not the training seed)"))
-    objective: Literal["sft", "step_by_step", "revthink"] = field(default="sft", metadata=rule(help=(
+    objective: str = field(default="sft", metadata=rule(choices=tuple(OBJECTIVES), help=(
         "sft = question -> path; step_by_step = each path trained as a label task and a [rationale] task (Hsieh "
         "et al. 2023); revthink = backward paths also trained as question -> [backward question] (Chen et al. "
         "2024); tasks and weights in qr_ds/data/baselines.py")))
@@ -90,8 +91,6 @@ class DataConfig:
         "default: the weights of the objective's paper, all 1.0")))
 
     def validate(self, key: str = "") -> None:
-        from qr_ds.data.baselines import TRAIN_TASKS
-
         where = f"{key}." if key else ""
         if self.question_fraction <= 0:
             raise ConfigError(f"config key '{where}question_fraction': 0 selects no question; give a share in (0, 1]")
