@@ -67,7 +67,7 @@ def unavailable(backend: str) -> str | None:
 
 
 def main() -> None:
-    p = base_argparser(__doc__.splitlines()[0])
+    p = base_argparser(__doc__.splitlines()[0], "bench_eval")
     p.add_argument("--model", type=Path, help="base model dir (--size full without --pair)")
     p.add_argument("--adapter", type=Path, help="PEFT LoRA adapter dir (--size full without --pair)")
     p.add_argument("--pair", action="store_true", help="the real small pair's shapes, random weights and adapters")
@@ -85,9 +85,7 @@ def main() -> None:
     for m in models_to_eval(args, size, Path(tmp.name)):
         rows += eval_model(m, args.backends.split(","), size, n, new_tokens)
     print(markdown_table(rows))
-    out = save_results(args.name or f"bench_eval-{size}", rows,
-                       {"models": {str(r["model"]): r["weights"] for r in rows}, "max_new_tokens": new_tokens},
-                       out_dir=args.out)
+    out = save_results(args.name, rows, {"size": size, "max_new_tokens": new_tokens}, out_dir=args.out)
     if args.plot:
         measured = [r for r in rows if "gen_tokens_per_s" in r]
         plot_bars(out.with_suffix(".png"), measured, "backend", "gen_tokens_per_s", "eval generation, tokens/s")

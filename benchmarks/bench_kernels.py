@@ -154,7 +154,7 @@ def bench_ensemble(device: str, iters: int) -> list[dict]:
 
 
 def main() -> None:
-    p = base_argparser(__doc__.splitlines()[0])
+    p = base_argparser(__doc__.splitlines()[0], "bench_kernels")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads; 1 avoids oversubscription noise on a shared machine (CPU only)")
@@ -171,7 +171,7 @@ def main() -> None:
     if liger_ce() is None:
         print("liger-kernel not importable: no Liger rows.\n")
     print(markdown_table(rows, ["kernel", "impl", "ms", "largest_tensor_MiB", "extra_peak_MiB", "fastest"]))
-    path = save_results(args.name or "bench_kernels", rows, {"size": size}, args.out)
+    path = save_results(args.name, rows, {"size": size}, args.out)
     print(f"\nwrote {path}")
     if args.plot:
         labelled = [{**r, "label": f"{r['kernel']}: {r['impl']}"} for r in rows]

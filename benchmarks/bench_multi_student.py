@@ -88,7 +88,7 @@ def students_for(args, size: str, work: Path, pool: Path, trainkit) -> tuple[lis
 
 
 def main() -> None:
-    p = base_argparser(__doc__)
+    p = base_argparser(__doc__, "bench_multi_student")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--students", nargs="*", type=Path, help="student model dirs (default: tiny ones built here)")
     p.add_argument("--pair", action="store_true",
@@ -121,7 +121,7 @@ def main() -> None:
     print(markdown_table(rows))
     print(f"\n{size} size, {len(students)} students ({', '.join(weights)}); on a 2-core CPU the 'separate' ranks "
           "share cores, so placement ratios there say little about GPUs.")
-    path = save_results(args.name or "bench_multi_student", rows,
+    path = save_results(args.name, rows,
                         {"size": size, "weights": weights, "settings": SETTINGS[size]}, args.out)
     print(f"wrote {path}")
     if args.plot:

@@ -155,7 +155,7 @@ def run_variant(model: nn.Module, variant: str, input_ids: torch.Tensor, steps: 
 
 
 def main() -> None:
-    p = base_argparser(__doc__.splitlines()[0])
+    p = base_argparser(__doc__.splitlines()[0], "bench_student_step")
     p.add_argument("--models", nargs="+", choices=list(SHAPES["full"]), default=["mistral", "gemma"])
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 3 full, 2 toy)")
@@ -197,7 +197,7 @@ def main() -> None:
     if "qr_ds-mem" in args.variants:
         print(f"qr_ds-mem checkpoints {args.mem_fraction:.0%} of the decoder layers.\n")
     print(markdown_table(rows))
-    path = save_results(args.name or "bench_student_step", rows,
+    path = save_results(args.name, rows,
                         {"size": size, "weights": "random", "flops_formula": FLOPS_FORMULA}, args.out)
     print(f"\nwrote {path}")
     if args.plot:

@@ -99,14 +99,16 @@ def timeit(fn: Callable[[], object], warmup: int = 1, iters: int = 3, sync: Call
     return sorted(times)[len(times) // 2]
 
 
-def base_argparser(description: str) -> argparse.ArgumentParser:
+def base_argparser(description: str, results_name: str | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark takes; with ``results_name``, also ``--name`` (its default)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--size", choices=["toy", "full"], default=None,
                    help="toy: CPU-sized shapes (default without CUDA); full: the 7B shapes (default with CUDA)")
     p.add_argument("--out", type=Path, default=None, help="folder for JSON/PNG (default benchmarks/results)")
     p.add_argument("--plot", action="store_true", help="also draw a PNG")
-    p.add_argument("--name", default=None, help="results file stem (default: the benchmark's own), so that two "
-                                                 "runs of one benchmark into one --out folder keep both")
+    if results_name:
+        p.add_argument("--name", default=results_name, help="results file stem, so that two runs of one "
+                                                             "benchmark into one --out folder keep both")
     return p
 
 

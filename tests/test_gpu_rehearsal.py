@@ -13,8 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["install", "student_step_7b", "multi_student", "kernels", "student_step_pair", "eval"]
 
-pytestmark = pytest.mark.slow
-
 
 def rehearse(out: Path, tmp: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess:
     # The GPU machine has no vLLM: a stand-in that fails to import makes the rehearsal take the same
@@ -34,6 +32,14 @@ def rows_of(summary: dict, stage: str) -> list[dict]:
     return result["rows"]
 
 
+def test_bad_arguments_exit_2_and_name_what_is_wrong(tmp_path):
+    for args, says in (([], "usage"), ([str(tmp_path), "--only", "kernel"], "unknown stage kernel"),
+                       ([str(tmp_path), "--fast"], "usage")):
+        res = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_run.sh"), *args], capture_output=True, text=True)
+        assert (res.returncode, says in res.stderr) == (2, True), res.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_every_stage_writes_its_numbers(tmp_path):
     out = tmp_path / "out"
@@ -84,6 +90,7 @@ def test_every_stage_writes_its_numbers(tmp_path):
             assert r["gen_tokens_per_s"] == pytest.approx(r["generated_tokens"] / r["generate_s"])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_stage_killed_by_its_timeout_leaves_the_others(tmp_path):
     out = tmp_path / "out"
