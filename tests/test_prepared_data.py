@@ -2,6 +2,7 @@
 resume reuses the folder, a changed pool gets a new one, and a node's other ranks wait for local
 rank 0's build (or end with its error) in real separate processes."""
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -122,6 +123,13 @@ def test_resume_reuses_the_folder_and_a_changed_pool_rebuilds(kit, tmp_path):
     assert TrainData(load_config(TrainConfig, path), toks, logs.append).prepared.folder not in (first, changed.prepared.folder)
 
 
+def _free_port() -> str:
+    """A port no other job on the machine holds now (a fixed one may be another launch's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def _rank(cfg_path, local_rank: int, port: str):
     env = dict(os.environ, LOCAL_RANK=str(local_rank), RANK=str(local_rank), MASTER_ADDR="127.0.0.1",
                MASTER_PORT=port, PYTHONUNBUFFERED="1")
@@ -132,11 +140,12 @@ def _rank(cfg_path, local_rank: int, port: str):
 @pytest.mark.slow
 def test_local_rank_1_waits_for_local_rank_0s_build(kit):
     path, cfg = _cfg(kit, "wait")
-    waiter = _rank(path, 1, "29999")
+    port = _free_port()
+    waiter = _rank(path, 1, port)
     time.sleep(8)  # long enough to load and hash; it must not build
     assert waiter.poll() is None, waiter.communicate()
     assert not list((cfg.output_dir / "prepared").glob("*/meta.json"))
-    builder = _rank(path, 0, "29999")
+    builder = _rank(path, 0, port)
     out0, err0 = builder.communicate(timeout=240)
     out1, err1 = waiter.communicate(timeout=60)
     assert builder.returncode == 0 and waiter.returncode == 0, err0[-2000:] + err1[-2000:]
@@ -153,8 +162,9 @@ def test_a_failed_build_ends_the_waiting_ranks_with_its_error(kit, tmp_path):
 
     write_pool(bad, trainkit.synthetic_records(2))  # no embeddings, router on: the build fails
     path, cfg = _cfg(kit, "fail", data={"pool": str(bad), "max_len": 256})
-    waiter = _rank(path, 1, "29998")
-    builder = _rank(path, 0, "29998")
+    port = _free_port()
+    waiter = _rank(path, 1, port)
+    builder = _rank(path, 0, port)
     _, err0 = builder.communicate(timeout=240)
     _, err1 = waiter.communicate(timeout=60)
     assert builder.returncode != 0 and "no embedding" in err0
