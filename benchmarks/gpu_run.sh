@@ -10,7 +10,6 @@
 # --rehearse: every stage at toy size on CPU, through the same code paths (tests/test_gpu_rehearsal.py).
 # GPU_RUN_TIMEOUT_<STAGE> (e.g. GPU_RUN_TIMEOUT_KERNELS=30) overrides a stage's limit in seconds.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 
 usage() { echo "usage: $0 OUTDIR [--rehearse] [--only STAGE[,STAGE...]]; stages: ${STAGES[*]}" >&2; exit 2; }
 # stage, limit on the GPU (s), limit in the rehearsal (s): most important first. The GPU limits sum
@@ -37,7 +36,8 @@ done
 for s in ${ONLY//,/ }; do [[ " ${STAGES[*]} " == *" $s "* ]] || { echo "unknown stage $s" >&2; usage; }; done
 
 mkdir -p "$OUTDIR"
-OUTDIR=$(cd "$OUTDIR" && pwd)
+OUTDIR=$(cd "$OUTDIR" && pwd)  # before the cd: a relative OUTDIR is the caller's
+cd "$(dirname "$0")/.."
 if [ -z "${PY:-}" ]; then
     PY=python3
     [ -x .venv/bin/python ] && PY=$PWD/.venv/bin/python

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/; nev
 from bench_student_step import SHAPES, random_model  # noqa: E402
 
 # shape name -> (tokenizer kind trained for the random-weight student, packaged model name)
-PAIR = {"smollm2": ("llama-bpe", "smollm2-135m-instruct"), "gemma3": ("gemma-unigram", "gemma-3-270m")}
+PAIR = {"smollm2": ("llama-bpe", "smollm2-135m-instruct"), "gemma3": ("gemma-unigram", "gemma3-270m")}
 
 
 def packaged(name: str) -> tuple[Path | None, str]:
