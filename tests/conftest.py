@@ -2,8 +2,9 @@ import os
 
 import pytest
 
-# Tests run offline on CPU: no hub, DeepSpeed on its CPU accelerator, quiet tokenizers.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests run offline on CPU: no hub (forced: a shell's HF_HUB_OFFLINE=0 must not change an outcome),
+# DeepSpeed on its CPU accelerator, quiet tokenizers.
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Triton kernels run under the interpreter on CPU; Triton reads this once, at first import.
