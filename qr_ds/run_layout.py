@@ -33,6 +33,37 @@ def plain_name(name: str, what: str, where: Path) -> str:
     return name
 
 
+def inside(path: Path, folder: Path, named_in: Path) -> Path:
+    """``path`` if it resolves (symlinks followed) inside ``folder``; ValueError naming the file the
+    name was read from, since a name that stays in its folder lexically may still be a link out."""
+    target, owner = path.resolve(), folder.resolve()
+    if not target.is_relative_to(owner):
+        raise ValueError(f"{named_in}: names {path.name!r}, which resolves to {target}, outside {owner}: refused")
+    return path
+
+
+def json_text(path: Path) -> str:
+    """The text of a JSON file a checkpoint holds, refused with one line naming file:line when it is
+    not UTF-8 or not valid JSON (cut short by a kill, or edited by hand)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+        json.loads(text)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}): "
+                         "a checkpoint cut short or edited by hand") from None
+    return text
+
+
+def read_json_object(path: Path) -> dict:
+    """``json_text`` parsed, refused naming the file unless it is one JSON object."""
+    data = json.loads(json_text(path))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def step_name(step: int) -> str:
     """``step_000100``: a checkpoint's folder name, and that of anything else kept per step."""
     return f"step_{step:06d}"
@@ -70,13 +101,9 @@ class CheckpointMeta:
     def read(cls, path: Path) -> CheckpointMeta:
         """``from_json`` of the file, refused with one line naming it when it is cut short, not JSON, not
         of this shape, or names a student that is not a plain folder name."""
+        text = json_text(path)
         try:
-            meta = cls.from_json(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}): "
-                             "a checkpoint cut short or edited by hand") from None
+            meta = cls.from_json(text)
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"{path}: not a checkpoint's meta.json ({type(e).__name__}: {e})") from None
         for st in meta.students:
@@ -121,11 +148,13 @@ class CheckpointDir:
         return CheckpointMeta.read(self.meta)
 
     def student(self, name: str) -> Path:
-        return self.path / "students" / plain_name(name, "student name", self.meta)
+        """``students/<name>``, refused when the name (from meta.json) or a link by that name leaves students/."""
+        folder = self.path / "students"
+        return inside(folder / plain_name(name, "student name", self.meta), folder, self.meta)
 
     def weights(self, name: str, finetune: str) -> Path:
         """The folder peft / transformers / vLLM load: the adapter, or the whole model."""
-        return self.student(name) / WEIGHTS_DIR[finetune]
+        return inside(self.student(name) / WEIGHTS_DIR[finetune], self.student(name), self.meta)
 
     def head(self, name: str) -> Path:
         return self.student(name) / "mutual_head.pt"
@@ -174,14 +203,14 @@ class RunDir:
 
     def latest(self) -> CheckpointDir | None:
         """The checkpoint ``checkpoints/latest`` names; ValueError when it names anything but a
-        ``step_N`` folder beside it (``../../outside/step_9`` was followed)."""
+        ``step_N`` folder beside it (``../../outside/step_9`` was followed), or one that is a link out."""
         marker = self.latest_marker
         if not marker.is_file():
             return None
         name = marker.read_bytes().decode("utf-8", errors="replace").strip()
         if not STEP_NAME.fullmatch(name):
             raise ValueError(f"{marker}: names {name[:80]!r}, not a step_NNNNNN folder beside it")
-        return CheckpointDir(self.checkpoints / name)
+        return CheckpointDir(inside(self.checkpoints / name, self.checkpoints, marker))
 
     def require_latest(self) -> CheckpointDir:
         ckpt = self.latest()
@@ -191,10 +220,12 @@ class RunDir:
 
     def complete(self) -> list[CheckpointDir]:
         """Checkpoints whose meta.json was written, oldest first."""
-        return [CheckpointDir(p) for p in sorted(self.checkpoints.glob("step_*")) if (p / "meta.json").is_file()]
+        return [c for c in self.all_checkpoints() if c.meta.is_file()]
 
     def all_checkpoints(self) -> list[CheckpointDir]:
-        return [CheckpointDir(p) for p in sorted(self.checkpoints.glob("step_*")) if p.is_dir()]
+        """Every step folder, each refused (ValueError) when it is a link out of checkpoints/."""
+        return [CheckpointDir(inside(p, self.checkpoints, self.checkpoints))
+                for p in sorted(self.checkpoints.glob("step_*")) if p.is_dir()]
 
     def set_latest(self, ckpt: CheckpointDir) -> None:
         """Write-temp, fsync, rename, fsync the folder: after a power cut 'latest' names either the

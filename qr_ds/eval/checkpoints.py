@@ -6,12 +6,11 @@ fine-tuned student.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from qr_ds.models.packaged import resolve
-from qr_ds.run_layout import CheckpointDir, RunDir
+from qr_ds.run_layout import CheckpointDir, RunDir, read_json_object
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,8 @@ def read_checkpoint(ckpt: Path) -> list[Adapter]:
         cfg_path = path / "adapter_config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"checkpoint {ckpt}: adapter of student '{name}' missing ({cfg_path} not found)")
-        cfg = json.loads(cfg_path.read_text())
+        refuse_pickles(path)
+        cfg = read_json_object(cfg_path)
         if cfg.get("peft_type", "LORA") != "LORA":
             raise ValueError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r}; only LoRA adapters can be served")
         base = cfg.get("base_model_name_or_path")
@@ -82,6 +82,19 @@ def read_checkpoint(ckpt: Path) -> list[Adapter]:
     return out
 
 
+# Weight files in pickle format: loading one may run code it holds. The trainer writes safetensors only.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def refuse_pickles(weights: Path) -> None:
+    """Refuse a student's weights folder that holds a pickled weights file, naming it: what the
+    engine would load from it is not what the trainer wrote."""
+    found = sorted(p.name for p in weights.iterdir() if p.suffix in PICKLE_SUFFIXES) if weights.is_dir() else []
+    if found:
+        raise ValueError(f"{weights / found[0]}: a pickled weights file, which loading could run code from; "
+                         "a checkpoint's student weights are safetensors only: remove it or re-save as safetensors")
+
+
 SHAPE_KEYS = ("architectures", "hidden_size", "num_hidden_layers", "vocab_size")
 
 
@@ -91,10 +104,11 @@ def _full_model(ckpt: Path, step: int, name: str, model: str, tokenizer: str) ->
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt}: weights of student '{name}' missing ({cfg_path} not found)")
-    mine = json.loads(cfg_path.read_text())
+    refuse_pickles(path)
+    mine = read_json_object(cfg_path)
     base_cfg = Path(model) / "config.json"
     if base_cfg.is_file():  # a hub name is checked by the engine when it loads the weights
-        base = json.loads(base_cfg.read_text())
+        base = read_json_object(base_cfg)
         bad = [k for k in SHAPE_KEYS if mine.get(k) != base.get(k)]
         if bad:
             raise ValueError(f"{cfg_path}: student '{name}' does not have the shape of its base model {model!r} "
