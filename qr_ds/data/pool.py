@@ -108,8 +108,8 @@ def parse_record(obj: dict) -> PathRecord:
             raise RecordError(k, "missing")
         if not isinstance(obj[k], str):
             raise RecordError(k, f"expected a string, got {type(obj[k]).__name__}")
-    for k in ("id", "task", "question_id", "style", "teacher"):
-        if not obj[k].strip():
+    for k in ("id", "task", "question_id", "style", "teacher", "question", "prompt"):
+        if not obj[k] or obj[k].isspace():  # an empty question would be trained on as if it asked something
             raise RecordError(k, "must not be empty")
     for k in _OPT_STR:
         if obj.get(k) is not None and not isinstance(obj[k], str):

@@ -37,6 +37,8 @@ def load_matrix(pool_file: Path, file: str) -> np.ndarray:
         raise EmbeddingError(f"embedding file {path} is not a .npy matrix ({e})") from None
     if matrix.ndim != 2:
         raise EmbeddingError(f"embedding file {path}: expected a 2-d matrix, got shape {matrix.shape}")
+    if matrix.dtype.kind != "f":
+        raise EmbeddingError(f"embedding file {path}: expected floating-point numbers, got dtype {matrix.dtype}")
     return matrix
 
 
@@ -65,7 +67,20 @@ def gather_embeddings(pool_file: Path, records: list[PathRecord],
     for name, matrix in matrices.items():
         mine = np.flatnonzero(files == name) if len(matrices) > 1 else np.arange(len(records))
         out[mine] = matrix[at[mine]]
+    refuse_non_finite(pool_file, records, lines, out)
     return out
+
+
+def refuse_non_finite(pool_file: Path, records: list[PathRecord], lines: Mapping[str, int], rows: np.ndarray) -> None:
+    """Values, not only shapes: a NaN or inf row would be routed (and plotted) as if it were a vector.
+    One vectorised pass over the gathered rows (which float32 overflow may also have made inf)."""
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if bad.size:
+        rec = records[int(bad[0])]
+        where = f"{pool_file}:{lines[rec.id]}" if rec.id in lines else str(pool_file)
+        more = f", and {bad.size - 1} more of the {len(records)} read" if bad.size > 1 else ""
+        raise EmbeddingError(f"{where}: record {rec.id!r}: its embedding ({rec.embedding.file} row "
+                             f"{rec.embedding.row}) is not finite (NaN or inf){more}: re-run `qr-ds embed`")
 
 
 def _checked_row(pool_file: Path, rec: PathRecord, matrices: dict[str, np.ndarray]) -> int:
