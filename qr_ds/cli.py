@@ -7,6 +7,9 @@ Errors are one line on stderr, never a traceback (set QR_DS_TRACEBACK=1 to get i
 exit 2 when the input is wrong (config, data, a missing file), exit 1 when the run failed (an OS
 error such as a full disk or a read-only folder, naming the path; a stage's own failure summary;
 or an unexpected exception, reported by type and message). A crash never exits 0.
+
+That convention lives here alone (``main`` and ``describe_error``): a command raises, and never
+prints its own error line or picks its own error status, so a new command cannot get either wrong.
 """
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ import argparse
 import errno
 import importlib
 import os
+import pickle
 import sys
+
+from qr_ds.stages import StageFailed
 
 # (subcommand module, one-line help): each module defines register(subparsers).
 COMMANDS = [
@@ -89,20 +95,35 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("QR_DS_TRACEBACK") == "1":
             raise
-        message, status = describe_error(e)
-        print(f"qr-ds {args.command}: error: {message}", file=sys.stderr)
+        message, status = describe_error(e, getattr(args, "config", None))
+        said = "failed" if isinstance(e, StageFailed) and status == 1 else "error"
+        print(f"qr-ds {args.command}: {said}: {message}", file=sys.stderr)
         return status
 
 
-def describe_error(e: Exception) -> tuple[str, int]:
-    """One line for the user and the exit status: 2 for bad input, 1 for a failed run."""
-    if isinstance(e, FileNotFoundError):
-        return (describe_os_error(e) if e.strerror else str(e)), 2
-    if isinstance(e, ValueError):  # ConfigError, RecordError, EmbeddingError and input checks
-        return str(e), 2
-    if isinstance(e, OSError):
-        return describe_os_error(e), 1
-    return f"{type(e).__name__}: {e} (set QR_DS_TRACEBACK=1 for the traceback)", 1
+# The exit status of each kind of error, the first that matches: 2 the input is wrong, 1 the run
+# failed. A new kind is one entry here; whatever matches none is unexpected (1, with its type).
+EXIT_STATUS: list[tuple[type, int]] = [
+    (StageFailed, 1),  # its own status decides (see describe_error)
+    (FileNotFoundError, 2), (IsADirectoryError, 2), (NotADirectoryError, 2),  # a path of the wrong kind
+    (pickle.UnpicklingError, 2),  # a weights-only load refused a file that holds more than weights
+    (ValueError, 2),  # ConfigError, RecordError, EmbeddingError and input checks
+    (OSError, 1),  # disk full, read-only, permissions
+]
+
+
+def describe_error(e: Exception, config: str | os.PathLike | None = None) -> tuple[str, int]:
+    """One line for the user and the exit status: 2 for bad input, 1 for a failed run. ``config``: the
+    command's config file, put before a message that names a config key but not the file."""
+    status = next((s for kind, s in EXIT_STATUS if isinstance(e, kind)), None)
+    if status is None:
+        return f"{type(e).__name__}: {e} (set QR_DS_TRACEBACK=1 for the traceback)", 1
+    if isinstance(e, StageFailed):
+        status = e.status
+    message = describe_os_error(e) if isinstance(e, OSError) and e.strerror else str(e)
+    if config is not None and message.startswith("config key "):
+        message = f"{config}: {message}"
+    return message, status
 
 
 def describe_os_error(e: OSError) -> str:

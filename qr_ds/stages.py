@@ -22,7 +22,11 @@ from qr_ds.run_layout import RunDir
 
 
 class StageFailed(RuntimeError):
-    """A stage run that must not look like success; the message is what the user is told."""
+    """A stage run that must not look like success; the message is what the user is told. The command
+    line (``qr_ds.cli``) prints it and exits with ``status``: 1, the run failed; a subclass whose cause
+    is the user's input (a config naming a server that never answered) says 2."""
+
+    status = 1
 
 
 def derive_seed(base: int, *parts: object) -> int:
@@ -58,10 +62,19 @@ def load_stage_config(cls, path: Path, stage: str, overrides: list[tuple[str, ob
         apply_override(data, dotted, value)
     try:
         cfg = from_dict(cls, data)
-        refuse_overwrite(*cfg.files(), config_file=Path(path))
+        outputs, inputs = cfg.files()
+        refuse_folders(inputs)
+        refuse_overwrite(outputs, inputs, config_file=Path(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return cfg
+
+
+def refuse_folders(inputs: dict[str, Path]) -> None:
+    """Every stage input is a file: a folder there would fail later as an OS error naming no key."""
+    for key, path in inputs.items():
+        if path.is_dir():
+            raise ConfigError(f"{_named(key)}: {path} is a folder; it needs a file")
 
 
 # ---- nothing overwritten -------------------------------------------------------------------------

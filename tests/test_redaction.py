@@ -95,7 +95,7 @@ def test_a_port_that_never_answered_stops_at_once_naming_key_and_url(tmp_path, c
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
-    assert main(["generate", configs(tmp_path, with_key(url), url, max_retries=50, backoff_s=5), "--no-progress"]) == 1
+    assert main(["generate", configs(tmp_path, with_key(url), url, max_retries=50, backoff_s=5), "--no-progress"]) == 2
     out, err = capfd.readouterr()
     assert (f"config key 'teacher.base_url': cannot connect to {url}/chat/completions" in err
             and "Stopped before any retry" in err), err

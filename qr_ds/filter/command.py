@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from qr_ds.stages import StageFailed, add_stage_args, load_stage_config, stage_overrides
+from qr_ds.stages import add_stage_args, load_stage_config, stage_overrides
 
 
 def register(subparsers) -> None:
@@ -20,11 +19,9 @@ def run(args: argparse.Namespace) -> int:
     from qr_ds.filter.run import FilterFailed, print_result, run_filter
     overrides = stage_overrides(args) + ([("judge.backend", "none")] if args.no_judge else [])
     cfg = load_stage_config(FilterConfig, args.config, "filter", overrides)
-    try:
+    try:  # StageFailed (refused judge, too little judged or kept, output locked): qr_ds.cli says it
         print_result(run_filter(cfg, progress=not args.no_progress))
-    except StageFailed as e:  # refused judge, too little judged or kept, output locked: never exit 0
-        if isinstance(e, FilterFailed):
-            print_result(e.result)
-        print(f"qr-ds filter: failed: {e}", file=sys.stderr)
-        return 1
+    except FilterFailed as e:  # its outputs were written: show their table before the failure
+        print_result(e.result)
+        raise
     return 0

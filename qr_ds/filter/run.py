@@ -95,6 +95,20 @@ def _pool_objects(pool: Path) -> Iterator[tuple[int, dict]]:
                 yield lineno, obj
 
 
+def check_tasks(pool: Path, tasks: set[str]) -> None:
+    """Every record's task is one this version scores; refused naming the first record of an unknown
+    one by file:line before any path is judged (before: the run stopped at that record, unnamed)."""
+    from qr_ds.tasks import list_tasks
+
+    unknown = tasks - {t.name for t in list_tasks()}
+    if not unknown:
+        return
+    first = next((line, obj) for line, obj in _pool_objects(pool) if obj.get("task") in unknown)  # errors only
+    more = f" ({len(unknown) - 1} more unknown task name(s) in the pool)" if len(unknown) > 1 else ""
+    raise ValueError(f"{pool}:{first[0]}: record {str(first[1].get('id'))[:80]!r}: unknown task "
+                     f"{first[1]['task'][:80]!r}{more}; known tasks: {', '.join(t.name for t in list_tasks())}")
+
+
 def check_judge_fits(tasks: set[str], judge: JudgeConfig) -> None:
     """The scripted judge knows only the steps the scripted teacher plants: elsewhere it passes everything."""
     others = sorted(tasks - {"synthetic"})
@@ -273,7 +287,9 @@ JUDGE_CHUNK = 4096
 
 def run_filter(cfg: FilterConfig, teacher: Teacher | None = None, progress: bool = True) -> FilterResult:
     """Both steps, the filtered pool and the retention table; FilterFailed (after writing) when too little succeeded."""
-    check_judge_fits(check_unique_ids(cfg.pool), cfg.judge)
+    tasks = check_unique_ids(cfg.pool)
+    check_tasks(cfg.pool, tasks)
+    check_judge_fits(tasks, cfg.judge)
     with output_lock(cfg.out):
         res, n_records = _filter(cfg, teacher, progress)
     problems = shortfalls(res, n_records, cfg)

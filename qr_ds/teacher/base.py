@@ -32,6 +32,12 @@ class TeacherRefused(StageFailed):
     """The endpoint refused us (401/403/404): every further request would fail the same way."""
 
 
+class TeacherUnreachable(TeacherRefused):
+    """No server ever answered at the configured address: the config's to fix, so bad input (exit 2)."""
+
+    status = 2
+
+
 class Teacher(Protocol):
     model: str
 

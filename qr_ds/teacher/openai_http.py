@@ -28,7 +28,7 @@ from typing import Iterable
 import httpx
 
 from qr_ds.config import ConfigError
-from qr_ds.teacher.base import Completion, OnDone, Request, TeacherRefused
+from qr_ds.teacher.base import Completion, OnDone, Request, TeacherRefused, TeacherUnreachable
 from qr_ds.teacher.config import TeacherConfig, split_userinfo
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -178,7 +178,7 @@ class OpenAITeacher:
             raise Retryable("truncated body") from None
         except httpx.ConnectError as e:
             if not self._answered:  # a wrong host or port, or no server yet: 60 retries would not help
-                raise TeacherRefused(
+                raise TeacherUnreachable(
                     f"config key '{_config_key(self.cfg, 'base_url')}': cannot connect to {self._url} "
                     f"({self.redact(str(e)) or type(e).__name__}); is the server running at that address? "
                     "Stopped before any retry: it never answered.") from None
