@@ -5,12 +5,16 @@ compared against, with intervals that cover training seeds and test questions (d
 Inputs: each run folder (``config.yaml``, ``metrics.jsonl``, ``eval.jsonl`` when it evaluated during
 training, the final checkpoint's ``router.pt``), ``qr-ds eval`` output folders, and the filter's
 retention file. ``report.json`` beside the markdown keeps every number the markdown shows. What
-cannot be read (a failed evaluation, a router that does not load) is skipped and listed, not fatal.
+cannot be read (a failed evaluation, a router that does not load) is skipped and listed, not fatal:
+in the markdown's "Skipped" section, in report.json, and one line each on stderr (``qr-ds report
+--strict`` turns any of them into a failed run).
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -83,8 +87,12 @@ def training_section(groups: list[Group], out: Path, skipped: list[str]) -> tupl
 def routing_section(groups: list[Group], out: Path, skipped: list[str]) -> tuple[list[str], dict, dict]:
     md, figs, numbers = ["## Routing by the final router", ""], {}, {}
     for group in groups:
+        before = len(skipped)
         routing = group_routing(group, skipped)
         if routing is None:
+            why = skipped[before:]  # the real reason, not "no router", when routing failed
+            md += [f"### {group.label}", "", f"Left out: {'; '.join(why)}" if why
+                   else "No router: its runs train with router.enabled: false.", ""]
             continue
         numbers[group.label] = routing
         n = len(routing["runs"])
@@ -103,8 +111,6 @@ def routing_section(groups: list[Group], out: Path, skipped: list[str]) -> tuple
         md += ["Each student's loss per style over training (nats per character, probes included, pooled over "
                "the group's seeds), to read beside the routing above.", "",
                f"![loss per style](style_loss_{group.slug}.png)", ""]
-    if not numbers:
-        md += ["No run has a router (or its final checkpoint has no router.pt).", ""]
     return md, figs, numbers
 
 
@@ -140,10 +146,31 @@ def throughput_section(groups: list[Group]) -> tuple[list[str], dict, dict]:
     return md + [""], tput, per_run
 
 
+# What a section's inputs may fail with (a metrics row without a key, a retention file of another
+# shape): that section is left out, with the reason, and the rest of the report still stands.
+SECTION_ERRORS = (OSError, ValueError, KeyError, TypeError, ZeroDivisionError)
+
+
+def guarded(title: str, skipped: list[str], build: Callable[[], tuple], *empty) -> tuple:
+    """``build()``, or the section's heading with why it was left out, and ``empty`` for its numbers."""
+    try:
+        return build()
+    except SECTION_ERRORS as e:
+        why = f"{title} section: " + (f"a row lacks the key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}")
+        skipped.append(why)
+        return ([f"## {title}", "", f"Left out: {why}", ""], *empty)
+
+
+def say_left_out(line: str) -> None:
+    print(f"report: left out: {line}", file=sys.stderr)
+
+
 def build_report(out: Path, groups: dict[str, Path | list[Path]], eval_dirs: list[Path] = (),
-                 retention: Path | None = None, notes: list[str] = (), may_differ: tuple[str, ...] = ()) -> Path:
+                 retention: Path | None = None, notes: list[str] = (), may_differ: tuple[str, ...] = (),
+                 left_out: Callable[[str], None] = say_left_out) -> Path:
     """``groups``: label -> run folder, or a list of run folders (the training seeds of one method);
-    the first group is the reference the others are compared against."""
+    the first group is the reference the others are compared against. ``left_out`` is told each thing
+    the report had to leave out, and why (by default, one line each on stderr)."""
     out.mkdir(parents=True, exist_ok=True)
     loaded, skipped = load_groups(groups, tuple(may_differ)), []
     notes = list(notes) + ([f"The seeds of each group also differ, on purpose, in: {', '.join(may_differ)}."]
@@ -151,14 +178,15 @@ def build_report(out: Path, groups: dict[str, Path | list[Path]], eval_dirs: lis
     md = ["# qr_ds run report", ""] + [f"- {n}" for n in notes] + ([""] if notes else [])
     budget_md, budgets = budget_section(loaded)
     acc_md, accuracy = accuracy_section(loaded, [Path(e) for e in eval_dirs], budgets, skipped) if eval_dirs else ([], None)
-    train_md, figs = training_section(loaded, out, skipped)
+    train_md, figs = guarded("Training", skipped, lambda: training_section(loaded, out, skipped), {})
     route_md, route_figs, routing = routing_section(loaded, out, skipped)
     figs.update(route_figs)
     ret_md, ret = [], None
     if retention is not None:
-        ret_md, ret_figs, ret = retention_section(Path(retention), out)
+        ret_md, ret_figs, ret = guarded("Quality filter", skipped, lambda: retention_section(Path(retention), out),
+                                        {}, None)
         figs.update(ret_figs)
-    tput_md, tput, tput_runs = throughput_section(loaded)
+    tput_md, tput, tput_runs = guarded("Throughput", skipped, lambda: throughput_section(loaded), None, None)
     skip_md = ["## Skipped", ""] + [f"- {s}" for s in skipped] + [""] if skipped else []
     (out / "report.md").write_text("\n".join(md + budget_md + acc_md + train_md + route_md + ret_md + tput_md
                                              + skip_md) + "\n")
@@ -168,4 +196,6 @@ def build_report(out: Path, groups: dict[str, Path | list[Path]], eval_dirs: lis
         "accuracy": accuracy, "routing": routing, "retention": ret, "throughput": tput,
         "throughput_per_run": tput_runs, "figures": figs,
         "skipped": skipped, "notes": list(notes)}, indent=1, default=float))
+    for line in skipped:
+        left_out(line)
     return out / "report.md"

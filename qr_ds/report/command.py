@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import glob
+import sys
 from pathlib import Path
+
+from qr_ds.stages import StageFailed
 
 GROUP_HELP = """LABEL=GLOB (the matching run folders are the training seeds of one method), LABEL=DIR, or DIR
 (labelled by its folder name). Quote a glob ('qr=runs/qr_s*'): unquoted, zsh refuses it and a
@@ -39,18 +42,37 @@ def register(subparsers) -> None:
                    help="a `qr-ds eval --out` folder with these runs' checkpoints (repeatable)")
     p.add_argument("--retention", type=Path, metavar="FILE",
                    help="the filter's <filtered>.retention.json for the pool these runs trained on")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when anything was left out of the report (it is still written; stderr names each)")
     p.add_argument("--may-differ", action="append", default=[], metavar="KEY",
                    help="a config key the seeds of a group may differ in besides seed and output_dir, e.g. "
                         "students[].model when each seed draws its own student init (repeatable; the report says so)")
     p.set_defaults(func=run)
 
 
+class ReportIncomplete(StageFailed):
+    """--strict: the report was written, but something had to be left out of it."""
+
+
 def run(args: argparse.Namespace) -> int:
-    from qr_ds.report.build import build_report
+    from qr_ds.report.build import build_report, say_left_out
 
     groups = [parse_group(g) for g in args.groups]
     labels = [label for label, _ in groups]
     if len(set(labels)) < len(labels):
         raise ValueError(f"report: two groups share a label ({', '.join(labels)}); name them LABEL=FOLDER")
-    print(build_report(args.out, dict(groups), args.eval_dirs, args.retention, may_differ=tuple(args.may_differ)))
+    for section, flag, given in (("accuracy", "--eval", args.eval_dirs), ("quality filter", "--retention", args.retention)):
+        if not given:  # not asked for, so not left out: said, but --strict does not count it
+            print(f"report: no {section} section: no {flag} given", file=sys.stderr)
+    left_out: list[str] = []
+
+    def tell(line: str) -> None:
+        left_out.append(line)
+        say_left_out(line)
+
+    print(build_report(args.out, dict(groups), args.eval_dirs, args.retention, may_differ=tuple(args.may_differ),
+                       left_out=tell))
+    if args.strict and left_out:
+        raise ReportIncomplete(f"--strict: {len(left_out)} thing(s) left out of {args.out / 'report.md'} "
+                               "(each named above)")
     return 0

@@ -154,7 +154,8 @@ def across_seeds(cells: list[dict[str, dict[str, dict]]]) -> dict[str, dict[str,
 
 def group_routing(group: Group, skipped: list[str]) -> dict | None:
     """Each seed's final-router routing per style and level, and their mean and spread; None when no
-    run of the group has a router. A run whose routing cannot be computed is skipped, and said so."""
+    run of the group can be shown: its router is off, or each run's routing failed (then ``skipped``
+    holds why, run by run). A run whose routing cannot be computed is skipped, and said so."""
     per_run = {}
     for run in group.runs:
         try:

@@ -6,6 +6,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import yaml
@@ -33,13 +34,22 @@ class Run:
         return [k.split("/", 1)[1] for k in self.rows[0] if k.startswith("sft_loss/")]
 
 
-def read_jsonl(path: Path, skipped: list[str] | None = None) -> list[dict]:
+def metrics_row(obj: dict) -> dict:
+    """A metrics.jsonl row: every figure places it by its optimizer step."""
+    from qr_ds.data.jsonl import RecordError
+
+    if not isinstance(obj.get("step"), int) or isinstance(obj["step"], bool):
+        raise RecordError("step", f"expected the optimizer step (an integer), got {obj.get('step')!r}")
+    return obj
+
+
+def read_jsonl(path: Path, skipped: list[str] | None = None, parse: Callable[[dict], dict] = dict) -> list[dict]:
     """Every row that parses; a line that does not (the half-written last line of a killed run) goes
     to ``<file>.quarantine.jsonl`` and is named by file:line in ``skipped`` (or on stderr)."""
     from qr_ds.data.jsonl import load_jsonl
 
     said = skipped if skipped is not None else []
-    loaded = load_jsonl(path, dict, log=lambda m: None)
+    loaded = load_jsonl(path, parse, log=lambda m: None)
     said += [f"{path}:{line}: {reason} (quarantined to {loaded.quarantine})" for line, reason in loaded.rejected]
     if skipped is None and loaded.rejected:
         print("\n".join(said), file=sys.stderr)
@@ -53,9 +63,10 @@ def load_run(label: str, path: Path) -> Run:
     if not layout.config.is_file():
         raise FileNotFoundError(f"run {path}: no config.yaml (the trainer writes it; its seed names the run)")
     unreadable: list[str] = []
-    rows = read_jsonl(layout.metrics, unreadable)
+    rows = read_jsonl(layout.metrics, unreadable, metrics_row)
     if not rows:
-        raise ValueError(f"{layout.metrics}: empty; the run logged no optimizer step")
+        why = f"no readable row ({unreadable[0]})" if unreadable else "empty; the run logged no optimizer step"
+        raise ValueError(f"{layout.metrics}: {why}")
     evals = read_jsonl(layout.eval_log, unreadable) if layout.eval_log.is_file() else []
     scored = [e for e in evals if isinstance(e.get("accuracy"), dict) and e["accuracy"]
               and all("/" in k and isinstance(v, (int, float)) for k, v in e["accuracy"].items())]
@@ -65,7 +76,9 @@ def load_run(label: str, path: Path) -> Run:
 
 def final_routing(run: Path) -> dict | None:
     """P(student gets path) from the final router, noise-free, for every path the run trained on
-    (its config's pool after its own selection), with each path's style and level. None without router.
+    (its config's pool after its own selection), with each path's style and level. None when the
+    run's router is off; an error naming the file when it was on and cannot be scored (no router.pt,
+    a file that is not a weights-only state, embeddings that cannot be read or are not finite).
 
     The pool is streamed: records are routed a batch at a time as they are read and only a few
     fields of each are kept, so the selection the trainer makes runs over those (see ``_Routed``)."""
@@ -73,14 +86,21 @@ def final_routing(run: Path) -> dict | None:
 
     from qr_ds.config import load_config
     from qr_ds.routing.policy import router_probabilities, saved_router
+    from qr_ds.train.checkpoint import load_state
     from qr_ds.train.config import TrainConfig
     from qr_ds.train.encoding import select_paths
 
     layout = RunDir(run)
     cfg = load_config(TrainConfig, layout.config)
-    state = layout.require_latest().component("router")
-    if not cfg.router.enabled or not state.is_file():
+    if not cfg.router.enabled:
         return None
+    state = layout.require_latest().component("router")
+    if not state.is_file():
+        raise FileNotFoundError(f"{state}: not found, though {layout.config} has router.enabled: the final "
+                                "checkpoint is incomplete or was copied without it")
+    saved = load_state(state)
+    if not isinstance(saved, dict) or "router" not in saved:
+        raise ValueError(f"{state}: not a router policy's state (no 'router' entry)")
     router = None
     routed: list[_Routed] = []
     batches: list[np.ndarray] = []  # probabilities of each routed batch; a record keeps its row in them
@@ -90,7 +110,7 @@ def final_routing(run: Path) -> dict | None:
         nonlocal router
         emb, at, errors = _embeddings(cfg.data.pool, batch)
         if router is None and len(emb):
-            router = saved_router(cfg.router, torch.load(state, weights_only=True), emb.shape[1], len(cfg.students))
+            router = saved_router(cfg.router, saved, emb.shape[1], len(cfg.students))
         offset = sum(map(len, batches))
         if len(emb):
             batches.append(router_probabilities(router, torch.from_numpy(emb)).numpy())
@@ -126,13 +146,14 @@ class _Routed:
     row of routing probabilities (or the error that kept it from having any). Strings shared by many
     records are interned, so a million of these hold no pool text."""
 
-    __slots__ = ("ok", "correct", "judge", "question_id", "style", "level", "row", "error")
+    __slots__ = ("ok", "correct", "judge", "question_id", "style", "level", "train_task", "row", "error")
 
     def __init__(self, rec, row, error):
         self.ok, self.correct = rec.ok, rec.correct
         self.judge = _VERDICTS.setdefault(rec.judge.verdict, rec.judge) if rec.judge else None
         self.question_id, self.style = sys.intern(rec.question_id), sys.intern(rec.style)
         self.level = sys.intern(rec.level) if rec.level is not None else None
+        self.train_task = rec.train_task
         self.row, self.error = row, error
 
 
