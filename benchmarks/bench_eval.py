@@ -14,6 +14,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 from common import base_argparser, markdown_table, plot_bars, resolve_size, save_results
 
@@ -37,22 +38,25 @@ def corpus() -> list[str]:
     return [e.question for e in generate_synthetic(100, 0)]
 
 
-def models_to_eval(args, size: str, root: Path) -> list[dict]:
-    """name, base model, tokenizer, adapter and weights of every model to evaluate."""
+def models_to_eval(args, size: str, root: Path) -> Iterator[dict]:
+    """name, base model, tokenizer, adapter and weights of each model to evaluate, built when its turn comes."""
     if args.pair:
         from gpu.pair import PAIR, student_dir
 
-        built = {n: student_dir(n, size, root, corpus(), "bfloat16" if size == "full" else "float32") for n in PAIR}
-        return [{"name": n, "model": m, "tokenizer": t, "adapter": random_adapter(m, root / f"{n}-adapter"),
-                 "weights": w} for n, (m, t, w) in built.items()]
-    if size == "full":
-        return [{"name": args.model.name, "model": args.model, "tokenizer": args.model, "adapter": args.adapter,
-                 "weights": "given"}]
-    from qr_ds.tiny import build_tiny_student
+        for name in PAIR:
+            dtype = "bfloat16" if size == "full" else "float32"
+            model, tokenizer, weights = student_dir(name, size, root, corpus(), dtype)
+            yield {"name": name, "model": model, "tokenizer": tokenizer, "weights": weights,
+                   "adapter": random_adapter(model, root / f"{name}-adapter")}
+    elif size == "full":
+        yield {"name": args.model.name, "model": args.model, "tokenizer": args.model, "adapter": args.adapter,
+               "weights": "given"}
+    else:
+        from qr_ds.tiny import build_tiny_student
 
-    base = build_tiny_student("llama-bpe", root / "base", corpus(), vocab_size=512, hidden=256, layers=4)
-    return [{"name": "tiny-llama", "model": base, "tokenizer": base, "adapter": random_adapter(base, root / "adapter"),
-             "weights": "tiny random"}]
+        base = build_tiny_student("llama-bpe", root / "base", corpus(), vocab_size=512, hidden=256, layers=4)
+        yield {"name": "tiny-llama", "model": base, "tokenizer": base, "weights": "tiny random",
+               "adapter": random_adapter(base, root / "adapter")}
 
 
 def unavailable(backend: str) -> str | None:
@@ -82,10 +86,16 @@ def main() -> None:
         p.error("--size full needs --model and --adapter, or --pair")
     tmp = tempfile.TemporaryDirectory()
     rows = []
+
+    def save(complete: bool):  # after every model: a run killed by its time limit keeps what it measured
+        return save_results(args.name, rows, {"size": size, "max_new_tokens": new_tokens, "complete": complete},
+                            out_dir=args.out)
+
     for m in models_to_eval(args, size, Path(tmp.name)):
         rows += eval_model(m, args.backends.split(","), size, n, new_tokens)
+        save(False)
     print(markdown_table(rows))
-    out = save_results(args.name, rows, {"size": size, "max_new_tokens": new_tokens}, out_dir=args.out)
+    out = save(True)
     if args.plot:
         measured = [r for r in rows if "gen_tokens_per_s" in r]
         plot_bars(out.with_suffix(".png"), measured, "backend", "gen_tokens_per_s", "eval generation, tokens/s")

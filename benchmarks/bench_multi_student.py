@@ -106,10 +106,16 @@ def main() -> None:
     pool = trainkit.make_pool(work / "pool", n_questions=args.questions)
     students, weights = students_for(args, size, work, pool, trainkit)
     rows = []
+
+    def save(complete: bool):  # after every launch: a run killed by its time limit keeps what it measured
+        return save_results(args.name, rows, {"size": size, "weights": weights, "settings": SETTINGS[size],
+                                              "complete": complete}, args.out)
+
     for placement in args.placements:
         for router in (True, False) if args.router_off else (True,):
             rows.append(run(trainkit, work, students, pool, placement, args.steps, size, router,
                             args.launch_timeout))
+            save(False)
     by = {r["placement"]: r for r in rows}
     if {"separate", "colocated"} <= set(by):
         rows.append({"placement": "colocated / separate step time",
@@ -121,8 +127,7 @@ def main() -> None:
     print(markdown_table(rows))
     print(f"\n{size} size, {len(students)} students ({', '.join(weights)}); on a 2-core CPU the 'separate' ranks "
           "share cores, so placement ratios there say little about GPUs.")
-    path = save_results(args.name, rows,
-                        {"size": size, "weights": weights, "settings": SETTINGS[size]}, args.out)
+    path = save(True)
     print(f"wrote {path}")
     if args.plot:
         plot_bars(path.with_suffix(".png"), rows[:2], "placement", "step_s", "Multi-student step time")

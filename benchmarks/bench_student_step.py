@@ -173,6 +173,11 @@ def main() -> None:
     steps = args.steps or (3 if size == "full" else 2)
     batch, seq = BATCH[size]
     rows = []
+
+    def save(complete: bool):  # after every variant: a run killed by its time limit keeps what it measured
+        return save_results(args.name, rows, {"size": size, "weights": "random", "complete": complete,
+                                              "flops_formula": FLOPS_FORMULA}, args.out)
+
     for name in args.models:
         shape = SHAPES[size][name]
         model = build(shape, device, nf4)
@@ -180,25 +185,33 @@ def main() -> None:
         flops = flops_per_token(shape, seq)
         plain_tok_s = None
         for variant in tqdm(args.variants, desc=f"{name} ({size}, {device})", leave=False):
-            result = run_variant(model, variant, input_ids, steps, args.mem_fraction)
+            row = {"model": name, "variant": variant, "batch": f"{batch}x{seq}",
+                   "quant": "nf4" if nf4 else ("bf16" if device == "cuda" else "fp32")}
+            try:
+                result = run_variant(model, variant, input_ids, steps, args.mem_fraction)
+            except torch.cuda.OutOfMemoryError as e:  # a finding for this variant; the next ones still run
+                rows.append({**row, "error": f"CUDA out of memory: {str(e)[:200]}"})
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                save(False)
+                continue
             tok_s = batch * seq / result["step_s"]
             plain_tok_s = tok_s if variant == "plain" else plain_tok_s
             rows.append({
-                "model": name, "variant": variant, "quant": "nf4" if nf4 else ("bf16" if device == "cuda" else "fp32"),
-                "batch": f"{batch}x{seq}", "step_s": result["step_s"], "tok_s": tok_s,
+                **row, "step_s": result["step_s"], "tok_s": tok_s,
                 "vs_plain": tok_s / plain_tok_s if plain_tok_s else "",
                 "peak_GiB": result["peak_GiB"],
                 "MFU": tok_s * flops / H100_BF16_FLOPS if device == "cuda" else "n/a (CPU)",
             })
             if device == "cuda":
                 torch.cuda.empty_cache()
+            save(False)
         del model
     print(f"# student step, {size} size on {device}\n\n{FLOPS_FORMULA}\n")
     if "qr_ds-mem" in args.variants:
         print(f"qr_ds-mem checkpoints {args.mem_fraction:.0%} of the decoder layers.\n")
     print(markdown_table(rows))
-    path = save_results(args.name, rows,
-                        {"size": size, "weights": "random", "flops_formula": FLOPS_FORMULA}, args.out)
+    path = save(True)
     print(f"\nwrote {path}")
     if args.plot:
         labelled = [{**r, "label": f"{r['model']} {r['variant']}"} for r in rows]

@@ -29,6 +29,7 @@ def rehearse(out: Path, tmp: Path, *args: str, **env_extra: str) -> subprocess.C
 def rows_of(summary: dict, stage: str) -> list[dict]:
     (result,) = summary["stages"][stage]["results"].values()
     assert result["machine"]["device"] == "cpu" and result["machine"]["cpu_count"] >= 1
+    assert result.get("complete", True)  # the benchmarks that save as they go marked their last save
     return result["rows"]
 
 
@@ -99,7 +100,8 @@ def test_a_stage_killed_by_its_timeout_leaves_the_others(tmp_path):
     stages = json.loads((out / "summary.json").read_text())["stages"]
     assert set(stages) == {"student_step_pair", "kernels"}
     killed = stages["student_step_pair"]
-    assert (killed["status"], killed["rc"], killed["results"]) == ("timeout", 124, {})
+    assert (killed["status"], killed["rc"]) == ("timeout", 124)
+    assert not any(r["complete"] for r in killed["results"].values())  # at most what it saved as it went
     assert killed["machine"]["note"] == "machine.json missing"  # no install stage ran: still described
     assert stages["kernels"]["status"] == "ok"
     assert (out / "kernels-cpu.json").exists()
