@@ -44,13 +44,10 @@ def student_ranks(cfg: TrainConfig, world: int, source: str = "the launcher") ->
         want = (f"{fixed} plus " if fixed else "") + f"a positive multiple of {autos}"
     else:
         want = f"{fixed}, or ranks: auto to share any world"
-    return _refuse(f"placement 'separate' gives each student its own ranks: the fixed ranks plus an equal share "
-                   f"of the rest for each 'auto' student must make up the world, but {' + '.join(map(str, asked))} "
-                   f"does not fit the {world} processes started by {source} (want a world of {want})")
-
-
-def _refuse(message: str):
-    raise ValueError(f"config key 'students[].ranks': {message}")
+    raise ValueError(f"config key 'students[].ranks': placement 'separate' gives each student its own ranks: the "
+                     f"fixed ranks plus an equal share of the rest for each 'auto' student must make up the world, "
+                     f"but {' + '.join(map(str, asked))} does not fit the {world} processes started by {source} "
+                     f"(want a world of {want})")
 
 
 def fixed_world(cfg: TrainConfig) -> int | None:
