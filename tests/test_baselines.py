@@ -272,3 +272,17 @@ def test_a_multi_task_baseline_trains_through_the_deepspeed_launcher(student, pi
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] > 0 for r in rows)
+
+
+def test_the_reports_slim_records_pick_the_same_questions(pipelines):
+    """qr-ds report reruns the selection over slim records (report/runs.py): a fraction of the
+    questions must pick the same paths there, written questions included."""
+    from qr_ds.report.runs import _Routed
+    from qr_ds.train.encoding import select_paths
+
+    pool = pipelines["rephrase"]["filtered"]
+    recs = list(iter_pool(pool, log=lambda m: None))
+    slim = [_Routed(r, None, None) for r in recs]
+    cfg = train_cfg(pool, question_fraction=0.5, question_seed=3)
+    full = [recs.index(r) for r in select_paths(cfg, recs)]
+    assert [slim.index(r) for r in select_paths(cfg, slim)] == full and 0 < len(full) < len(recs)

@@ -146,7 +146,7 @@ class _Routed:
     row of routing probabilities (or the error that kept it from having any). Strings shared by many
     records are interned, so a million of these hold no pool text."""
 
-    __slots__ = ("ok", "correct", "judge", "question_id", "style", "level", "train_task", "row", "error")
+    __slots__ = ("ok", "correct", "judge", "question_id", "style", "level", "train_task", "meta", "row", "error")
 
     def __init__(self, rec, row, error):
         self.ok, self.correct = rec.ok, rec.correct
@@ -154,7 +154,12 @@ class _Routed:
         self.question_id, self.style = sys.intern(rec.question_id), sys.intern(rec.style)
         self.level = sys.intern(rec.level) if rec.level is not None else None
         self.train_task = rec.train_task
+        source = (rec.meta.get("example_meta") or {}).get("source_id")  # question_fraction picks by it
+        self.meta = {"example_meta": {"source_id": sys.intern(source)}} if source else _NO_META
         self.row, self.error = row, error
+
+
+_NO_META: dict = {}  # never written: most records share it
 
 
 _VERDICTS: dict[str, object] = {}  # select_paths reads only .verdict: one object per verdict suffices
