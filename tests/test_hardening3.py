@@ -119,6 +119,23 @@ def test_embeddings_that_are_not_finite_vectors_are_not_routed(tmp_path, routed_
     assert "routing_style_run.png" not in (tmp_path / "out" / "report.md").read_text()  # nothing plotted
 
 
+def test_a_finite_row_whose_sum_overflows_is_kept_and_each_bad_row_counted():
+    """The check sums rows to find candidates: a sum's overflow alone must not refuse a row."""
+    from qr_ds.data.pool import EmbeddingRef
+    from qr_ds.embed.lookup import EmbeddingError, refuse_non_finite
+
+    records = synthetic_records(1)
+    for k, r in enumerate(records):
+        r.embedding = EmbeddingRef("emb.npy", k)
+    rows = np.ones((6, 4), np.float32)
+    rows[2, :2] = 3e38  # finite values, an infinite float32 sum
+    refuse_non_finite(Path("pool.jsonl"), records, {}, rows)
+    rows[4, 0], rows[5, 3] = np.nan, -np.inf
+    with pytest.raises(EmbeddingError, match=r"pool.jsonl:5: record '.*': its embedding \(emb.npy row 4\) is not "
+                                             r"finite \(NaN or inf\), and 1 more of the 6 read"):
+        refuse_non_finite(Path("pool.jsonl"), records, {r.id: k + 1 for k, r in enumerate(records)}, rows)
+
+
 def test_a_record_with_an_empty_question_is_set_aside_by_file_line(tmp_path):
     records = synthetic_records(1)
     records[1].question = " \t"
