@@ -21,7 +21,7 @@ from qr_ds.tasks.synthetic import generate_synthetic
 from qr_ds.teacher.base import Request
 
 _STORY = re.compile(r"(\w+) has (\d+) (\w+)\. (She|He) ")
-_BACKWARD = re.compile(r"(\w+) has some (\w+)\. (?:She|He) (.+), and ends with (\d+) \w+\.")
+_ENDS_WITH = re.compile(r"\w+ has some \w+\. (?:She|He) .+, and ends with (\d+) \w+\.")
 _UNDO = {"+": "-", "-": "+", "*": "/"}
 
 
@@ -67,10 +67,10 @@ def backward_question(teacher, req: Request) -> str:
 def backward_reasoning(teacher, req: Request) -> str:
     rng = _rng(teacher, req)
     ex = req.context["example"]
-    m = _BACKWARD.match(ex.question)
+    m = _ENDS_WITH.match(ex.question)
     if not m:
         raise ValueError(f"{ex.id}: not a backward question of the synthetic task: {ex.question[:60]!r}")
-    value = int(m.group(4))
+    value = int(m.group(1))
     misread = rng.random() < teacher.cfg.scripted.wrong_rate
     lines = ["Undo the operations from the last one to the first.", f"At the end there are {value}."]
     for phrase in reversed(step_phrases(ex)):
