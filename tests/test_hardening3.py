@@ -196,6 +196,11 @@ def pool_is_a_folder(tmp: Path) -> tuple[list[str], str]:
     return ["filter", "f.yaml"], "f.yaml: config key 'pool': pool is a folder; it needs a file"
 
 
+def data_file_is_a_folder(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "outputs.jsonl").mkdir()
+    return ["score", "--task", "gsm8k", "outputs.jsonl"], "outputs.jsonl: is a folder, not a file"
+
+
 def dead_teacher_port(tmp: Path) -> tuple[list[str], str]:
     import socket
 
@@ -238,8 +243,9 @@ def unknown_task_in_the_pool(tmp: Path) -> tuple[list[str], str]:
     return ["filter", "f.yaml", "--no-judge"], f"pool.jsonl:3: record '{records[2].id}': unknown task 'no_such_task'"
 
 
-@pytest.mark.parametrize("build", [config_is_a_folder, pool_is_a_folder, dead_teacher_port, task_name_is_a_path,
-                                   half_written_metrics, pickled_full_weights, unknown_task_in_the_pool])
+@pytest.mark.parametrize("build", [config_is_a_folder, pool_is_a_folder, data_file_is_a_folder, dead_teacher_port,
+                                   task_name_is_a_path, half_written_metrics, pickled_full_weights,
+                                   unknown_task_in_the_pool])
 def test_bad_input_is_one_line_naming_its_file_or_key_and_exit_2(tmp_path, build):
     args, needle = build(tmp_path)
     res = qr_ds(tmp_path, *args)

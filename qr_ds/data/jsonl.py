@@ -55,8 +55,7 @@ def load_jsonl(
     """
     path = Path(path)
     log = log or (lambda m: print(m, file=sys.stderr))
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+    require_file(path)
     report: LoadReport[T] = LoadReport(path=path)
     bad_lines: list[dict] = []
     for lineno, raw in iter_lines(path):
@@ -79,6 +78,15 @@ def load_jsonl(
     if len(report.rejected) > max_reasons:
         log(f"  ... and {len(report.rejected) - max_reasons} more in {report.quarantine}")
     return report
+
+
+def require_file(path: Path) -> None:
+    """A file to read, refused naming it when it is missing or a folder (both exit 2 at the command
+    line; a folder said it was missing)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -14,7 +14,7 @@ from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 from qr_ds.data.jsonl import (LoadReport, RecordError, _decode, _parse_line, iter_lines, load_jsonl,
-                              quarantine_path, write_jsonl)
+                              quarantine_path, require_file, write_jsonl)
 
 SCHEMA = "qr_ds.path/1"
 VERDICTS = ("VALID", "INVALID", "UNPARSEABLE")
@@ -182,8 +182,7 @@ class PoolStream:
 
     def __init__(self, path: str | Path, *, log: Callable[[str], None] | None = None, max_reasons: int = 5):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no such file: {self.path}")
+        require_file(self.path)
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self.max_reasons = max_reasons
         self.accepted = 0
