@@ -66,6 +66,16 @@ def resolve(spec: str, cache_dir: Path | None = None) -> str:
     return str(materialize(spec, cache_dir)) if is_gguf_spec(spec) else spec
 
 
+def spec_problems(key: str, spec: str) -> list[str]:
+    """For preflight: [] once ``spec``'s folder is converted (here, before any rank starts), else the
+    reason as one line naming the config key."""
+    try:
+        materialize(spec)
+    except ModelSourceError as e:
+        return [f"config key '{key}': {e}"]
+    return []
+
+
 def cache_root(cache_dir: Path | None = None) -> Path:
     env = os.environ.get("QR_DS_MODEL_CACHE")
     return Path(cache_dir or env or Path.home() / ".cache" / "qr_ds" / "models").expanduser()

@@ -32,7 +32,11 @@ def synthetic_records(n_questions: int, seed: int = 0) -> list[PathRecord]:
 
 def make_pool(out: Path, n_questions: int = 8, seed: int = 0, emb_dim: int = 16) -> Path:
     """``synthetic_records`` with random embeddings, written as an embedded pool."""
-    recs = synthetic_records(n_questions, seed)
+    return embedded_pool(out, synthetic_records(n_questions, seed), seed, emb_dim)
+
+
+def embedded_pool(out: Path, recs: list[PathRecord], seed: int = 0, emb_dim: int = 16) -> Path:
+    """``recs`` with random embeddings (the router's input), written as an embedded pool."""
     rng = np.random.default_rng(seed)
     emb = rng.standard_normal((len(recs), emb_dim)).astype(np.float32)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import numpy as np
 from qr_ds.data.pool import normalise_question, pool_questions
 from qr_ds.distributed.ds_json import read_ds_json
 from qr_ds.distributed.engines import find_ds_config
+from qr_ds.models.packaged import is_gguf_spec, spec_problems
 from qr_ds.train.config import StudentConfig, TrainConfig
 from qr_ds.train.world import World, student_ranks
 
@@ -71,7 +72,10 @@ def deepspeed_json_problem(key: str, path: Path) -> list[str]:
 
 
 def model_problem(key: str, name: str, marker_files: tuple[str, ...], what: str) -> list[str]:
-    """A local folder holding one of ``marker_files``, or a hub name the ranks can load."""
+    """A local folder holding one of ``marker_files``, or a hub name the ranks can load, or a GGUF
+    student (packaged:<name>, .gguf), converted here once for every rank."""
+    if is_gguf_spec(name):
+        return spec_problems(key, name)
     path = Path(name).expanduser()
     markers = " or ".join(marker_files)
     if path.is_dir():
