@@ -252,6 +252,20 @@ def test_bad_input_is_one_line_naming_its_file_or_key_and_exit_2(tmp_path, build
     assert res.returncode == 2 and needle in error_line(res, args[0])
 
 
+def test_a_resume_reads_past_a_half_written_metrics_row_and_a_bad_middle_line_is_named(tmp_path):
+    """train --resume cuts metrics.jsonl back to its checkpoint; half a row (a kill) stopped it."""
+    from qr_ds.data.jsonl import iter_jsonl
+    from qr_ds.train.metrics import truncate_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "sft')
+    truncate_jsonl(log, after_step=2)
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    log.write_text('{"step": 1}\n{"step": \n{"step": 3}\n')
+    with pytest.raises(ValueError, match=rf"{log}:2: not valid JSON"):
+        list(iter_jsonl(log))
+
+
 def test_a_pickled_router_is_left_out_naming_the_file(tmp_path, routed_run):
     state = RunDir(routed_run[0]).require_latest().component("router")
     state.write_bytes(b"\x80\x04\x95\x0c\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x8c\x06getcwd\x93)R.")  # os.getcwd()

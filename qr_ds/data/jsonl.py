@@ -127,11 +127,17 @@ def _parse_line(text: str, parse: Callable[[dict], T], report: LoadReport[T], li
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
-    """Raw objects from a JSONL file whose validity the caller checks (or trusts: our own output)."""
+    """Raw objects from a JSONL file whose validity the caller checks (or trusts: our own output); a
+    line that is not JSON (a half-written last line a kill left) is refused naming file:line."""
     with Path(path).open("r", encoding="utf-8-sig") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            yield obj
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from qr_ds.data.jsonl import JsonlAppender, iter_jsonl, write_jsonl
+from qr_ds.data.jsonl import JsonlAppender, iter_jsonl, repair_tail, write_jsonl
 from qr_ds.routing.rates import RoutingTally
 from qr_ds.run_layout import RunDir
 from qr_ds.train.stats import StepStats
@@ -26,6 +26,7 @@ def peak_memory_gib() -> float:
 def truncate_jsonl(path, after_step: int) -> None:
     """Drop rows past ``after_step``: the steps a crashed run logged after its last checkpoint."""
     if path.is_file():
+        repair_tail(path)  # half a row a kill left cannot be read back; the resume stopped on it
         rows = list(iter_jsonl(path))  # lines end at "\n" only: splitlines() also cuts at U+2028
         write_jsonl(path, [r for r in rows if r.get("step", 0) <= after_step])
 
