@@ -138,6 +138,9 @@ def test_dry_run_checks_a_two_node_world_and_prints_each_ranks_work(setup):
     refused(proc, s, "auto does not fit the 3 processes started by SLURM (3 nodes x 1)",
             "want a world of a positive multiple of 2")
     refused(*train(tmp_path, cfg, "--nnodes", "2"), "--nnodes 2 is for --dry-run")
+    (tmp_path / "hostfile").write_text("node1 slots=2\n")
+    refused(*train(tmp_path, cfg, "--dry-run", "--nnodes", "2", "--hostfile", str(tmp_path / "hostfile")),
+            "the hostfile names the nodes; give one")
 
 
 def test_every_problem_is_reported_at_once(setup):

@@ -62,7 +62,9 @@ def run(args) -> int:
     cfg = load_config(TrainConfig, args.config, dict(parse_override(o) for o in args.overrides))
     if mode != "no" and args.overwrite:
         return usage_error(f"--resume continues the run in {cfg.output_dir} and --overwrite sets it aside: give one")
-    if args.nnodes > 1 and not (args.dry_run and args.hostfile is None):
+    if args.nnodes > 1 and args.hostfile is not None:
+        return usage_error(f"--nnodes {args.nnodes} and --hostfile {args.hostfile}: the hostfile names the nodes; give one")
+    if args.nnodes > 1 and not args.dry_run:
         return usage_error(f"--nnodes {args.nnodes} is for --dry-run: `qr-ds train` starts ranks on this node or "
                            "on a --hostfile's nodes; on SLURM the ranks start by srun + torchrun (docs/clusters.md)")
     world = launch_world(args, cfg)
