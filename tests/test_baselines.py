@@ -286,3 +286,27 @@ def test_the_reports_slim_records_pick_the_same_questions(pipelines):
     cfg = train_cfg(pool, question_fraction=0.5, question_seed=3)
     full = [recs.index(r) for r in select_paths(cfg, recs)]
     assert [slim.index(r) for r in select_paths(cfg, slim)] == full and 0 < len(full) < len(recs)
+
+
+@pytest.mark.slow
+def test_step_by_step_on_the_real_packaged_student(strategy, tmp_path):
+    """A baseline's objective on a real model: SmolLM2-135M-Instruct (its PyPI GGUF package) trains two
+    LoRA steps of Step-by-Step on the real teacher's ARC paths; both tasks are in its data."""
+    from qr_ds.testing import real_students as real
+    from qr_ds.train.trainer import Trainer
+
+    if real.missing_packages():
+        pytest.skip(real.missing_packages())
+    pool = real.teacher_pool(tmp_path / "pool", "arc", limit=4)
+    cfg = real.write_pair_config(tmp_path / "sbs.yaml", pool, tmp_path / "run", router={"enabled": False},
+                                 mutual={"enabled": False}, placement="colocated",
+                                 data={"pool": str(pool), "max_len": 256, "objective": "step_by_step"})
+    import yaml
+
+    c = yaml.safe_load(cfg.read_text())
+    c["students"] = c["students"][:1]  # smollm2
+    cfg.write_text(yaml.safe_dump(c))
+    tr = Trainer(load_config(TrainConfig, cfg), strategy, log=lambda *_: None)
+    assert sorted(tr.data.prepared.meta["train_tasks"]) == ["label", "rationale"] and len(tr.data) == 8
+    last = tr.fit()
+    assert last["step"] == 2 and torch.isfinite(torch.tensor(last["loss"]))
