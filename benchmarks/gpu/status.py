@@ -6,7 +6,7 @@
 ``machine`` writes OUTDIR/machine.json (common.machine() and the versions of the packages the run
 needs). ``stage`` records one stage in OUTDIR/summary.json: ok / timeout / failed, its seconds, the
 tail of its log and its result JSON inlined, so that summary.json alone holds the whole run (the
-device tool brings back only a few files). It imports no torch: it must work when the install failed.
+device tool brings back only a few files), and each performance goal met or missed. It imports no torch: it must work when the install failed.
 """
 from __future__ import annotations
 
@@ -16,6 +16,17 @@ import platform
 import sys
 from pathlib import Path
 
+# The README's performance goals: (goal, stage, the row it reads, its key, comparison, bound)
+GOALS = [
+    ("student step >= 2.0x plain, Mistral-7B nf4", "student_step_7b", {"model": "mistral", "variant": "qr_ds"},
+     "vs_plain", ">=", 2.0),
+    ("student step peak < 60 GiB, Mistral-7B nf4", "student_step_7b", {"model": "mistral", "variant": "qr_ds"},
+     "peak_GiB", "<", 60.0),
+    ("exchange < 5% of the step", "multi_student", {"placement": "colocated"}, "exchange_share", "<", 0.05),
+    ("colocated within 1.1x of the students' summed compute", "multi_student", {"placement": "colocated"},
+     "step_over_summed_compute", "<=", 1.1),
+]
+COMPARE = {">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
 PACKAGES = ["torch", "transformers", "peft", "deepspeed", "bitsandbytes", "liger_kernel", "triton", "vllm", "qr_ds"]
 TIMED_OUT = (124, 137)  # timeout(1): TERM, then KILL after its grace period
 
@@ -52,8 +63,25 @@ def record_stage(out: Path, name: str, rc: int, seconds: float, limit_s: float) 
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"stages": {}}
     summary["machine"] = machine
     summary["stages"][name] = entry
+    summary["goals"] = goals(summary["stages"])
     summary_file.write_text(json.dumps(summary, indent=1))
     return entry
+
+
+def goals(stages: dict) -> list[dict]:
+    """Each goal with the measured value and met / missed; only CUDA numbers count."""
+    out = []
+    for goal, stage, where, key, op, bound in GOALS:
+        results = stages.get(stage, {}).get("results", {}).values()
+        rows = [r for res in results for r in res["rows"] if where.items() <= r.items()]
+        value = rows[0].get(key) if rows else None
+        on_gpu = any(res["machine"]["device"] == "cuda" for res in results)
+        verdict = ("not measured" if not rows else "n/a: not a GPU" if not on_gpu else
+                   "not measured" if not isinstance(value, (int, float)) else
+                   "met" if COMPARE[op](float(value), bound) else "missed")
+        out.append({"goal": goal, "stage": stage, "key": key, "value": value, "bound": f"{op} {bound}",
+                    "verdict": verdict})
+    return out
 
 
 def main(argv: list[str]) -> int:
