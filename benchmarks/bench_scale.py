@@ -127,7 +127,8 @@ def make_run(root: Path, pool: Path) -> Path:
     layout.config.write_text(yaml.safe_dump(to_dict(cfg)))
     ckpt = layout.checkpoint(1)
     ckpt.path.mkdir(parents=True, exist_ok=True)
-    torch.save(RoutingPolicy(cfg.router, DIM, len(STUDENTS), cfg.lambda1, 0).state_dict(), ckpt.component("router"))
+    policy = RoutingPolicy(cfg.router, DIM, len(STUDENTS), cfg.lambda1, 0, pool_sample=torch.randn(64, DIM))
+    torch.save(policy.state_dict(), ckpt.component("router"))
     ckpt.meta.write_text(json.dumps({"step": 1, "students": [{"name": s, "model": "m"} for s in STUDENTS]}))
     layout.set_latest(ckpt)
     return root

@@ -67,7 +67,8 @@ def make_run(root: Path, pool: Path, seed: int, steps: int, offset: float, evals
     layout.config.write_text(yaml.safe_dump(to_dict(cfg)))
     ckpt = layout.checkpoint(steps)
     ckpt.path.mkdir(parents=True)
-    policy = RoutingPolicy(cfg.router, 16, len(STUDENTS), cfg.lambda1, seed + int(10 * offset))
+    policy = RoutingPolicy(cfg.router, 16, len(STUDENTS), cfg.lambda1, seed + int(10 * offset),
+                           pool_sample=torch.randn(64, 16))
     torch.save(policy.state_dict(), ckpt.component("router"))
     ckpt.meta.write_text(json.dumps({"step": steps, "students": [{"name": s, "model": "m"} for s in STUDENTS]}))
     layout.set_latest(ckpt)
@@ -197,7 +198,7 @@ def test_routing_per_seed_and_across_seeds(report):
     for i in range(3):
         layout = RunDir(report["runs"][f"a{i}"])
         cfg = from_dict(TrainConfig, yaml.safe_load(layout.config.read_text()))
-        policy = RoutingPolicy(cfg.router, 16, len(STUDENTS), cfg.lambda1, 0)
+        policy = RoutingPolicy(cfg.router, 16, len(STUDENTS), cfg.lambda1, 0, pool_sample=torch.randn(64, 16))
         policy.load_state_dict(torch.load(layout.require_latest().component("router"), weights_only=True))
         probs = policy.probabilities(emb)
         table = routing["runs"][f"A seed {i}"]["style"]

@@ -107,7 +107,7 @@ def test_embed_matrix_and_routing_equal_the_whole_pool_results(pool, tmp_path, m
     tc = load_config(TrainConfig, RunDir(run).config)
     chosen = select_paths(tc, out)
     assert len(chosen) == 480
-    policy = RoutingPolicy(tc.router, m.shape[1], 2, tc.lambda1, 0)
+    policy = RoutingPolicy(tc.router, m.shape[1], 2, tc.lambda1, 0, pool_sample=torch.randn(64, m.shape[1]))
     policy.load_state_dict(torch.load(RunDir(run).require_latest().component("router"), weights_only=True))
     whole = policy.probabilities(torch.from_numpy(gather_embeddings(cfg.out, chosen))).numpy()
     np.testing.assert_allclose(routing["probabilities"], whole, rtol=0, atol=1e-6)

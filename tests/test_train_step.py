@@ -203,3 +203,23 @@ def test_mutual_paths_all_reaches_paths_a_student_is_not_routed(strategy, kit, p
     stats = tr.micro_step(idx)["stats"]
     assert [s.routed for s in stats.students] == [exclusive[:, 0].sum(), exclusive[:, 1].sum()]
     assert (stats.mutual_loss > 0) == (paths == "all")
+
+
+def test_gain_signal_measures_the_next_batch_before_and_after_the_step(strategy, kit):
+    """The default router's held-out change: the batch after an optimizer step, forwarded without grad
+    before the step, against its own forward after it; credited to the critic, logged per student."""
+    tr = _trainer(strategy, kit, "gain", lr_schedule="constant")
+    assert tr.routing.measures_gain and tr.cfg.router.signal == "gain"
+    first, second = tr.data.epoch_batches(0, tr.P)[:2]
+    tr.micro_step(first, ahead=second)
+    tr.routing.step()
+    before = tr._ahead[1].clone()
+    assert torch.equal(tr._ahead[0], second) and not torch.isnan(before).any()
+    rec = tr.micro_step(second)
+    change = (rec["nats_per_char"] - before).nanmean(dim=0)
+    for s, name in enumerate(tr.names):
+        assert rec[f"router/heldout_change/{s}"] == pytest.approx(change[s].item(), abs=1e-6)
+    assert tr.routing.critic.observed == 1
+    # a first step of training on random-init students lowers their loss on paths they never saw; a
+    # look-ahead of the wrong batch, or before and after swapped, would not give a fall for both
+    assert (change < 0).all(), change

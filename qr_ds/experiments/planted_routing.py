@@ -130,7 +130,7 @@ def run_planted(p: Planted, router: RouterConfig | None = None, lambda1: float =
     """Train a RoutingPolicy on planted losses; return its trajectory and final routing."""
     router = router or RouterConfig()
     emb, style, question, shared = make_pool(p)
-    policy = RoutingPolicy(router, p.embed_dim, p.n_students, lambda1, seed=p.seed)
+    policy = RoutingPolicy(router, p.embed_dim, p.n_students, lambda1, seed=p.seed, pool_sample=emb)
     skills = StudentSkills(p)
     g = torch.Generator().manual_seed(p.seed + 1)
     stream = batches(p, len(style), g)

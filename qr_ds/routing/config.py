@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-from qr_ds.config import rule
+from qr_ds.config import ConfigError, rule
+from qr_ds.routing.balances import BALANCES
+from qr_ds.routing.signals import SIGNALS
 
 
 @dataclass
@@ -14,21 +15,34 @@ class RouterConfig:
     tau: float = field(default=1.0, metadata=rule(min=1e-3, max=100.0, help="Gumbel-softmax temperature of the "
                                                                            "straight-through gradient"))
     lr: float = field(default=1e-3, metadata=rule(min=0.0, max=1.0))
-    signal: Literal["relative", "raw"] = field(
-        default="relative", metadata=rule(help="what the router minimises per routed (path, student): relative = "
-                                               "the loss minus the path's mean over students and the student's "
-                                               "mean over the batch (which student suits which path); raw = eq. 9 "
-                                               "literally (pushes every path away from every student)"))
-    entropy: Literal["rate", "load", "paper"] = field(
-        default="rate", metadata=rule(help="the balance term lambda1 weights (eq. 9's L_entropy): rate = hold each "
-                                           "student's expected rate (mean noise-free P(on)) at rate_target, by a "
-                                           "binary KL whose value is taken over the recent paths (rate_window) "
-                                           "and whose gradient goes through this batch: keeps every student in "
-                                           "use and the rate off all-on and none, at any batch size; load = "
-                                           "entropy of the students' shares of this batch's expected routing "
-                                           "(the previous default: drifts to all-on once the students' gap is "
-                                           "small, docs/method.md); paper = eq. 3-4 literally, on the hard "
-                                           "samples per question"))
+    logit_decay: float = field(
+        default=0.01, metadata=rule(min=0.0, help="weight of the mean squared on/off logit gap: keeps P(on) off "
+                                                  "exactly 0 or 1 (about 0.96 at a unit signal), where the "
+                                                  "straight-through gradient vanishes and routing locks in"))
+    signal: str = field(
+        default="gain", metadata=rule(choices=tuple(SIGNALS), help="what the router minimises per routed (path, "
+                                      "student): " + "; ".join(f"{k} = {v.help}" for k, v in SIGNALS.items())))
+    entropy: str = field(
+        default="range", metadata=rule(choices=tuple(BALANCES), help="the balance term lambda1 weights (eq. 9's "
+                                       "L_entropy): " + "; ".join(f"{k} = {v.help}" for k, v in BALANCES.items())))
+    rate_min: float = field(
+        default=0.25, metadata=rule(min=0.0, max=1.0, help="entropy: range only. The lowest recent rate a "
+                                                           "student may have before the balance pulls it back "
+                                                           "(no student starved, routing never all-off)"))
+    rate_max: float = field(
+        default=1.0, metadata=rule(min=0.0, max=1.0, help="entropy: range only. The highest; 1.0 = a student "
+                                                          "may take every path its gain asks for"))
+    gain_forget: float = field(
+        default=0.99, metadata=rule(min=0.5, max=1.0, help="signal: gain only. The critic's forgetting per "
+                                                           "optimizer step (0.99: half-life ~69 steps), so a "
+                                                           "gain that fades or turns is followed"))
+    gain_kinds: int = field(default=16, metadata=rule(min=1, help="signal: gain only. Kinds of path (k-means "
+                                                                  "centroids of the pool's embeddings) the critic "
+                                                                  "learns a gain for"))
+    gain_every: int = field(
+        default=1, metadata=rule(min=1, help="signal: gain only. Measure the held-out change every N optimizer "
+                                             "steps: each measurement costs one forward without grad of the "
+                                             "next batch per student"))
     rate_target: float = field(
         default=0.5, metadata=rule(min=0.01, max=0.99, help="entropy: rate only. The fraction of paths each "
                                                             "student should get; 0.5 = where eq. 4's entropy is "
@@ -44,3 +58,12 @@ class RouterConfig:
         default=False, metadata=rule(help="give a path no student drew to its likeliest student; off by default: "
                                           "unrouted paths are rare once routing has learned, and forcing them "
                                           "biases the straight-through gradient"))
+    fixed: dict[str, list[str]] = field(
+        default_factory=dict, metadata=rule(help="student name -> the path styles it trains on, fixed, with no "
+                                                 "router (an oracle arm: an assignment chosen from a probe); "
+                                                 "a student left out trains on every style"))
+
+    def validate(self, key: str = "router") -> None:
+        if self.rate_min > self.rate_max:
+            raise ConfigError(f"config key '{key}.rate_min': {self.rate_min} is above {key}.rate_max "
+                              f"({self.rate_max}); the range balance needs rate_min <= rate_max")

@@ -1,61 +1,144 @@
-"""The coordinator's half of routing: the router MLP, its optimizer, its Gumbel generator, the paths
-it saw last and its objective, as one object with one state dict. The trainer asks it to route a
-batch and hands it the students' per-path losses; nothing else trains the router (reports score
-paths with a saved one: ``saved_router``)."""
+"""Who trains on which path: the routing policies the trainer can hold, one interface.
+
+- ``RoutingPolicy`` (the coordinator's half of learned routing): the router MLP, its optimizer, its
+  Gumbel generator, the paths it saw last, the gain critic when its signal needs one, and its
+  objective, as one object with one state dict. The trainer asks it to route a batch and hands it the
+  students' per-path losses (and, for the gain signal, the held-out loss change of the last step);
+  nothing else trains the router (reports score paths with a saved one: ``saved_router``).
+- ``AllPaths``: every path to every student (w/o Route).
+- ``FixedRouting``: a fixed student -> styles assignment (``router.fixed``; the oracle arm of a study).
+
+``make_policy`` picks one from the config; ``learns`` says whether the router needs per-path losses.
+"""
 from __future__ import annotations
 
 import torch
 
+from qr_ds.routing.balances import BALANCES
 from qr_ds.routing.config import RouterConfig
+from qr_ds.routing.gain import GainCritic, kmeans
 from qr_ds.routing.gumbel import route_probs, straight_through_route
-from qr_ds.routing.losses import router_objective
+from qr_ds.routing.objective import router_objective
 from qr_ds.routing.recent_paths import RecentPaths
 from qr_ds.routing.router import Router
+from qr_ds.routing.signals import SIGNALS, SignalInputs
+
+
+class AllPaths:
+    """w/o Route: every path to every student; nothing to learn or save."""
+
+    learns = False
+    measures_gain = False
+
+    def __init__(self, n_students: int):
+        self.n_students = n_students
+
+    def route(self, embeddings: torch.Tensor | None, styles: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.ones(len(styles) if styles is not None else len(embeddings), self.n_students)
+
+
+class FixedRouting(AllPaths):
+    """A fixed assignment by style: ``allowed`` [n_styles, S] of 0/1."""
+
+    def __init__(self, allowed: torch.Tensor):
+        super().__init__(allowed.shape[1])
+        self.allowed = allowed.float()
+
+    def route(self, embeddings: torch.Tensor | None, styles: torch.Tensor | None = None) -> torch.Tensor:
+        if styles is None:
+            raise ValueError("FixedRouting.route: needs each path's style index")
+        return self.allowed[styles].clone()
 
 
 class RoutingPolicy:
-    def __init__(self, cfg: RouterConfig, in_dim: int, n_students: int, lambda1: float, seed: int):
+    learns = True
+
+    def __init__(self, cfg: RouterConfig, in_dim: int, n_students: int, lambda1: float, seed: int,
+                 pool_sample: torch.Tensor | None = None):
+        """``pool_sample``: embeddings of (a sample of) the pool, whose k-means kinds the gain critic
+        credits; needed by signals that use the critic."""
         self.cfg, self.lambda1 = cfg, lambda1
+        self.signal, self.balance = SIGNALS[cfg.signal], BALANCES[cfg.entropy]
         torch.manual_seed(seed)
         self.router = Router(in_dim, n_students, cfg.hidden)
         self.optimizer = torch.optim.Adam(self.router.parameters(), lr=cfg.lr)
         self.gumbel = torch.Generator().manual_seed(seed)
         self.recent = RecentPaths(cfg.rate_window, in_dim)
+        self.critic = None
+        if self.signal.needs_gain:
+            if pool_sample is None:
+                raise ValueError(f"RoutingPolicy: signal {cfg.signal!r} needs pool_sample, embeddings of the pool")
+            self.critic = GainCritic(kmeans(pool_sample, cfg.gain_kinds, seed), n_students, cfg.gain_forget)
+        self.gain_ms = torch.zeros(())  # running mean square of the predicted gains: the signal's scale
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def route(self, embeddings: torch.Tensor) -> torch.Tensor:
+    @property
+    def measures_gain(self) -> bool:
+        """The trainer measures each student's held-out loss change around each optimizer step."""
+        return self.critic is not None
+
+    def route(self, embeddings: torch.Tensor, styles: torch.Tensor | None = None) -> torch.Tensor:
         """Hard 0/1 routing [P, S] for a batch; keeps the straight-through graph for ``learn``."""
         logits = self.router(embeddings)
         alpha = straight_through_route(logits, self.cfg.tau, self.gumbel, ensure_one=self.cfg.ensure_one)
         self._pending = (alpha, logits, embeddings)
-        return alpha.detach().clone()
+        hard = alpha.detach().clone()
+        if self.critic is not None:
+            self.critic.routed(embeddings, hard)
+        return hard
 
-    def learn(self, path_losses: torch.Tensor, question_index: torch.Tensor, scale: float = 1.0) -> dict:
-        """Backward the router objective of the last routed batch (gradients accumulate until ``step``)."""
+    def learn(self, path_losses: torch.Tensor, question_index: torch.Tensor, scale: float = 1.0,
+              heldout_change: torch.Tensor | None = None) -> dict:
+        """Backward the router objective of the last routed batch (gradients accumulate until ``step``).
+
+        ``path_losses`` [P, S]: the students' nats per character on the batch (NaN = unknown).
+        ``heldout_change`` [S]: with the gain signal, each student's loss change on fresh paths over the
+        last optimizer step (after minus before; None when it was not measured)."""
         if self._pending is None:
             raise RuntimeError("RoutingPolicy.learn: no routed batch to learn from (call route first)")
         alpha, logits, embeddings = self._pending
         self._pending = None
+        stats: dict[str, float] = {}
+        gain = None
+        if self.critic is not None:
+            if heldout_change is not None and self.critic.observe(heldout_change):
+                stats.update({f"heldout_change/{s}": v for s, v in enumerate(heldout_change.tolist())})
+            gain = self.critic.predict(embeddings)
+            # scale-free: the router's step size must not depend on how fast the students happen to learn
+            self.gain_ms = 0.99 * self.gain_ms + 0.01 * gain.pow(2).mean() if self.critic.observed > 1 \
+                else gain.pow(2).mean()
+            gain = gain / self.gain_ms.sqrt().clamp(min=1e-12)
+            stats.update({f"gain/{s}": v for s, v in enumerate(gain.mean(0).tolist())})
+        signal = self.signal.fn(SignalInputs(path_losses.detach().float(), gain))
         recent_rate = None
-        if self.cfg.entropy == "rate":
+        if self.balance.needs_recent_rate:
             with torch.no_grad():  # the current router re-scores the recent paths: no lag
                 recent_rate = route_probs(self.router(self.recent.add(embeddings))).mean(dim=0)
-        loss, stats = router_objective(alpha, logits, path_losses, question_index, self.lambda1, self.cfg.signal,
-                                       self.cfg.entropy, recent_rate, self.cfg.rate_target)
+        loss, more = router_objective(alpha, logits, signal, question_index, self.lambda1, self.balance,
+                                      recent_rate, self.cfg)
+        # Keeps each on/off logit gap where the straight-through gradient is alive (P(on) ~0.96 at a
+        # unit signal): a saturated router (P(on) 1.00) cannot hear that a path it took has turned harmful.
+        gap = logits[..., 1] - logits[..., 0]
+        loss = loss + self.cfg.logit_decay * gap.float().pow(2).mean()
         (loss * scale).backward()
-        return {"loss": loss.item(), **stats}
+        return {"loss": loss.item(), **stats, **more}
 
     def step(self) -> None:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.critic is not None:
+            self.critic.stepped()
 
     def probabilities(self, embeddings: torch.Tensor, batch: int = 4096) -> torch.Tensor:
         """Noise-free P(student gets path) [N, S] over any number of paths (reports, inspection)."""
         return router_probabilities(self.router, embeddings, batch)
 
     def state_dict(self) -> dict:
-        return {"router": self.router.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "gumbel": self.gumbel.get_state(), "recent_paths": self.recent.state_dict()}
+        state = {"router": self.router.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "gumbel": self.gumbel.get_state(), "recent_paths": self.recent.state_dict()}
+        if self.critic is not None:
+            state.update(critic=self.critic.state_dict(), gain_ms=self.gain_ms)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.router.load_state_dict(state["router"])
@@ -63,6 +146,31 @@ class RoutingPolicy:
         self.gumbel.set_state(state["gumbel"])
         if "recent_paths" in state:  # checkpoints written before the rate balance existed have none
             self.recent.load_state_dict(state["recent_paths"])
+        if self.critic is not None and "critic" in state:
+            self.critic.load_state_dict(state["critic"])
+            self.gain_ms = state["gain_ms"].clone()
+
+
+def make_policy(cfg: RouterConfig, embeddings: torch.Tensor | None, students: list[str], styles: list[str],
+                lambda1: float, seed: int, sample: int = 20_000) -> AllPaths | RoutingPolicy:
+    """The policy a config names: no router, a fixed assignment by style, or the learned router (whose
+    gain critic groups paths by k-means over at most ``sample`` of the pool's ``embeddings``)."""
+    if not cfg.enabled:
+        return AllPaths(len(students))
+    if cfg.fixed:
+        allowed = torch.ones(len(styles), len(students))
+        for name, kept in cfg.fixed.items():
+            missing = sorted(set(kept) - set(styles))
+            if missing:
+                raise ValueError(f"config key 'router.fixed.{name}': styles {missing} are not in the pool "
+                                 f"(its styles: {styles})")
+            s = students.index(name)
+            allowed[:, s] = torch.tensor([float(style in kept) for style in styles])
+        return FixedRouting(allowed)
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(embeddings), generator=g)[:sample].sort().values
+    return RoutingPolicy(cfg, embeddings.shape[1], len(students), lambda1, seed,
+                         pool_sample=torch.as_tensor(embeddings[pick.numpy()]))
 
 
 @torch.no_grad()

@@ -102,8 +102,6 @@ class DataConfig:
                 raise ConfigError(f"config key '{where}task_weights.{task}': {w} is not a weight >= 0")
 
 
-
-
 @dataclass
 class EvalDuringTraining:
     """The ``eval:`` section: checkpoints scored by `qr-ds eval` processes while training goes on
@@ -188,6 +186,9 @@ class TrainConfig:
         if self.router.enabled and self.data.objective != "sft":  # the task copies' targets are not the embedded text
             raise ConfigError(f"config key 'data.objective': {self.data.objective} trains copies of paths with other "
                               "targets, which have no embedding to route by; set router.enabled: false")
+        unknown = sorted(set(self.router.fixed) - set(names))
+        if unknown:
+            raise ConfigError(f"config key 'router.fixed': {unknown} name no student; the students are {names}")
         if self.eval.every_steps and not self.eval.tasks:
             raise ConfigError("config key 'eval.tasks': eval.every_steps is set but no task -> dev file is given")
         for i, s in enumerate(self.students):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from qr_ds.config import to_dict
 from qr_ds.distributed.strategy import StudentEngine, Strategy
 from qr_ds.mutual.exchange import MutualExchange, Share
-from qr_ds.routing.policy import RoutingPolicy
+from qr_ds.routing.policy import make_policy
 from qr_ds.run_layout import RunDir
 from qr_ds.train.checkpoint import Checkpointer, StudentSlot
 from qr_ds.train.config import TrainConfig
@@ -72,9 +72,11 @@ class Trainer:
         self.exchange = None
         if cfg.use_mutual:
             self.exchange = MutualExchange(cfg.mutual, cfg.lambda2, cfg.micro_batch_paths, strategy)
-        self.routing = None
-        if cfg.router.enabled and self.is_coord:
-            self.routing = RoutingPolicy(cfg.router, self.data.embeddings.shape[1], S, cfg.lambda1, cfg.seed)
+        # Built on every rank (a router is a small MLP) so every rank knows what the policy needs; only
+        # the coordinator's routes and learns, and the others follow its broadcast.
+        self.routing = make_policy(cfg.router, self.data.embeddings, [s.name for s in cfg.students],
+                                   self.data.prepared.styles, cfg.lambda1, cfg.seed)
+        self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None  # (next batch, its losses before the step)
         self.pos = Position()
         self.evaluator = None
         if cfg.eval.every_steps and self.is_coord:  # a separate process: training waits only for the hand-off
@@ -84,7 +86,7 @@ class Trainer:
         slots = [StudentSlot(st.name, st.engine, cfg.students[st.index].finetune, self.tokenizers[st.index])
                  for st in self.students]
         self.checkpointer = Checkpointer(self.run, strategy, cfg, self.total_steps, slots, self.pos,
-                                         {"router": self.routing} if self.routing is not None else {},
+                                         {"router": self.routing} if self.routing.learns else {},
                                          self.evaluator, self.say)
         self.names = [s.name for s in cfg.students]
 
@@ -103,10 +105,9 @@ class Trainer:
     # -- one micro-step -----------------------------------------------------------------------
     def route(self, idx: torch.Tensor) -> torch.Tensor:
         """Hard 0/1 routing [P, S], the same on every rank (the coordinator's policy decides)."""
-        S = len(self.cfg.students)
-        if not self.cfg.router.enabled:
-            return torch.ones(len(idx), S)
-        hard = self.routing.route(self.data.embeddings[idx]) if self.is_coord else torch.zeros(len(idx), S)
+        if not self.routing.learns:  # no router, or a fixed assignment by style: the same on every rank
+            return self.routing.route(None, self.data.styles[idx])
+        hard = self.routing.route(self.data.embeddings[idx]) if self.is_coord else torch.zeros(len(idx), len(self.names))
         return self.dist.broadcast_from_coordinator(hard)
 
     def forward_student(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
@@ -124,29 +125,40 @@ class Trainer:
         M = self.cfg.mutual.max_spans if self.cfg.use_mutual and states else 0
         return st.engine(batch["input_ids"], batch["attention_mask"], labels, weights, batch["span_ids"], M)
 
+    def my_positions(self, st: LocalStudent) -> torch.Tensor:
+        """Positions in the global batch of this rank's chunks of student ``st``."""
+        c = self.cfg.micro_batch_paths
+        return torch.tensor([k * c + j for k in self.layout.chunks_of(st.index, self.dist.rank) for j in range(c)])
+
+    def probe(self, st: LocalStudent, idx: torch.Tensor, positions: torch.Tensor, path_loss: torch.Tensor,
+              row: int = 0) -> None:
+        """Nats per path of ``positions`` without grad into ``path_loss[row]`` (and known into row + 1):
+        the router's view of paths a student does not train on, and the held-out losses of the gain signal."""
+        if not len(positions):
+            return
+        with torch.no_grad():
+            _, nats, _, _ = self.forward_student(st, idx, positions.tolist(), torch.ones(len(idx), len(self.names)),
+                                                 states=False)
+        path_loss[row, positions, st.index] = nats.float().cpu()
+        path_loss[row + 1, positions, st.index] = 1
+
     def train_forward(self, st: LocalStudent, idx: torch.Tensor, hard: torch.Tensor, path_loss: torch.Tensor,
                       stats: StepStats) -> tuple[torch.Tensor, Share | None]:
         """Forward with grad the paths of this rank's chunks routed to ``st``; forward without grad the
         rest, so the router still sees this student's loss on every path at a third of the cost of
         training on it. ``path_loss`` gets total nats per path; ``stats`` the SFT loss, paths and
         tokens. Returns the loss and, with the mutual term on, what the student brings to the exchange."""
-        c = self.cfg.micro_batch_paths
         chunks = self.layout.chunks_of(st.index, self.dist.rank)
-        positions = [k * c + j for k in chunks for j in range(c)]
-        pos_t = torch.tensor(positions)
-        routed = hard[positions, st.index] > 0
+        pos_t = self.my_positions(st)
+        routed = hard[pos_t, st.index] > 0
         # An engine must backprop every micro-step (its data-parallel peers and ZeRO's hooks wait
         # for it), so a student with nothing routed here trains one path at weight 0.
         train = pos_t if self.one_pass else pos_t[routed] if routed.any() else pos_t[:1]
         loss, nats, z, logit = self.forward_student(st, idx, train.tolist(), hard)
         path_loss[0, train, st.index] = nats.detach().float().cpu()
         path_loss[1, train, st.index] = 1
-        probe = pos_t[~routed & ~torch.isin(pos_t, train)]
-        if self.cfg.router.enabled and len(probe):
-            with torch.no_grad():
-                _, pn, _, _ = self.forward_student(st, idx, probe.tolist(), hard, states=False)
-            path_loss[0, probe, st.index] = pn.float().cpu()
-            path_loss[1, probe, st.index] = 1
+        if self.routing.learns:
+            self.probe(st, idx, pos_t[~routed & ~torch.isin(pos_t, train)], path_loss)
         n_tok = self.data.response_tokens[st.index][idx[pos_t[routed]]]
         mine = stats.students[st.index]
         mine.sft_loss_sum += float((path_loss[0, pos_t[routed], st.index] / n_tok).sum())
@@ -160,24 +172,31 @@ class Trainer:
         # the 0-weighted sum keeps the head in the graph when nothing of this chunk is co-routed
         return loss + 0.0 * (z.sum() + logit.sum()), share
 
-    def micro_step(self, idx: torch.Tensor) -> dict:
-        """Route, forward, exchange, backward and step, learn (the module docstring's steps 2-5)."""
+    def micro_step(self, idx: torch.Tensor, ahead: torch.Tensor | None = None) -> dict:
+        """Route, forward, exchange, backward and step, learn (the module docstring's steps 2-5).
+        ``ahead``: the batch after the coming optimizer step, when the gain signal measures it."""
         S = len(self.cfg.students)
         hard = self.route(idx)
-        path_loss = torch.zeros(2, self.P, S)  # [value, known] per (path, student), summed to the coordinator
+        # [value, known] per (path, student), and the same for ``ahead``, summed to the coordinator
+        path_loss = torch.zeros(4, self.P, S)
         stats = StepStats.zeros(S)
         losses, shares = {}, {}
         for st in self.students:
             t0 = time.perf_counter()
             losses[st.index], shares[st.index] = self.train_forward(st, idx, hard, path_loss, stats)
             stats.students[st.index].compute_s += time.perf_counter() - t0
+        if ahead is not None:  # before any student steps: the held-out losses before the step
+            for st in self.students:
+                t0 = time.perf_counter()
+                self.probe(st, ahead, self.my_positions(st), path_loss, row=2)
+                stats.students[st.index].compute_s += time.perf_counter() - t0  # the gain signal's cost
         t_x = time.perf_counter()
         if self.exchange is not None:
             stats.mutual_loss = self.exchange(losses, shares, hard, self.data.span_mask(idx, self.cfg.mutual.max_spans))
         t_x = time.perf_counter() - t_x
         for st in self.students:
             self.backward_step(st, losses[st.index], stats.students[st.index])
-        return self.learn(idx, hard, path_loss, stats, t_x)
+        return self.learn(idx, hard, path_loss, stats, t_x, ahead)
 
     def backward_step(self, st: LocalStudent, loss: torch.Tensor, mine: StudentStats) -> None:
         t0 = time.perf_counter()
@@ -187,10 +206,17 @@ class Trainer:
         if st.engine.writer:  # one rank per student reports, so the sum over ranks is the value
             mine.lr, mine.grad_norm = st.engine.lr_and_grad_norm()
 
+    def per_char(self, idx: torch.Tensor, nats: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Nats per character of the whole path [P, S] (the same unit for every tokenizer and path
+        length; the text a context cut off charged), NaN where not measured."""
+        whole = nats + self.data.unseen_nats[idx]
+        return torch.where(known > 0, whole / self.data.response_chars[idx][:, None], float("nan"))
+
     def learn(self, idx: torch.Tensor, hard: torch.Tensor, path_loss: torch.Tensor, stats: StepStats,
-              exchange_s: float) -> dict:
+              exchange_s: float, ahead: torch.Tensor | None = None) -> dict:
         """Per-path losses and stats summed to the coordinator, whose router learns from the losses in
-        nats per character; returns the micro-step's record."""
+        nats per character (and, with the gain signal, from the change of the held-out losses over the
+        last optimizer step); returns the micro-step's record."""
         path_loss = self.dist.sum_to_coordinator(path_loss)
         stats = StepStats.from_tensor(self.dist.sum_to_coordinator(stats.to_tensor()))
         record = {"stats": stats, "exchange_s": exchange_s, "hard": hard, "lambda2": self.cfg.lambda2,
@@ -199,13 +225,16 @@ class Trainer:
         if self.exchange is not None and self.exchange.acts_on(hard):
             record["mutual_loss"] = stats.mutual_loss
         if self.is_coord:
-            known = path_loss[1] > 0
-            # nats per character of the whole path: the same unit for every tokenizer and path length
-            nats = path_loss[0] + self.data.unseen_nats[idx]
-            per_char = torch.where(known, nats / self.data.response_chars[idx][:, None], float("nan"))
+            per_char = self.per_char(idx, path_loss[0], path_loss[1])
             record["nats_per_char"] = per_char
-            if self.routing is not None:
-                r = self.routing.learn(per_char, self.data.question_index[idx], scale=1 / self.cfg.grad_accum)
+            if self.routing.learns:
+                change = None
+                if self._ahead is not None and torch.equal(self._ahead[0], idx):
+                    # this batch, forwarded after the step, against itself before it: what the step taught
+                    change = (per_char - self._ahead[1]).nanmean(dim=0)
+                self._ahead = (ahead, self.per_char(ahead, path_loss[2], path_loss[3])) if ahead is not None else None
+                r = self.routing.learn(per_char, self.data.question_index[idx], scale=1 / self.cfg.grad_accum,
+                                       heldout_change=change)
                 record.update(router_loss=r.pop("loss"), **{f"router/{k}": v for k, v in r.items()})
         return record
 
@@ -230,12 +259,12 @@ class Trainer:
                 self.pos.next_epoch()
                 continue
             idx = batches[self.pos.batch]
-            rec = self.micro_step(idx)
+            rec = self.micro_step(idx, self._gain_batch(batches))
             # each student's tokens of this batch, summed over ranks on the coordinator: its budget
             self.pos.after_micro_step([st.tokens for st in rec["stats"].students])
             if self.pos.micro_step % cfg.grad_accum:
                 continue
-            if self.routing is not None:
+            if self.routing.learns:
                 self.routing.step()
             self.pos.step += 1
             dt, t_step = time.perf_counter() - t_step, time.perf_counter()
@@ -251,6 +280,16 @@ class Trainer:
             self._log_evals(self.evaluator.close(wait=True))
         self.metrics.close()
         return last
+
+    def _gain_batch(self, batches: list[torch.Tensor]) -> torch.Tensor | None:
+        """The batch to forward before this micro-step's optimizer step and again after it (the gain
+        signal's held-out paths: the next batch, not trained on yet), or None when nothing is measured."""
+        cfg = self.cfg
+        last_micro = (self.pos.micro_step + 1) % cfg.grad_accum == 0
+        if not (getattr(self.routing, "measures_gain", False) and last_micro
+                and self.pos.step % cfg.router.gain_every == 0 and self.pos.batch + 1 < len(batches)):
+            return None
+        return batches[self.pos.batch + 1]
 
     def _log_evals(self, results: list[dict]) -> None:
         for r in results:
