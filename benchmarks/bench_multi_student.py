@@ -13,7 +13,6 @@ with the two students' summed compute (forward, probes, backward, optimizer step
 """
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -49,12 +48,15 @@ def run(trainkit, work: Path, students: list[tuple[Path, Path]], pool: Path, pla
     cfg.write_text(yaml.safe_dump(doc))
     import torch
 
+    from qr_ds.data.jsonl import iter_jsonl
+    from qr_ds.run_layout import RunDir
+
     accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     res = trainkit.launch(cfg, len(students) if placement == "separate" else 1, timeout=timeout,
                           env_extra={"DS_ACCELERATOR": accelerator})
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]  # skip warm-up
+    rows = list(iter_jsonl(RunDir(run_dir).metrics))[1:]  # skip warm-up
     names = [k.split("/", 1)[1] for k in rows[0] if k.startswith("sft_loss/")]
     mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
     step_s = mean("step_s")

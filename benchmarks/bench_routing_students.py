@@ -212,7 +212,7 @@ def main() -> None:
           f"{history[-1]['step'] // 2} on: {change:.3f}")
     extra = {"warm_start_styles": {names[i]: list(s) for i, s in HALVES.items()}, "checkpoint": str(ckpt.path),
              "epochs": args.epochs, "second_half_max_distance_from_final": change, "p_on_by_checkpoint": history,
-             "recent_rate": recent_rates(run / "metrics.jsonl", names, every=5)}
+             "recent_rate": recent_rates(RunDir(run).metrics, names, every=5)}
     print(f"wrote {save_results('known-answer-routing-students', rows, extra, args.out)}")
 
 

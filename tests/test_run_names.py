@@ -11,9 +11,9 @@ JOINED = re.compile(r'/\s*"(checkpoints|config\.yaml|latest|prepared|metrics\.js
                     r'|meta\.json|position\.json|mutual_head\.pt)"')
 
 
-def test_no_module_but_run_layout_spells_a_run_folder_name():
+def test_no_module_but_run_layout_spells_a_run_folder_name():  # tests may: they check the layout
     found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
-             for folder in ("qr_ds", "launch") for p in sorted((ROOT / folder).rglob("*.py"))
+             for folder in ("qr_ds", "launch", "benchmarks") for p in sorted((ROOT / folder).rglob("*.py"))
              if p.name != "run_layout.py"
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if JOINED.search(line)]
     assert found == []
@@ -29,4 +29,3 @@ def test_a_run_folder_is_known_by_its_checkpoints_and_config_or_latest(tmp_path)
     run.latest_marker.unlink()
     run.config.write_text("students: []\n")
     assert run.is_run()
-
