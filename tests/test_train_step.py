@@ -59,7 +59,7 @@ def test_micro_step_in_one_process(strategy, kit):
     hard = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # path 0 co-routed, path 1 to the second student only
     tr.route = lambda _: hard
     before = {n: p.detach().clone() for n, p in tr.students[0].engine.module.named_parameters() if p.requires_grad}
-    stats = tr.micro_step(idx)["stats"]
+    stats = tr.micro_step(idx).stats
     assert [s.routed for s in stats.students] == [1, 2]
     for s, st in enumerate(stats.students):  # a student trains on the tokens of the paths routed to it
         assert st.tokens == tr.data.encoded[s].lengths[idx[hard[:, s] > 0].numpy()].sum() and st.sft_loss_sum > 0
@@ -139,7 +139,7 @@ def test_adamw8bit_and_cosine_schedule(strategy, kit):
         return base * (ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))))
 
     batches = tr.data.epoch_batches(0, tr.P)
-    lrs = [tr.micro_step(batches[k])["stats"].students[0].lr for k in range(3)]
+    lrs = [tr.micro_step(batches[k]).stats.students[0].lr for k in range(3)]
     assert lrs == pytest.approx([lr_after(k) for k in range(1, 4)], rel=1e-6)
 
 
@@ -185,7 +185,7 @@ def test_a_short_context_is_charged_for_the_text_it_cuts(strategy, kit):
     assert 0 < cut.sum() < len(cut) and not any(e.truncated for e in tr.data.encoded[0])
     assert torch.equal(tr.data.unseen_nats[:, 1] > 0, cut) and (tr.data.unseen_nats[:, 0] == 0).all()
 
-    per_char = tr.micro_step(torch.arange(len(cut)))["nats_per_char"]  # the losses before the update
+    per_char = tr.micro_step(torch.arange(len(cut))).nats_per_char  # the losses before the update
     whole, short = per_char[:, 0], per_char[:, 1]
     assert torch.allclose(short[~cut], whole[~cut], rtol=1e-4)
     assert (short[cut] > whole[cut]).all(), "the cut copy looked better on paths it never sees whole"
@@ -200,7 +200,7 @@ def test_mutual_paths_all_reaches_paths_a_student_is_not_routed(strategy, kit, p
     idx = tr.data.epoch_batches(0, tr.P)[0]
     exclusive = torch.stack([torch.arange(len(idx)) % 2 == s for s in range(2)], dim=1).float()
     tr.route = lambda _: exclusive
-    stats = tr.micro_step(idx)["stats"]
+    stats = tr.micro_step(idx).stats
     assert [s.routed for s in stats.students] == [exclusive[:, 0].sum(), exclusive[:, 1].sum()]
     assert (stats.mutual_loss > 0) == (paths == "all")
 
@@ -216,9 +216,9 @@ def test_gain_signal_measures_the_next_batch_before_and_after_the_step(strategy,
     before = tr._ahead[1].clone()
     assert torch.equal(tr._ahead[0], second) and not torch.isnan(before).any()
     rec = tr.micro_step(second)
-    change = (rec["nats_per_char"] - before).nanmean(dim=0)
+    change = (rec.nats_per_char - before).nanmean(dim=0)
     for s, name in enumerate(tr.names):
-        assert rec[f"router/heldout_change/{s}"] == pytest.approx(change[s].item(), abs=1e-6)
+        assert rec.router[f"router/heldout_change/{s}"] == pytest.approx(change[s].item(), abs=1e-6)
     assert tr.routing.critic.observed == 1
     # a first step of training on random-init students lowers their loss on paths they never saw; a
     # look-ahead of the wrong batch, or before and after swapped, would not give a fall for both

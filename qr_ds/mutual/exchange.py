@@ -36,7 +36,7 @@ class Share:
 
 class MutualExchange:
     def __init__(self, cfg: MutualConfig, lambda2: float, paths_per_chunk: int, strategy: Strategy):
-        self.cfg, self.lambda2, self.c, self.dist = cfg, lambda2, paths_per_chunk, strategy
+        self.cfg, self.lambda2, self.c, self.strategy = cfg, lambda2, paths_per_chunk, strategy
         self.layout = strategy.layout
         self.n_paths = paths_per_chunk * self.layout.n_chunks  # the global batch: shard losses add up to it
         # mutual.paths: all: every student is a party to every path's ensemble
@@ -57,7 +57,7 @@ class MutualExchange:
         value = torch.zeros(())
         for k in chunks:
             rows, batch_rows = slice((k - chunks[0]) * c, (k - chunks[0] + 1) * c), slice(k * c, (k + 1) * c)
-            flat = self.dist.gather_chunk(k, {s: self._pack(share, rows) for s, share in shares.items()})
+            flat = self.strategy.gather_chunk(k, {s: self._pack(share, rows) for s, share in shares.items()})
             gathered = self._unpack(flat, routed[batch_rows], span_mask[batch_rows])
             for s, share in shares.items():
                 m = mutual_loss_for_student(s, share.z[rows].float(), share.logit[rows].float(), gathered)
@@ -85,5 +85,5 @@ class MutualExchange:
         if self.layout.placement == "colocated":
             return 0
         c, M, D = self.c, self.cfg.max_spans, self.cfg.shared_dim
-        chunks = self.layout.chunks_of(self.dist.local_students[0], self.dist.rank)
+        chunks = self.layout.chunks_of(self.strategy.local_students[0], self.strategy.rank)
         return len(chunks) * (self.layout.n_students - 1) * (c * M * D + 2 * c) * 4

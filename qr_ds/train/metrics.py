@@ -14,7 +14,7 @@ import torch
 from qr_ds.data.jsonl import JsonlAppender, iter_jsonl, repair_tail, write_jsonl
 from qr_ds.routing.rates import RoutingTally
 from qr_ds.run_layout import RunDir
-from qr_ds.train.stats import StepStats
+from qr_ds.train.stats import MicroStep
 
 
 def peak_memory_gib() -> float:
@@ -31,7 +31,7 @@ def truncate_jsonl(path, after_step: int) -> None:
         write_jsonl(path, [r for r in rows if r.get("step", 0) <= after_step])
 
 
-def router_scalars(rec: dict, names: list[str]) -> dict[str, float]:
+def router_scalars(rec: dict[str, float], names: list[str]) -> dict[str, float]:
     """router_loss, router/entropy, ...: per-student keys named by student, and router/rate/<s>
     left out (the batch's routed share, logged as routed/<name>)."""
     out = {}
@@ -121,16 +121,15 @@ class MetricsLog:
             elif backend in ("wandb", "trackio"):
                 self.sinks.append(_Tracker(backend, run, config, run_name(config), resume, ids))
 
-    def step(self, pos, rec: dict, names: list[str], data, idx: torch.Tensor, dt: float) -> dict:
+    def step(self, pos, rec: MicroStep, names: list[str], data, idx: torch.Tensor, dt: float) -> dict:
         if not self.enabled:
             return {}
-        stats: StepStats = rec["stats"]
-        hard = rec["hard"]
+        stats, hard = rec.stats, rec.hard
         row: dict = {"step": pos.step, "epoch": pos.epoch, "micro_step": pos.micro_step, "step_s": dt,
-                     "exchange_s": rec["exchange_s"], "exchange_bytes": rec["exchange_bytes"],
+                     "exchange_s": rec.exchange_s, "exchange_bytes": rec.exchange_bytes,
                      "peak_mem_GiB": round(peak_memory_gib(), 3)}
-        if rec.get("mutual_loss") is not None:  # absent, not 0.0, where no path had a mutual term
-            row["mutual_loss"] = rec["mutual_loss"]
+        if rec.mutual_loss is not None:  # absent, not 0.0, where no path had a mutual term
+            row["mutual_loss"] = rec.mutual_loss
         for s, name in enumerate(names):
             st = stats.students[s]
             row[f"sft_loss/{name}"] = st.sft_loss_sum / st.routed if st.routed else None
@@ -143,8 +142,8 @@ class MetricsLog:
         row["tokens_per_s"] = sum(st.tokens for st in stats.students) / max(dt, 1e-9)
         # what the students minimise together (eq. 9 without the router's terms, logged as router_loss)
         row["loss"] = (sum(v for k, v in row.items() if k.startswith("sft_loss/") and v is not None)
-                       + rec.get("lambda2", 0.0) * row.get("mutual_loss", 0.0))
-        row.update(router_scalars(rec, names))
+                       + rec.lambda2 * row.get("mutual_loss", 0.0))
+        row.update(router_scalars(rec.router, names))
         recs = [data.records[i] for i in idx.tolist()]
         for key, values in (("route_rate", [r.style for r in recs]), ("route_rate_level", [r.level for r in recs])):
             if key == "route_rate_level" and all(v is None for v in values):
@@ -156,7 +155,7 @@ class MetricsLog:
         styles = [r.style for r in recs]
         for s, name in enumerate(names):  # every student's loss on every style of the batch (probes included)
             per_style: dict[str, list[float]] = {}
-            for style, v in zip(styles, rec["nats_per_char"][:, s].tolist()):
+            for style, v in zip(styles, rec.nats_per_char[:, s].tolist()):
                 if v == v:  # not NaN
                     acc = per_style.setdefault(style, [0.0, 0])
                     acc[0], acc[1] = acc[0] + v, acc[1] + 1

@@ -1,7 +1,7 @@
 """What one micro-step measured, per student, summed over ranks on the coordinator."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -36,3 +36,17 @@ class StepStats:
         names = [f.name for f in fields(StudentStats)]
         students = [StudentStats(**dict(zip(names, map(float, row.tolist())))) for row in t[:-1]]
         return cls(students, float(t[-1, 0]))
+
+
+@dataclass
+class MicroStep:
+    """One micro-step's record for the metrics: the summed stats on every rank; the coordinator's
+    losses and router statistics on the coordinator only."""
+    stats: StepStats
+    hard: torch.Tensor  # [P, S] the routing
+    exchange_s: float
+    exchange_bytes: int
+    lambda2: float
+    mutual_loss: float | None = None  # None where no path had a mutual term (never a made-up 0.0)
+    nats_per_char: torch.Tensor | None = None  # [P, S] every student's loss on every path, NaN = not measured
+    router: dict[str, float] = field(default_factory=dict)  # router_loss, router/<stat>[/<student index>]

@@ -30,7 +30,7 @@ from qr_ds.train.data import TrainData, collate
 from qr_ds.train.metrics import MetricsLog
 from qr_ds.train.optim import build_optimizer, build_schedule
 from qr_ds.train.position import Position
-from qr_ds.train.stats import StepStats, StudentStats
+from qr_ds.train.stats import MicroStep, StepStats, StudentStats
 from qr_ds.train.student import build_student, load_tokenizer, param_groups
 
 
@@ -47,7 +47,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, strategy: Strategy, log=print):
         """``strategy`` is built by the caller (launch.py, or a test on a world of one), already
         holding its process groups."""
-        self.cfg, self.dist = cfg, strategy
+        self.cfg, self.strategy = cfg, strategy
         self.is_coord = strategy.is_coordinator
         self.say = log if self.is_coord else (lambda *_: None)
         self.run = RunDir(cfg.output_dir)
@@ -93,10 +93,10 @@ class Trainer:
     def _build(self, s: int) -> LocalStudent:
         cfg, sc = self.cfg, self.cfg.students[s]
         torch.manual_seed(cfg.seed + s)  # the same LoRA and head init on every rank of a student
-        module = build_student(sc, cfg.mutual if cfg.use_mutual else None, self.dist.device)
+        module = build_student(sc, cfg.mutual if cfg.use_mutual else None, self.strategy.device)
         opt = build_optimizer(param_groups(module, sc, cfg.mutual.head_lr), cfg.optimizer)
         sched = build_schedule(opt, cfg.lr_schedule, cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio)
-        engine = self.dist.prepare_student(s, module, opt, sched, cfg)
+        engine = self.strategy.prepare_student(s, module, opt, sched, cfg)
         return LocalStudent(s, sc.name, engine, self.tokenizers[s].pad_token_id, len(self.layout.student_ranks[s]))
 
     def _progress(self, it, **kw):
@@ -108,13 +108,13 @@ class Trainer:
         if not self.routing.learns:  # no router, or a fixed assignment by style: the same on every rank
             return self.routing.route(None, self.data.styles[idx])
         hard = self.routing.route(self.data.embeddings[idx]) if self.is_coord else torch.zeros(len(idx), len(self.names))
-        return self.dist.broadcast_from_coordinator(hard)
+        return self.strategy.broadcast_from_coordinator(hard)
 
     def forward_student(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
                         states: bool = True):
         """Forward ``positions`` of the batch for one student. The SFT weight of a path is
         dp_size / P, so averaging over the student's data-parallel ranks gives the global mean."""
-        dev = self.dist.device
+        dev = self.strategy.device
         items = [self.data.encoded[st.index][i] for i in idx[positions].tolist()]
         batch = collate(items, st.pad_id, dev)
         labels = batch["labels"]
@@ -128,7 +128,7 @@ class Trainer:
     def my_positions(self, st: LocalStudent) -> torch.Tensor:
         """Positions in the global batch of this rank's chunks of student ``st``."""
         c = self.cfg.micro_batch_paths
-        return torch.tensor([k * c + j for k in self.layout.chunks_of(st.index, self.dist.rank) for j in range(c)])
+        return torch.tensor([k * c + j for k in self.layout.chunks_of(st.index, self.strategy.rank) for j in range(c)])
 
     def probe(self, st: LocalStudent, idx: torch.Tensor, positions: torch.Tensor, path_loss: torch.Tensor,
               row: int = 0) -> None:
@@ -148,7 +148,7 @@ class Trainer:
         rest, so the router still sees this student's loss on every path at a third of the cost of
         training on it. ``path_loss`` gets total nats per path; ``stats`` the SFT loss, paths and
         tokens. Returns the loss and, with the mutual term on, what the student brings to the exchange."""
-        chunks = self.layout.chunks_of(st.index, self.dist.rank)
+        chunks = self.layout.chunks_of(st.index, self.strategy.rank)
         pos_t = self.my_positions(st)
         routed = hard[pos_t, st.index] > 0
         # An engine must backprop every micro-step (its data-parallel peers and ZeRO's hooks wait
@@ -172,7 +172,7 @@ class Trainer:
         # the 0-weighted sum keeps the head in the graph when nothing of this chunk is co-routed
         return loss + 0.0 * (z.sum() + logit.sum()), share
 
-    def micro_step(self, idx: torch.Tensor, ahead: torch.Tensor | None = None) -> dict:
+    def micro_step(self, idx: torch.Tensor, ahead: torch.Tensor | None = None) -> MicroStep:
         """Route, forward, exchange, backward and step, learn (the module docstring's steps 2-5).
         ``ahead``: the batch after the coming optimizer step, when the gain signal measures it."""
         S = len(self.cfg.students)
@@ -213,20 +213,20 @@ class Trainer:
         return torch.where(known > 0, whole / self.data.response_chars[idx][:, None], float("nan"))
 
     def learn(self, idx: torch.Tensor, hard: torch.Tensor, path_loss: torch.Tensor, stats: StepStats,
-              exchange_s: float, ahead: torch.Tensor | None = None) -> dict:
+              exchange_s: float, ahead: torch.Tensor | None = None) -> MicroStep:
         """Per-path losses and stats summed to the coordinator, whose router learns from the losses in
         nats per character (and, with the gain signal, from the change of the held-out losses over the
         last optimizer step); returns the micro-step's record."""
-        path_loss = self.dist.sum_to_coordinator(path_loss)
-        stats = StepStats.from_tensor(self.dist.sum_to_coordinator(stats.to_tensor()))
-        record = {"stats": stats, "exchange_s": exchange_s, "hard": hard, "lambda2": self.cfg.lambda2,
-                  "exchange_bytes": self.exchange.bytes_received if self.exchange is not None else 0}
+        path_loss = self.strategy.sum_to_coordinator(path_loss)
+        stats = StepStats.from_tensor(self.strategy.sum_to_coordinator(stats.to_tensor()))
+        record = MicroStep(stats, hard, exchange_s, self.exchange.bytes_received if self.exchange is not None else 0,
+                           self.cfg.lambda2)
         # the mutual term exists on co-routed paths only (every path with mutual.paths: all)
         if self.exchange is not None and self.exchange.acts_on(hard):
-            record["mutual_loss"] = stats.mutual_loss
+            record.mutual_loss = stats.mutual_loss
         if self.is_coord:
             per_char = self.per_char(idx, path_loss[0], path_loss[1])
-            record["nats_per_char"] = per_char
+            record.nats_per_char = per_char
             if self.routing.learns:
                 change = None
                 if self._ahead is not None and torch.equal(self._ahead[0], idx):
@@ -235,7 +235,7 @@ class Trainer:
                 self._ahead = (ahead, self.per_char(ahead, path_loss[2], path_loss[3])) if ahead is not None else None
                 r = self.routing.learn(per_char, self.data.question_index[idx], scale=1 / self.cfg.grad_accum,
                                        heldout_change=change)
-                record.update(router_loss=r.pop("loss"), **{f"router/{k}": v for k, v in r.items()})
+                record.router = {"router_loss": r.pop("loss"), **{f"router/{k}": v for k, v in r.items()}}
         return record
 
     # -- the loop ------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ class Trainer:
         self.metrics = MetricsLog(self.run, self.is_coord, cfg.report_to, to_dict(cfg),
                                   self.pos.step if resume else None)
         self.say(f"{len(cfg.students)} students ({', '.join(self.names)}), placement {cfg.placement}, "
-                 f"world {self.dist.world_size}, {self.P} paths per micro-step, {self.total_steps} optimizer steps")
+                 f"world {self.strategy.world_size}, {self.P} paths per micro-step, {self.total_steps} optimizer steps")
         bar = tqdm(total=self.total_steps, initial=self.pos.step, desc="train", unit="step", disable=not self.is_coord)
         last: dict = {}
         t_step = time.perf_counter()
@@ -261,7 +261,7 @@ class Trainer:
             idx = batches[self.pos.batch]
             rec = self.micro_step(idx, self._gain_batch(batches))
             # each student's tokens of this batch, summed over ranks on the coordinator: its budget
-            self.pos.after_micro_step([st.tokens for st in rec["stats"].students])
+            self.pos.after_micro_step([st.tokens for st in rec.stats.students])
             if self.pos.micro_step % cfg.grad_accum:
                 continue
             if self.routing.learns:
