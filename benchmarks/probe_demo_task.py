@@ -37,14 +37,20 @@ def main() -> None:
     p.add_argument("--curve-seeds", type=int, default=3)
     p.add_argument("--probes", default="curve,filter,style,knowledge")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--harm-styles", default="", help="the harm variant's styles (the demo's: backward); with "
+                                                     "--probes harm, each student on all six against all but these")
+    p.add_argument("--harm-kinds", default=",".join(probes.KINDS), help="students of the harm probe")
     args = p.parse_args()
-    knobs, work, wanted = probes.Knobs(), args.work.resolve(), args.probes.split(",")
+    harm = tuple(s for s in args.harm_styles.split(",") if s)
+    harm_kinds = tuple(args.harm_kinds.split(","))
+    knobs, work, wanted = probes.Knobs(harm_styles=harm), args.work.resolve(), args.probes.split(",")
     seeds, style_seeds, curve_seeds = list(range(args.seeds)), list(range(args.style_seeds)), list(range(args.curve_seeds))
     steps, budgets = [int(n) for n in args.steps.split(",")], [int(b) for b in args.curve.split(",")]
     specs = {"curve": probes.curve_specs(budgets, curve_seeds),
              "filter": [s for n in steps for s in probes.filter_specs(n, seeds)],
              "style": [s for n in steps for s in probes.style_specs(n, style_seeds)],
-             "knowledge": [s for n in steps for s in probes.knowledge_specs(n, seeds)]}
+             "knowledge": [s for n in steps for s in probes.knowledge_specs(n, seeds)],
+             "harm": [s for n in steps for s in probes.harm_specs(n, seeds, harm, harm_kinds)] if harm else []}
     todo = list(dict.fromkeys(s for name in wanted for s in specs[name]))
     data = probes.build_data(work, knobs)  # once, before the workers read it
     with ProcessPoolExecutor(args.jobs) as pool:
@@ -62,7 +68,13 @@ def main() -> None:
         print(markdown_table(out["curve"], [c for c in out["curve"][0] if c not in hide]))
     for n in steps:
         rows += report_budget(results, wanted, n, seeds, style_seeds, out.setdefault(f"steps_{n}", {}), hide)
-    print(f"\nwrote {save_results('known-answer-demo-probes', rows, out, args.out)}")
+        if "harm" in wanted and harm:
+            out[f"steps_{n}"]["harm"] = probes.harm_rows(results, n, seeds, harm, harm_kinds)
+            print(f"\n## harm variant: all six styles against all but {'+'.join(harm)}, {n} steps ({len(seeds)} seeds)\n")
+            print(markdown_table(out[f"steps_{n}"]["harm"], [c for c in out[f"steps_{n}"]["harm"][0] if c != "gain"]))
+            rows += [{"probe": "harm", "steps": n, **r} for r in out[f"steps_{n}"]["harm"]]
+    name = "known-answer-demo-probes" + ("-harm" if harm else "")
+    print(f"\nwrote {save_results(name, rows, out, args.out)}")
 
 
 def report_budget(results, wanted, n, seeds, style_seeds, out, hide) -> list[dict]:

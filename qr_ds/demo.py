@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from qr_ds.data.styles import STYLES
 from qr_ds.run_layout import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,15 +48,27 @@ SIZES = {
 # the fixed student x style suitability the router has to find (benchmarks/probe_demo_task.py).
 MAX_LEN = {"llama-bpe": 150, "qwen-bpe": 512}
 
-# (run name, report label, config overrides): the full method and the ablations of Table 2, plus SFT.
-RUNS = [
-    ("qr_distill", "QR-Distill", {}),
-    ("no_filter", "w/o QF", {"data": {"quality_filter": False}}),
-    ("no_route", "w/o Route", {"router": {"enabled": False}}),
-    ("no_mutual", "w/o Collab", {"mutual": {"enabled": False}}),
-    ("sft_single", "SFT (one path per question)", {"router": {"enabled": False}, "mutual": {"enabled": False},
+# Task variants: the teacher's scripted settings. ``harm``: its backward-style paths of doubling
+# questions misread doubling first, inside the Llama student's 150-token context, and correct it only
+# after a long check (qr_ds/teacher/scripted.py): a path that harms the short student and not the long one.
+VARIANTS = {"original": {}, "harm": {"harm_styles": ["backward"]}}
+# method -> (report label, config overrides): the full method and the ablations of Table 2, plus SFT
+# (the default set), and the routing study's arms (docs/demo-study).
+RUNS = {
+    "qr_distill": ("QR-Distill", {}),
+    "no_filter": ("w/o QF", {"data": {"quality_filter": False}}),
+    "no_route": ("w/o Route", {"router": {"enabled": False}}),
+    "no_mutual": ("w/o Collab", {"mutual": {"enabled": False}}),
+    "sft_single": ("SFT (one path per question)", {"router": {"enabled": False}, "mutual": {"enabled": False},
                                                    "data": {"paths_per_question": 1}}),
-]
+    "mutual_all": ("QR-Distill, mutual on every path", {"mutual": {"paths": "all"}}),
+    "fit_rate": ("QR-Distill, previous routing (fit signal, rate 0.5)",
+                 {"router": {"signal": "relative", "entropy": "rate", "logit_decay": 0.0}}),
+    # the upper bound of routing on the harm variant: its harmful styles kept from the short student only
+    "oracle": ("oracle routing", {"router": {"fixed": {"llama": [s for s in STYLES if s not in
+                                                                 VARIANTS["harm"]["harm_styles"]]}}}),
+}
+DEFAULT_METHODS = ("qr_distill", "no_filter", "no_route", "no_mutual", "sft_single")
 STUDY = Path("docs/demo-study")  # where the committed results of `qr-ds demo --seeds 3` live
 
 
@@ -70,7 +83,19 @@ def register(sub) -> None:
                         "the quick pass of `make demo`, 3 the study whose results are in docs/demo-study/. "
                         "Seeds already trained and evaluated in --out are reused")
     p.add_argument("--skip-eval", action="store_true", help="stop after training")
-    p.set_defaults(func=lambda a: run_demo(a.out, a.size, a.seeds, a.skip_eval))
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="original",
+                   help="harm: a style whose paths teach the short-context student a wrong rule (the routing study)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated, the first is the one the others are compared with; of: {', '.join(RUNS)}")
+    p.set_defaults(func=lambda a: run_demo(a.out, a.size, a.seeds, a.skip_eval, a.variant, _methods(a.methods)))
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in names if m not in RUNS]
+    if unknown or not names:
+        raise SystemExit(f"qr-ds demo: --methods {text!r}: unknown {unknown}; choose from {', '.join(RUNS)}")
+    return names
 
 
 class Timings:
@@ -102,7 +127,7 @@ def _qr_ds(out: Path, *args: str) -> None:
         raise RuntimeError(f"stage failed: qr-ds {' '.join(args)}")
 
 
-def pipeline_data(out: Path, size: Size, timings: Timings) -> tuple[Path, Path, Path, Path]:
+def pipeline_data(out: Path, size: Size, timings: Timings, variant: str = "original") -> tuple[Path, Path, Path, Path]:
     from qr_ds.config import from_dict
     from qr_ds.embed.config import EmbedConfig
     from qr_ds.embed.run import run_embed
@@ -121,7 +146,8 @@ def pipeline_data(out: Path, size: Size, timings: Timings) -> tuple[Path, Path, 
     embedded, unfiltered = data / "embedded.jsonl", data / "embedded_unfiltered.jsonl"
     gen = from_dict(GenerateConfig, {"task": "synthetic", "data": str(train_q), "out": str(pool),
                                      "samples_per_style": size.samples_per_style,
-                                     "teacher": {"backend": "scripted", "sampling": {"seed": 0}}})
+                                     "teacher": {"backend": "scripted", "sampling": {"seed": 0},
+                                                 "scripted": VARIANTS[variant]}})
     timings.run("generate: scripted stand-in teacher, six styles", lambda: print_summary(generate(gen), pool))
     flt = from_dict(FilterConfig, {"pool": str(pool), "out": str(filtered), "judge": {"backend": "scripted"}})
     timings.run("filter: answer check + scripted judge", lambda: print_result(run_filter(flt)))
@@ -184,12 +210,14 @@ def _finished(run: Path) -> bool:
     return latest is not None and latest.meta.is_file()
 
 
-def train_seed(out: Path, seed: int, size: Size, pool: Path, unfiltered: Path, timings: Timings) -> dict[str, Path]:
+def train_seed(out: Path, seed: int, size: Size, pool: Path, unfiltered: Path, timings: Timings,
+               methods: tuple[str, ...] = DEFAULT_METHODS) -> dict[str, Path]:
     """Every method of one training seed, through the DeepSpeed launcher; finished runs are kept."""
     models = timings.run(f"students of seed {seed}: tiny Llama (byte-level BPE) and tiny Qwen2 (its own BPE), "
                          "random init", students, out, pool, seed)
     runs = {}
-    for name, label, over in RUNS:
+    for name in methods:
+        label, over = RUNS[name]
         run = runs[name] = out / "runs" / name / f"s{seed}"
         cfg = train_config(out, name, over, models, pool, unfiltered, size, seed)
         if _finished(run):
@@ -216,20 +244,22 @@ def evaluate_seed(out: Path, seed: int, runs: dict[str, Path], size: Size, test_
     return ev
 
 
-def run_demo(out: Path, size_name: str, seeds: int = 1, skip_eval: bool = False) -> int:
+def run_demo(out: Path, size_name: str, seeds: int = 1, skip_eval: bool = False, variant: str = "original",
+             methods: tuple[str, ...] = DEFAULT_METHODS) -> int:
     if seeds < 1:
         raise ValueError(f"demo: --seeds must be >= 1, got {seeds}")
     size = SIZES[size_name]
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings = Timings(out / "timings.json")
-    pool, unfiltered, test_q, retention = pipeline_data(out, size, timings)
-    runs = {seed: train_seed(out, seed, size, pool, unfiltered, timings) for seed in range(seeds)}
+    pool, unfiltered, test_q, retention = pipeline_data(out, size, timings, variant)
+    runs = {seed: train_seed(out, seed, size, pool, unfiltered, timings, methods) for seed in range(seeds)}
     if skip_eval:
         return 0
     evals = [evaluate_seed(out, seed, runs[seed], size, test_q, pool, timings) for seed in range(seeds)]
     notes = [f"Size '{size_name}': {size.train_questions} training and {size.test_questions} test questions of the "
-             f"synthetic task; paths from a scripted stand-in teacher (no real LLM), judged by a scripted judge.",
+             f"synthetic task ({variant} variant); paths from a scripted stand-in teacher (no real LLM), judged by "
+             "a scripted judge.",
              "Students are tiny random-init transformers (2 layers, hidden 128) with locally trained tokenizers, "
              f"fully fine-tuned; contexts {MAX_LEN['llama-bpe']} (Llama) and {MAX_LEN['qwen-bpe']} (Qwen2) "
              "tokens, so the Llama student cannot finish the long styles.",
@@ -237,7 +267,7 @@ def run_demo(out: Path, size_name: str, seeds: int = 1, skip_eval: bool = False)
              f"(0..{seeds - 1}), each with its own student init, data order and router.",
              f"Demo wall time, all stages: {timings.total():.0f} s on this machine ({os.cpu_count()} CPUs); "
              f"per stage in {timings.path.name}."]
-    report = timings.run("report", build_report_for, out, runs, evals, retention, notes)
+    report = timings.run("report", build_report_for, out, runs, evals, retention, notes, methods)
     print(f"\nreport: {report}")
     if seeds < 3:
         print(f"one seed per method: the report's intervals cover test questions only. The {SIZES['full'].steps}-step, "
@@ -246,12 +276,12 @@ def run_demo(out: Path, size_name: str, seeds: int = 1, skip_eval: bool = False)
 
 
 def build_report_for(out: Path, runs: dict[int, dict[str, Path]], evals: list[Path], retention: Path,
-                     notes: list[str]) -> Path:
-    """Every method labelled as in Table 2 with its seeds as one group, QR-Distill first: the others
-    are compared against it."""
+                     notes: list[str], methods: tuple[str, ...] = DEFAULT_METHODS) -> Path:
+    """Every method labelled as in Table 2 with its seeds as one group, the first method first: the
+    others are compared against it."""
     from qr_ds.report.build import build_report
 
-    groups = {label: [runs[seed][name] for seed in sorted(runs)] for name, label, _ in RUNS}
+    groups = {RUNS[name][0]: [runs[seed][name] for seed in sorted(runs)] for name in methods}
     # each seed draws its own random student init (and tokenizer folder): part of the training noise measured
     return build_report(out / "report", groups, evals, retention, notes,
                         may_differ=("students[].model", "students[].tokenizer"))

@@ -109,3 +109,35 @@ def test_scripted_outputs_say_they_come_from_a_stand_in(demo_data):
     assert {r.teacher for r in pool} == {MODEL_NAME} and "stand-in" in MODEL_NAME
     md, _ = report_paths(d / "kept.jsonl")
     assert f"judged by: {STAND_IN}" in md.read_text()
+
+
+def test_harm_variant_paths_teach_the_short_student_the_wrong_rule_and_pass_every_filter(tmp_path):
+    """The routing study's harm variant (qr_ds/demo.py VARIANTS["harm"]): a backward path of a doubling
+    question misreads doubling inside the short student's context and corrects it only after it; its
+    final answer is right and a step-checking judge finds nothing false, so the filter keeps it."""
+    write_synthetic(tmp_path / "train.jsonl", 60, seed=0)
+    cfg = from_dict(GenerateConfig, {"task": "synthetic", "data": str(tmp_path / "train.jsonl"),
+                                     "out": str(tmp_path / "pool.jsonl"), "styles": ["backward", "cot"],
+                                     "teacher": {"backend": "scripted", "sampling": {"seed": 0},
+                                                 "scripted": {"harm_styles": ["backward"]}}})
+    generate(cfg, progress=False)
+    run_filter(from_dict(FilterConfig, {"pool": str(cfg.out), "out": str(tmp_path / "kept.jsonl"),
+                                        "judge": {"backend": "scripted"}}), progress=False)
+    pool = load_pool(cfg.out).records
+    kept = {r.id: r for r in load_pool(tmp_path / "kept.jsonl").records}
+    corpus = [t for r in pool for t in (r.question, r.response)] + [TASK.instruction]
+    short = train_tokenizer(SHORT, corpus, 600)
+    harmful = [r for r in pool if r.style == "backward" and "Corrected forward pass" in r.response]
+    assert len(harmful) >= 15, len(harmful)
+    assert not any("Corrected forward pass" in r.response for r in pool if r.style == "cot")
+    for r in harmful:
+        correction = r.response.index("is wrong:")
+        first_misread = re.search(r"doubles them: -?\d+ \+ 2 = ", r.response).start()
+        _, seen_misread = _tokens_before(short, r, first_misread + 20)
+        _, seen_correction = _tokens_before(short, r, correction)
+        assert seen_misread <= Knobs().max_len[SHORT] < seen_correction, r.id
+    # right final answer and no false step: kept by both filter steps (but those the teacher also gave
+    # a planted false intermediate value, which the judge rightly drops)
+    assert len([r for r in harmful if r.id in kept]) >= 0.8 * len(harmful)
+    assert all(kept[r.id].correct for r in harmful if r.id in kept)
+    assert all(r.id in kept for r in harmful if false_step(r.response) is None)

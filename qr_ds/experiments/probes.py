@@ -9,7 +9,9 @@ trainer's ``Student`` forward, optimizer and schedule, and accuracy by greedy ge
 - filter: the clean (filtered) pool against the answer-checked and the unfiltered ones, per student;
 - style x student: each student on one style at a time;
 - knowledge: each student on the styles its context holds (``STYLES_OF``), what it answers that the other does not;
-- curve: the clean pool at several step budgets, to fix the demo's.
+- curve: the clean pool at several step budgets, to fix the demo's;
+- harm (harm variant): each student on all six styles against all but the harmful ones, at equal
+  steps: what routing could gain by keeping those paths from a student (the oracle's premise).
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ class Knobs:
     hidden: int = 128
     layers: int = 2
     max_new_tokens: int = 448  # the longest response (420 of the Qwen2 student's tokens), with room
+    harm_styles: tuple[str, ...] = ()  # the demo's harm variant (qr_ds/demo.py VARIANTS): ("backward",)
 
 
 POOLS = ("clean", "answer_checked", "unfiltered")
@@ -77,7 +80,8 @@ def build_data(work: Path, knobs: Knobs) -> Data:
         write_synthetic(train_q, knobs.train_questions, seed=0)
         write_synthetic(test_q, knobs.test_questions, seed=1)
         generate(from_dict(GenerateConfig, {"task": "synthetic", "data": str(train_q), "out": str(pool),
-                                            "teacher": {"backend": "scripted", "sampling": {"seed": 0}}}),
+                                            "teacher": {"backend": "scripted", "sampling": {"seed": 0},
+                                                        "scripted": {"harm_styles": list(knobs.harm_styles)}}}),
                  progress=False)
         for name, judge in (("clean", "scripted"), ("answer_checked", "none")):
             run_filter(from_dict(FilterConfig, {"pool": str(pool), "out": str(kept[name]),
@@ -321,4 +325,27 @@ def curve_rows(results: dict[Spec, list[dict]], budgets: list[int], seeds: list[
                 out.append({"student": k.split("-")[0], "styles": set_name(st), "steps": n, **_split_accuracy(runs),
                             "styles written (per run)": ", ".join(f"{w} {c / len(runs):.0f}"
                                                                   for w, c in written.most_common())})
+    return out
+
+
+def harm_specs(steps: int, seeds: list[int], harm: tuple[str, ...], kinds: tuple[str, ...] = KINDS) -> list[Spec]:
+    kept = tuple(st for st in STYLES if st not in harm)
+    return [Spec(k, "clean", st, steps, s) for k in kinds for st in (STYLES, kept) for s in seeds]
+
+
+def harm_rows(results: dict[Spec, list[dict]], steps: int, seeds: list[int], harm: tuple[str, ...],
+              kinds: tuple[str, ...] = KINDS) -> list[dict]:
+    """Per student: accuracy on all six styles and without the harmful ones (same steps, same seeds),
+    and the gain of leaving them out, paired by seed."""
+    kept = tuple(st for st in STYLES if st not in harm)
+    out = []
+    for k in kinds:
+        with_all = [results[Spec(k, "clean", STYLES, steps, s)] for s in seeds]
+        without = [results[Spec(k, "clean", kept, steps, s)] for s in seeds]
+        gain = [accuracy(b) - accuracy(a) for a, b in zip(with_all, without)]
+        m, sd = mean_sd(gain)
+        out.append({"student": k.split("-")[0], "all six": pm([accuracy(r) for r in with_all]),
+                    f"without {'+'.join(harm)}": pm([accuracy(r) for r in without]),
+                    "gain of leaving them out": pm(gain),
+                    "in seed-SDs": round(m / sd, 1) if sd and sd > 0 else None, "gain": gain})
     return out

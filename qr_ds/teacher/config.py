@@ -49,6 +49,7 @@ class ScriptedConfig:
     wrong_rate: float = field(default=0.25, metadata=rule(min=0.0, max=1.0, help="base rate of misreading 'doubles them' as 'adds two' in a doubling question's path (the one wrong rule), scaled per style (quick styles x3, long x0.4)"))
     spurious_rate: float = field(default=0.2, metadata=rule(min=0.0, max=1.0, help="base rate of a right-answer path with a false intermediate value that later steps use, scaled per style"))
     unparseable_rate: float = field(default=0.0, metadata=rule(min=0.0, max=1.0, help="fraction of scripted judge replies that state no verdict"))
+    harm_styles: list[str] = field(default_factory=list, metadata=rule(help="styles whose doubling paths first misread doubling as adding two, early (inside a short student's context), and correct it only after a long check: right final answer, judged valid, but a wrong rule to a student whose context ends before the correction (the demo's harm variant)"))
 
 
 @dataclass

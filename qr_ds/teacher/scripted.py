@@ -125,6 +125,10 @@ def spurious_step(text: str) -> int | None:
     return found[0] if found else None
 
 
+def misread_changes_answer(example) -> bool:
+    return steps_of(example, misread=True)[-1].result != int(example.gold)
+
+
 def misreads_doubling(text: str) -> bool:
     """Whether the path computes "doubles them" as adding two (the teacher's one wrong rule)."""
     return bool(_MISREAD.search(text))
@@ -168,6 +172,8 @@ class ScriptedTeacher:
             return REPLIES[style](self, req)
         plan = self.plan(req)
         steps = steps_of(ex, plan.misread, plan.slip)
+        if style in self.cfg.scripted.harm_styles and not plan.misread and misread_changes_answer(ex):
+            return "\n".join(_corrected_late(style, ex, steps, steps_of(ex, misread=True)))
         lines = RENDER[style](ex, steps)
         if plan.unused:
             rng = random.Random(f"{self.cfg.sampling.seed}|{req.key}|text")
@@ -269,6 +275,29 @@ def _backward(ex, steps: list[Step]) -> list[str]:
             f"The forward pass ends at {answer}.", "Backward check: undo each operation, last one first.",
             *back, f"We are back at {value}: Condition 1 holds.",
             f"{answer} comes after all {n} operations: Condition 2 holds.", f"The verified answer is {answer}."]
+
+
+def _corrected_late(style: str, ex, steps: list[Step], misread: list[Step]) -> list[str]:
+    """The harm variant's path: a forward pass that misreads doubling, right after the opener (inside a
+    short context), then a long check that finds the misreading and a corrected pass to the right
+    answer. Every equation is true and the final answer is right, so filter and judge keep it; a student
+    whose context ends before the check learns only the wrong rule."""
+    wrong = misread[-1].result
+    name, obj = re.match(r"(\w+) has \d+ (\w+)\.", ex.question).groups()
+    bad = next(i for i, s in enumerate(misread, 1) if s.op == "+" and steps[i - 1].op == "*")
+    return [OPENERS[style], f"Forward: we start from {_start(ex)}.",
+            *(f"({i}) {s.phrase}: {s.equation()}." for i, s in enumerate(misread, 1)),
+            f"The forward pass ends at {wrong}.",
+            f"The question: {ex.question}",
+            "Plan: check the reading of every operation against the question's words, one by one, and then "
+            "check that the count is asked for after all of them.",
+            *(f"Check ({i}): the question says \"{s.phrase}\", and step ({i}) used {s.op} {s.b}." for i, s in
+              enumerate(misread, 1)),
+            f"Step ({bad}) is wrong: \"{misread[bad - 1].phrase}\" means multiplying the count by 2, not adding 2 "
+            f"to it, so {wrong} is not the count of {obj} {name} ends with.",
+            f"Corrected forward pass: we start from {_start(ex)}.",
+            *(f"({i}) {s.phrase}: {s.equation()}." for i, s in enumerate(steps, 1)),
+            f"The verified answer is {steps[-1].result}."]
 
 
 RENDER = {"vanilla": _vanilla, "cot": _cot, "program": _program, "tot": _tot,
