@@ -4,7 +4,7 @@ style to the student that is better at it?
 Two tiny students of different architectures and tokenizers (Llama + byte-level BPE, Qwen2 +
 Qwen2-style BPE) are first warm-started on different halves of the six styles, so which student models
 which style better is a measured fact, not an assumption. QR-Distill then trains both together on
-every style (`qr-ds train`, the real launcher, defaults of the shipped router, checkpoints every
+every style (`qr-ds train`, the real launcher, the fit router (signal relative, rate 0.5), checkpoints every
 ``--save-every`` steps). Afterwards:
 - routing per style from the FINAL router's noise-free probabilities over the whole training pool,
   both students' P(on) side by side;
@@ -175,7 +175,10 @@ def main() -> None:
                          "finetune": "full", "deepspeed": str(Path(__file__).resolve().parents[1] / "ds_configs/zero2.json")}
                         for n, w, b in zip(names, warm, bases)],
            "data": {"pool": str(pool), "max_len": 192},
-           "router": {"hidden": 64, "lr": 3e-3}, "mutual": {"shared_dim": 32, "max_spans": 16},
+           # the fit form: its known answer is the student with the lower held-out loss per style (the
+           # gain signal's answer would be where training helps, which this setup does not plant)
+           "router": {"hidden": 64, "lr": 3e-3, "signal": "relative", "entropy": "rate", "logit_decay": 0.0},
+           "mutual": {"shared_dim": 32, "max_spans": 16},
            "lambda1": 1.0, "lambda2": 0.1, "micro_batch_paths": 8, "epochs": args.epochs, "warmup_steps": 10,
            "seed": 0, "output_dir": str(run), "collective_timeout_s": 120,
            "save_every": args.save_every, "keep_last": 1000}
