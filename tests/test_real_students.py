@@ -137,6 +137,22 @@ def test_converted_folders_are_plain_hf_and_tokenizers_round_trip(pair, tmp_path
 
 @needs_pair
 @pytest.mark.slow
+def test_two_processes_converting_together_convert_once(tmp_path):
+    """Ranks start together: one converts under the lock, the other waits and reuses its folder."""
+    code = ("import sys; from pathlib import Path; from qr_ds.models.packaged import materialize; "
+            "print(materialize('packaged:smollm2-135m-instruct', Path(sys.argv[1])))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    folder = tmp_path / "smollm2-135m-instruct"
+    assert [o.strip().splitlines()[-1] for o, _ in outs] == [str(folder)] * 2
+    assert sum("de-quantizing GGUF tensors" in err for _, err in outs) == 1  # transformers' progress bar
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".smollm2-135m-instruct.lock", "smollm2-135m-instruct"]
+
+
+@needs_pair
+@pytest.mark.slow
 def test_instruct_model_gets_its_chat_template_base_model_the_plain_prompt(pair):
     """SmolLM2 (instruct) answers inside its chat turn; Gemma-3-270M (base, no template in its GGUF) gets
     the plain prompt. Each starts with its BOS exactly once: the GGUF converter drops Gemma's
@@ -228,8 +244,9 @@ def test_gemma3_lora_targets_every_projection_and_no_norm(pair):
 
 @needs_pair
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # two launches of two real models: 7-10 min here beside other jobs
 def test_pair_trains_with_lora_adapters_load_with_peft_and_resume(pair, tmp_path):
-    """Two LoRA steps of the real pair (one rank each, mutual loss on), checkpoint, one more step on
+    """One LoRA step of the real pair (one rank each, mutual loss on), checkpoint, one more step on
     --resume; each adapter loads with PEFT on its converted base and moved."""
     import torch
     from peft import PeftModel
@@ -238,25 +255,31 @@ def test_pair_trains_with_lora_adapters_load_with_peft_and_resume(pair, tmp_path
 
     from qr_ds.testing import builders
 
-    pool = real.teacher_pool(tmp_path / "pool", "arc", limit=6)
+    pool = real.teacher_pool(tmp_path / "pool", "arc", limit=4)
     run = tmp_path / "run"
-    cfg = real.write_pair_config(tmp_path / "pair.yaml", pool, run, max_steps=2, save_every=2)
-    res = builders.launch(cfg, 2, timeout=900)
+    cfg = real.write_pair_config(tmp_path / "pair.yaml", pool, run, max_steps=1, save_every=1)
+    res = builders.launch(cfg, 2, timeout=550)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
-    cfg = real.write_pair_config(tmp_path / "pair.yaml", pool, run, max_steps=3, save_every=3)
-    res = builders.launch(cfg, 2, "--resume", timeout=900)
+    cfg = real.write_pair_config(tmp_path / "pair.yaml", pool, run, max_steps=2, save_every=2)
+    res = builders.launch(cfg, 2, "--resume", timeout=550)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
 
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [1, 2]
     assert all(r["mutual_loss"] > 0 and np.isfinite(r["sft_loss/gemma3"]) for r in rows)
-    meta = json.loads((run / "checkpoints/step_000003/meta.json").read_text())
+    meta = json.loads((run / "checkpoints/step_000002/meta.json").read_text())
     assert [s["model"] for s in meta["students"]] == list(real.PAIR.values())
+    # eval serves each adapter on the converted folder it trained on (its adapter_config's base)
+    from qr_ds.eval.checkpoints import read_checkpoint
+
+    served = read_checkpoint(run / "checkpoints/step_000002")
+    assert [(a.student, a.model, a.tokenizer) for a in served] == [
+        (n, str(f), str(f)) for n, (f, _) in pair.items()]
     for name, (folder, _) in pair.items():
-        adapter = run / f"checkpoints/step_000003/students/{name}/adapter"
+        adapter = run / f"checkpoints/step_000002/students/{name}/adapter"
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(folder)), str(adapter))
         loaded = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
         assert loaded and all(torch.isfinite(v).all() for v in loaded.values())
-        before = load_file(str(run / f"checkpoints/step_000002/students/{name}/adapter/adapter_model.safetensors"))
+        before = load_file(str(run / f"checkpoints/step_000001/students/{name}/adapter/adapter_model.safetensors"))
         after = load_file(str(adapter / "adapter_model.safetensors"))
         assert any(not torch.equal(before[k], after[k]) for k in after)  # the resumed step trained

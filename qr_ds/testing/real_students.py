@@ -56,12 +56,12 @@ def teacher_pool(out: Path, file: str = "arc", limit: int | None = 8, emb_dim: i
 
 
 def write_pair_config(path: Path, pool: Path, out_dir: Path, finetune: str = "lora", **over) -> Path:
-    """Both real students, one rank each, LoRA r=8 on every projection, short paths: a few CPU steps."""
+    """Both real students, one rank each, LoRA r=8 on every projection, paths cut at 160 tokens: CPU steps."""
     cfg = {
         "students": [{"name": name, "model": spec, "finetune": finetune, "lr": 1e-4, "ranks": 1,
                       "deepspeed": str(ROOT / "ds_configs/zero2.json"), "lora": {"r": 8, "alpha": 16}}
                      for name, spec in PAIR.items()],
-        "data": {"pool": str(pool), "max_len": 256},
+        "data": {"pool": str(pool), "max_len": 160},
         "router": {"hidden": 16},
         "mutual": {"shared_dim": 32, "max_spans": 16},
         "micro_batch_paths": 2, "epochs": 1, "max_steps": 2, "seed": 0,
