@@ -223,3 +223,8 @@ def test_gain_signal_measures_the_next_batch_before_and_after_the_step(strategy,
     # a first step of training on random-init students lowers their loss on paths they never saw; a
     # look-ahead of the wrong batch, or before and after swapped, would not give a fall for both
     assert (change < 0).all(), change
+    # the next batch is fresh only in the first epoch: later nothing is measured, the critic keeps its fit
+    batches = tr.data.epoch_batches(0, tr.P)
+    assert torch.equal(tr._gain_batch(batches), batches[tr.pos.batch + 1])
+    tr.pos.epoch = 1
+    assert tr._gain_batch(batches) is None

@@ -283,10 +283,14 @@ class Trainer:
 
     def _gain_batch(self, batches: list[torch.Tensor]) -> torch.Tensor | None:
         """The batch to forward before this micro-step's optimizer step and again after it (the gain
-        signal's held-out paths: the next batch, not trained on yet), or None when nothing is measured."""
+        signal's held-out paths: the next batch, not trained on yet), or None when nothing is measured.
+
+        Only in the first epoch: later every path has been trained on, and a step then raises the loss
+        on paths the students had memorised (on the demo task, 6 epochs, the measured gains turned
+        negative after the first and the router fell to rate_min); the critic keeps what it learned."""
         cfg = self.cfg
         last_micro = (self.pos.micro_step + 1) % cfg.grad_accum == 0
-        if not (getattr(self.routing, "measures_gain", False) and last_micro
+        if not (self.routing.measures_gain and last_micro and self.pos.epoch == 0
                 and self.pos.step % cfg.router.gain_every == 0 and self.pos.batch + 1 < len(batches)):
             return None
         return batches[self.pos.batch + 1]
