@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from qr_ds.data.styles import STYLES
+from qr_ds.routing.config import GAIN_FORM
 from qr_ds.run_layout import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +63,7 @@ RUNS = {
     "sft_single": ("SFT (one path per question)", {"router": {"enabled": False}, "mutual": {"enabled": False},
                                                    "data": {"paths_per_question": 1}}),
     "mutual_all": ("QR-Distill, mutual on every path", {"mutual": {"paths": "all"}}),
-    "fit_rate": ("QR-Distill, previous routing (fit signal, rate 0.5)",
-                 {"router": {"signal": "relative", "entropy": "rate", "logit_decay": 0.0}}),
+    "gain": ("QR-Distill, gain routing", {"router": dict(GAIN_FORM)}),
     # the upper bound of routing on the harm variant: its harmful styles kept from the short student only
     "oracle": ("oracle routing", {"router": {"fixed": {"llama": [s for s in STYLES if s not in
                                                                  VARIANTS["harm"]["harm_styles"]]}}}),

@@ -30,6 +30,7 @@ def _one_thread():
 # The previous default (fit signal, rate held at a target, no logit decay): the planted fit cases below
 # are its known answers and must still hold (docs/method.md).
 FIT_RATE = {"signal": "relative", "entropy": "rate", "logit_decay": 0.0}
+GAIN = {"signal": "gain", "entropy": "range", "logit_decay": 0.01}
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -478,7 +479,7 @@ def test_policies_without_a_router_route_by_rule():
 
 def test_gain_policy_state_round_trips_with_its_critic():
     emb = torch.nn.functional.normalize(torch.randn(64, 8, generator=_gen()), dim=1)
-    cfg = RouterConfig(hidden=16, gain_kinds=4)
+    cfg = RouterConfig(hidden=16, gain_kinds=4, **GAIN)
     policy = RoutingPolicy(cfg, in_dim=8, n_students=2, lambda1=1.0, seed=0, pool_sample=emb)
     change = None
     for t in range(20):
@@ -507,7 +508,7 @@ def test_gain_routing_learns_what_helps_each_student(case, seed):
     """all_helpful: every (style, student) at P(on) >= 0.8; harm: the harmful style off the harmed
     student (<= 0.2), everything else on; saturation: the style student 0 has learned goes to student 1."""
     c = GainCase(case=case, seed=seed)
-    result = run_gain_case(c, RouterConfig(**DEMO_ROUTER))
+    result = run_gain_case(c, RouterConfig(**DEMO_ROUTER, **GAIN))
     assert result["solved"], (expected(c).tolist(), result["p_on"])
     if case == "all_helpful":
         assert min(result["rate"]) >= 0.8, result["rate"]

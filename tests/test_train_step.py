@@ -206,10 +206,12 @@ def test_mutual_paths_all_reaches_paths_a_student_is_not_routed(strategy, kit, p
 
 
 def test_gain_signal_measures_the_next_batch_before_and_after_the_step(strategy, kit):
-    """The default router's held-out change: the batch after an optimizer step, forwarded without grad
+    """The gain form's held-out change: the batch after an optimizer step, forwarded without grad
     before the step, against its own forward after it; credited to the critic, logged per student."""
-    tr = _trainer(strategy, kit, "gain", lr_schedule="constant")
-    assert tr.routing.measures_gain and tr.cfg.router.signal == "gain"
+    from qr_ds.routing.config import GAIN_FORM
+
+    tr = _trainer(strategy, kit, "gain", lr_schedule="constant", router={"hidden": 16, **GAIN_FORM})
+    assert tr.routing.measures_gain
     first, second = tr.data.epoch_batches(0, tr.P)[:2]
     tr.micro_step(first, ahead=second)
     tr.routing.step()

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from qr_ds.experiments.planted_routing import Planted, batches, make_pool, style_table
-from qr_ds.routing.config import RouterConfig
+from qr_ds.routing.config import GAIN_FORM, RouterConfig
 from qr_ds.routing.policy import RoutingPolicy
 
 
@@ -103,7 +103,7 @@ def run_gain_case(c: GainCase, router: RouterConfig | None = None, lambda1: floa
                   record_every: int = 25) -> dict:
     """Train a RoutingPolicy as the trainer would: route, train the students, measure the held-out
     change on the next batch (before and after the step), learn, step."""
-    router = router or RouterConfig()
+    router = router or RouterConfig(**GAIN_FORM)
     p = Planted(n_students=c.n_students, n_styles=c.n_styles, n_questions=c.n_questions,
                 embed_dim=c.embed_dim, seed=c.seed, batch_paths=c.batch_paths)
     emb, style, question, shared = make_pool(p)
