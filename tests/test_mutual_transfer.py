@@ -24,10 +24,12 @@ def test_mutual_term_reaches_b_on_x_only_when_it_acts_on_every_path_and_never_it
     assert every_path["lm_head"] == 0.0, every_path  # pooled hidden states come after the body, before the head
 
 
-# Margins from bench-like runs of this size over seeds 0-2 (B's held-out nats per token on X, minus
-# mutual off): anchored on every path, tokens B emits on Y -0.65 to -1.02, tokens only X uses
-# -0.26 to +0.07; the same beside a peer never trained on X, +0.02 to +0.20; paper form on every
-# path, tokens only X uses +1.1 to +1.6 and nats per character +0.08 to +0.13.
+# Margins from runs of this size over seeds 0-2 with the Qwen2 student's byte-level BPE (2026-12-05;
+# B's held-out nats on X minus mutual off): anchored on every path, per character -0.36 to -0.46,
+# tokens B emits on Y -0.82 to -1.04, tokens only X uses -0.58 to +0.06 (with the WordPiece student
+# these were out of reach, -0.26 to +0.07: byte-level pieces are shared across styles); beside a peer
+# never trained on X, tokens B emits -0.03 to +0.10; paper form, per character -0.17 to -0.23 (less
+# than anchored by 0.14-0.24), tokens only X uses +0.32 to +0.58.
 SMALL = Transfer(n_questions=12, heldout_questions=6, warm_steps=80, steps=60)
 ARMS = {"off": Arm(), "anchored": Arm("all"), "control": Arm("all", peer_knows_x=False),
         "paper": Arm("all", "paper")}
@@ -44,11 +46,14 @@ def test_anchored_mutual_on_x_teaches_b_the_tokens_it_already_emits_and_only_fro
     off, on, control = b_after["off"], b_after["anchored"], b_after["control"]
     assert on["nats_per_char_X"] < off["nats_per_char_X"] - 0.05, (on, off)
     assert on["X_nats_per_token_seen"] < off["X_nats_per_token_seen"] - 0.3, (on, off)
-    assert on["X_nats_per_token_unseen"] > off["X_nats_per_token_unseen"] - 0.5, (on, off)  # out of reach
+    # mostly the tokens B already emits: they gain far more than those only X uses
+    seen_gain = off["X_nats_per_token_seen"] - on["X_nats_per_token_seen"]
+    unseen_gain = off["X_nats_per_token_unseen"] - on["X_nats_per_token_unseen"]
+    assert seen_gain > unseen_gain + 0.3, (on, off)
     assert control["X_nats_per_token_seen"] > off["X_nats_per_token_seen"] - 0.3, (control, off)
 
 
-def test_paper_mutual_on_x_does_not_teach_b_and_pushes_down_the_tokens_only_x_uses(b_after):
-    off, paper = b_after["off"], b_after["paper"]
-    assert paper["nats_per_char_X"] > off["nats_per_char_X"] - 0.02, (paper, off)
-    assert paper["X_nats_per_token_unseen"] > off["X_nats_per_token_unseen"] + 0.5, (paper, off)
+def test_paper_mutual_on_x_teaches_b_less_than_anchored_and_pushes_down_the_tokens_only_x_uses(b_after):
+    off, paper, anchored = b_after["off"], b_after["paper"], b_after["anchored"]
+    assert paper["nats_per_char_X"] > anchored["nats_per_char_X"] + 0.1, (paper, anchored)
+    assert paper["X_nats_per_token_unseen"] > off["X_nats_per_token_unseen"] + 0.3, (paper, off)

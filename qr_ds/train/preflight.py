@@ -194,7 +194,7 @@ EMBEDDING_CHUNK = 8192  # records per finiteness check: bounded memory on a larg
 
 
 def pool_problems(cfg: TrainConfig) -> list[str]:
-    """The pool's records parse, at least one is left, no question is empty, and (router on) every
+    """The pool's records parse, at least one is left, and (router on) every
     record's embedding is readable, of one width and finite. The pool is streamed."""
     from qr_ds.data.pool import PoolStream
     from qr_ds.embed.lookup import EmbeddingError, gather_embeddings
@@ -205,10 +205,7 @@ def pool_problems(cfg: TrainConfig) -> list[str]:
     width = None
     try:  # the trainer's own choice of paths: only these must be usable
         for part in chunked(selected(cfg, stream), EMBEDDING_CHUNK):
-            lines = {r.id: line for line, r in part}
-            for line, rec in part:
-                if not (rec.question or "").strip():
-                    return [f"config key 'data.pool': {pool}:{line}: record {rec.id!r} has an empty question"]
+            lines = {r.id: line for line, r in part}  # (empty questions never get here: the reader sets them aside)
             if not cfg.router.enabled:
                 continue
             chunk = [r for _, r in part]
