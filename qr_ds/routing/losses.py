@@ -46,24 +46,14 @@ def balance_entropy(alpha: torch.Tensor, question_index: torch.Tensor) -> torch.
     return -(abar * abar.log() + (1 - abar) * (1 - abar).log()).mean()
 
 
-def rate_kl(p_on: torch.Tensor, recent_rate: torch.Tensor, target: float) -> torch.Tensor:
-    """Sum over students of the binary KL(target || rate), rate = each student's expected share of paths.
-
-    The value is ``recent_rate`` [S], taken over many recent paths: a single batch's rate follows
-    which styles landed in it, and penalising that would pull every path of the batch towards
-    ``target``. The gradient goes through this batch's mean P(on) [P, S], as if it were that rate:
-    d/d P(on)[p, s] = (rate_s - target) / (rate_s (1 - rate_s)) / P, the same for every path of a
-    student, so it sets how many paths a student takes and leaves which ones to the signal, which
-    is centred per student and so says nothing about how many.
-    """
+def _rate_valued_recent(name: str, p_on: torch.Tensor, recent_rate: torch.Tensor) -> torch.Tensor:
+    """Each student's rate [S]: the value of ``recent_rate`` (many recent paths), the gradient of this
+    batch's mean P(on) [P, S], clamped off 0 and 1 with the gradient kept."""
     if p_on.dim() != 2 or recent_rate.shape != p_on.shape[1:]:
-        raise ValueError(f"rate_kl: p_on must be [P, S] and recent_rate [S], got {tuple(p_on.shape)} "
+        raise ValueError(f"{name}: p_on must be [P, S] and recent_rate [S], got {tuple(p_on.shape)} "
                          f"and {tuple(recent_rate.shape)}")
     batch_rate = p_on.mean(dim=0)
-    rate = recent_rate.detach().to(batch_rate) + (batch_rate - batch_rate.detach())
-    rate = _clamp_keep_grad(rate, _EPS, 1 - _EPS)
-    return (target * math.log(target) - target * rate.log()
-            + (1 - target) * math.log(1 - target) - (1 - target) * (1 - rate).log()).sum()
+    return _clamp_keep_grad(recent_rate.detach().to(batch_rate) + (batch_rate - batch_rate.detach()), _EPS, 1 - _EPS)
 
 
 def _binary_kl(target: float, rate: torch.Tensor) -> torch.Tensor:
@@ -76,17 +66,25 @@ def _binary_kl(target: float, rate: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def rate_kl(p_on: torch.Tensor, recent_rate: torch.Tensor, target: float) -> torch.Tensor:
+    """Sum over students of the binary KL(target || rate), rate = each student's expected share of paths.
+
+    The value is ``recent_rate`` [S], taken over many recent paths: a single batch's rate follows
+    which styles landed in it, and penalising that would pull every path of the batch towards
+    ``target``. The gradient goes through this batch's mean P(on) [P, S], as if it were that rate:
+    d/d P(on)[p, s] = (rate_s - target) / (rate_s (1 - rate_s)) / P, the same for every path of a
+    student, so it sets how many paths a student takes and leaves which ones to the signal, which
+    is centred per student and so says nothing about how many.
+    """
+    return _binary_kl(target, _rate_valued_recent("rate_kl", p_on, recent_rate)).sum()
+
+
 def range_kl(p_on: torch.Tensor, recent_rate: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     """Sum over students of the binary KL back to the nearer of [lo, hi] when the rate is outside it;
-    0 inside. Value and gradient path as ``rate_kl``: the value over the recent paths, the gradient
-    through this batch's mean P(on)."""
-    if p_on.dim() != 2 or recent_rate.shape != p_on.shape[1:]:
-        raise ValueError(f"range_kl: p_on must be [P, S] and recent_rate [S], got {tuple(p_on.shape)} "
-                         f"and {tuple(recent_rate.shape)}")
+    0 inside. Value and gradient path as ``rate_kl``."""
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"range_kl: need 0 <= lo <= hi <= 1, got lo={lo}, hi={hi}")
-    batch_rate = p_on.mean(dim=0)
-    rate = _clamp_keep_grad(recent_rate.detach().to(batch_rate) + (batch_rate - batch_rate.detach()), _EPS, 1 - _EPS)
+    rate = _rate_valued_recent("range_kl", p_on, recent_rate)
     below = (rate < lo).to(rate) * _binary_kl(lo, rate)
     above = (rate > hi).to(rate) * _binary_kl(hi, rate)
     return (below + above).sum()

@@ -8,6 +8,8 @@
 - ``AllPaths``: every path to every student (w/o Route).
 - ``FixedRouting``: a fixed student -> styles assignment (``router.fixed``; the oracle arm of a study).
 
+- ``Follower``: a learned router on the ranks other than the coordinator.
+
 ``make_policy`` picks one from the config; ``learns`` says whether the router needs per-path losses.
 """
 from __future__ import annotations
@@ -48,6 +50,19 @@ class FixedRouting(AllPaths):
         if styles is None:
             raise ValueError("FixedRouting.route: needs each path's style index")
         return self.allowed[styles].clone()
+
+
+class Follower:
+    """A learned router as the other ranks see it: they take the coordinator's broadcast routing and
+    measure what it asks for, with no router, optimizer or critic of their own to build."""
+
+    learns = True
+
+    def __init__(self, measures_gain: bool):
+        self.measures_gain = measures_gain
+
+    def step(self) -> None:
+        pass
 
 
 class RoutingPolicy:
@@ -152,9 +167,11 @@ class RoutingPolicy:
 
 
 def make_policy(cfg: RouterConfig, embeddings: torch.Tensor | None, students: list[str], styles: list[str],
-                lambda1: float, seed: int, sample: int = 20_000) -> AllPaths | RoutingPolicy:
+                lambda1: float, seed: int, sample: int = 20_000,
+                coordinator: bool = True) -> AllPaths | RoutingPolicy | Follower:
     """The policy a config names: no router, a fixed assignment by style, or the learned router (whose
-    gain critic groups paths by k-means over at most ``sample`` of the pool's ``embeddings``)."""
+    gain critic groups paths by k-means over at most ``sample`` of the pool's ``embeddings``); off the
+    ``coordinator``, the learned router's ``Follower``."""
     if not cfg.enabled:
         return AllPaths(len(students))
     if cfg.fixed:
@@ -167,10 +184,14 @@ def make_policy(cfg: RouterConfig, embeddings: torch.Tensor | None, students: li
             s = students.index(name)
             allowed[:, s] = torch.tensor([float(style in kept) for style in styles])
         return FixedRouting(allowed)
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(embeddings), generator=g)[:sample].sort().values
-    return RoutingPolicy(cfg, embeddings.shape[1], len(students), lambda1, seed,
-                         pool_sample=torch.as_tensor(embeddings[pick.numpy()]))
+    needs_gain = SIGNALS[cfg.signal].needs_gain
+    if not coordinator:
+        return Follower(needs_gain)
+    pool_sample = None
+    if needs_gain:
+        pick = torch.randperm(len(embeddings), generator=torch.Generator().manual_seed(seed))[:sample].sort().values
+        pool_sample = torch.as_tensor(embeddings[pick.numpy()])
+    return RoutingPolicy(cfg, embeddings.shape[1], len(students), lambda1, seed, pool_sample=pool_sample)
 
 
 @torch.no_grad()

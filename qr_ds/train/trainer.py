@@ -72,10 +72,10 @@ class Trainer:
         self.exchange = None
         if cfg.use_mutual:
             self.exchange = MutualExchange(cfg.mutual, cfg.lambda2, cfg.micro_batch_paths, strategy)
-        # Built on every rank (a router is a small MLP) so every rank knows what the policy needs; only
-        # the coordinator's routes and learns, and the others follow its broadcast.
+        # On every rank, so every rank knows what the policy needs; a learned router is built on the
+        # coordinator only, and the others follow its broadcast.
         self.routing = make_policy(cfg.router, self.data.embeddings, [s.name for s in cfg.students],
-                                   self.data.prepared.styles, cfg.lambda1, cfg.seed)
+                                   self.data.prepared.styles, cfg.lambda1, cfg.seed, coordinator=self.is_coord)
         self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None  # (next batch, its losses before the step)
         self.pos = Position()
         self.evaluator = None
