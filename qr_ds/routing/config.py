@@ -10,7 +10,9 @@ from qr_ds.routing.signals import SIGNALS
 
 # The learning-gain form (docs/method.md): right on every known-answer case, but on the demo task (one
 # seed) it cost the short-context student 53 points against w/o Route, so it is not the default yet.
-GAIN_FORM = {"signal": "gain", "entropy": "range", "logit_decay": 0.01}
+GAIN_FORM = {"signal": "gain", "entropy": "range", "logit_decay": 0.01, "prior_on": 0.9}
+# The fit form: the default before the gain form, kept for comparison (docs/method.md).
+FIT_FORM = {"signal": "relative", "entropy": "rate", "logit_decay": 0.0, "prior_on": 0.5}
 
 
 @dataclass
@@ -25,6 +27,11 @@ class RouterConfig:
                                                  "exactly 0 or 1 (about 0.96 at a unit signal with 0.01, the "
                                                  "gain form's value), where the straight-through gradient "
                                                  "vanishes and routing locks in"))
+    prior_on: float = field(
+        default=0.5, metadata=rule(min=0.01, max=0.99, help="the P(on) logit_decay pulls each (path, student) "
+                                                            "towards where the signal is silent: 0.5 = undecided; "
+                                                            "near 1 = every path to every student (w/o Route) "
+                                                            "until the evidence says a path does not help"))
     signal: str = field(
         default="relative", metadata=rule(choices=tuple(SIGNALS), help="what the router minimises per routed (path, "
                                       "student): " + "; ".join(f"{k} = {v.help}" for k, v in SIGNALS.items())))

@@ -14,6 +14,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from qr_ds.routing.balances import BALANCES
@@ -133,7 +135,8 @@ class RoutingPolicy:
                                       recent_rate, self.cfg)
         # Keeps each on/off logit gap where the straight-through gradient is alive (P(on) ~0.96 at a
         # unit signal): a saturated router (P(on) 1.00) cannot hear that a path it took has turned harmful.
-        gap = logits[..., 1] - logits[..., 0]
+        # The pull is towards the prior's gap, so a path no evidence speaks about sits at prior_on.
+        gap = logits[..., 1] - logits[..., 0] - math.log(self.cfg.prior_on / (1 - self.cfg.prior_on))
         loss = loss + self.cfg.logit_decay * gap.float().pow(2).mean()
         (loss * scale).backward()
         return {"loss": loss.item(), **stats, **more}
