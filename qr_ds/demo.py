@@ -66,6 +66,7 @@ RUNS = {
     "gain": ("QR-Distill, gain routing", {"router": dict(GAIN_FORM)}),
     "gain_mutual_all": ("QR-Distill, gain routing, mutual on every path",
                         {"router": dict(GAIN_FORM), "mutual": {"paths": "all"}}),
+    "gain_no_mutual": ("w/o Collab, gain routing", {"router": dict(GAIN_FORM), "mutual": {"enabled": False}}),
     "fit": ("QR-Distill, fit routing (rate 0.5)", {"router": dict(FIT_FORM)}),
     # the upper bound of routing on the harm variant: its harmful styles kept from the short student only
     "oracle": ("oracle routing", {"router": {"fixed": {"llama": [s for s in STYLES if s not in
