@@ -20,7 +20,7 @@ def test_defaults_load():
     ({"lamda1": 0.1}, "unknown config key 'lamda1'"),
     ({"router": {"tau": "hot"}}, "config key 'router.tau': got 'hot'; allowed: a number"),
     ({"router": {"tau": 0}}, "config key 'router.tau': got 0.0; allowed: >= 0.001"),
-    ({"placement": "sideways"}, "config key 'placement': got 'sideways'; allowed: 'separate' | 'colocated'"),
+    ({"placement": "sideways"}, "config key 'placement': got 'sideways'; allowed: one of 'separate', 'colocated'"),
     ({"students": [{"name": "a", "model": "m", "lora": {"r": 0}}, {"name": "b", "model": "m"}]},
      "config key 'students[0].lora.r': got 0; allowed: >= 1"),
     ({"students": [{"name": "a", "model": "m", "ranks": True}, {"name": "b", "model": "m"}]},

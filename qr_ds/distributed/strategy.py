@@ -152,7 +152,7 @@ class Strategy:
                                cfg.micro_batch_paths, cfg.grad_accum, cfg.grad_clip, sc.dtype)
         engine = StudentEngine(engines.create_engine(module, optimizer, scheduler, ds, self.mpu(student)),
                                self.writes_for(student))
-        if engine.zero3 and self.layout.placement == "separate":
+        if engine.zero3 and not self.layout.placement.students_share_ranks:
             self.scope_zero3_checks(student)
         return engine
 
@@ -187,9 +187,9 @@ class Strategy:
         """
         owners = self.layout.cross_group(chunk)
         members = tuple(sorted(set(owners)))
-        if len(members) == 1:  # colocated: everything is here
+        if len(members) == 1:  # students share this rank: everything is here
             return [local[s] for s in range(self.layout.n_students)]
-        (s_here,) = local  # separate placement: one student per rank
+        (s_here,) = local  # students on their own ranks: one student per rank
         mine = self._comm_tensor(local[s_here].detach().contiguous())
         out = [torch.empty_like(mine) for _ in members]
         dist.all_gather(out, mine, group=self.cross[members])

@@ -1,26 +1,24 @@
 """Which rank runs which student on which data: a pure function of the config and world size.
 
-``separate``: students get disjoint, contiguous rank blocks (student 0 first) and run
-concurrently. ``colocated``: every rank runs every student, one after another.
-Each global micro-batch is cut into ``n_chunks`` = lcm(rank counts) equal chunks; a student with
-n ranks gives each rank n_chunks / n consecutive chunks. The ranks that hold the same chunk in
-each student form that chunk's cross-student group, which all-gathers projected states.
+The placement (placement.py) gives each student its block of global ranks. Each global micro-batch
+is cut into ``n_chunks`` = lcm(ranks of each student) equal chunks; a student with n ranks gives each
+rank n_chunks / n consecutive chunks. The ranks that hold the same chunk in each student form that
+chunk's cross-student group, which all-gathers projected states.
 """
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass
-from typing import Literal
 
-Placement = Literal["separate", "colocated"]
+from qr_ds.distributed.placement import PLACEMENTS, Blocks, Placement
 
 
 @dataclass(frozen=True)
 class Layout:
     placement: Placement
     world_size: int
-    student_ranks: tuple[tuple[int, ...], ...]  # student -> its global ranks (its data-parallel group)
+    student_ranks: Blocks  # student -> its global ranks (its data-parallel group)
     n_chunks: int
 
     @property
@@ -44,7 +42,7 @@ class Layout:
         return ranks[chunk // (self.n_chunks // len(ranks))]
 
     def cross_group(self, chunk: int) -> tuple[int, ...]:
-        """Ranks holding ``chunk``, one per student in student order (a rank may repeat when colocated)."""
+        """Ranks holding ``chunk``, one per student in student order (a rank repeats where students share ranks)."""
         return tuple(self.chunk_owner(s, chunk) for s in range(self.n_students))
 
     def cross_groups(self) -> list[tuple[int, ...]]:
@@ -55,25 +53,13 @@ class Layout:
         return list(seen)
 
 
-def make_layout(rank_counts: list[int], world_size: int, placement: Placement) -> Layout:
+def make_layout(rank_counts: list[int], world_size: int, placement: str) -> Layout:
     if not rank_counts or any(n < 1 for n in rank_counts):
         raise ValueError(f"every student needs at least one rank, got {rank_counts}")
-    if placement == "separate":
-        need = sum(rank_counts)
-        if world_size != need:
-            raise ValueError(
-                f"placement 'separate' needs one process per student rank: students ask for "
-                f"{' + '.join(map(str, rank_counts))} = {need} ranks but the launcher started {world_size}"
-            )
-        blocks, start = [], 0
-        for n in rank_counts:
-            blocks.append(tuple(range(start, start + n)))
-            start += n
-        return Layout(placement, world_size, tuple(blocks), math.lcm(*rank_counts))
-    if placement == "colocated":
-        everyone = tuple(range(world_size))
-        return Layout(placement, world_size, tuple(everyone for _ in rank_counts), world_size)
-    raise ValueError(f"unknown placement {placement!r}; use 'separate' or 'colocated'")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; use {' or '.join(map(repr, PLACEMENTS))}")
+    blocks = PLACEMENTS[placement].blocks(rank_counts, world_size)
+    return Layout(PLACEMENTS[placement], world_size, blocks, math.lcm(*map(len, blocks)))
 
 
 def local_rank() -> int:

@@ -81,8 +81,8 @@ class MutualExchange:
         return MutualInputs(z, logits, routed, span_mask.to(z.device), self.n_paths, self.cfg.form, nats)
 
     def _bytes_received(self) -> int:
-        """Bytes this rank receives per micro-step in the all-gathers (float32): none when colocated."""
-        if self.layout.placement == "colocated":
+        """Bytes this rank receives per micro-step in the all-gathers (float32): none where students share ranks."""
+        if self.layout.placement.students_share_ranks:
             return 0
         c, M, D = self.c, self.cfg.max_spans, self.cfg.shared_dim
         chunks = self.layout.chunks_of(self.strategy.local_students[0], self.strategy.rank)

@@ -15,8 +15,8 @@ LAUNCH = script()  # launch/train.py, installed or in this checkout
 def register(sub) -> None:
     p = sub.add_parser("train", help="train students together (wraps `deepspeed launch/train.py`)",
                        description="Runs `deepspeed [--hostfile H] --num_gpus N launch/train.py --config C`. "
-                                   "N defaults to the sum of the students' ranks (separate placement), or this "
-                                   "node's GPUs when a student has ranks: auto.")
+                                   "N defaults to the world the students' ranks ask for under their placement, "
+                                   "or this node's GPUs when a student has ranks: auto.")
     p.add_argument("--config", required=True, type=Path)
     add_resume_flag(p)
     p.add_argument("--overwrite", action="store_true",

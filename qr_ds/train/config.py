@@ -9,6 +9,7 @@ from typing import Literal
 
 from qr_ds.config import ConfigError, rule
 from qr_ds.data.baselines import OBJECTIVES, TRAIN_TASKS
+from qr_ds.distributed.placement import AUTO_RANKS, PLACEMENTS
 from qr_ds.mutual.config import MutualConfig
 from qr_ds.routing.config import RouterConfig
 
@@ -18,8 +19,6 @@ NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 REPORTERS = {"jsonl": (None, ""), "tensorboard": ("tensorboard", "pip install tensorboard"),
              "wandb": ("wandb", "pip install wandb"), "trackio": ("trackio", "pip install trackio")}
 Reporter = Literal["jsonl", "tensorboard", "wandb", "trackio"]
-
-AUTO_RANKS = "auto"  # students[].ranks: share the launcher's world (qr_ds/train/world.py)
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -126,7 +125,8 @@ class TrainConfig:
                                                                     "L_entropy; router.entropy picks its form); the "
                                                                     "paper gives no value, our configs use 1.0"))
     lambda2: float = field(default=0.1, metadata=rule(min=0.0, help="mutual loss weight (eq. 9)"))
-    placement: Literal["separate", "colocated"] = "separate"
+    placement: str = field(default="separate", metadata=rule(choices=tuple(PLACEMENTS), help="how students share "
+                           "the processes: " + "; ".join(f"{k} = {p.help}" for k, p in PLACEMENTS.items())))
     epochs: int = field(default=1, metadata=rule(min=1))
     max_steps: int = field(default=0, metadata=rule(min=0, help="optimizer steps; 0 = run all epochs"))
     micro_batch_paths: int = field(default=8, metadata=rule(min=1, help="paths per chunk per micro-step"))
@@ -194,9 +194,9 @@ class TrainConfig:
         for i, s in enumerate(self.students):
             if s.ranks != AUTO_RANKS and s.ranks < 1:
                 raise ConfigError(f"config key 'students[{i}].ranks': got {s.ranks}; allowed: >= 1 or 'auto'")
-        if self.placement == "colocated" and len({s.ranks for s in self.students}) > 1:
-            raise ConfigError("config key 'students[].ranks': colocated placement runs every student on "
-                              "every rank; leave ranks at the same value")
+        problem = PLACEMENTS[self.placement].ranks_problem([s.ranks for s in self.students])
+        if problem:
+            raise ConfigError(f"config key 'students[].ranks': {problem}")
 
     def max_len_of(self, s: int) -> int:
         return self.students[s].max_len or self.data.max_len

@@ -1,14 +1,11 @@
 """How many processes a launch starts, and how they are divided between students: one rule for the
 config, `qr-ds train` (this node or a hostfile), a SLURM allocation and torchrun.
 
-The rule (docs/clusters.md states it in the same words):
-- ``placement: separate``: each student owns its own ranks. A student with ``ranks: N`` takes N; the
-  ranks left of the launcher's world are shared equally by the students with ``ranks: auto``. The
-  world must equal the fixed ranks plus an equal whole share (at least one) for each ``auto`` student.
-- ``placement: colocated``: every rank runs every student; any world fits.
-- Batch: each global micro-batch is ``micro_batch_paths`` x lcm(rank counts) paths (x world when
-  colocated), cut into lcm chunks; a student's rank takes lcm / its ranks chunks. An optimizer step
-  sees that times ``grad_accum``: more ranks means more paths a step and fewer steps an epoch.
+The rule is the placement's (qr_ds/distributed/placement.py; docs/clusters.md states it in the same
+words). Batch: each global micro-batch is ``micro_batch_paths`` x lcm(the students' rank counts) paths
+(a colocated student's count is the world), cut into lcm chunks; a student's rank takes lcm / its
+ranks chunks. An optimizer step sees that times ``grad_accum``: more ranks means more paths a step
+and fewer steps an epoch.
 """
 from __future__ import annotations
 
@@ -17,7 +14,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from qr_ds.train.config import AUTO_RANKS, TrainConfig
+from qr_ds.distributed.placement import AUTO_RANKS, PLACEMENTS
+from qr_ds.distributed.topology import make_layout
+from qr_ds.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -30,24 +29,7 @@ class World:
 
 def student_ranks(cfg: TrainConfig, world: int, source: str = "the launcher") -> list[int]:
     """Ranks of each student in this world, by the rule above; ValueError naming the config key."""
-    asked = [s.ranks for s in cfg.students]
-    if cfg.placement == "colocated":
-        return [world] * len(asked)
-    fixed = sum(n for n in asked if n != AUTO_RANKS)
-    autos = asked.count(AUTO_RANKS)
-    left = world - fixed
-    if autos == 0 and left == 0:
-        return list(asked)
-    if autos and left >= autos and left % autos == 0:
-        return [left // autos if n == AUTO_RANKS else n for n in asked]
-    if autos:
-        want = (f"{fixed} plus " if fixed else "") + f"a positive multiple of {autos}"
-    else:
-        want = f"{fixed}, or ranks: auto to share any world"
-    raise ValueError(f"config key 'students[].ranks': placement 'separate' gives each student its own ranks: the "
-                     f"fixed ranks plus an equal share of the rest for each 'auto' student must make up the world, "
-                     f"but {' + '.join(map(str, asked))} does not fit the {world} processes started by {source} "
-                     f"(want a world of {want})")
+    return PLACEMENTS[cfg.placement].student_ranks([s.ranks for s in cfg.students], world, source)
 
 
 def fixed_world(cfg: TrainConfig) -> int | None:
@@ -55,7 +37,7 @@ def fixed_world(cfg: TrainConfig) -> int | None:
     asked = [s.ranks for s in cfg.students]
     if AUTO_RANKS in asked:
         return None
-    return sum(asked) if cfg.placement == "separate" else asked[0]
+    return PLACEMENTS[cfg.placement].fixed_world(asked)
 
 
 def hostfile_world(path: Path) -> World:
@@ -111,8 +93,7 @@ def local_gpus() -> int:
 
 def global_batch(cfg: TrainConfig, ranks: list[int]) -> int:
     """Paths in one optimizer step (see the module's rule)."""
-    chunks = ranks[0] if cfg.placement == "colocated" else math.lcm(*ranks)
-    return cfg.micro_batch_paths * chunks * cfg.grad_accum
+    return cfg.micro_batch_paths * math.lcm(*ranks) * cfg.grad_accum
 
 
 def _span(first: int, last: int) -> str:
@@ -134,18 +115,15 @@ def _nodes_of(world: World, ranks: tuple[int, ...]) -> str:
 def plan(cfg: TrainConfig, world: World) -> list[str]:
     """What each rank will run, and the batch it makes: the dry run's printout."""
     ranks = student_ranks(cfg, world.size, world.source)
+    layout = make_layout(ranks, world.size, cfg.placement)
     lines = [f"world: {world.size} processes ({world.source})"]
-    start = 0
-    for s, n in zip(cfg.students, ranks):
-        block = tuple(range(world.size)) if cfg.placement == "colocated" else tuple(range(start, start + n))
-        start += 0 if cfg.placement == "colocated" else n
+    for s, block in zip(cfg.students, layout.student_ranks):
         lines.append(f"{_span(block[0], block[-1])}{_nodes_of(world, block)}: student {s.name!r} ({s.model}, "
                      f"{s.finetune}, {s.dtype}, lr {s.lr:g}, {s.deepspeed}), data-parallel over {len(block)}")
-    chunks = world.size if cfg.placement == "colocated" else math.lcm(*ranks)
-    lines.append(f"batch: {cfg.micro_batch_paths} paths a chunk (micro_batch_paths) x {chunks} chunks "
+    lines.append(f"batch: {cfg.micro_batch_paths} paths a chunk (micro_batch_paths) x {layout.n_chunks} chunks "
                  f"(lcm of the students' ranks) x grad_accum {cfg.grad_accum} = {global_batch(cfg, ranks)} "
                  "paths an optimizer step; steps an epoch = selected paths / that")
-    if world.hosts and cfg.placement == "separate":
+    if world.hosts and not layout.placement.students_share_ranks:
         lines.append("note: under torchrun with c10d the nodes are numbered by the rendezvous, not by name: "
                      "which node holds which student may differ; nothing depends on it")
     return lines
