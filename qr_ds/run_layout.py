@@ -1,7 +1,9 @@
 """Where a training run keeps its files: the one place that knows the names.
 
 ``RUN/`` holds ``config.yaml``, ``metrics.jsonl``, ``eval.jsonl``, ``tb/`` (TensorBoard), ``ranks/``
-(pid files naming a dead rank), ``eval/`` (evaluations during training) and ``checkpoints/``:
+(pid files naming a dead rank), ``eval/`` (evaluations during training), ``prepared/`` (the prepared
+training data, unless configured elsewhere), maybe ``pool.jsonl`` (the pool it trained on) and
+``checkpoints/``:
 
 ``checkpoints/step_000100/``: ``meta.json`` (written last in a checkpoint), ``students/<name>/``
 (``adapter/`` for a LoRA student or ``model/`` for a fully trained one, each with the student's
@@ -9,7 +11,8 @@ tokenizer, plus ``mutual_head.pt``), ``engines/<name>/`` (DeepSpeed state), ``rn
 ``<component>.pt`` (coordinator state such as the router) and ``position.json`` (data position).
 ``checkpoints/latest`` names the newest complete checkpoint and is replaced atomically and durably.
 Trainer, evaluation, report, demo and tests ask this module, also the way back (the checkpoint of a
-student's weights, the run of a checkpoint); none rebuilds a path by hand.
+student's weights, the run of a checkpoint); none rebuilds a path by hand. A training run's ``RunDir``
+is its config's (``TrainConfig.run``): launch, preflight, the trainer and the prepared data ask that one.
 """
 from __future__ import annotations
 
@@ -182,6 +185,7 @@ class RunDir:
     checkpoints = property(lambda self: self.root / "checkpoints")
     latest_marker = property(lambda self: self.checkpoints / "latest")
     prepared = property(lambda self: self.root / "prepared")  # prepared training data, unless configured elsewhere
+    pool = property(lambda self: self.root / "pool.jsonl")  # a copy of the pool the run trained on, if kept
 
     def is_run(self) -> bool:
         """A training run's folder: checkpoints/ beside its config.yaml or its checkpoints/latest."""
@@ -195,8 +199,7 @@ class RunDir:
             pool = ((yaml.safe_load(self.config.read_text()) or {}).get("data") or {}).get("pool")
             if pool and Path(pool).is_file():
                 return Path(pool)
-        local = self.root / "pool.jsonl"
-        return local if local.is_file() else None
+        return self.pool if self.pool.is_file() else None
 
     def checkpoint(self, step: int) -> CheckpointDir:
         return CheckpointDir(self.checkpoints / step_name(step))

@@ -19,6 +19,15 @@ def test_no_module_but_run_layout_spells_a_run_folder_name():  # tests may: they
     assert found == []
 
 
+def test_training_builds_its_run_dir_in_one_place_and_passes_it():  # TrainConfig.run; eval and report open
+    # a folder the user names, so they may build one
+    found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+             for p in sorted((ROOT / "qr_ds" / "train").glob("*.py")) + sorted((ROOT / "launch").glob("*.py"))
+             if p.name != "config.py"
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "RunDir(" in line]
+    assert found == []
+
+
 def test_a_run_folder_is_known_by_its_checkpoints_and_config_or_latest(tmp_path):
     run = RunDir(tmp_path / "run")
     run.checkpoints.mkdir(parents=True)

@@ -12,6 +12,7 @@ from qr_ds.data.baselines import OBJECTIVES, TRAIN_TASKS
 from qr_ds.distributed.placement import AUTO_RANKS, PLACEMENTS
 from qr_ds.mutual.config import MutualConfig
 from qr_ds.routing.config import RouterConfig
+from qr_ds.run_layout import RunDir
 
 # A student name becomes a folder and a metric key: a plain identifier, never a path.
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
@@ -197,6 +198,12 @@ class TrainConfig:
         problem = PLACEMENTS[self.placement].ranks_problem([s.ranks for s in self.students])
         if problem:
             raise ConfigError(f"config key 'students[].ranks': {problem}")
+
+    @property
+    def run(self) -> RunDir:
+        """The run folder (output_dir) by its names: launch, preflight, the trainer and the prepared data
+        all ask this, so how a run's folder follows from its config is decided once."""
+        return RunDir(self.output_dir)
 
     def max_len_of(self, s: int) -> int:
         return self.students[s].max_len or self.data.max_len

@@ -17,6 +17,8 @@ import traceback
 from importlib.util import find_spec
 from pathlib import Path
 
+from qr_ds.run_layout import RunDir
+
 
 def script() -> Path:
     """launch/train.py as installed (package data ``qr_ds.launch``) or in this checkout."""
@@ -46,15 +48,13 @@ def resume_mode(args) -> str:
     return args.resume
 
 
-def wants_resume(mode: str, output_dir: Path) -> bool:
+def wants_resume(mode: str, run: RunDir) -> bool:
     """Whether this start resumes: auto resumes a run that has a complete checkpoint. A latest that
     cannot be read counts as one, so preflight names what is wrong with it."""
-    from qr_ds.run_layout import RunDir
-
     if mode != "auto":
         return mode == "yes"
     try:
-        return RunDir(output_dir).latest() is not None
+        return run.latest() is not None
     except ValueError:
         return True
 
@@ -165,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from qr_ds.config import load_config, parse_override, to_dict
-    from qr_ds.run_layout import RunDir
     from qr_ds.train.config import TrainConfig
 
     rank = int(os.environ.get("RANK", "0"))
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(TrainConfig, args.config, dict(parse_override(o) for o in args.overrides))
         cfg.run_name = cfg.run_name or Path(args.config).stem  # trackers name the config, not the folder
-        run = RunDir(cfg.output_dir)
+        run = cfg.run
         from qr_ds.distributed.health import write_pid_file
         from qr_ds.distributed.shm_lock import check_shm_build_lock
         from qr_ds.distributed.strategy import Strategy
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
         write_pid_file(run.ranks, rank)  # before any collective can fail
         check_shm_build_lock()
-        resume = wants_resume(mode, cfg.output_dir)
+        resume = wants_resume(mode, run)
         strategy = Strategy(checked_layout(cfg, resume), cfg.backend, cfg.collective_timeout_s)
         trainer = Trainer(cfg, strategy)
         if strategy.is_coordinator:

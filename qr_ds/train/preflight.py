@@ -18,6 +18,7 @@ from qr_ds.data.pool import normalise_question, pool_questions
 from qr_ds.distributed.ds_json import read_ds_json
 from qr_ds.distributed.engines import find_ds_config
 from qr_ds.models.packaged import is_gguf_spec, spec_problems
+from qr_ds.run_layout import RunDir
 from qr_ds.train.config import StudentConfig, TrainConfig
 from qr_ds.train.world import World, student_ranks
 
@@ -36,7 +37,7 @@ def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bo
         found += student_problems(i, student)
     found += path_problem("data.pool", cfg.data.pool, "the embedded pool from `qr-ds embed`")
     found += output_dir_problem(cfg.output_dir)
-    found += existing_run_problems(cfg.output_dir, resume, overwrite)
+    found += existing_run_problems(cfg.run, resume, overwrite)
     found += world_problem(cfg, world)
     if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
         found.append(f"config key 'seed': {cfg.seed} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]} "
@@ -162,11 +163,9 @@ def output_dir_problem(out: Path) -> list[str]:
     return []
 
 
-def existing_run_problems(out: Path, resume: bool, overwrite: bool) -> list[str]:
+def existing_run_problems(run: RunDir, resume: bool, overwrite: bool) -> list[str]:
     """Training into a run that holds results needs --resume (continue it) or --overwrite (set it aside)."""
-    from qr_ds.run_layout import RunDir
-
-    run = RunDir(out)
+    out = run.root
     try:
         latest = run.latest()
     except ValueError as e:

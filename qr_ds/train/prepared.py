@@ -31,7 +31,6 @@ from qr_ds.data.pool import PoolStream
 from qr_ds.distributed.health import launch_id
 from qr_ds.distributed.topology import local_rank
 from qr_ds.embed.lookup import gather_embeddings
-from qr_ds.run_layout import RunDir
 from qr_ds.train.config import TrainConfig
 from qr_ds.train.encoding import ChunkEncoder, Encoded, chunked, selected, task_of
 
@@ -42,7 +41,7 @@ ENV_DIR = "QR_DS_PREPARED_DIR"  # a cache shared by runs (or by nodes, on a shar
 
 def prepared_root(cfg: TrainConfig) -> Path:
     """``data.prepared_dir``, else $QR_DS_PREPARED_DIR, else the run's own folder."""
-    return Path(cfg.data.prepared_dir or os.environ.get(ENV_DIR) or RunDir(Path(cfg.output_dir)).prepared)
+    return Path(cfg.data.prepared_dir or os.environ.get(ENV_DIR) or cfg.run.prepared)
 
 
 def older_for_pool(root: Path, key: str, pool: Path) -> list[tuple[Path, int]]:

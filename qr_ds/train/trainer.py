@@ -23,7 +23,6 @@ from qr_ds.config import to_dict
 from qr_ds.distributed.strategy import StudentEngine, Strategy
 from qr_ds.mutual.exchange import MutualExchange, Share
 from qr_ds.routing.policy import make_policy
-from qr_ds.run_layout import RunDir
 from qr_ds.train.checkpoint import Checkpointer, StudentSlot
 from qr_ds.train.config import TrainConfig
 from qr_ds.train.data import TrainData, collate
@@ -50,7 +49,7 @@ class Trainer:
         self.cfg, self.strategy = cfg, strategy
         self.is_coord = strategy.is_coordinator
         self.say = log if self.is_coord else (lambda *_: None)
-        self.run = RunDir(cfg.output_dir)
+        self.run = cfg.run
         S = len(cfg.students)
         # Tokenizers first: a bad tokenizer or an empty pool is refused before any model loads.
         self.tokenizers = [load_tokenizer(s) for s in cfg.students]
