@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from qr_ds.cli import main
@@ -130,3 +131,16 @@ def test_a_stale_lock_from_a_dead_run_is_taken_over_with_a_note(tmp_path, monkey
         assert main(["generate", write_cfg(tmp_path, server.url), "--no-progress"]) == 0
     assert f"note: took over {lock_path(tmp_path / 'pool.jsonl')}, left by pid {dead.pid}" in capfd.readouterr().err
     assert len(load_pool(tmp_path / "pool.jsonl").records) == 12
+
+
+def test_every_teacher_backend_names_a_teacher_and_an_unknown_one_is_refused():
+    from importlib import import_module
+
+    from qr_ds.teacher.backends import make_teacher
+    from qr_ds.teacher.config import BACKENDS, TeacherConfig
+
+    for spec in BACKENDS.values():
+        module, _, name = spec.partition(":")
+        assert callable(getattr(import_module(module), name).run)
+    with pytest.raises(ValueError, match="no teacher backend 'carrier-pigeon'"):
+        make_teacher(TeacherConfig(backend="carrier-pigeon"))

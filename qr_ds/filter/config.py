@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qr_ds.config import ConfigError, rule
-from qr_ds.teacher.config import TeacherConfig
+from qr_ds.teacher.config import BACKENDS, TeacherConfig
 
-JUDGE_BACKENDS = ("openai", "vllm", "hf", "none", "scripted")
+JUDGE_BACKENDS = (*BACKENDS, "none")  # any teacher, or none: skip step 2
 HOW_TO_JUDGE = """Name a judge in the filter config (a pipeline YAML's filter: section), e.g.
   judge:                                  # an OpenAI-compatible endpoint (OpenAI, Gemini, `vllm serve`)
     backend: openai

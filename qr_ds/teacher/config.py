@@ -8,7 +8,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from qr_ds.config import ConfigError, rule
 
-BACKENDS = ("openai", "vllm", "hf", "scripted")
+# backend -> its Teacher as "module:Class", imported only when a config names it, so a backend's
+# dependencies load only for the runs that use it. "scripted" is the synthetic demo's stand-in, not a model.
+BACKENDS = {"openai": "qr_ds.teacher.openai_http:OpenAITeacher", "vllm": "qr_ds.teacher.local:VllmTeacher",
+            "hf": "qr_ds.teacher.local:HFTeacher", "scripted": "qr_ds.teacher.scripted:ScriptedTeacher"}
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KEY_PREFIXES = ("sk-", "sk_", "AIza", "hf_", "gsk_", "xai-", "pk-", "ghp_", "Bearer ")
 
@@ -54,7 +57,7 @@ class ScriptedConfig:
 
 @dataclass
 class TeacherConfig:
-    backend: str = field(default="openai", metadata=rule(choices=BACKENDS, help="how the teacher is reached"))
+    backend: str = field(default="openai", metadata=rule(choices=tuple(BACKENDS), help="how the teacher is reached"))
     model: str = field(default="", metadata=rule(help="model name (openai), local dir (vllm/hf); scripted: ignored"))
     base_url: str = field(default="https://api.openai.com/v1", metadata=rule(help="OpenAI-compatible endpoint (openai backend)"))
     api_key_env: str | None = field(default=None, metadata=rule(help="name of the env var holding the API key; never logged"))
