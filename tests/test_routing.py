@@ -14,6 +14,7 @@ from qr_ds.routing import (BALANCES, SIGNALS, AllPaths, FixedRouting, Router, Ro
 from qr_ds.routing.gumbel import gumbel_noise
 from qr_ds.experiments.gain_routing import GainCase, expected, run_gain_case
 from qr_ds.experiments.planted_routing import Planted, preferred_and_other, rate_range, run_planted
+from qr_ds.routing.config import FIT_FORM, GAIN_FORM
 from qr_ds.routing.gain import GainCritic, kmeans
 from qr_ds.routing.recent_paths import RecentPaths
 
@@ -27,10 +28,10 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-# The previous default (fit signal, rate held at a target, no logit decay): the planted fit cases below
-# are its known answers and must still hold (docs/method.md).
-FIT_RATE = {"signal": "relative", "entropy": "rate", "logit_decay": 0.0}
-GAIN = {"signal": "gain", "entropy": "range", "logit_decay": 0.01}
+# The fit form (fit signal, rate held at a target, no logit decay): the planted fit cases below are its
+# known answers and must still hold (docs/method.md).
+FIT_RATE = FIT_FORM
+GAIN = GAIN_FORM
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -425,6 +426,23 @@ def test_range_balance_is_zero_inside_and_pulls_back_to_the_nearer_bound():
     assert (p_on.grad[:, 0] < 0).all() and torch.all(p_on.grad[:, 1] == 0), "only the starved student is pulled up"
     high = range_kl(torch.full((4, 1), 0.5), torch.tensor([0.97]), 0.25, 0.9)
     assert high.item() == pytest.approx(kl(0.9, 0.97), abs=1e-6)
+
+
+@pytest.mark.parametrize("prior", [0.5, 0.9])
+def test_a_path_no_signal_speaks_about_sits_at_the_prior(prior):
+    """Students alike (the fit signal is 0 everywhere) and no balance force inside the range: the logit
+    decay alone moves the router, to P(on) = prior_on on every path; 0.5 is the decay's old pull."""
+    cfg = RouterConfig(hidden=16, lr=3e-3, signal="relative", entropy="range", logit_decay=0.01, prior_on=prior)
+    g = _gen(0)
+    emb = torch.randn(64, 8, generator=g)
+    policy = RoutingPolicy(cfg, in_dim=8, n_students=2, lambda1=1.0, seed=0)
+    for _ in range(600):
+        idx = torch.randint(0, 64, (8,), generator=g)
+        policy.route(emb[idx])
+        policy.learn(torch.ones(8, 2), torch.arange(8))
+        policy.step()
+    p_on = policy.probabilities(emb)
+    assert (p_on - prior).abs().max() < 0.05, p_on
 
 
 def _critic_run(true: torch.Tensor, steps: int, stop_after: int | None = None, seed: int = 0) -> GainCritic:

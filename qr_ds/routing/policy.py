@@ -77,7 +77,7 @@ class RoutingPolicy:
         self.cfg, self.lambda1 = cfg, lambda1
         self.signal, self.balance = SIGNALS[cfg.signal], BALANCES[cfg.entropy]
         torch.manual_seed(seed)
-        self.router = Router(in_dim, n_students, cfg.hidden)
+        self.router = Router(in_dim, n_students, cfg.hidden, start_on=cfg.prior_on)
         self.optimizer = torch.optim.Adam(self.router.parameters(), lr=cfg.lr)
         self.gumbel = torch.Generator().manual_seed(seed)
         self.recent = RecentPaths(cfg.rate_window, in_dim)
