@@ -230,3 +230,30 @@ def test_gain_signal_measures_the_next_batch_before_and_after_the_step(strategy,
     assert torch.equal(tr._gain_batch(batches), batches[tr.pos.batch + 1])
     tr.pos.epoch = 1
     assert tr._gain_batch(batches) is None
+
+
+def test_a_router_that_sends_every_path_trains_the_students_as_w_o_route(strategy, kit):
+    """The router's machinery (its forward, the probes of unrouted paths, the gain form's look-ahead
+    forward between a student's forward and its backward) must not touch the students: routed all-on,
+    their weights after three steps equal w/o Route's bit for bit. The demo's routed arms lost to
+    w/o Route (docs/demo-study); this rules out the code path as the cause."""
+    from qr_ds.routing.config import GAIN_FORM
+
+    plain = _trainer(strategy, kit, "all_plain", lr_schedule="constant", router={"enabled": False})
+    routed = _trainer(strategy, kit, "all_routed", lr_schedule="constant", router={"hidden": 16, **GAIN_FORM})
+    own_route = routed.route
+
+    def all_on(idx):
+        own_route(idx)  # the router's own pass, so it learns as it would
+        return torch.ones(len(idx), 2)
+
+    routed.route = all_on
+    batches = plain.data.epoch_batches(0, plain.P)
+    for i in range(3):
+        plain.micro_step(batches[i % len(batches)])
+        routed.micro_step(batches[i % len(batches)], ahead=batches[(i + 1) % len(batches)])
+        routed.routing.step()
+    for a, b in zip(plain.students, routed.students):
+        ours = dict(b.engine.module.named_parameters())
+        for name, p in a.engine.module.named_parameters():
+            assert torch.equal(p, ours[name]), name
