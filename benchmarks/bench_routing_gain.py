@@ -1,5 +1,5 @@
 """Known-answer routing experiment for the gain signal: students whose held-out loss moves by what they
-are trained on (qr_ds/experiments/gain_routing.py), the gain form against the default fit form.
+are trained on (qr_ds/experiments/gain_routing.py), the gain form against its variants and the fit form.
 
 Cases: all_helpful (every style teaches both students: each student's rate must stay >= 0.8, as
 w/o Route), harm (one style raises student 0's loss on every other style once it has seen 200 of its
@@ -19,13 +19,14 @@ import torch  # noqa: E402
 from common import base_argparser, markdown_table, save_results  # noqa: E402
 
 from qr_ds.experiments.gain_routing import GainCase, expected, run_gain_case  # noqa: E402
-from qr_ds.routing.config import GAIN_FORM, RouterConfig  # noqa: E402
+from qr_ds.routing.config import FIT_FORM, GAIN_FORM, RouterConfig  # noqa: E402
 
 FORMS = {
-    "gain form (gain + range + logit decay)": GAIN_FORM,
+    "gain form (gain + range + logit decay to prior 0.9)": GAIN_FORM,
+    "gain, decay to 0.5 (no prior)": {**GAIN_FORM, "prior_on": 0.5},
     "gain, no forgetting (gain_forget 1.0)": {**GAIN_FORM, "gain_forget": 1.0},
     "gain, no logit decay": {**GAIN_FORM, "logit_decay": 0.0},
-    "fit + rate 0.5 (the default)": {"signal": "relative", "entropy": "rate", "logit_decay": 0.0},
+    "fit + rate 0.5": FIT_FORM,
 }
 
 
