@@ -290,8 +290,13 @@ def test_cli_refuses_bad_groups(report, tmp_path, capsys):
     make_run(tmp_path / "mix" / "r2", report["pool"], seed=2, steps=12, offset=0.5, lambda1=0.5)
     assert main(["report", f"X={tmp_path}/mix/r*", "--out", str(tmp_path / "o")]) == 2
     assert "r2 differs from" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="in lambda1; the runs of a group may differ only in output_dir, seed "):
+    with pytest.raises(ValueError, match="in lambda1; the runs of a group may differ only in output_dir, run_name, "
+                                         "seed "):
         load_groups({"X": [tmp_path / "mix" / "r1", tmp_path / "mix" / "r2"]})
+    # each seed's run_name (the launcher's, from its config file's stem) labels it, as output_dir does
+    make_run(tmp_path / "named" / "r1", report["pool"], seed=1, steps=12, offset=0.5, run_name="x_s1")
+    make_run(tmp_path / "named" / "r2", report["pool"], seed=2, steps=12, offset=0.5, run_name="x_s2")
+    assert len(load_groups({"X": [tmp_path / "named" / "r1", tmp_path / "named" / "r2"]})[0].runs) == 2
     # a key every seed sets on purpose is allowed by name, and only that key
     assert len(load_groups({"X": [tmp_path / "mix" / "r1", tmp_path / "mix" / "r2"]}, ("lambda1",))[0].runs) == 2
     with pytest.raises(ValueError, match="in lambda1;"):

@@ -10,7 +10,9 @@ import numpy as np
 
 from qr_ds.report.runs import Run, final_routing, load_run, routing_cells
 
-SEED_KEYS = ("seed", "output_dir")  # the config keys that may differ between the runs of one group
+# the config keys that may differ between the runs of one group: run_name only labels a run in trackers
+# (the launcher sets it from each seed's config file, demo: gain_s0, gain_s1, ...)
+SEED_KEYS = ("seed", "output_dir", "run_name")
 
 
 @dataclass
