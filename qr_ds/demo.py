@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from qr_ds.data.styles import STYLES
-from qr_ds.routing.config import FIT_FORM, GAIN_FORM
+from qr_ds.routing.config import FIT_FORM
 from qr_ds.run_layout import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,10 +63,7 @@ RUNS = {
     "sft_single": ("SFT (one path per question)", {"router": {"enabled": False}, "mutual": {"enabled": False},
                                                    "data": {"paths_per_question": 1}}),
     "mutual_all": ("QR-Distill, mutual on every path", {"mutual": {"paths": "all"}}),
-    "gain": ("QR-Distill, gain routing", {"router": dict(GAIN_FORM)}),
-    "gain_mutual_all": ("QR-Distill, gain routing, mutual on every path",
-                        {"router": dict(GAIN_FORM), "mutual": {"paths": "all"}}),
-    "gain_no_mutual": ("w/o Collab, gain routing", {"router": dict(GAIN_FORM), "mutual": {"enabled": False}}),
+    # the default before issue 30 (the fit signal, each student held at half the paths)
     "fit": ("QR-Distill, fit routing (rate 0.5)", {"router": dict(FIT_FORM)}),
     # the upper bound of routing on the harm variant: its harmful styles kept from the short student only
     "oracle": ("oracle routing", {"router": {"fixed": {"llama": [s for s in STYLES if s not in
