@@ -32,12 +32,12 @@ CASES = {  # name -> Planted fields
 }
 # These are fit cases (losses that differ, not losses that move by what is trained): their known answers
 # belong to the fit signal. The gain signal's own cases are benchmarks/bench_routing_gain.py.
-FIT = {"signal": "relative", "logit_decay": 0.0}
+FIT = {"signal": "relative", "logit_decay": 0.0, "prior_on": 0.5}  # the router starts undecided
 FORMS = {  # name -> RouterConfig fields beyond the demo's hidden/lr
     "fit + rate (the default until issue 30)": {**FIT, "entropy": "rate"},
     "rate on the batch alone (rate_window 0)": {**FIT, "entropy": "rate", "rate_window": 0},
     "fit + load": {**FIT, "entropy": "load"},
-    "paper literal (raw + eq. 3-4)": {"signal": "raw", "entropy": "paper", "logit_decay": 0.0},
+    "paper literal (raw + eq. 3-4)": {"signal": "raw", "entropy": "paper", "logit_decay": 0.0, "prior_on": 0.5},
 }
 WARMUP = 100  # steps before the rate must hold
 

@@ -177,7 +177,8 @@ def main() -> None:
            "data": {"pool": str(pool), "max_len": 192},
            # the fit form: its known answer is the student with the lower held-out loss per style (the
            # gain signal's answer would be where training helps, which this setup does not plant)
-           "router": {"hidden": 64, "lr": 3e-3, "signal": "relative", "entropy": "rate", "logit_decay": 0.0},
+           "router": {"hidden": 64, "lr": 3e-3, "signal": "relative", "entropy": "rate", "logit_decay": 0.0,
+                      "prior_on": 0.5},
            "mutual": {"shared_dim": 32, "max_spans": 16},
            "lambda1": 1.0, "lambda2": 0.1, "micro_batch_paths": 8, "epochs": args.epochs, "warmup_steps": 10,
            "seed": 0, "output_dir": str(run), "collective_timeout_s": 120,

@@ -336,7 +336,7 @@ def test_router_stays_balanced_when_students_are_alike(students, order):
 
 def test_paper_literal_form_does_not_learn_the_planted_preferences():
     """The switch that keeps eq. 3-4 and 9 as written: the same 0.6-nat gap is not learned."""
-    paper = RouterConfig(signal="raw", entropy="paper")
+    paper = RouterConfig(signal="raw", entropy="paper", logit_decay=0.0, prior_on=0.5)
     result = run_planted(Planted(n_students=2, gap=0.6, batch_order="by_question"), paper)
     assert not result["solved"]
     shipped = run_planted(Planted(n_students=2, gap=0.6, batch_order="by_question"), RouterConfig(**FIT_RATE))
