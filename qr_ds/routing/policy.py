@@ -28,6 +28,9 @@ from qr_ds.routing.router import Router
 from qr_ds.routing.signals import SIGNALS, SignalInputs
 
 
+GAIN_SCALE_DECAY = 0.999  # per micro-step: how fast the gain signal's scale forgets its peak
+
+
 class AllPaths:
     """w/o Route: every path to every student; nothing to learn or save."""
 
@@ -121,9 +124,12 @@ class RoutingPolicy:
             if heldout_change is not None and self.critic.observe(heldout_change):
                 stats.update({f"heldout_change/{s}": v for s, v in enumerate(heldout_change.tolist())})
             gain = self.critic.predict(embeddings)
-            # scale-free: the router's step size must not depend on how fast the students happen to learn
-            self.gain_ms = 0.99 * self.gain_ms + 0.01 * gain.pow(2).mean() if self.critic.observed > 1 \
-                else gain.pow(2).mean()
+            # Scale-free: the router's step must not depend on how fast the students happen to learn. The
+            # scale is the largest recent one (half-life ~700 steps), not a running mean: once every gain
+            # has faded (a student that stopped improving on fresh paths) the signal fades with it and
+            # the prior decides, where a running mean re-inflated the fading noise to unit size (on the
+            # demo task the short student's styles then went on and off by seed: fact_retrieval 0.03-0.98)
+            self.gain_ms = torch.maximum(GAIN_SCALE_DECAY * self.gain_ms, gain.pow(2).mean())
             gain = gain / self.gain_ms.sqrt().clamp(min=1e-12)
             stats.update({f"gain/{s}": v for s, v in enumerate(gain.mean(0).tolist())})
         signal = self.signal.fn(SignalInputs(path_losses.detach().float(), gain))
