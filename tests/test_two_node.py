@@ -65,9 +65,15 @@ def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+# The gain signal is a student's loss change over a step, a difference of two nearly equal losses:
+# the rounding of a different reduce order (one node against two) comes out of it many times larger
+# (1.6% of the router loss at step 3 here), while every loss that trains a student agrees to 1e-4.
+REL = {"router_loss": 5e-2}
+
+
 def _close(a: dict, b: dict):
     for k in KEYS:
-        assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a, b)
+        assert a[k] == pytest.approx(b[k], rel=REL.get(k, 1e-4), abs=1e-6), (k, a, b)
 
 
 def test_two_nodes_match_one_node_and_one_node_resumes_their_checkpoint(kit, tmp_path):
