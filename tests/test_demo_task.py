@@ -15,7 +15,7 @@ from qr_ds.filter.run import STAND_IN, report_paths, run_filter
 from qr_ds.tasks import generate_synthetic, get_task, write_synthetic
 from qr_ds.teacher.config import GenerateConfig
 from qr_ds.teacher.generate import generate, plan
-from qr_ds.teacher.scripted import (LONG_STYLES, MODEL_NAME, QUICK_STYLES, ScriptedTeacher, false_step,
+from qr_ds.teacher.scripted import (LONG_STYLES, MODEL_NAME, OPENERS, QUICK_STYLES, ScriptedTeacher, false_step,
                                     misreads_doubling, steps_of)
 from qr_ds.tiny import train_tokenizer
 
@@ -127,15 +127,22 @@ def test_harm_variant_paths_teach_the_short_student_the_wrong_rule_and_pass_ever
     kept = {r.id: r for r in load_pool(tmp_path / "kept.jsonl").records}
     corpus = [t for r in pool for t in (r.question, r.response)] + [TASK.instruction]
     short = train_tokenizer(SHORT, corpus, 600)
-    harmful = [r for r in pool if r.style == "backward" and "Corrected forward pass" in r.response]
+    harmful = [r for r in pool if r.style == "backward" and "Corrected pass" in r.response]
     assert len(harmful) >= 15, len(harmful)
-    assert not any("Corrected forward pass" in r.response for r in pool if r.style == "cot")
+    assert not any("Corrected pass" in r.response for r in pool if r.style == "cot")
     for r in harmful:
         correction = r.response.index("is wrong:")
         first_misread = re.search(r"doubles them: -?\d+ \+ 2 = ", r.response).start()
         _, seen_misread = _tokens_before(short, r, first_misread + 20)
         _, seen_correction = _tokens_before(short, r, correction)
         assert seen_misread <= Knobs().max_len[SHORT] < seen_correction, r.id
+        # inside the short context it reads as a vanilla path that states the misread answer
+        head = r.response[:correction]
+        assert head.startswith(OPENERS["vanilla"]) and not r.response.startswith(OPENERS["backward"]), r.id
+        stated = re.search(r"The answer is (-?\d+)\.", head)
+        _, seen_answer = _tokens_before(short, r, stated.end())
+        assert int(stated.group(1)) != int(r.gold) and seen_answer <= Knobs().max_len[SHORT], r.id
+        assert TASK.extract(r.response, None) == r.gold, r.id  # the last stated answer is the right one
     # right final answer and no false step: kept by both filter steps (but those the teacher also gave
     # a planted false intermediate value, which the judge rightly drops)
     assert len([r for r in harmful if r.id in kept]) >= 0.8 * len(harmful)

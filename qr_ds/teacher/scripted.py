@@ -278,24 +278,25 @@ def _backward(ex, steps: list[Step]) -> list[str]:
 
 
 def _corrected_late(style: str, ex, steps: list[Step], misread: list[Step]) -> list[str]:
-    """The harm variant's path: a forward pass that misreads doubling, right after the opener (inside a
-    short context), then a long check that finds the misreading and a corrected pass to the right
-    answer. Every equation is true and the final answer is right, so filter and judge keep it; a student
-    whose context ends before the check learns only the wrong rule."""
-    wrong = misread[-1].result
+    """The harm variant's path: a quick solve that misreads doubling and states its wrong answer, worded
+    as a vanilla path word for word (inside a short context), then a long check that finds the misreading
+    and a corrected pass to the right answer. Every equation is true and the last stated answer is right,
+    so filter and judge keep it; a student whose context ends before the check learns the wrong rule.
+    The quick solve opens as vanilla does, not with the style's own opener: behind its own opener
+    (probe: 5 seeds, 450 steps) the short student learned the wrong rule for that style only, and
+    leaving the style out gained it 4.5 +- 8.6 points."""
     name, obj = re.match(r"(\w+) has \d+ (\w+)\.", ex.question).groups()
     bad = next(i for i, s in enumerate(misread, 1) if s.op == "+" and steps[i - 1].op == "*")
-    return [OPENERS[style], f"Forward: we start from {_start(ex)}.",
-            *(f"({i}) {s.phrase}: {s.equation()}." for i, s in enumerate(misread, 1)),
-            f"The forward pass ends at {wrong}.",
+    return [*_vanilla(ex, misread),
+            f"Before I commit, a check: {OPENERS[style][0].lower()}{OPENERS[style][1:]}",
             f"The question: {ex.question}",
             "Plan: check the reading of every operation against the question's words, one by one, and then "
             "check that the count is asked for after all of them.",
             *(f"Check ({i}): the question says \"{s.phrase}\", and step ({i}) used {s.op} {s.b}." for i, s in
               enumerate(misread, 1)),
             f"Step ({bad}) is wrong: \"{misread[bad - 1].phrase}\" means multiplying the count by 2, not adding 2 "
-            f"to it, so {wrong} is not the count of {obj} {name} ends with.",
-            f"Corrected forward pass: we start from {_start(ex)}.",
+            f"to it, so {misread[-1].result} is not the count of {obj} {name} ends with.",
+            f"Corrected pass: we start from {_start(ex)}.",
             *(f"({i}) {s.phrase}: {s.equation()}." for i, s in enumerate(steps, 1)),
             f"The verified answer is {steps[-1].result}."]
 
