@@ -50,8 +50,9 @@ SIZES = {
 MAX_LEN = {"llama-bpe": 150, "qwen-bpe": 512}
 
 # Task variants: the teacher's scripted settings. ``harm``: its backward-style paths of doubling
-# questions misread doubling first, inside the Llama student's 150-token context, and correct it only
-# after a long check (qr_ds/teacher/scripted.py): a path that harms the short student and not the long one.
+# questions open as a vanilla path that misreads doubling and states that wrong answer, inside the Llama
+# student's 150-token context, and correct it only after a long check (qr_ds/teacher/scripted.py): a
+# path that harms the short student and not the long one.
 VARIANTS = {"original": {}, "harm": {"harm_styles": ["backward"]}}
 # method -> (report label, config overrides): the full method and the ablations of Table 2, plus SFT
 # (the default set), and the routing study's arms (docs/demo-study).

@@ -58,7 +58,7 @@ def test_mapped_data_equals_the_in_memory_encoding(kit):
     from qr_ds.data.pool import load_pool, record_lines
     from qr_ds.embed.lookup import gather_embeddings
     from qr_ds.train.data import TrainData, unseen_nats_of
-    from qr_ds.train.encoding import encode_all, select_paths
+    from qr_ds.train.encoding import cut_states_wrong_answer, encode_all, select_paths
 
     _, cfg = _cfg(kit, "equal", data={"pool": str(kit[1]), "max_len": 256, "paths_per_question": 4})
     toks = _tokenizers(cfg)
@@ -85,6 +85,30 @@ def test_mapped_data_equals_the_in_memory_encoding(kit):
     assert data.question_index.tolist() == [qids.index(r.question_id) for r in recs]
     assert [(p.style, p.level) for p in data.records] == [(r.style, r.level) for r in recs]
     assert data.span_mask(torch.tensor([0, 3]), 8).sum(1).tolist() == [want_spans[0], want_spans[3]]
+    assert data.cut_wrong.tolist() == [[cut_states_wrong_answer(r, want[s][i].unseen_chars) for s in range(2)]
+                                       for i, r in enumerate(recs)]
+
+
+def test_a_cut_path_that_states_a_wrong_answer_before_the_cut_is_marked():
+    """The answer check on what a short-context student sees: a wrong interim answer before the cut
+    marks the path for that student; an answer stated only after the cut, a right one before it, an
+    uncut path and a path cut before any answer do not."""
+    from qr_ds.data.pool import PathRecord
+    from qr_ds.train.encoding import cut_states_wrong_answer
+
+    def rec(response):
+        return PathRecord(id="q-0", task="synthetic", question_id="q", question="?", gold="12", teacher="t",
+                          style="backward", sample=0, prompt="?", response=response)
+
+    early_wrong = rec("Let me solve this.\nThe answer is 7.\nA check finds a slip.\nThe verified answer is 12.")
+    after = len(early_wrong.response) - early_wrong.response.index("A check")
+    assert cut_states_wrong_answer(early_wrong, after)
+    assert not cut_states_wrong_answer(early_wrong, 0)  # uncut: the filter judged the final answer
+    assert not cut_states_wrong_answer(early_wrong, len(early_wrong.response) - len("Let me solve this.\n"))
+    early_right = rec("Let me solve this.\nThe answer is 12.\nA check agrees.\nThe verified answer is 12.")
+    assert not cut_states_wrong_answer(early_right, len(early_right.response) - early_right.response.index("A check"))
+    late = rec("Forward: 3 + 4 = 7.\nThe forward pass ends at 7.\nThe verified answer is 12.")
+    assert not cut_states_wrong_answer(late, len("The verified answer is 12."))
 
 
 def test_resume_reuses_the_folder_and_a_changed_pool_rebuilds(kit, tmp_path):

@@ -217,10 +217,14 @@ def test_gain_signal_measures_the_next_batch_before_and_after_the_step(strategy,
     tr.routing.step()
     before = tr._ahead[1].clone()
     assert torch.equal(tr._ahead[0], second) and not torch.isnan(before).any()
+    # router.gain_heldout: right leaves out, per student, a cut path that states a wrong answer
+    tr.data.cut_wrong[second[0], 1] = True
     rec = tr.micro_step(second)
-    change = (rec.nats_per_char - before).nanmean(dim=0)
+    delta = rec.nats_per_char - before
+    change = delta.masked_fill(tr.data.cut_wrong[second], float("nan")).nanmean(dim=0)
     for s, name in enumerate(tr.names):
         assert rec.router[f"router/heldout_change/{s}"] == pytest.approx(change[s].item(), abs=1e-6)
+    assert rec.router["router/heldout_change/1"] != pytest.approx(delta[:, 1].mean().item(), abs=1e-6)
     assert tr.routing.critic.observed == 1
     # a first step of training on random-init students lowers their loss on paths they never saw; a
     # look-ahead of the wrong batch, or before and after swapped, would not give a fall for both

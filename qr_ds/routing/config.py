@@ -52,6 +52,13 @@ class RouterConfig:
     gain_kinds: int = field(default=16, metadata=rule(min=1, help="signal: gain only. Kinds of path (k-means "
                                                                   "centroids of the pool's embeddings) the critic "
                                                                   "learns a gain for"))
+    gain_heldout: str = field(
+        default="right", metadata=rule(choices=("right", "all"), help="signal: gain only. The fresh paths whose "
+                                       "loss change is the gain: right = all but, per student, a path cut at its "
+                                       "max_len whose part before the cut states a wrong answer (a gain towards "
+                                       "what the filter checks, not towards a wrong answer the pool repeats); "
+                                       "all = every path of the next batch. The same where no cut path states "
+                                       "a wrong answer"))
     gain_every: int = field(
         default=1, metadata=rule(min=1, help="signal: gain only. Measure the held-out change every N optimizer "
                                              "steps: each measurement costs one forward without grad of the "

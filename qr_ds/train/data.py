@@ -83,6 +83,8 @@ class TrainData:
                                           [torch.from_numpy(t) for t in p.response_tokens],
                                           [len(t) for t in tokenizers], self.response_chars)
         self.response_tokens = [torch.from_numpy(t).clamp(min=1).float() for t in p.response_tokens]
+        # [P, S]: the part of the path a student sees states a wrong answer (train/encoding.py)
+        self.cut_wrong = torch.from_numpy(np.stack([np.asarray(v.cut_wrong) for v in p.students], axis=1) != 0)
         self.question_index = torch.from_numpy(np.array(p.question_index))
         self.styles = torch.from_numpy(np.asarray(p.style, dtype=np.int64))  # index into p.styles
         self.path_weight = path_weights(p.meta["train_tasks"], np.asarray(p.train_task), cfg.data.task_weights)
@@ -94,6 +96,10 @@ class TrainData:
         names = [s.name for s in cfg.students]
         log("paths cut at the students' max_len: " + ", ".join(
             f"{n} {c} ({100 * c / len(self):.1f}%) at {m}" for n, c, m in zip(names, cut, max_lens)))
+        wrong = self.cut_wrong.sum(dim=0).tolist()
+        if any(wrong):
+            log("cut paths that state a wrong answer before the cut: " + ", ".join(
+                f"{n} {w}" for n, w in zip(names, wrong)))
         # Ranks reach here minutes apart when one node built and another reused: wait without the
         # collective timeout, so the first collective after this finds every rank ready.
         wait_for_all_ranks("training data")

@@ -85,6 +85,20 @@ def task_of(r: PathRecord) -> str:
     return r.train_task or MAIN
 
 
+def cut_states_wrong_answer(r: PathRecord, unseen_chars: int) -> bool:
+    """Whether a path cut at a student's max_len states, in the part the student sees, an answer that
+    is not the gold: the answer filter's check applied to what that student trains on. A path kept
+    for its right final answer can show a wrong interim one before the cut (a check that finds it
+    comes later), and a short-context student then learns the wrong one."""
+    if unseen_chars <= 0 or not r.response or task_of(r) != MAIN:
+        return False
+    from qr_ds.tasks import get_task
+
+    task = get_task(r.task)
+    stated = task.extract(r.response[: len(r.response) - unseen_chars])
+    return stated is not None and not task.same(stated, r.gold)
+
+
 def as_tasks(objective: str, r: PathRecord, where: str) -> list[PathRecord]:
     """The record as each task ``objective`` trains it as (data/baselines.py OBJECTIVES): itself, or
     copies whose question and target are the task's, each id suffixed with its task."""

@@ -32,9 +32,9 @@ from qr_ds.distributed.health import launch_id
 from qr_ds.distributed.topology import local_rank
 from qr_ds.embed.lookup import gather_embeddings
 from qr_ds.train.config import TrainConfig
-from qr_ds.train.encoding import ChunkEncoder, Encoded, chunked, selected, task_of
+from qr_ds.train.encoding import ChunkEncoder, Encoded, chunked, cut_states_wrong_answer, selected, task_of
 
-VERSION = 2  # bump when the folder's layout or the encoding changes: old folders are then not reused
+VERSION = 3  # bump when the folder's layout or the encoding changes: old folders are then not reused
 DONE = "meta.json"  # written last: a folder holding it is complete
 ENV_DIR = "QR_DS_PREPARED_DIR"  # a cache shared by runs (or by nodes, on a shared filesystem)
 
@@ -145,8 +145,8 @@ def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str],
     tasks: dict[str, int] = {}
     paths = _Columns({"question_index": np.int64, "response_chars": np.float32, "n_spans": np.int32,
                       "style": np.int32, "level": np.int32, "train_task": np.int32})
-    students = [_Columns({"truncated": np.int8, "unseen_chars": np.int64, "response_tokens": np.int64,
-                          "lengths": np.int64}) for _ in range(S)]
+    students = [_Columns({"truncated": np.int8, "unseen_chars": np.int64, "cut_wrong": np.int8,
+                          "response_tokens": np.int64, "lengths": np.int64}) for _ in range(S)]
     dtypes = {"ids": np.int32, "is_label": np.int8, "span": span_dtype}
     files = [{k: open(tmp / f"{k}_{s}.bin", "wb") for k in dtypes} for s in range(S)]
     emb_file, emb_dim = (open(tmp / "embeddings.bin", "wb"), 0) if cfg.router.enabled else (None, 0)
@@ -174,6 +174,8 @@ def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str],
                 for k, field in (("ids", "input_ids"), ("is_label", "is_label"), ("span", "span_ids")):
                     np.concatenate([getattr(e, field) for e in encs]).astype(dtypes[k], copy=False).tofile(files[s][k])
                 students[s].add(truncated=[e.truncated for e in encs], unseen_chars=[e.unseen_chars for e in encs],
+                                cut_wrong=[cfg.data.quality_filter and cut_states_wrong_answer(r, e.unseen_chars)
+                                           for r, e in zip(recs, encs)],
                                 response_tokens=[np.count_nonzero(e.is_label[1:]) for e in encs],
                                 lengths=[len(e.input_ids) for e in encs])
             n += len(part)
@@ -292,6 +294,7 @@ class EncodedView(Sequence):
         self.span = _map(folder / f"span_{s}.bin", np.dtype(span_dtype), total)
         self.truncated = np.load(folder / f"truncated_{s}.npy", mmap_mode="r")
         self.unseen_chars = np.load(folder / f"unseen_chars_{s}.npy", mmap_mode="r")
+        self.cut_wrong = np.load(folder / f"cut_wrong_{s}.npy", mmap_mode="r")
         self.n = n
         self.lengths = np.diff(self.offsets)  # tokens per path: counted per step without building items
 

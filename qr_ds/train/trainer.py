@@ -230,7 +230,10 @@ class Trainer:
                 change = None
                 if self._ahead is not None and torch.equal(self._ahead[0], idx):
                     # this batch, forwarded after the step, against itself before it: what the step taught
-                    change = (per_char - self._ahead[1]).nanmean(dim=0)
+                    delta = per_char - self._ahead[1]
+                    if self.cfg.router.gain_heldout == "right":
+                        delta = delta.masked_fill(self.data.cut_wrong[idx], float("nan"))
+                    change = delta.nanmean(dim=0)
                 self._ahead = (ahead, self.per_char(ahead, path_loss[2], path_loss[3])) if ahead is not None else None
                 r = self.routing.learn(per_char, self.data.question_index[idx], scale=1 / self.cfg.grad_accum,
                                        heldout_change=change)
