@@ -328,3 +328,20 @@ def test_partly_failed_run_is_reported_whole(built, tmp_path):
     assert any(f"eval folder {unfinished}: FileNotFoundError" in s for s in skipped)
     md = (tmp_path / "out" / "report.md").read_text()
     assert all(s in md for s in skipped) and "## Throughput" in md
+
+
+def test_a_fixed_assignment_has_no_router_to_score_and_is_not_reported_missing(built, tmp_path):
+    """An oracle arm (router.fixed) saves no router.pt: the report leaves its routing out without
+    calling its checkpoint incomplete; a learned run without router.pt still gets that error."""
+    from qr_ds.report.runs import final_routing
+
+    fixed = make_run(tmp_path / "oracle", built["pool"], seed=0, steps=12, offset=0.5,
+                     router={"hidden": 8, "fixed": {"llama": ["cot"]}})
+    RunDir(fixed).require_latest().component("router").unlink()
+    assert final_routing(fixed) is None
+    build_report(tmp_path / "out", {"A": built["runs"]["a0"], "O": fixed})
+    assert not any("routing of O" in s for s in json.loads((tmp_path / "out" / "report.json").read_text())["skipped"])
+    learned = make_run(tmp_path / "learned", built["pool"], seed=0, steps=12, offset=0.5)
+    RunDir(learned).require_latest().component("router").unlink()
+    with pytest.raises(FileNotFoundError, match="router.enabled"):
+        final_routing(learned)
