@@ -60,12 +60,12 @@ def main() -> None:
               "trained": RunDir(Path(cfg.output_dir)).require_latest().path / "students" / name / "model"}
     rows = []
     for when, path in models.items():
+        with torch.no_grad():
+            before = loss(AutoModelForCausalLM.from_pretrained(path), held).item()
         for group, idx in groups.items():
             changes = []
             for d in range(args.draws):
                 model = AutoModelForCausalLM.from_pretrained(path)
-                with torch.no_grad():
-                    before = loss(model, held).item()
                 batch = random.Random(d).sample([i for i in idx if i not in held], 8)
                 loss(model, batch).backward()
                 with torch.no_grad():

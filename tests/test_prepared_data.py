@@ -58,7 +58,7 @@ def test_mapped_data_equals_the_in_memory_encoding(kit):
     from qr_ds.data.pool import load_pool, record_lines
     from qr_ds.embed.lookup import gather_embeddings
     from qr_ds.train.data import TrainData, unseen_nats_of
-    from qr_ds.train.encoding import cut_states_wrong_answer, encode_all, select_paths
+    from qr_ds.train.encoding import encode_all, select_paths
 
     _, cfg = _cfg(kit, "equal", data={"pool": str(kit[1]), "max_len": 256, "paths_per_question": 4})
     toks = _tokenizers(cfg)
@@ -85,8 +85,22 @@ def test_mapped_data_equals_the_in_memory_encoding(kit):
     assert data.question_index.tolist() == [qids.index(r.question_id) for r in recs]
     assert [(p.style, p.level) for p in data.records] == [(r.style, r.level) for r in recs]
     assert data.span_mask(torch.tensor([0, 3]), 8).sum(1).tolist() == [want_spans[0], want_spans[3]]
-    assert data.cut_wrong.tolist() == [[cut_states_wrong_answer(r, want[s][i].unseen_chars) for s in range(2)]
-                                       for i, r in enumerate(recs)]
+
+
+def test_the_prepared_folder_marks_the_cut_path_that_states_a_wrong_answer(kit, tmp_path):
+    """One path planted with a wrong interim answer and a long check before its right ending: both
+    students' contexts cut it after the wrong answer, so both are marked for it, and no other path."""
+    from qr_ds.train.data import TrainData
+
+    recs = trainkit.synthetic_records(5)
+    wrong = str(int(recs[0].gold) + 1)
+    recs[0].response = (f"Let me solve this.\nThe answer is {wrong}.\n" + "Now a careful check of every step. " * 60
+                        + recs[0].response)
+    pool = trainkit.embedded_pool(tmp_path / "pool", recs)
+    _, cfg = _cfg(kit, "planted", data={"pool": str(pool), "max_len": 256, "paths_per_question": 4})
+    data = TrainData(cfg, _tokenizers(cfg), lambda m: None)
+    assert data.cut_wrong[0].tolist() == [True, True]
+    assert int(data.cut_wrong.sum()) == 2
 
 
 def test_a_cut_path_that_states_a_wrong_answer_before_the_cut_is_marked():
@@ -109,6 +123,11 @@ def test_a_cut_path_that_states_a_wrong_answer_before_the_cut_is_marked():
     assert not cut_states_wrong_answer(early_right, len(early_right.response) - early_right.response.index("A check"))
     late = rec("Forward: 3 + 4 = 7.\nThe forward pass ends at 7.\nThe verified answer is 12.")
     assert not cut_states_wrong_answer(late, len("The verified answer is 12."))
+    # the filter's own check: a choice stated by its text is read against the question's choices
+    choice = PathRecord(id="c-0", task="arc_challenge", question_id="c", question="?", gold="B", teacher="t",
+                        style="backward", sample=0, prompt="?", meta={"choices": [["A", "cat"], ["B", "dog"]]},
+                        response="The answer is cat.\nA check shows it is dog.\nThe answer is (B).")
+    assert cut_states_wrong_answer(choice, len("A check shows it is dog.\nThe answer is (B)."))
 
 
 def test_resume_reuses_the_folder_and_a_changed_pool_rebuilds(kit, tmp_path):

@@ -128,14 +128,20 @@ def example_of(rec: PathRecord):
                    meta=rec.meta.get("example_meta") or {})
 
 
-def check_answers(records: Iterable[PathRecord]) -> None:
-    """Step 1: fill ``answer`` and ``correct`` from the task's extractor and scorer."""
+def checked_answer(rec: PathRecord, text: str) -> tuple[str | None, bool]:
+    """The answer ``text`` states for ``rec``'s question (the task's extractor) and whether it is right
+    (its scorer): what step 1 records for the whole path, and the trainer asks of a cut path's visible part."""
     from qr_ds.tasks import get_task
 
+    task, ex = get_task(rec.task), example_of(rec)
+    answer = task.extract(text, ex)
+    return answer, task.is_correct(answer, ex)
+
+
+def check_answers(records: Iterable[PathRecord]) -> None:
+    """Step 1: fill ``answer`` and ``correct`` from the task's extractor and scorer."""
     for rec in records:
-        task, ex = get_task(rec.task), example_of(rec)
-        rec.answer = task.extract(rec.response or "", ex)
-        rec.correct = task.is_correct(rec.answer, ex)
+        rec.answer, rec.correct = checked_answer(rec, rec.response or "")
 
 
 @dataclass

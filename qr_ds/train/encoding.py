@@ -92,11 +92,10 @@ def cut_states_wrong_answer(r: PathRecord, unseen_chars: int) -> bool:
     comes later), and a short-context student then learns the wrong one."""
     if unseen_chars <= 0 or not r.response or task_of(r) != MAIN:
         return False
-    from qr_ds.tasks import get_task
+    from qr_ds.filter.run import checked_answer
 
-    task = get_task(r.task)
-    stated = task.extract(r.response[: len(r.response) - unseen_chars])
-    return stated is not None and not task.same(stated, r.gold)
+    stated, right = checked_answer(r, r.response[: len(r.response) - unseen_chars])
+    return stated is not None and not right
 
 
 def as_tasks(objective: str, r: PathRecord, where: str) -> list[PathRecord]:
