@@ -59,6 +59,12 @@ class RouterConfig:
                                        "what the filter checks, not towards a wrong answer the pool repeats); "
                                        "all = every path of the next batch. The same where no cut path states "
                                        "a wrong answer"))
+    gain_scale: str = field(
+        default="evidence", metadata=rule(choices=("evidence", "peak"), help="signal: gain only. How a predicted "
+                                          "gain becomes the router's signal: evidence = its z-score (gain over "
+                                          "its standard error) / 2, clipped to [-1, 1], so a kind whose sign the "
+                                          "measurements cannot tell sits at prior_on; peak = the gain over the "
+                                          "largest recent RMS of the predictions"))
     gain_every: int = field(
         default=1, metadata=rule(min=1, help="signal: gain only. Measure the held-out change every N optimizer "
                                              "steps: each measurement costs one forward without grad of the "

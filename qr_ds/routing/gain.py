@@ -16,6 +16,10 @@ it differs, so a few noisy steps do not flip it.
 Exponential forgetting (half-life ``log 0.5 / log forget`` steps of news about a kind) follows a
 gain that fades as a student learns (saturation) or turns negative (a wrong rule learned) instead of
 averaging it away; a kind no path of which reached the student in a step is not forgotten that step.
+
+``evidence`` is each prediction over its standard error (a z-score): the noise is the forgetful mean
+square of the critic's one-step-ahead errors, the errors of the pooled mean and of a kind's deviation
+are the least-squares ones. Scale-free, and near 0 where the data cannot tell a kind's sign.
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ class GainCritic:
         self.moment = torch.zeros(S, K, dtype=torch.float64)
         self.mean = torch.zeros(S, dtype=torch.float64)
         self.deviation = torch.zeros(S, K, dtype=torch.float64)
+        self.noise = torch.zeros(S, 2, dtype=torch.float64)  # forgetful sum of squared prediction errors, count
         self.window = torch.zeros(S, K, dtype=torch.float64)  # routed paths per kind since the last step
         self.awaiting: torch.Tensor | None = None  # the last step's routed counts, waiting for its change
         self.observed = 0
@@ -85,6 +90,8 @@ class GainCritic:
             x, n = counts[s], counts[s].sum()
             if n == 0:
                 continue
+            error = y[s] - self.mean[s] * n - x @ self.deviation[s]  # what the critic did not foresee
+            self.noise[s] = self.forget * self.noise[s] + torch.stack([error * error, torch.ones_like(error)])
             self.pooled[s] = self.forget * self.pooled[s] + torch.stack([n * n, n * y[s]])
             self.mean[s] = self.pooled[s, 1] / self.pooled[s, 0]
             # forget only what this step brings news of: a kind the router stopped sending keeps what was
@@ -100,9 +107,18 @@ class GainCritic:
         """Predicted gain [P, S] of training each student on each path (nats per character of fresh paths)."""
         return (self.mean[None, :] + self.deviation.T[self.kinds(embeddings)]).float()
 
+    def evidence(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[P, S] each path's predicted gain over its standard error (0 before any news)."""
+        var = self.noise[:, 0] / self.noise[:, 1].clamp(min=1e-12)  # [S] a step's change, unexplained
+        eye = torch.eye(self.gram.shape[1], dtype=self.gram.dtype)
+        inv_diag = torch.diagonal(torch.linalg.inv(self.gram + self.ridge * eye), dim1=1, dim2=2)  # [S, K]
+        se = (var[:, None] * (1 / self.pooled[:, :1].clamp(min=1e-12) + inv_diag)).sqrt()
+        z = torch.where(se > 0, (self.mean[:, None] + self.deviation) / se.clamp(min=1e-30), 0.0)  # [S, K]
+        return z.T[self.kinds(embeddings)].float()
+
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("centres", "pooled", "gram", "moment", "mean", "deviation", "window",
-                                              "awaiting", "observed")}
+        return {k: getattr(self, k) for k in ("centres", "pooled", "gram", "moment", "mean", "deviation", "noise",
+                                              "window", "awaiting", "observed")}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():

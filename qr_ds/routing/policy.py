@@ -28,7 +28,8 @@ from qr_ds.routing.router import Router
 from qr_ds.routing.signals import SIGNALS, SignalInputs
 
 
-GAIN_SCALE_DECAY = 0.999  # per micro-step: how fast the gain signal's scale forgets its peak
+GAIN_SCALE_DECAY = 0.999  # per micro-step: how fast the gain signal's scale forgets its peak (gain_scale: peak)
+EVIDENCE_UNIT = 2.0  # gain_scale: evidence: the z-score of a predicted gain that is a unit signal
 
 
 class AllPaths:
@@ -123,14 +124,22 @@ class RoutingPolicy:
         if self.critic is not None:
             if heldout_change is not None and self.critic.observe(heldout_change):
                 stats.update({f"heldout_change/{s}": v for s, v in enumerate(heldout_change.tolist())})
-            gain = self.critic.predict(embeddings)
-            # Scale-free: the router's step must not depend on how fast the students happen to learn. The
-            # scale is the largest recent one (half-life ~700 steps), not a running mean: once every gain
-            # has faded (a student that stopped improving on fresh paths) the signal fades with it and
-            # the prior decides, where a running mean re-inflated the fading noise to unit size (on the
-            # demo task the short student's styles then went on and off by seed: fact_retrieval 0.03-0.98)
-            self.gain_ms = torch.maximum(GAIN_SCALE_DECAY * self.gain_ms, gain.pow(2).mean())
-            gain = gain / self.gain_ms.sqrt().clamp(min=1e-12)
+            if self.cfg.gain_scale == "evidence":
+                # A kind moves the router as far as the evidence about its sign goes: z = 2 is a unit
+                # signal, more is clipped (P(on) ~0.97 / ~0.1 at the logit decay's balance). A kind the
+                # data cannot tell from 0 sits at prior_on: on a task where every path helps, noise in a
+                # helpful kind's estimate no longer drops it (the peak scale dropped the short student's
+                # fact_retrieval to 0.29-0.54 in 3 of 10 demo seeds, and its paths with it).
+                gain = (self.critic.evidence(embeddings) / EVIDENCE_UNIT).clamp(-1.0, 1.0)
+            else:
+                gain = self.critic.predict(embeddings)
+                # Scale-free: the router's step must not depend on how fast the students happen to learn.
+                # The scale is the largest recent one (half-life ~700 steps), not a running mean: once
+                # every gain has faded the signal fades with it and the prior decides, where a running
+                # mean re-inflated the fading noise to unit size (on the demo task the short student's
+                # styles then went on and off by seed: fact_retrieval 0.03-0.98)
+                self.gain_ms = torch.maximum(GAIN_SCALE_DECAY * self.gain_ms, gain.pow(2).mean())
+                gain = gain / self.gain_ms.sqrt().clamp(min=1e-12)
             stats.update({f"gain/{s}": v for s, v in enumerate(gain.mean(0).tolist())})
         signal = self.signal.fn(SignalInputs(path_losses.detach().float(), gain))
         recent_rate = None
