@@ -473,6 +473,28 @@ def test_gain_critic_separates_a_harmful_kind_among_helpful_ones_and_remembers_i
         GainCritic(torch.eye(2), 1, forget=0.0)
 
 
+def test_gain_evidence_tells_a_kind_with_no_gain_from_helpful_and_harmful_ones():
+    """Additive measurement noise (sd 2, a step's true change is at most 8): the evidence (z-score) of
+    a kind that neither helps nor harms stays inside +-2, while those that do pass it; before any news
+    every z is 0, so the router sits at its prior."""
+    true = torch.tensor([0.5, 0.5, 0.0, -0.5])
+    centres = torch.eye(4)
+    zero_kinds = []
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        critic = GainCritic(centres, n_students=1, forget=0.99, ridge=30.0)
+        assert torch.equal(critic.evidence(centres), torch.zeros(4, 1))
+        for _ in range(400):
+            kinds = torch.randint(0, 4, (8,), generator=g)
+            critic.routed(centres[kinds], torch.ones(8, 1))
+            critic.stepped()
+            critic.observe(-(true[kinds].sum() + 2.0 * torch.randn(1, generator=g)))
+        z = critic.evidence(centres).flatten()
+        assert z[0] > 2 and z[1] > 2 and z[3] < -2, z
+        zero_kinds.append(z[2].abs().item())
+    assert max(zero_kinds) < 2, zero_kinds
+
+
 def test_kmeans_finds_planted_clusters():
     g = torch.Generator().manual_seed(0)
     centres = torch.nn.functional.normalize(torch.randn(5, 16, generator=g), dim=1)
