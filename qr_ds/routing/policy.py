@@ -126,10 +126,9 @@ class RoutingPolicy:
                 stats.update({f"heldout_change/{s}": v for s, v in enumerate(heldout_change.tolist())})
             if self.cfg.gain_scale == "evidence":
                 # A kind moves the router as far as the evidence about its sign goes: z = 2 is a unit
-                # signal, more is clipped (P(on) ~0.97 / ~0.1 at the logit decay's balance). A kind the
-                # data cannot tell from 0 sits at prior_on: on a task where every path helps, noise in a
-                # helpful kind's estimate no longer drops it (the peak scale dropped the short student's
-                # fact_retrieval to 0.29-0.54 in 3 of 10 demo seeds, and its paths with it).
+                # signal, more is clipped (P(on) ~0.97 / ~0.1 at the logit decay's balance), and a kind
+                # the data cannot tell from 0 sits at prior_on. Wider margins than the peak scale on
+                # every known answer; on the demo tasks no resolved difference (docs/method.md).
                 gain = (self.critic.evidence(embeddings) / EVIDENCE_UNIT).clamp(-1.0, 1.0)
             else:
                 gain = self.critic.predict(embeddings)
