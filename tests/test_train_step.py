@@ -236,6 +236,39 @@ def test_gain_signal_measures_the_next_batch_before_and_after_the_step(strategy,
     assert tr._gain_batch(batches) is None
 
 
+def test_gain_holdout_measures_questions_no_student_trains_on_all_through_training(strategy, kit):
+    """router.gain_holdout: a question's paths never reach a training batch, and the change of the
+    students' loss on them is measured over every optimizer step, also after the first epoch: the
+    same held-out batch before and after the step (one forward each step), credited to the critic."""
+    from qr_ds.routing.config import GAIN_FORM
+
+    tr = _trainer(strategy, kit, "holdout", lr_schedule="constant",
+                  router={"hidden": 16, **GAIN_FORM, "gain_holdout": 0.25})
+    held = set(tr.data.heldout.tolist())
+    assert held and len(set(tr.data.question_index[tr.data.heldout].tolist())) == 1  # 1 of 4 questions
+    for epoch in range(3):
+        assert not held & set(torch.cat(tr.data.epoch_batches(epoch, tr.P)).tolist())
+    tr.pos.epoch = 2  # past the first epoch, where the look-ahead form stops measuring
+    batches = tr.data.epoch_batches(2, tr.P)
+    h = tr._gain_batch(batches)
+    assert h is not None and set(h.tolist()) <= held
+    tr.micro_step(batches[0], ahead=h)
+    tr.routing.step()
+    tr.pos.step += 1
+    before = tr._ahead[1].clone()
+    assert torch.equal(tr._gain_batch(batches), h), "the same held-out batch on the next step"
+    rec = tr.micro_step(batches[1], ahead=h)
+    change = (tr._ahead[1] - before).nanmean(dim=0)
+    assert tr.routing.critic.observed == 1
+    for s in range(len(tr.names)):
+        assert rec.router[f"router/heldout_change/{s}"] == pytest.approx(change[s].item(), abs=1e-6)
+    assert (change != 0).all(), "a step moved the loss on paths it never trained on"
+    from qr_ds.config import ConfigError
+
+    with pytest.raises(ConfigError, match="router.gain_every"):
+        _trainer(strategy, kit, "holdout_every", router={**GAIN_FORM, "gain_holdout": 0.25, "gain_every": 2})
+
+
 def test_a_router_that_sends_every_path_trains_the_students_as_w_o_route(strategy, kit):
     """The router's machinery (its forward, the probes of unrouted paths, the gain form's look-ahead
     forward between a student's forward and its backward) must not touch the students: routed all-on,

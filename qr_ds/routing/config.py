@@ -65,6 +65,13 @@ class RouterConfig:
                                           "its standard error) / 2, clipped to [-1, 1], so a kind whose sign the "
                                           "measurements cannot tell sits at prior_on; peak = the gain over the "
                                           "largest recent RMS of the predictions"))
+    gain_holdout: float = field(
+        default=0.0, metadata=rule(min=0.0, max=0.5, help="signal: gain only. The fraction of questions no "
+                                                           "student trains on; their paths measure the held-out "
+                                                           "change every optimizer step of training (one forward "
+                                                           "without grad of a batch per student per step). 0 = "
+                                                           "the next batch, fresh in the first epoch only, is "
+                                                           "measured, and the critic keeps what it learned there"))
     gain_every: int = field(
         default=1, metadata=rule(min=1, help="signal: gain only. Measure the held-out change every N optimizer "
                                              "steps: each measurement costs one forward without grad of the "
@@ -90,6 +97,9 @@ class RouterConfig:
                                                  "a student left out trains on every style"))
 
     def validate(self, key: str = "router") -> None:
+        if self.gain_holdout > 0 and self.gain_every > 1:
+            raise ConfigError(f"config key '{key}.gain_every': {self.gain_every} with {key}.gain_holdout "
+                              f"{self.gain_holdout}; a held-out batch is measured every step (set gain_every: 1)")
         if self.rate_min > self.rate_max:
             raise ConfigError(f"config key '{key}.rate_min': {self.rate_min} is above {key}.rate_max "
                               f"({self.rate_max}); the range balance needs rate_min <= rate_max")

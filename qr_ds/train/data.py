@@ -55,6 +55,23 @@ def collate(items: list[Encoded], pad_id: int, device) -> dict[str, torch.Tensor
             dict(input_ids=ids, attention_mask=mask, labels=labels, span_ids=spans).items()}
 
 
+HOLDOUT_ROTATE = 16  # optimizer steps one held-out batch is measured for (one in 16 changes is lost)
+
+
+def gain_holdout_of(cfg: TrainConfig) -> float:
+    """The fraction of questions held out for the gain signal: only a learned router that measures gain holds any."""
+    from qr_ds.routing.signals import SIGNALS
+
+    r = cfg.router
+    return r.gain_holdout if r.enabled and not r.fixed and SIGNALS[r.signal].needs_gain else 0.0
+
+
+def held_out_questions(n_questions: int, fraction: float, seed: int) -> torch.Tensor:
+    """Question indices held out of training (seeded; at least one when ``fraction`` > 0)."""
+    n = max(1, round(fraction * n_questions)) if fraction > 0 else 0
+    return torch.randperm(n_questions, generator=torch.Generator().manual_seed(seed * 7919 + 17))[:n].sort().values
+
+
 def question_groups(question_index: torch.Tensor, n_questions: int) -> list[torch.Tensor]:
     """Each question's path indices in path order, in one stable sort (a scan per question was O(N*Q))."""
     order = torch.sort(question_index, stable=True).indices
@@ -89,9 +106,20 @@ class TrainData:
         self.styles = torch.from_numpy(np.asarray(p.style, dtype=np.int64))  # index into p.styles
         self.path_weight = path_weights(p.meta["train_tasks"], np.asarray(p.train_task), cfg.data.task_weights)
         n_q = p.meta["n_questions"]
-        self._by_question = question_groups(self.question_index, n_q)
         self.seed, self.by_question = cfg.seed, cfg.data.batch_order == "by_question"
-        log(f"training on {len(self)} paths of {n_q} questions")
+        # router.gain_holdout: questions no student trains on, whose paths the gain signal measures
+        held = held_out_questions(n_q, gain_holdout_of(cfg), cfg.seed)
+        is_held = torch.isin(self.question_index, held)
+        self.heldout = torch.nonzero(is_held).flatten()
+        self._by_question = [g for q, g in enumerate(question_groups(self.question_index, n_q))
+                             if not bool(torch.isin(torch.tensor(q), held))]
+        self.trained = torch.nonzero(~is_held).flatten()
+        if not len(self.trained):
+            raise ValueError(f"config key 'router.gain_holdout': holding out {len(held)} of {n_q} questions "
+                             f"leaves no path to train on")
+        log(f"training on {len(self.trained)} paths of {n_q - len(held)} questions" + (
+            f"; {len(self.heldout)} paths of {len(held)} held-out questions measure the gain signal"
+            if len(held) else ""))
         cut = [int(np.count_nonzero(v.truncated)) for v in p.students]
         names = [s.name for s in cfg.students]
         log("paths cut at the students' max_len: " + ", ".join(
@@ -117,10 +145,20 @@ class TrainData:
             order = torch.cat([self._by_question[q][torch.randperm(len(self._by_question[q]), generator=g)]
                                for q in torch.randperm(len(self._by_question), generator=g).tolist()])
         else:
-            order = torch.randperm(len(self.records), generator=g)
+            order = self.trained[torch.randperm(len(self.trained), generator=g)]
         n = -(-len(order) // batch)
         padded = torch.cat([order, order[: n * batch - len(order)]]) if n * batch > len(order) else order
         return list(padded.view(n, batch))
+
+    def heldout_batch(self, step: int, batch: int) -> torch.Tensor:
+        """The held-out paths the gain signal measures around optimizer step ``step``: one batch for
+        ``HOLDOUT_ROTATE`` steps in a row, so that one forward per step measures the change over the
+        previous step (the same paths before and after it), then the next, cycling over all of them."""
+        order = self.heldout[torch.randperm(len(self.heldout), generator=torch.Generator().manual_seed(self.seed))]
+        n = -(-len(order) // batch)
+        k = (step // HOLDOUT_ROTATE) % n
+        return torch.cat([order, order])[k * batch: k * batch + batch] if len(order) >= batch else \
+            order.repeat(-(-batch // len(order)))[:batch]
 
     def span_mask(self, idx: torch.Tensor, max_spans: int) -> torch.Tensor:
         counts = torch.as_tensor(np.asarray(self.n_spans)[idx.numpy()], dtype=torch.long)

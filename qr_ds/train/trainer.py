@@ -56,11 +56,11 @@ class Trainer:
         self.data = TrainData(cfg, self.tokenizers, self.say, progress=self._progress)
         self.layout = strategy.layout
         self.P = cfg.micro_batch_paths * self.layout.n_chunks
-        micro_per_epoch = math.ceil(len(self.data) / self.P)
+        micro_per_epoch = math.ceil(len(self.data.trained) / self.P)
         total = cfg.epochs * micro_per_epoch // cfg.grad_accum
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         if self.total_steps < 1:
-            raise ValueError(f"{len(self.data)} paths at {self.P} per micro-step and grad_accum "
+            raise ValueError(f"{len(self.data.trained)} paths at {self.P} per micro-step and grad_accum "
                              f"{cfg.grad_accum} give no optimizer step; lower grad_accum or micro_batch_paths")
         self.students = [self._build(s) for s in strategy.local_students]
         # ZeRO-3 prefetches by a recorded module order that must repeat every step, and the mutual term
@@ -75,7 +75,8 @@ class Trainer:
         # coordinator only, and the others follow its broadcast.
         self.routing = make_policy(cfg.router, self.data.embeddings, [s.name for s in cfg.students],
                                    self.data.prepared.styles, cfg.lambda1, cfg.seed, coordinator=self.is_coord)
-        self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None  # (next batch, its losses before the step)
+        self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None  # (measured batch, its losses before the step)
+        self.holdout = len(self.data.heldout) > 0
         self.pos = Position()
         self.evaluator = None
         if cfg.eval.every_steps and self.is_coord:  # a separate process: training waits only for the hand-off
@@ -228,13 +229,18 @@ class Trainer:
             record.nats_per_char = per_char
             if self.routing.learns:
                 change = None
-                if self._ahead is not None and torch.equal(self._ahead[0], idx):
-                    # this batch, forwarded after the step, against itself before it: what the step taught
-                    delta = per_char - self._ahead[1]
+                now = self.per_char(ahead, path_loss[2], path_loss[3]) if ahead is not None else None
+                # after the last step: this batch's own forward (the look-ahead), or the held-out
+                # batch's forward of this micro-step (gain_holdout), when it was measured before the step
+                after = now if self.holdout else per_char
+                measured = ahead if self.holdout else idx
+                if self._ahead is not None and measured is not None and torch.equal(self._ahead[0], measured):
+                    delta = after - self._ahead[1]
                     if self.cfg.router.gain_heldout == "right":
-                        delta = delta.masked_fill(self.data.cut_wrong[idx], float("nan"))
+                        delta = delta.masked_fill(self.data.cut_wrong[measured], float("nan"))
                     change = delta.nanmean(dim=0)
-                self._ahead = (ahead, self.per_char(ahead, path_loss[2], path_loss[3])) if ahead is not None else None
+                if ahead is not None or not self.holdout:  # held-out batches pair across micro-steps
+                    self._ahead = (ahead, now) if ahead is not None else None
                 r = self.routing.learn(per_char, self.data.question_index[idx], scale=1 / self.cfg.grad_accum,
                                        heldout_change=change)
                 record.router = {"router_loss": r.pop("loss"), **{f"router/{k}": v for k, v in r.items()}}
@@ -285,13 +291,17 @@ class Trainer:
 
     def _gain_batch(self, batches: list[torch.Tensor]) -> torch.Tensor | None:
         """The batch to forward before this micro-step's optimizer step and again after it (the gain
-        signal's held-out paths: the next batch, not trained on yet), or None when nothing is measured.
+        signal's held-out paths), or None when nothing is measured.
 
-        Only in the first epoch: later every path has been trained on, and a step then raises the loss
-        on paths the students had memorised (on the demo task, 6 epochs, the measured gains turned
-        negative after the first and the router fell to rate_min); the critic keeps what it learned."""
+        With ``router.gain_holdout``, paths of questions no student trains on, every step of training.
+        Else the next batch, not trained on yet, in the first epoch only: later every path has been
+        trained on, and a step then raises the loss on paths the students had memorised (on the demo
+        task, 6 epochs, the measured gains turned negative after the first and the router fell to
+        rate_min); the critic keeps what it learned."""
         cfg = self.cfg
         last_micro = (self.pos.micro_step + 1) % cfg.grad_accum == 0
+        if self.holdout:
+            return self.data.heldout_batch(self.pos.step, self.P) if self.routing.measures_gain and last_micro else None
         if not (self.routing.measures_gain and last_micro and self.pos.epoch == 0
                 and self.pos.step % cfg.router.gain_every == 0 and self.pos.batch + 1 < len(batches)):
             return None
