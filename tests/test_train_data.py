@@ -7,7 +7,7 @@ from qr_ds.train.data import TrainData, question_groups
 def _data(by_question: bool, paths_per_question=(3, 1, 4, 2, 5)) -> TrainData:
     d = TrainData.__new__(TrainData)  # the order needs only the path -> question map
     qi = torch.tensor([q for q, n in enumerate(paths_per_question) for _ in range(n)])
-    d.records, d.question_index = list(range(len(qi))), qi
+    d.records, d.question_index, d.trained = list(range(len(qi))), qi, torch.arange(len(qi))
     d._by_question = question_groups(qi, len(paths_per_question))
     d.seed, d.by_question = 0, by_question
     return d

@@ -108,7 +108,11 @@ class GainCritic:
         return (self.mean[None, :] + self.deviation.T[self.kinds(embeddings)]).float()
 
     def evidence(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """[P, S] each path's predicted gain over its standard error (0 before any news)."""
+        """[P, S] each path's predicted gain over its standard error: 0 until the critic has seen more
+        steps than it has parameters (K kinds + the mean), when a noise estimate from a few residuals
+        says nothing (from 2-3 steps, the rounding of a different reduce order moved it twofold)."""
+        if self.observed <= self.gram.shape[1] + 1:
+            return torch.zeros(len(embeddings), self.gram.shape[0])
         var = self.noise[:, 0] / self.noise[:, 1].clamp(min=1e-12)  # [S] a step's change, unexplained
         eye = torch.eye(self.gram.shape[1], dtype=self.gram.dtype)
         inv_diag = torch.diagonal(torch.linalg.inv(self.gram + self.ridge * eye), dim1=1, dim2=2)  # [S, K]

@@ -111,8 +111,9 @@ class TrainData:
         held = held_out_questions(n_q, gain_holdout_of(cfg), cfg.seed)
         is_held = torch.isin(self.question_index, held)
         self.heldout = torch.nonzero(is_held).flatten()
-        self._by_question = [g for q, g in enumerate(question_groups(self.question_index, n_q))
-                             if not bool(torch.isin(torch.tensor(q), held))]
+        q_held = torch.zeros(n_q, dtype=torch.bool)
+        q_held[held] = True
+        self._by_question = [g for q, g in enumerate(question_groups(self.question_index, n_q)) if not q_held[q]]
         self.trained = torch.nonzero(~is_held).flatten()
         if not len(self.trained):
             raise ValueError(f"config key 'router.gain_holdout': holding out {len(held)} of {n_q} questions "
