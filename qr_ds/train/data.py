@@ -109,10 +109,13 @@ class TrainData:
         self.seed, self.by_question = cfg.seed, cfg.data.batch_order == "by_question"
         # router.gain_holdout: questions no student trains on, whose paths the gain signal measures
         held = held_out_questions(n_q, gain_holdout_of(cfg), cfg.seed)
-        is_held = torch.isin(self.question_index, held)
-        self.heldout = torch.nonzero(is_held).flatten()
         q_held = torch.zeros(n_q, dtype=torch.bool)
         q_held[held] = True
+        is_held = q_held[self.question_index]
+        self.heldout = torch.nonzero(is_held).flatten()
+        # the order the held-out batches take them in, fixed for the run
+        self._heldout_order = self.heldout[torch.randperm(len(self.heldout),
+                                                          generator=torch.Generator().manual_seed(cfg.seed))]
         self._by_question = [g for q, g in enumerate(question_groups(self.question_index, n_q)) if not q_held[q]]
         self.trained = torch.nonzero(~is_held).flatten()
         if not len(self.trained):
@@ -155,11 +158,9 @@ class TrainData:
         """The held-out paths the gain signal measures around optimizer step ``step``: one batch for
         ``HOLDOUT_ROTATE`` steps in a row, so that one forward per step measures the change over the
         previous step (the same paths before and after it), then the next, cycling over all of them."""
-        order = self.heldout[torch.randperm(len(self.heldout), generator=torch.Generator().manual_seed(self.seed))]
-        n = -(-len(order) // batch)
-        k = (step // HOLDOUT_ROTATE) % n
-        return torch.cat([order, order])[k * batch: k * batch + batch] if len(order) >= batch else \
-            order.repeat(-(-batch // len(order)))[:batch]
+        order = self._heldout_order
+        k = (step // HOLDOUT_ROTATE) % -(-len(order) // batch)
+        return order[(k * batch + torch.arange(batch)) % len(order)]  # wraps, also when fewer than a batch
 
     def span_mask(self, idx: torch.Tensor, max_spans: int) -> torch.Tensor:
         counts = torch.as_tensor(np.asarray(self.n_spans)[idx.numpy()], dtype=torch.long)
