@@ -129,7 +129,8 @@ class RoutingPolicy:
                 # signal, more is clipped (P(on) ~0.97 / ~0.1 at the logit decay's balance), and a kind
                 # the data cannot tell from 0 sits at prior_on. Wider margins than the peak scale on
                 # every known answer; on the demo tasks no resolved difference (docs/method.md).
-                gain = (self.critic.evidence(embeddings) / EVIDENCE_UNIT).clamp(-1.0, 1.0)
+                z = self.critic.evidence(embeddings)
+                gain = (z.sign() * (z.abs() - self.cfg.gain_floor).clamp(min=0) / EVIDENCE_UNIT).clamp(-1.0, 1.0)
             else:
                 gain = self.critic.predict(embeddings)
                 # Scale-free: the router's step must not depend on how fast the students happen to learn.
