@@ -22,8 +22,10 @@ from qr_ds.experiments.gain_routing import GainCase, expected, run_gain_case  # 
 from qr_ds.routing.config import FIT_FORM, GAIN_FORM, RouterConfig  # noqa: E402
 
 FORMS = {
-    "gain form (gain + range + logit decay to prior 0.9, evidence scale)": GAIN_FORM,
+    "gain form (gain + range + logit decay to prior 0.97, evidence scale, floor 2)": GAIN_FORM,
+    "gain, no evidence floor (gain_floor 0: z / 2)": {**GAIN_FORM, "gain_floor": 0.0},
     "gain, peak scale (gain_scale: peak)": {**GAIN_FORM, "gain_scale": "peak"},
+    "gain, prior 0.9 (the default before)": {**GAIN_FORM, "prior_on": 0.9},
     "gain, decay to 0.5 (no prior)": {**GAIN_FORM, "prior_on": 0.5},
     "gain, no forgetting (gain_forget 1.0)": {**GAIN_FORM, "gain_forget": 1.0},
     "gain, no logit decay": {**GAIN_FORM, "logit_decay": 0.0},

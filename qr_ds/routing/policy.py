@@ -29,7 +29,7 @@ from qr_ds.routing.signals import SIGNALS, SignalInputs
 
 
 GAIN_SCALE_DECAY = 0.999  # per micro-step: how fast the gain signal's scale forgets its peak (gain_scale: peak)
-EVIDENCE_UNIT = 2.0  # gain_scale: evidence: the z-score of a predicted gain that is a unit signal
+EVIDENCE_UNIT = 2.0  # gain_scale: evidence: how far past gain_floor a z-score is a unit signal
 
 
 class AllPaths:
@@ -125,10 +125,11 @@ class RoutingPolicy:
             if heldout_change is not None and self.critic.observe(heldout_change):
                 stats.update({f"heldout_change/{s}": v for s, v in enumerate(heldout_change.tolist())})
             if self.cfg.gain_scale == "evidence":
-                # A kind moves the router as far as the evidence about its sign goes: z = 2 is a unit
-                # signal, more is clipped (P(on) ~0.97 / ~0.1 at the logit decay's balance), and a kind
-                # the data cannot tell from 0 sits at prior_on. Wider margins than the peak scale on
-                # every known answer; on the demo tasks no resolved difference (docs/method.md).
+                # A kind moves the router as far as the evidence about its sign goes past gain_floor:
+                # 2 more is a unit signal, more is clipped (P(on) ~0.97 / ~0.1 at the logit decay's
+                # balance), and a kind the data cannot tell from 0 sits at prior_on. Without the floor,
+                # chance z-scores of 1-2 (common among 32 kind-student pairs) dropped no-gain kinds,
+                # and with the prior near 1 chance can only take data away (docs/method.md).
                 z = self.critic.evidence(embeddings)
                 gain = (z.sign() * (z.abs() - self.cfg.gain_floor).clamp(min=0) / EVIDENCE_UNIT).clamp(-1.0, 1.0)
             else:
