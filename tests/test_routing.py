@@ -533,6 +533,16 @@ def test_gain_floor_keeps_kinds_with_no_gain_at_the_prior_and_still_moves_real_o
     assert max(drift[2.0]) < 0.03 and min(drift[0.0]) > 0.2, drift
 
 
+def test_kmeans_finds_planted_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(5, 16, generator=g), dim=1)
+    label = torch.randint(0, 5, (500,), generator=g)
+    x = centres[label] + 0.05 * torch.randn(500, 16, generator=g)
+    found = kmeans(x, 5, seed=0)
+    assign = (torch.nn.functional.normalize(x, dim=1) @ found.T).argmax(1)
+    for k in range(5):  # each planted cluster falls into one found cluster
+        assert torch.bincount(assign[label == k]).max() == (label == k).sum()
+
 def test_policies_without_a_router_route_by_rule():
     styles = ["vanilla", "cot", "backward"]
     assert torch.equal(AllPaths(2).route(None, torch.tensor([0, 2, 1])), torch.ones(3, 2))
