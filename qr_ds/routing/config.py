@@ -69,9 +69,10 @@ class RouterConfig:
         default=2.0, metadata=rule(min=0.0, help="gain_scale: evidence only. The z-score a kind's gain must pass "
                                                  "before it moves the router: signal = sign(z) * (|z| - floor) / 2, "
                                                  "clipped to [-1, 1]. 2 = a sign resolved at the 5% level per kind; "
-                                                 "of 16 kinds x 2 students with no gain, ~78% of runs have some "
-                                                 "|z| > 2 by chance (0: the linear z / 2 of before, under which "
-                                                 "such kinds moved P(on) by half a unit)"))
+                                                 "of 16 kinds x 2 students with no gain, 1 - 0.954^32 = ~78% of runs "
+                                                 "would have some |z| > 2 by chance if the z-scores were independent "
+                                                 "(0: the linear z / 2 of before, under which such kinds moved "
+                                                 "P(on) by half a unit)"))
     gain_holdout: float = field(
         default=0.0, metadata=rule(min=0.0, max=0.5, help="signal: gain only. The fraction of questions no "
                                                            "student trains on; their paths measure the held-out "
