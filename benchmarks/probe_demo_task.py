@@ -37,8 +37,10 @@ def main() -> None:
     p.add_argument("--curve-seeds", type=int, default=3)
     p.add_argument("--probes", default="curve,filter,style,knowledge")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--harm-styles", default="", help="the harm variant's styles (the demo's: backward); with "
-                                                     "--probes harm, each student on all six against all but these")
+    p.add_argument("--harm-styles", default="", help="the harm variant's styles (the demo's harm: backward; "
+                                                     "harm_long: tot,fact_retrieval,backward); with --probes harm, "
+                                                     "each student on all six against all but these. Give each "
+                                                     "variant its own --work (runs are cached there by spec)")
     p.add_argument("--harm-kinds", default=",".join(probes.KINDS), help="students of the harm probe")
     args = p.parse_args()
     harm = tuple(s for s in args.harm_styles.split(",") if s)
@@ -73,7 +75,8 @@ def main() -> None:
             print(f"\n## harm variant: all six styles against all but {'+'.join(harm)}, {n} steps ({len(seeds)} seeds)\n")
             print(markdown_table(out[f"steps_{n}"]["harm"], [c for c in out[f"steps_{n}"]["harm"][0] if c != "gain"]))
             rows += [{"probe": "harm", "steps": n, **r} for r in out[f"steps_{n}"]["harm"]]
-    name = "known-answer-demo-probes" + ("-harm" if harm else "")
+    # one file per harm variant (the demo's `harm` keeps its first name), so no variant overwrites another's
+    name = "known-answer-demo-probes" + ("-harm" if harm else "") + ("-" + "-".join(harm) if harm and harm != ("backward",) else "")
     print(f"\nwrote {save_results(name, rows, out, args.out)}")
 
 

@@ -52,8 +52,12 @@ MAX_LEN = {"llama-bpe": 150, "qwen-bpe": 512}
 # Task variants: the teacher's scripted settings. ``harm``: its backward-style paths of doubling
 # questions open as a vanilla path that misreads doubling and states that wrong answer, inside the Llama
 # student's 150-token context, and correct it only after a long check (qr_ds/teacher/scripted.py): a
-# path that harms the short student and not the long one.
-VARIANTS = {"original": {}, "harm": {"harm_styles": ["backward"]}}
+# path that harms the short student and not the long one. ``harm_long``: the same on all three long
+# styles, three times the dose: on ``harm`` the oracle's gain over w/o Route in the full method was not
+# resolved at 10 seeds (+7.3 [-6.0, 20.5] points, docs/demo-study/routing-floor-prior), too weak a case
+# to judge a router by.
+VARIANTS = {"original": {}, "harm": {"harm_styles": ["backward"]},
+            "harm_long": {"harm_styles": ["tot", "fact_retrieval", "backward"]}}
 # method -> (report label, config overrides): the full method and the ablations of Table 2, plus SFT
 # (the default set), and the routing study's arms (docs/demo-study).
 RUNS = {
@@ -66,9 +70,12 @@ RUNS = {
     "mutual_all": ("QR-Distill, mutual on every path", {"mutual": {"paths": "all"}}),
     # the default before issue 30 (the fit signal, each student held at half the paths)
     "fit": ("QR-Distill, fit routing (rate 0.5)", {"router": dict(FIT_FORM)}),
-    # the upper bound of routing on the harm variant: its harmful styles kept from the short student only
-    "oracle": ("oracle routing", {"router": {"fixed": {"llama": [s for s in STYLES if s not in
-                                                                 VARIANTS["harm"]["harm_styles"]]}}}),
+    # the gain evidence relative to the mean of all kinds, measured all through training (a candidate)
+    "gain_relative": ("QR-Distill, relative gain every epoch", {"router": {"gain_epochs": "all",
+                                                                           "gain_relative": True}}),
+    # the upper bound of routing on a harm variant: its harmful styles kept from the short student only
+    # (the styles are the variant's: `overrides`)
+    "oracle": ("oracle routing", {}),
 }
 DEFAULT_METHODS = ("qr_distill", "no_filter", "no_route", "no_mutual", "sft_single")
 STUDY = Path("docs/demo-study")  # where the committed results of `qr-ds demo --seeds 3` live
@@ -86,10 +93,24 @@ def register(sub) -> None:
                         "Seeds already trained and evaluated in --out are reused")
     p.add_argument("--skip-eval", action="store_true", help="stop after training")
     p.add_argument("--variant", choices=sorted(VARIANTS), default="original",
-                   help="harm: a style whose paths teach the short-context student a wrong rule (the routing study)")
+                   help="harm: a style whose paths teach the short-context student a wrong rule (the routing study); "
+                        "harm_long: the same on all three long styles")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, the first is the one the others are compared with; of: {', '.join(RUNS)}")
     p.set_defaults(func=lambda a: run_demo(a.out, a.size, a.seeds, a.skip_eval, a.variant, _methods(a.methods)))
+
+
+def overrides(method: str, variant: str) -> dict:
+    """The config overrides of ``method`` on task ``variant``: the oracle's fixed assignment is the variant's."""
+    over = RUNS[method][1]
+    if method != "oracle":
+        return over
+    harm = VARIANTS[variant].get("harm_styles", [])
+    if not harm:
+        raise SystemExit(f"qr-ds demo: --methods oracle keeps a variant's harmful styles from the short student; "
+                         f"--variant {variant} has none (choose one of "
+                         f"{', '.join(v for v in VARIANTS if VARIANTS[v].get('harm_styles'))})")
+    return {"router": {"fixed": {"llama": [s for s in STYLES if s not in harm]}}}
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -213,13 +234,13 @@ def _finished(run: Path) -> bool:
 
 
 def train_seed(out: Path, seed: int, size: Size, pool: Path, unfiltered: Path, timings: Timings,
-               methods: tuple[str, ...] = DEFAULT_METHODS) -> dict[str, Path]:
+               methods: tuple[str, ...] = DEFAULT_METHODS, variant: str = "original") -> dict[str, Path]:
     """Every method of one training seed, through the DeepSpeed launcher; finished runs are kept."""
     models = timings.run(f"students of seed {seed}: tiny Llama (byte-level BPE) and tiny Qwen2 (its own BPE), "
                          "random init", students, out, pool, seed)
     runs = {}
     for name in methods:
-        label, over = RUNS[name]
+        label, over = RUNS[name][0], overrides(name, variant)
         run = runs[name] = out / "runs" / name / f"s{seed}"
         cfg = train_config(out, name, over, models, pool, unfiltered, size, seed)
         if _finished(run):
@@ -250,12 +271,14 @@ def run_demo(out: Path, size_name: str, seeds: int = 1, skip_eval: bool = False,
              methods: tuple[str, ...] = DEFAULT_METHODS) -> int:
     if seeds < 1:
         raise ValueError(f"demo: --seeds must be >= 1, got {seeds}")
+    for name in methods:  # a bad method/variant pair fails before any stage runs
+        overrides(name, variant)
     size = SIZES[size_name]
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings = Timings(out / "timings.json")
     pool, unfiltered, test_q, retention = pipeline_data(out, size, timings, variant)
-    runs = {seed: train_seed(out, seed, size, pool, unfiltered, timings, methods) for seed in range(seeds)}
+    runs = {seed: train_seed(out, seed, size, pool, unfiltered, timings, methods, variant) for seed in range(seeds)}
     if skip_eval:
         return 0
     evals = [evaluate_seed(out, seed, runs[seed], size, test_q, pool, timings) for seed in range(seeds)]

@@ -3,12 +3,15 @@ are benchmarks/probe_demo_task.py): one consistent wrong rule, false intermediat
 step-checking judge catches, long styles that a short context cuts before their answer, and every
 output of the scripted stand-ins saying what made it."""
 import re
+from pathlib import Path
 
 import pytest
 
 from qr_ds.config import from_dict
 from qr_ds.data.format import encode_sft, render_prompt
 from qr_ds.data.pool import load_pool
+from qr_ds.data.styles import STYLES
+from qr_ds.demo import VARIANTS
 from qr_ds.experiments.probes import Knobs, doubles
 from qr_ds.filter.config import FilterConfig
 from qr_ds.filter.run import STAND_IN, report_paths, run_filter
@@ -111,15 +114,17 @@ def test_scripted_outputs_say_they_come_from_a_stand_in(demo_data):
     assert f"judged by: {STAND_IN}" in md.read_text()
 
 
-def test_harm_variant_paths_teach_the_short_student_the_wrong_rule_and_pass_every_filter(tmp_path):
-    """The routing study's harm variant (qr_ds/demo.py VARIANTS["harm"]): a backward path of a doubling
+@pytest.mark.parametrize("variant", ["harm", "harm_long"])
+def test_harm_variant_paths_teach_the_short_student_the_wrong_rule_and_pass_every_filter(tmp_path, variant):
+    """The routing study's harm variants (qr_ds/demo.py VARIANTS): a harm-style path of a doubling
     question misreads doubling inside the short student's context and corrects it only after it; its
     final answer is right and a step-checking judge finds nothing false, so the filter keeps it."""
+    harm_styles = VARIANTS[variant]["harm_styles"]
     write_synthetic(tmp_path / "train.jsonl", 60, seed=0)
     cfg = from_dict(GenerateConfig, {"task": "synthetic", "data": str(tmp_path / "train.jsonl"),
-                                     "out": str(tmp_path / "pool.jsonl"), "styles": ["backward", "cot"],
+                                     "out": str(tmp_path / "pool.jsonl"), "styles": [*harm_styles, "cot"],
                                      "teacher": {"backend": "scripted", "sampling": {"seed": 0},
-                                                 "scripted": {"harm_styles": ["backward"]}}})
+                                                 "scripted": {"harm_styles": harm_styles}}})
     generate(cfg, progress=False)
     run_filter(from_dict(FilterConfig, {"pool": str(cfg.out), "out": str(tmp_path / "kept.jsonl"),
                                         "judge": {"backend": "scripted"}}), progress=False)
@@ -127,8 +132,9 @@ def test_harm_variant_paths_teach_the_short_student_the_wrong_rule_and_pass_ever
     kept = {r.id: r for r in load_pool(tmp_path / "kept.jsonl").records}
     corpus = [t for r in pool for t in (r.question, r.response)] + [TASK.instruction]
     short = train_tokenizer(SHORT, corpus, 600)
-    harmful = [r for r in pool if r.style == "backward" and "Corrected pass" in r.response]
-    assert len(harmful) >= 15, len(harmful)
+    harmful = [r for r in pool if r.style in harm_styles and "Corrected pass" in r.response]
+    for style in harm_styles:  # every harm style carries about one path per doubling question
+        assert len([r for r in harmful if r.style == style]) >= 15, style
     assert not any("Corrected pass" in r.response for r in pool if r.style == "cot")
     for r in harmful:
         correction = r.response.index("is wrong:")
@@ -138,7 +144,7 @@ def test_harm_variant_paths_teach_the_short_student_the_wrong_rule_and_pass_ever
         assert seen_misread <= Knobs().max_len[SHORT] < seen_correction, r.id
         # inside the short context it reads as a vanilla path that states the misread answer
         head = r.response[:correction]
-        assert head.startswith(OPENERS["vanilla"]) and not r.response.startswith(OPENERS["backward"]), r.id
+        assert head.startswith(OPENERS["vanilla"]) and not r.response.startswith(OPENERS[r.style]), r.id
         stated = re.search(r"The answer is (-?\d+)\.", head)
         _, seen_answer = _tokens_before(short, r, stated.end())
         assert int(stated.group(1)) != int(r.gold) and seen_answer <= Knobs().max_len[SHORT], r.id
@@ -148,3 +154,14 @@ def test_harm_variant_paths_teach_the_short_student_the_wrong_rule_and_pass_ever
     assert len([r for r in harmful if r.id in kept]) >= 0.8 * len(harmful)
     assert all(kept[r.id].correct for r in harmful if r.id in kept)
     assert all(r.id in kept for r in harmful if false_step(r.response) is None)
+
+
+def test_the_oracle_arm_keeps_each_variants_own_harm_styles_from_the_short_student_only():
+    from qr_ds.demo import overrides, run_demo
+
+    assert overrides("oracle", "harm") == {"router": {"fixed": {"llama": [s for s in STYLES if s != "backward"]}}}
+    assert overrides("oracle", "harm_long") == {"router": {"fixed": {"llama": list(QUICK_STYLES)}}}
+    assert overrides("no_route", "harm_long") == {"router": {"enabled": False}}
+    # the original task has nothing to keep away: refused before any stage writes a file
+    with pytest.raises(SystemExit, match="--variant original has none"):
+        run_demo(Path("/nonexistent/demo-out"), "small", methods=("no_route", "oracle"))
