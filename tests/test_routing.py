@@ -410,6 +410,10 @@ def test_config_choices_are_the_registries_and_a_bad_one_is_named():
         from_dict(RouterConfig, {"signal": "fit"}, "router")
     with pytest.raises(ConfigError, match="router.rate_min"):
         from_dict(RouterConfig, {"rate_min": 0.6, "rate_max": 0.4}, "router")
+    with pytest.raises(ConfigError, match="router.gain_epochs"):
+        from_dict(RouterConfig, {"gain_epochs": "all", "gain_holdout": 0.1}, "router")
+    with pytest.raises(ConfigError, match="router.gain_relative.*evidence"):
+        from_dict(RouterConfig, {"gain_relative": True, "gain_scale": "peak"}, "router")
 
 
 def test_range_balance_is_zero_inside_and_pulls_back_to_the_nearer_bound():
@@ -493,6 +497,26 @@ def test_gain_evidence_tells_a_kind_with_no_gain_from_helpful_and_harmful_ones()
         assert z[0] > 2 and z[1] > 2 and z[3] < -2, z
         zero_kinds.append(z[2].abs().item())
     assert max(zero_kinds) < 2, zero_kinds
+
+
+def test_relative_evidence_moves_only_the_kind_that_differs_when_every_kind_loses_together():
+    """Late in training every step raises the loss on memorised paths a little (every kind's true gain
+    -0.3), and one kind harms more (-0.8): the whole-gain evidence calls every kind harmful, the
+    relative one only that kind; the others, above the mean, are never called harmful (5 seeds, additive
+    noise sd 1)."""
+    true = torch.tensor([-0.3, -0.3, -0.3, -0.8])
+    centres = torch.eye(4)
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        critic = GainCritic(centres, n_students=1, forget=0.99, ridge=30.0)
+        for _ in range(400):
+            kinds = torch.randint(0, 4, (8,), generator=g)
+            critic.routed(centres[kinds], torch.ones(8, 1))
+            critic.stepped()
+            critic.observe(-(true[kinds].sum() + torch.randn(1, generator=g)))
+        whole, rel = critic.evidence(centres).flatten(), critic.evidence(centres, relative=True).flatten()
+        assert (whole < -2).all(), (seed, whole)
+        assert rel[3] < -2 and (rel[:3] > -2).all(), (seed, rel)
 
 
 NOISE = 1.0

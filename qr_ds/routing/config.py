@@ -85,6 +85,20 @@ class RouterConfig:
                                                            "rates fall to rate_min and accuracy with them "
                                                            "(docs/method.md); a tool for a relative signal, not "
                                                            "a setting to use as is"))
+    gain_epochs: str = field(
+        default="first", metadata=rule(choices=("first", "all"), help="signal: gain, gain_holdout 0 only. When "
+                                       "the next batch is measured: first = the first epoch only, while its "
+                                       "paths are fresh (the critic keeps what it learned there); all = every "
+                                       "epoch, where later the paths were trained on and a step's change on them "
+                                       "is its interference with what the student memorised: a harm that "
+                                       "appears only once the format is learned shows there (use with "
+                                       "gain_relative)"))
+    gain_relative: bool = field(
+        default=False, metadata=rule(help="gain_scale: evidence only. Move the router by each kind's deviation "
+                                          "from the mean gain over all kinds (its z-score) instead of by its "
+                                          "whole gain: a change every kind shares, such as memorised paths "
+                                          "forgotten a little by any step late in training, moves no kind, "
+                                          "and where no kind differs every path sits at prior_on"))
     gain_every: int = field(
         default=1, metadata=rule(min=1, help="signal: gain only. Measure the held-out change every N optimizer "
                                              "steps: each measurement costs one forward without grad of the "
@@ -110,6 +124,13 @@ class RouterConfig:
                                                  "a student left out trains on every style"))
 
     def validate(self, key: str = "router") -> None:
+        if self.gain_epochs == "all" and self.gain_holdout > 0:
+            raise ConfigError(f"config key '{key}.gain_epochs': 'all' measures the next batch every epoch; with "
+                              f"{key}.gain_holdout {self.gain_holdout} the held-out questions are measured every "
+                              f"step already (leave gain_epochs at 'first')")
+        if self.gain_relative and self.gain_scale != "evidence":
+            raise ConfigError(f"config key '{key}.gain_relative': true needs {key}.gain_scale 'evidence' "
+                              f"(got '{self.gain_scale}'); the relative form is a z-score of each kind's deviation")
         if self.gain_holdout > 0 and self.gain_every > 1:
             raise ConfigError(f"config key '{key}.gain_every': {self.gain_every} with {key}.gain_holdout "
                               f"{self.gain_holdout}; a held-out batch is measured every step (set gain_every: 1)")

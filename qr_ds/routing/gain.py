@@ -107,17 +107,23 @@ class GainCritic:
         """Predicted gain [P, S] of training each student on each path (nats per character of fresh paths)."""
         return (self.mean[None, :] + self.deviation.T[self.kinds(embeddings)]).float()
 
-    def evidence(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def evidence(self, embeddings: torch.Tensor, relative: bool = False) -> torch.Tensor:
         """[P, S] each path's predicted gain over its standard error: 0 until the critic has seen more
         steps than it has parameters (K kinds + the mean), when a noise estimate from a few residuals
-        says nothing (from 2-3 steps, the rounding of a different reduce order moved it twofold)."""
+        says nothing (from 2-3 steps, the rounding of a different reduce order moved it twofold).
+        ``relative``: its kind's deviation from the mean gain over the deviation's standard error, so a
+        change every kind shares (memorised paths forgotten a little by any step) moves no kind."""
         if self.observed <= self.gram.shape[1] + 1:
             return torch.zeros(len(embeddings), self.gram.shape[0])
         var = self.noise[:, 0] / self.noise[:, 1].clamp(min=1e-12)  # [S] a step's change, unexplained
         eye = torch.eye(self.gram.shape[1], dtype=self.gram.dtype)
         inv_diag = torch.diagonal(torch.linalg.inv(self.gram + self.ridge * eye), dim1=1, dim2=2)  # [S, K]
-        se = (var[:, None] * (1 / self.pooled[:, :1].clamp(min=1e-12) + inv_diag)).sqrt()
-        z = torch.where(se > 0, (self.mean[:, None] + self.deviation) / se.clamp(min=1e-30), 0.0)  # [S, K]
+        if relative:
+            se, predicted = (var[:, None] * inv_diag).sqrt(), self.deviation
+        else:
+            se = (var[:, None] * (1 / self.pooled[:, :1].clamp(min=1e-12) + inv_diag)).sqrt()
+            predicted = self.mean[:, None] + self.deviation
+        z = torch.where(se > 0, predicted / se.clamp(min=1e-30), 0.0)  # [S, K]
         return z.T[self.kinds(embeddings)].float()
 
     def state_dict(self) -> dict:

@@ -130,7 +130,7 @@ class RoutingPolicy:
                 # balance), and a kind the data cannot tell from 0 sits at prior_on. Without the floor,
                 # chance z-scores of 1-2 (common among 32 kind-student pairs) dropped no-gain kinds,
                 # and with the prior near 1 chance can only take data away (docs/method.md).
-                z = self.critic.evidence(embeddings)
+                z = self.critic.evidence(embeddings, relative=self.cfg.gain_relative)
                 gain = (z.sign() * (z.abs() - self.cfg.gain_floor).clamp(min=0) / EVIDENCE_UNIT).clamp(-1.0, 1.0)
             else:
                 gain = self.critic.predict(embeddings)

@@ -297,12 +297,14 @@ class Trainer:
         Else the next batch, not trained on yet, in the first epoch only: later every path has been
         trained on, and a step then raises the loss on paths the students had memorised (on the demo
         task, 6 epochs, the measured gains turned negative after the first and the router fell to
-        rate_min); the critic keeps what it learned."""
+        rate_min); the critic keeps what it learned. ``router.gain_epochs: all`` measures every epoch,
+        for the relative evidence, which that shared rise does not move."""
         cfg = self.cfg
         last_micro = (self.pos.micro_step + 1) % cfg.grad_accum == 0
         if self.holdout:
             return self.data.heldout_batch(self.pos.step, self.P) if self.routing.measures_gain and last_micro else None
-        if not (self.routing.measures_gain and last_micro and self.pos.epoch == 0
+        measured_epoch = self.pos.epoch == 0 or cfg.router.gain_epochs == "all"
+        if not (self.routing.measures_gain and last_micro and measured_epoch
                 and self.pos.step % cfg.router.gain_every == 0 and self.pos.batch + 1 < len(batches)):
             return None
         return batches[self.pos.batch + 1]
