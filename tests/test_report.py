@@ -301,6 +301,16 @@ def test_cli_refuses_bad_groups(report, tmp_path, capsys):
     assert len(load_groups({"X": [tmp_path / "mix" / "r1", tmp_path / "mix" / "r2"]}, ("lambda1",))[0].runs) == 2
     with pytest.raises(ValueError, match="in lambda1;"):
         load_groups({"X": [tmp_path / "mix" / "r1", tmp_path / "mix" / "r2"]}, ("students[].model",))
+    # a pool that moved with its checkout is the same input; one with other bytes is not
+    moved = tmp_path / "moved" / "pool.jsonl"
+    moved.parent.mkdir()
+    moved.write_bytes(Path(report["pool"]).read_bytes())
+    make_run(tmp_path / "mv" / "r1", report["pool"], seed=1, steps=12, offset=0.5)
+    make_run(tmp_path / "mv" / "r2", moved, seed=2, steps=12, offset=0.5)
+    assert len(load_groups({"X": [tmp_path / "mv" / "r1", tmp_path / "mv" / "r2"]})[0].runs) == 2
+    moved.write_bytes(moved.read_bytes() + b"\n")
+    with pytest.raises(ValueError, match="in data.pool;"):
+        load_groups({"X": [tmp_path / "mv" / "r1", tmp_path / "mv" / "r2"]})
 
 
 def test_partly_failed_run_is_reported_whole(built, tmp_path):
