@@ -90,15 +90,18 @@ class RouterConfig:
                                        "the next batch is measured: first = the first epoch only, while its "
                                        "paths are fresh (the critic keeps what it learned there); all = every "
                                        "epoch, where later the paths were trained on and a step's change on them "
-                                       "is its interference with what the student memorised: a harm that "
-                                       "appears only once the format is learned shows there (use with "
-                                       "gain_relative)"))
+                                       "is its interference with what the student memorised. Measured on the "
+                                       "demo's harm_long variant (5 seeds, with gain_relative): not a harm "
+                                       "detector there; kinds of either sign reach |z| 10-16 by seed, and "
+                                       "routing drops random kinds (docs/demo-study/routing-harm-long)"))
     gain_relative: bool = field(
         default=False, metadata=rule(help="gain_scale: evidence only. Move the router by each kind's deviation "
                                           "from the mean gain over all kinds (its z-score) instead of by its "
                                           "whole gain: a change every kind shares, such as memorised paths "
                                           "forgotten a little by any step late in training, moves no kind, "
-                                          "and where no kind differs every path sits at prior_on"))
+                                          "and where no kind differs every path sits at prior_on. With "
+                                          "gain_epochs: all on the demo the mean gain stayed near 0 and no "
+                                          "kind's z moved by more than 0.75 (docs/demo-study/routing-harm-long)"))
     gain_every: int = field(
         default=1, metadata=rule(min=1, help="signal: gain only. Measure the held-out change every N optimizer "
                                              "steps: each measurement costs one forward without grad of the "
