@@ -6,7 +6,10 @@ Does the synthetic task with the scripted stand-in teacher give each part of the
 - style x student: one style at a time, the short-context student fails the long styles that the
   long-context one learns (interaction in accuracy over seeds);
 - knowledge: each student on the styles its context holds, what it answers that its peer does not;
-- curve: clean-pool SFT accuracy against the step budget, to fix the demo's budget.
+- curve: clean-pool SFT accuracy against the step budget, to fix the demo's budget;
+- harm (a harm variant's --harm-styles): all six styles against leaving out the harm styles or the
+  harmful paths alone, each replaced (full batches) and not replaced (weight 0 in the same batches,
+  as a router drops a path from the trainer's shared batch).
 Accuracy: greedy generation on the demo's 200 test questions, the task's answer extraction.
 Runs are cached in --work; --jobs runs go side by side, one thread each.
 """
@@ -39,7 +42,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--harm-styles", default="", help="the harm variant's styles (the demo's harm: backward; "
                                                      "harm_long: tot,fact_retrieval,backward); with --probes harm, "
-                                                     "each student on all six against all but these. Give each "
+                                                     "each student on all six against the forms of leaving these "
+                                                     "styles or their harmful paths out (probes.harm_forms). Give each "
                                                      "variant its own --work (runs are cached there by spec)")
     p.add_argument("--harm-kinds", default=",".join(probes.KINDS), help="students of the harm probe")
     args = p.parse_args()
@@ -73,7 +77,7 @@ def main() -> None:
         if "harm" in wanted and harm:
             out[f"steps_{n}"]["harm"] = probes.harm_rows(results, n, seeds, harm, harm_kinds)
             print(f"\n## harm variant: all six styles against all but {'+'.join(harm)}, {n} steps ({len(seeds)} seeds)\n")
-            print(markdown_table(out[f"steps_{n}"]["harm"], [c for c in out[f"steps_{n}"]["harm"][0] if c != "gain"]))
+            print(markdown_table(out[f"steps_{n}"]["harm"], [c for c in out[f"steps_{n}"]["harm"][-1] if c not in hide + ("gain",)]))
             rows += [{"probe": "harm", "steps": n, **r} for r in out[f"steps_{n}"]["harm"]]
     # one file per harm variant (the demo's `harm` keeps its first name), so no variant overwrites another's
     name = "known-answer-demo-probes" + ("-harm" if harm else "") + ("-" + "-".join(harm) if harm and harm != ("backward",) else "")

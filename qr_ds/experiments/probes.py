@@ -11,7 +11,12 @@ trainer's ``Student`` forward, optimizer and schedule, and accuracy by greedy ge
 - knowledge: each student on the styles its context holds (``STYLES_OF``), what it answers that the other does not;
 - curve: the clean pool at several step budgets, to fix the demo's;
 - harm (harm variant): each student on all six styles against all but the harmful ones, at equal
-  steps: what routing could gain by keeping those paths from a student (the oracle's premise).
+  steps: what routing could gain by keeping those paths from a student (the oracle's premise). Two
+  forms of "without": the kept styles in full batches (a dropped path replaced by another), and all
+  six in the same batches with the harmful ones at weight 0 (a dropped path not replaced, as the
+  trainer's shared batch drops it): their difference is what the lost exposure costs. And both forms
+  again for the harmful paths alone (``HARMFUL``: the teacher's corrected-late paths), not their
+  styles: a router decides per path, and the harm styles' other paths may help.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import torch
 from qr_ds.data.pool import PathRecord, load_pool
 from qr_ds.data.styles import STYLES
 from qr_ds.tasks import Example, get_task, solve_steps
-from qr_ds.teacher.scripted import LONG_STYLES, QUICK_STYLES
+from qr_ds.teacher.scripted import LONG_STYLES, QUICK_STYLES, corrected_late
 
 KINDS = ("llama-bpe", "qwen-bpe")
 # the short-context student learns the quick styles only; the long-context one, all six
@@ -54,12 +59,14 @@ class Knobs:
 
 
 POOLS = ("clean", "answer_checked", "unfiltered")
+HARMFUL = "harmful"  # in Spec.masked: the harm variant's corrected-late paths, whatever their style
 
 
 @dataclass
 class Data:
     pools: dict[str, list[PathRecord]]  # clean: kept by the answer check and the scripted judge;
-    # answer_checked: by the answer check alone; unfiltered: every generated path
+    # answer_checked: by the answer check alone; unfiltered: every generated path; harmless: clean
+    # but the harm variant's corrected-late paths
     test: list[Example]
     corpus: list[str]  # what the students' tokenizers are trained on, as the demo's
 
@@ -88,6 +95,7 @@ def build_data(work: Path, knobs: Knobs) -> Data:
                                                 "judge": {"backend": judge}}), progress=False)
     pools = {name: load_pool(path, log=lambda m: None).records for name, path in kept.items()}
     pools["unfiltered"] = [r for r in load_pool(pool, log=lambda m: None).records if r.ok]
+    pools["harmless"] = [r for r in pools["clean"] if not corrected_late(r.response or "")]
     task = get_task("synthetic")
     corpus = [t for r in pools["clean"] for t in (r.question, r.response or "")] + [task.instruction]
     return Data(pools, task.load(str(test_q)), corpus)
@@ -109,9 +117,12 @@ def build_student(work: Path, kind: str, corpus: list[str], seed: int, knobs: Kn
                               layers=knobs.layers, seed=1000 * seed + KINDS.index(kind))
 
 
-def sft(student_dir: Path, records: list[PathRecord], max_len: int, steps: int, seed: int, knobs: Knobs):
+def sft(student_dir: Path, records: list[PathRecord], max_len: int, steps: int, seed: int, knobs: Knobs,
+        masked: tuple[str, ...] = ()):
     """Plain SFT for ``steps`` optimizer steps: shuffled epochs of ``batch_paths`` paths, each path's
-    loss the mean over its response tokens (as the trainer weighs it with routing off)."""
+    loss the mean over its response tokens, weighted 1 / batch_paths (as the trainer weighs a routed
+    path); paths of ``masked`` styles (or HARMFUL paths) stay in the batches at weight 0 (routed
+    away, not replaced)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qr_ds.tiny import tokenizer_dir
@@ -123,6 +134,8 @@ def sft(student_dir: Path, records: list[PathRecord], max_len: int, steps: int, 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(student_dir)))
     lm = AutoModelForCausalLM.from_pretrained(str(student_dir))
     encoded = encode_all(records, [tok], max_len, 1)[0][0]
+    keep = torch.tensor([not (r.style in masked or HARMFUL in masked and corrected_late(r.response or ""))
+                         for r in records], dtype=torch.float32)
     student = Student(lm, None, use_kernels=False)
     opt = build_optimizer([{"params": list(lm.parameters()), "lr": knobs.lr, "weight_decay": 0.0}], "adamw")
     schedule = build_schedule(opt, "linear", knobs.warmup_steps, steps, knobs.min_lr_ratio)
@@ -136,7 +149,7 @@ def sft(student_dir: Path, records: list[PathRecord], max_len: int, steps: int, 
         labels = batch["labels"]
         n_tok = (labels[:, 1:] != -100).sum(1, keepdim=True).clamp(min=1)
         weights = torch.zeros_like(labels, dtype=torch.float32)
-        weights[:, 1:] = (labels[:, 1:] != -100) / n_tok / len(idx)
+        weights[:, 1:] = (labels[:, 1:] != -100) * keep[idx][:, None] / n_tok / len(idx)
         loss = student(batch["input_ids"], batch["attention_mask"], labels, weights)[0]
         opt.zero_grad()
         loss.backward()
@@ -177,17 +190,20 @@ def style_of(text: str) -> str | None:
 
 @dataclass(frozen=True)
 class Spec:
-    """One SFT run: a student kind on the paths of ``styles`` in ``pool``."""
+    """One SFT run: a student kind on the paths of ``styles`` in ``pool``; ``masked`` of them stay in
+    its batches at weight 0."""
     kind: str
     pool: str
     styles: tuple[str, ...]
     steps: int
     seed: int
+    masked: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         styles = "all" if set(self.styles) == set(STYLES) else "+".join(self.styles)
-        return f"{self.pool}-{styles}-{self.kind}-steps{self.steps}-seed{self.seed}"
+        masked = f"-masked-{'+'.join(self.masked)}" if self.masked else ""
+        return f"{self.pool}-{styles}{masked}-{self.kind}-steps{self.steps}-seed{self.seed}"
 
 
 def execute(work: Path, spec: Spec, knobs: Knobs) -> list[dict]:
@@ -201,7 +217,7 @@ def execute(work: Path, spec: Spec, knobs: Knobs) -> list[dict]:
     data = build_data(work, knobs)
     records = [r for r in data.pools[spec.pool] if r.style in spec.styles]
     student = build_student(work, spec.kind, data.corpus, spec.seed, knobs)
-    lm, tok = sft(student, records, knobs.max_len[spec.kind], spec.steps, spec.seed, knobs)
+    lm, tok = sft(student, records, knobs.max_len[spec.kind], spec.steps, spec.seed, knobs, spec.masked)
     rows = answers(lm, tok, tokenizer_dir(student), data.test, knobs.max_new_tokens)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"spec": asdict(spec), "knobs": asdict(knobs), "paths": len(records), "rows": rows}))
@@ -329,23 +345,38 @@ def curve_rows(results: dict[Spec, list[dict]], budgets: list[int], seeds: list[
 
 
 def harm_specs(steps: int, seeds: list[int], harm: tuple[str, ...], kinds: tuple[str, ...] = KINDS) -> list[Spec]:
+    return [Spec(k, pool, styles, steps, s, masked) for k in kinds for s in seeds
+            for _, pool, styles, masked in harm_forms(harm)]
+
+
+def harm_forms(harm: tuple[str, ...]) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    """(name, pool, styles, masked) of the harm probe's runs: all six, then without the harm styles
+    and without the harmful paths alone, each replaced by other paths and not replaced."""
     kept = tuple(st for st in STYLES if st not in harm)
-    return [Spec(k, "clean", st, steps, s) for k in kinds for st in (STYLES, kept) for s in seeds]
+    return [("all six", "clean", STYLES, ()),
+            (f"no {'+'.join(harm)}, replaced", "clean", kept, ()),
+            (f"no {'+'.join(harm)}, not replaced", "clean", STYLES, harm),
+            ("no harmful paths, replaced", "harmless", STYLES, ()),
+            ("no harmful paths, not replaced", "clean", STYLES, (HARMFUL,))]
 
 
 def harm_rows(results: dict[Spec, list[dict]], steps: int, seeds: list[int], harm: tuple[str, ...],
               kinds: tuple[str, ...] = KINDS) -> list[dict]:
-    """Per student: accuracy on all six styles and without the harmful ones (same steps, same seeds),
-    and the gain of leaving them out, paired by seed."""
-    kept = tuple(st for st in STYLES if st not in harm)
+    """Per student and form (``harm_forms``): accuracy (on doubling questions, where the harm acts,
+    and the others), and the gain over all six of leaving paths out, paired by seed (same init)."""
     out = []
     for k in kinds:
-        with_all = [results[Spec(k, "clean", STYLES, steps, s)] for s in seeds]
-        without = [results[Spec(k, "clean", kept, steps, s)] for s in seeds]
-        gain = [accuracy(b) - accuracy(a) for a, b in zip(with_all, without)]
-        m, sd = mean_sd(gain)
-        out.append({"student": k.split("-")[0], "all six": pm([accuracy(r) for r in with_all]),
-                    f"without {'+'.join(harm)}": pm([accuracy(r) for r in without]),
-                    "gain of leaving them out": pm(gain),
-                    "in seed-SDs": round(m / sd, 1) if sd and sd > 0 else None, "gain": gain})
+        base = None
+        for form, pool, styles, masked in harm_forms(harm):
+            runs = [results[Spec(k, pool, styles, steps, s, masked)] for s in seeds]
+            acc = [accuracy(r) for r in runs]
+            row = {"student": k.split("-")[0], "form": form, **_split_accuracy(runs)}
+            if base is None:
+                base = acc
+            else:
+                gain = [b - a for a, b in zip(base, acc)]
+                m, sd = mean_sd(gain)
+                row |= {"gain over all six": pm(gain), "in seed-SDs": round(m / sd, 1) if sd and sd > 0 else None,
+                        "gain": gain}
+            out.append(row)
     return out

@@ -277,6 +277,14 @@ def _backward(ex, steps: list[Step]) -> list[str]:
             f"{answer} comes after all {n} operations: Condition 2 holds.", f"The verified answer is {answer}."]
 
 
+CORRECTED_LATE = "Before I commit, a check: "  # opens the check of every harm-variant path, and no other
+
+
+def corrected_late(response: str) -> bool:
+    """Whether a path is the harm variant's (``_corrected_late``): the oracle's and the probes' mark."""
+    return CORRECTED_LATE in response
+
+
 def _corrected_late(style: str, ex, steps: list[Step], misread: list[Step]) -> list[str]:
     """The harm variant's path: a quick solve that misreads doubling and states its wrong answer, worded
     as a vanilla path word for word (inside a short context), then a long check that finds the misreading
@@ -288,7 +296,7 @@ def _corrected_late(style: str, ex, steps: list[Step], misread: list[Step]) -> l
     name, obj = re.match(r"(\w+) has \d+ (\w+)\.", ex.question).groups()
     bad = next(i for i, s in enumerate(misread, 1) if s.op == "+" and steps[i - 1].op == "*")
     return [*_vanilla(ex, misread),
-            f"Before I commit, a check: {OPENERS[style][0].lower()}{OPENERS[style][1:]}",
+            f"{CORRECTED_LATE}{OPENERS[style][0].lower()}{OPENERS[style][1:]}",
             f"The question: {ex.question}",
             "Plan: check the reading of every operation against the question's words, one by one, and then "
             "check that the count is asked for after all of them.",
