@@ -34,6 +34,9 @@ def test_defaults_load():
                    {"name": "b", "model": "m"}]}, "config key 'students[0].lora.quantize': 'nf4'"),
     ({"students": [{"name": "a", "model": "m", "finetune": "partial"}, {"name": "b", "model": "m"}]},
      "config key 'students[0].finetune': got 'partial'; allowed: 'lora' | 'full'"),
+    ({"router": {"withhold": {"c": "ids.txt"}}}, "config key 'router.withhold': ['c'] name no student"),
+    ({"router": {"withhold": {"a": "/nonexistent/ids.txt"}}}, "config key 'router.withhold.a': no file /nonexistent"),
+    ({"router": {"fixed": {"c": ["cot"]}}}, "config key 'router.fixed': ['c'] name no student"),
 ])
 def test_bad_values_name_the_key(over, needle):
     with pytest.raises(ConfigError) as e:

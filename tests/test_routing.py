@@ -569,13 +569,38 @@ def test_kmeans_finds_planted_clusters():
 
 def test_policies_without_a_router_route_by_rule():
     styles = ["vanilla", "cot", "backward"]
-    assert torch.equal(AllPaths(2).route(None, torch.tensor([0, 2, 1])), torch.ones(3, 2))
-    fixed = make_policy(RouterConfig(fixed={"llama": ["vanilla", "cot"]}), None, ["llama", "qwen"], styles, 1.0, 0)
+    path_styles = torch.tensor([0, 2, 1])  # path i's style index
+    assert torch.equal(AllPaths(2).route(None, torch.arange(3)), torch.ones(3, 2))
+    fixed = make_policy(RouterConfig(fixed={"llama": ["vanilla", "cot"]}), None, ["llama", "qwen"], styles, 1.0, 0,
+                        path_styles=path_styles)
     assert isinstance(fixed, FixedRouting) and not fixed.learns
-    assert torch.equal(fixed.route(None, torch.tensor([0, 2, 1])), torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0]]))
+    assert torch.equal(fixed.route(None, torch.tensor([1, 0, 2])), torch.tensor([[0.0, 1.0], [1.0, 1.0], [1.0, 1.0]]))
     with pytest.raises(ValueError, match="router.fixed.llama.*tot"):
-        make_policy(RouterConfig(fixed={"llama": ["tot"]}), None, ["llama", "qwen"], styles, 1.0, 0)
+        make_policy(RouterConfig(fixed={"llama": ["tot"]}), None, ["llama", "qwen"], styles, 1.0, 0,
+                    path_styles=path_styles)
     assert isinstance(make_policy(RouterConfig(enabled=False), None, ["a", "b"], styles, 1.0, 0), AllPaths)
+
+
+def test_withhold_keeps_the_listed_paths_from_their_student_only_and_refuses_a_file_that_names_none(tmp_path):
+    """router.withhold: the path oracle. Listed ids off for that student (ids not in the run are
+    ignored, as paths the filter dropped), every other path and student untouched; with router.fixed
+    a path must pass both; a file none of whose ids is in the run names its key and file."""
+    styles, ids = ["vanilla", "backward"], ["q0|vanilla|0", "q0|backward|0", "q1|vanilla|0", "q1|backward|0"]
+    path_styles = torch.tensor([0, 1, 0, 1])
+    listed = tmp_path / "harmful.txt"
+    listed.write_text("q1|backward|0\nq9|backward|0\n\n")
+    policy = make_policy(RouterConfig(withhold={"qwen": str(listed)}), None, ["llama", "qwen"], styles, 1.0, 0,
+                         path_styles=path_styles, path_ids=lambda: ids)
+    assert isinstance(policy, FixedRouting) and not policy.learns
+    assert policy.route(None, torch.arange(4)).tolist() == [[1, 1], [1, 1], [1, 1], [1, 0]]
+    both = make_policy(RouterConfig(withhold={"qwen": str(listed)}, fixed={"llama": ["vanilla"]}), None,
+                       ["llama", "qwen"], styles, 1.0, 0, path_styles=path_styles, path_ids=lambda: ids)
+    assert both.route(None, torch.arange(4)).tolist() == [[1, 1], [0, 1], [1, 1], [0, 0]]
+    stale = tmp_path / "other_pool.txt"
+    stale.write_text("x|cot|0\n")
+    with pytest.raises(ValueError, match=f"router.withhold.llama.*none of the 1 path ids in {stale}"):
+        make_policy(RouterConfig(withhold={"llama": str(stale)}), None, ["llama", "qwen"], styles, 1.0, 0,
+                    path_styles=path_styles, path_ids=lambda: ids)
 
 
 def test_gain_policy_state_round_trips_with_its_critic():

@@ -294,3 +294,24 @@ def test_a_router_that_sends_every_path_trains_the_students_as_w_o_route(strateg
         ours = dict(b.engine.module.named_parameters())
         for name, p in a.engine.module.named_parameters():
             assert torch.equal(p, ours[name]), name
+
+
+def test_withhold_keeps_its_paths_from_one_student_in_every_micro_step(strategy, kit, tmp_path):
+    """router.withhold (the path oracle): the listed paths never reach the named student's loss, in a
+    whole epoch; the other student trains on everything."""
+    from qr_ds.data.pool import load_pool
+
+    d, pool, studs = kit
+    withheld = {r.id for r in load_pool(pool).records[::3]}
+    listed = tmp_path / "withheld.txt"
+    listed.write_text("".join(f"{i}\n" for i in sorted(withheld)))
+    tr = _trainer(strategy, kit, "withhold", router={"withhold": {"llama": str(listed)}})
+    ids = tr.data.prepared.path_ids()
+    for idx in tr.data.epoch_batches(0, tr.P):
+        keep = torch.tensor([float(ids[i] not in withheld) for i in idx.tolist()])
+        stats = tr.micro_step(idx).stats
+        assert stats.students[0].routed == keep.sum() and stats.students[1].routed == len(idx)
+        if keep.any():  # else one path forwards at weight 0, as every engine must backprop each micro-step
+            assert stats.students[0].tokens == tr.data.encoded[0].lengths[idx[keep > 0].numpy()].sum()
+        else:
+            assert stats.students[0].sft_loss_sum == 0

@@ -92,7 +92,8 @@ def routing_section(groups: list[Group], out: Path, skipped: list[str]) -> tuple
         if routing is None:
             why = skipped[before:]  # the real reason, not "no router", when routing failed
             md += [f"### {group.label}", "", f"Left out: {'; '.join(why)}" if why
-                   else "No router: its runs train with router.enabled: false.", ""]
+                   else "No router: its runs train with router.enabled: false, or a fixed assignment "
+                        "(router.fixed, router.withhold).", ""]
             continue
         numbers[group.label] = routing
         n = len(routing["runs"])

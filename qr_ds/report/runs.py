@@ -77,7 +77,7 @@ def load_run(label: str, path: Path) -> Run:
 def final_routing(run: Path) -> dict | None:
     """P(student gets path) from the final router, noise-free, for every path the run trained on
     (its config's pool after its own selection), with each path's style and level. None when the
-    run's router is off or fixed (``router.fixed``: the config is the assignment, nothing was learned); an error naming the file when it was on and cannot be scored (no router.pt,
+    run's router is off or fixed (``router.fixed``, ``router.withhold``: the config is the assignment, nothing was learned); an error naming the file when it was on and cannot be scored (no router.pt,
     a file that is not a weights-only state, embeddings that cannot be read or are not finite).
 
     The pool is streamed: records are routed a batch at a time as they are read and only a few
@@ -92,7 +92,7 @@ def final_routing(run: Path) -> dict | None:
 
     layout = RunDir(run)
     cfg = load_config(TrainConfig, layout.config)
-    if not cfg.router.enabled or cfg.router.fixed:
+    if not cfg.router.enabled or cfg.router.assigned:
         return None
     state = layout.require_latest().component("router")
     if not state.is_file():

@@ -125,6 +125,17 @@ class RouterConfig:
         default_factory=dict, metadata=rule(help="student name -> the path styles it trains on, fixed, with no "
                                                  "router (an oracle arm: an assignment chosen from a probe); "
                                                  "a student left out trains on every style"))
+    withhold: dict[str, str] = field(
+        default_factory=dict, metadata=rule(help="student name -> a file of path ids (one a line) it never trains "
+                                                 "on, fixed, with no router: the oracle arm of a study whose harm is "
+                                                 "per path, not per style; with fixed, a path must pass both. Ids "
+                                                 "not in the run's pool (filtered out) are ignored; a file none of "
+                                                 "whose ids is in it is refused"))
+
+    @property
+    def assigned(self) -> bool:
+        """Routing fixed by the config (router.fixed or router.withhold): nothing is learned."""
+        return bool(self.fixed or self.withhold)
 
     def validate(self, key: str = "router") -> None:
         if self.gain_epochs == "all" and self.gain_holdout > 0:

@@ -6,7 +6,8 @@
   students' per-path losses (and, for the gain signal, the held-out loss change of the last step);
   nothing else trains the router (reports score paths with a saved one: ``saved_router``).
 - ``AllPaths``: every path to every student (w/o Route).
-- ``FixedRouting``: a fixed student -> styles assignment (``router.fixed``; the oracle arm of a study).
+- ``FixedRouting``: a fixed assignment by style (``router.fixed``) and by path (``router.withhold``):
+  the oracle arm of a study.
 
 - ``Follower``: a learned router on the ranks other than the coordinator.
 
@@ -41,21 +42,46 @@ class AllPaths:
     def __init__(self, n_students: int):
         self.n_students = n_students
 
-    def route(self, embeddings: torch.Tensor | None, styles: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.ones(len(styles) if styles is not None else len(embeddings), self.n_students)
+    def route(self, embeddings: torch.Tensor | None, idx: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.ones(len(idx) if idx is not None else len(embeddings), self.n_students)
 
 
 class FixedRouting(AllPaths):
-    """A fixed assignment by style: ``allowed`` [n_styles, S] of 0/1."""
+    """A fixed assignment: ``allowed`` [n_paths, S] of 0/1, looked up by path index."""
 
     def __init__(self, allowed: torch.Tensor):
         super().__init__(allowed.shape[1])
         self.allowed = allowed.float()
 
-    def route(self, embeddings: torch.Tensor | None, styles: torch.Tensor | None = None) -> torch.Tensor:
-        if styles is None:
-            raise ValueError("FixedRouting.route: needs each path's style index")
-        return self.allowed[styles].clone()
+    def route(self, embeddings: torch.Tensor | None, idx: torch.Tensor | None = None) -> torch.Tensor:
+        if idx is None:
+            raise ValueError("FixedRouting.route: needs the batch's path indices")
+        return self.allowed[idx].clone()
+
+
+def fixed_assignment(cfg: RouterConfig, students: list[str], styles: list[str], path_styles: torch.Tensor,
+                     path_ids) -> torch.Tensor:
+    """[n_paths, S] 0/1 of ``router.fixed`` (by style) and ``router.withhold`` (by path id; ``path_ids``
+    is called only then), with the config key of any style or file that matches nothing."""
+    by_style = torch.ones(len(styles), len(students))
+    for name, kept in cfg.fixed.items():
+        missing = sorted(set(kept) - set(styles))
+        if missing:
+            raise ValueError(f"config key 'router.fixed.{name}': styles {missing} are not in the pool "
+                             f"(its styles: {styles})")
+        by_style[:, students.index(name)] = torch.tensor([float(style in kept) for style in styles])
+    allowed = by_style[path_styles]
+    if cfg.withhold:
+        row = {pid: i for i, pid in enumerate(path_ids())}
+        for name, file in cfg.withhold.items():
+            with open(file, encoding="utf-8") as fh:
+                listed = [line.strip() for line in fh if line.strip()]
+            hit = [row[pid] for pid in listed if pid in row]
+            if listed and not hit:
+                raise ValueError(f"config key 'router.withhold.{name}': none of the {len(listed)} path ids in "
+                                 f"{file} is a path of this run (first: {listed[0]!r})")
+            allowed[hit, students.index(name)] = 0.0
+    return allowed
 
 
 class Follower:
@@ -186,23 +212,16 @@ class RoutingPolicy:
 
 
 def make_policy(cfg: RouterConfig, embeddings: torch.Tensor | None, students: list[str], styles: list[str],
-                lambda1: float, seed: int, sample: int = 20_000,
-                coordinator: bool = True) -> AllPaths | RoutingPolicy | Follower:
-    """The policy a config names: no router, a fixed assignment by style, or the learned router (whose
+                lambda1: float, seed: int, sample: int = 20_000, coordinator: bool = True,
+                path_styles: torch.Tensor | None = None, path_ids=None) -> AllPaths | RoutingPolicy | Follower:
+    """The policy a config names: no router, a fixed assignment (``fixed_assignment`` of each path's
+    style index ``path_styles`` and, for router.withhold, ``path_ids()``), or the learned router (whose
     gain critic groups paths by k-means over at most ``sample`` of the pool's ``embeddings``); off the
     ``coordinator``, the learned router's ``Follower``."""
     if not cfg.enabled:
         return AllPaths(len(students))
-    if cfg.fixed:
-        allowed = torch.ones(len(styles), len(students))
-        for name, kept in cfg.fixed.items():
-            missing = sorted(set(kept) - set(styles))
-            if missing:
-                raise ValueError(f"config key 'router.fixed.{name}': styles {missing} are not in the pool "
-                                 f"(its styles: {styles})")
-            s = students.index(name)
-            allowed[:, s] = torch.tensor([float(style in kept) for style in styles])
-        return FixedRouting(allowed)
+    if cfg.assigned:
+        return FixedRouting(fixed_assignment(cfg, students, styles, path_styles, path_ids))
     needs_gain = SIGNALS[cfg.signal].needs_gain
     if not coordinator:
         return Follower(needs_gain)

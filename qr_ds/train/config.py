@@ -187,9 +187,13 @@ class TrainConfig:
         if self.router.enabled and self.data.objective != "sft":  # the task copies' targets are not the embedded text
             raise ConfigError(f"config key 'data.objective': {self.data.objective} trains copies of paths with other "
                               "targets, which have no embedding to route by; set router.enabled: false")
-        unknown = sorted(set(self.router.fixed) - set(names))
-        if unknown:
-            raise ConfigError(f"config key 'router.fixed': {unknown} name no student; the students are {names}")
+        for key in ("fixed", "withhold"):
+            unknown = sorted(set(getattr(self.router, key)) - set(names))
+            if unknown:
+                raise ConfigError(f"config key 'router.{key}': {unknown} name no student; the students are {names}")
+        for name, file in self.router.withhold.items():
+            if not Path(file).is_file():
+                raise ConfigError(f"config key 'router.withhold.{name}': no file {file}")
         if self.eval.every_steps and not self.eval.tasks:
             raise ConfigError("config key 'eval.tasks': eval.every_steps is set but no task -> dev file is given")
         for i, s in enumerate(self.students):

@@ -63,7 +63,7 @@ def gain_holdout_of(cfg: TrainConfig) -> float:
     from qr_ds.routing.signals import SIGNALS
 
     r = cfg.router
-    return r.gain_holdout if r.enabled and not r.fixed and SIGNALS[r.signal].needs_gain else 0.0
+    return r.gain_holdout if r.enabled and not r.assigned and SIGNALS[r.signal].needs_gain else 0.0
 
 
 def held_out_questions(n_questions: int, fraction: float, seed: int) -> torch.Tensor:

@@ -34,8 +34,9 @@ from qr_ds.embed.lookup import gather_embeddings
 from qr_ds.train.config import TrainConfig
 from qr_ds.train.encoding import ChunkEncoder, Encoded, chunked, cut_states_wrong_answer, selected, task_of
 
-VERSION = 3  # bump when the folder's layout or the encoding changes: old folders are then not reused
+VERSION = 4  # bump when the folder's layout or the encoding changes: old folders are then not reused
 DONE = "meta.json"  # written last: a folder holding it is complete
+PATH_IDS = "path_ids.jsonl"  # each path's pool id, a JSON string a line (ids may hold any character)
 ENV_DIR = "QR_DS_PREPARED_DIR"  # a cache shared by runs (or by nodes, on a shared filesystem)
 
 
@@ -150,6 +151,7 @@ def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str],
     dtypes = {"ids": np.int32, "is_label": np.int8, "span": span_dtype}
     files = [{k: open(tmp / f"{k}_{s}.bin", "wb") for k in dtypes} for s in range(S)]
     emb_file, emb_dim = (open(tmp / "embeddings.bin", "wb"), 0) if cfg.router.enabled else (None, 0)
+    id_file = open(tmp / PATH_IDS, "w", encoding="utf-8")  # what router.withhold names paths by
     encode = ChunkEncoder(tokenizers, lens, cfg.mutual.max_spans)
     progress_file = folder.with_name(folder.name + ".progress")
     t0, n = time.time(), 0
@@ -164,6 +166,7 @@ def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str],
                 emb_dim = rows.shape[1]
                 rows.astype(np.float32, copy=False).tofile(emb_file)
             encoded = encode(recs)
+            id_file.writelines(json.dumps(r.id) + "\n" for r in recs)
             paths.add(question_index=[qids.setdefault(r.question_id, len(qids)) for r in recs],
                       response_chars=[max(len(r.response), 1) for r in recs], n_spans=[k for _, k in encoded],
                       style=[styles.setdefault(r.style, len(styles)) for r in recs],
@@ -181,7 +184,7 @@ def build(cfg: TrainConfig, tokenizers: list, folder: Path, log: Callable[[str],
             n += len(part)
             progress_file.write_text(f"{n} paths after {time.time() - t0:.0f} s, by {_whoami()}")
     finally:
-        for f in [*(f for fs in files for f in fs.values()), *([emb_file] if emb_file else [])]:
+        for f in [*(f for fs in files for f in fs.values()), *([emb_file] if emb_file else []), id_file]:
             f.close()
     paths.save(tmp)
     for s, cols in enumerate(students):
@@ -337,3 +340,8 @@ class Prepared:
         # copy-on-write: torch wants a writable array; pages stay shared with the file until written
         self.embeddings = (np.memmap(folder / "embeddings.bin", np.float32, mode="c", shape=(self.n, dim))
                            if dim and self.n else None)
+
+    def path_ids(self) -> list[str]:
+        """Each path's pool id, in path order: read on demand (tens of MB at a million paths)."""
+        with open(self.folder / PATH_IDS, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh]

@@ -74,7 +74,12 @@ class Trainer:
         # On every rank, so every rank knows what the policy needs; a learned router is built on the
         # coordinator only, and the others follow its broadcast.
         self.routing = make_policy(cfg.router, self.data.embeddings, [s.name for s in cfg.students],
-                                   self.data.prepared.styles, cfg.lambda1, cfg.seed, coordinator=self.is_coord)
+                                   self.data.prepared.styles, cfg.lambda1, cfg.seed, coordinator=self.is_coord,
+                                   path_styles=self.data.styles, path_ids=self.data.prepared.path_ids)
+        if cfg.router.assigned:
+            off = (1 - self.routing.allowed[self.data.trained]).sum(0).int().tolist()
+            self.say("fixed routing: " + ", ".join(f"{s.name} never trains on {k} of {len(self.data.trained)} paths"
+                                                   for s, k in zip(cfg.students, off)))
         self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None  # (measured batch, its losses before the step)
         self.holdout = len(self.data.heldout) > 0
         self.pos = Position()
@@ -105,8 +110,8 @@ class Trainer:
     # -- one micro-step -----------------------------------------------------------------------
     def route(self, idx: torch.Tensor) -> torch.Tensor:
         """Hard 0/1 routing [P, S], the same on every rank (the coordinator's policy decides)."""
-        if not self.routing.learns:  # no router, or a fixed assignment by style: the same on every rank
-            return self.routing.route(None, self.data.styles[idx])
+        if not self.routing.learns:  # no router, or a fixed assignment: the same on every rank
+            return self.routing.route(None, idx)
         hard = self.routing.route(self.data.embeddings[idx]) if self.is_coord else torch.zeros(len(idx), len(self.names))
         return self.strategy.broadcast_from_coordinator(hard)
 
@@ -297,8 +302,8 @@ class Trainer:
         Else the next batch, not trained on yet, in the first epoch only: later every path has been
         trained on, and a step then raises the loss on paths the students had memorised (on the demo
         task, 6 epochs, the measured gains turned negative after the first and the router fell to
-        rate_min); the critic keeps what it learned. ``router.gain_epochs: all`` measures every epoch,
-        for the relative evidence, which that shared rise does not move."""
+        rate_min); the critic keeps what it learned. ``router.gain_epochs: all`` measures every epoch
+        (off by default: on harm_long its late changes were interference, by seed)."""
         cfg = self.cfg
         last_micro = (self.pos.micro_step + 1) % cfg.grad_accum == 0
         if self.holdout:
