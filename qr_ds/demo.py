@@ -73,9 +73,11 @@ RUNS = {
     # the gain evidence relative to the mean of all kinds, measured all through training (a candidate)
     "gain_relative": ("QR-Distill, relative gain every epoch", {"router": {"gain_epochs": "all",
                                                                            "gain_relative": True}}),
-    # the upper bound of routing on a harm variant: its harmful styles kept from the short student only
-    # (the styles are the variant's: `overrides`)
+    # the upper bound of routing on a harm variant: its harmful paths kept from the short student only
+    # (the paths are the variant's: `overrides`); by style, every path of its harm styles (which also
+    # drops their harmless paths: on harm_long that form gained nothing, benchmarks/README.md)
     "oracle": ("oracle routing", {}),
+    "oracle_style": ("oracle routing by style", {}),
 }
 DEFAULT_METHODS = ("qr_distill", "no_filter", "no_route", "no_mutual", "sft_single")
 STUDY = Path("docs/demo-study")  # where the committed results of `qr-ds demo --seeds 3` live
@@ -100,17 +102,36 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: run_demo(a.out, a.size, a.seeds, a.skip_eval, a.variant, _methods(a.methods)))
 
 
-def overrides(method: str, variant: str) -> dict:
-    """The config overrides of ``method`` on task ``variant``: the oracle's fixed assignment is the variant's."""
+ORACLE_WITHHOLD = "oracle_withhold_llama.txt"  # in the demo's data folder: the oracle's harmful path ids
+
+
+def overrides(method: str, variant: str, data: Path = Path("data")) -> dict:
+    """The config overrides of ``method`` on task ``variant``: the oracles' fixed assignments are the
+    variant's (the path oracle's file of harmful path ids in ``data``: ``write_oracle_withhold``)."""
     over = RUNS[method][1]
-    if method != "oracle":
+    if not method.startswith("oracle"):
         return over
     harm = VARIANTS[variant].get("harm_styles", [])
     if not harm:
-        raise SystemExit(f"qr-ds demo: --methods oracle keeps a variant's harmful styles from the short student; "
+        raise SystemExit(f"qr-ds demo: --methods {method} keeps a variant's harmful paths from the short student; "
                          f"--variant {variant} has none (choose one of "
                          f"{', '.join(v for v in VARIANTS if VARIANTS[v].get('harm_styles'))})")
+    if method == "oracle":
+        return {"router": {"withhold": {"llama": str(data / ORACLE_WITHHOLD)}}}
     return {"router": {"fixed": {"llama": [s for s in STYLES if s not in harm]}}}
+
+
+def write_oracle_withhold(pool: Path) -> Path:
+    """The ids of the pool's harmful paths (the stand-in teacher's corrected-late ones, whose plain-SFT
+    probe is in benchmarks/README.md), one a line, beside the pool: the path oracle's assignment."""
+    from qr_ds.data.pool import load_pool
+    from qr_ds.teacher.scripted import corrected_late
+
+    out = pool.with_name(ORACLE_WITHHOLD)
+    if not out.is_file():
+        ids = [r.id for r in load_pool(pool).records if corrected_late(r.response or "")]
+        out.write_text("".join(f"{i}\n" for i in ids))
+    return out
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -240,7 +261,9 @@ def train_seed(out: Path, seed: int, size: Size, pool: Path, unfiltered: Path, t
                          "random init", students, out, pool, seed)
     runs = {}
     for name in methods:
-        label, over = RUNS[name][0], overrides(name, variant)
+        if name == "oracle":
+            write_oracle_withhold(pool)
+        label, over = RUNS[name][0], overrides(name, variant, pool.parent)
         run = runs[name] = out / "runs" / name / f"s{seed}"
         cfg = train_config(out, name, over, models, pool, unfiltered, size, seed)
         if _finished(run):

@@ -156,11 +156,24 @@ def test_harm_variant_paths_teach_the_short_student_the_wrong_rule_and_pass_ever
     assert all(r.id in kept for r in harmful if false_step(r.response) is None)
 
 
-def test_the_oracle_arm_keeps_each_variants_own_harm_styles_from_the_short_student_only():
-    from qr_ds.demo import overrides, run_demo
+def test_the_oracle_arms_keep_each_variants_own_harm_from_the_short_student_only(tmp_path):
+    from qr_ds.demo import overrides, run_demo, write_oracle_withhold
 
-    assert overrides("oracle", "harm") == {"router": {"fixed": {"llama": [s for s in STYLES if s != "backward"]}}}
-    assert overrides("oracle", "harm_long") == {"router": {"fixed": {"llama": list(QUICK_STYLES)}}}
+    assert overrides("oracle_style", "harm") == {"router": {"fixed": {"llama": [s for s in STYLES if s != "backward"]}}}
+    assert overrides("oracle_style", "harm_long") == {"router": {"fixed": {"llama": list(QUICK_STYLES)}}}
+    assert overrides("oracle", "harm_long", tmp_path) == {
+        "router": {"withhold": {"llama": str(tmp_path / "oracle_withhold_llama.txt")}}}
+    # the path oracle's file lists exactly the corrected-late paths of the variant's pool
+    pool = tmp_path / "pool.jsonl"
+    write_synthetic(tmp_path / "train.jsonl", 40, seed=0)
+    generate(from_dict(GenerateConfig, {"task": "synthetic", "data": str(tmp_path / "train.jsonl"),
+                                        "out": str(pool), "styles": ["cot", "backward"],
+                                        "teacher": {"backend": "scripted", "sampling": {"seed": 0},
+                                                    "scripted": {"harm_styles": ["backward"]}}}), progress=False)
+    records = load_pool(pool).records
+    listed = write_oracle_withhold(pool).read_text().split()
+    assert listed and listed == [r.id for r in records if "Corrected pass" in r.response]
+    assert {r.style for r in records if r.id in listed} == {"backward"}
     assert overrides("no_route", "harm_long") == {"router": {"enabled": False}}
     # the original task has nothing to keep away: refused before any stage writes a file
     with pytest.raises(SystemExit, match="--variant original has none"):
