@@ -79,8 +79,10 @@ def main() -> None:
             print(f"\n## harm variant: all six styles against all but {'+'.join(harm)}, {n} steps ({len(seeds)} seeds)\n")
             print(markdown_table(out[f"steps_{n}"]["harm"], [c for c in out[f"steps_{n}"]["harm"][-1] if c not in hide + ("gain",)]))
             rows += [{"probe": "harm", "steps": n, **r} for r in out[f"steps_{n}"]["harm"]]
-    # one file per harm variant (the demo's `harm` keeps its first name), so no variant overwrites another's
+    # one file per harm variant and set of students (the demo's `harm` keeps its first name), so no
+    # probe overwrites another's
     name = "known-answer-demo-probes" + ("-harm" if harm else "") + ("-" + "-".join(harm) if harm and harm != ("backward",) else "")
+    name += "-" + "-".join(harm_kinds) if harm and harm_kinds != probes.KINDS else ""
     print(f"\nwrote {save_results(name, rows, out, args.out)}")
 
 
