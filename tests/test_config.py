@@ -37,6 +37,7 @@ def test_defaults_load():
     ({"router": {"withhold": {"c": "ids.txt"}}}, "config key 'router.withhold': ['c'] name no student"),
     ({"router": {"withhold": {"a": "/nonexistent/ids.txt"}}}, "config key 'router.withhold.a': no file /nonexistent"),
     ({"router": {"fixed": {"c": ["cot"]}}}, "config key 'router.fixed': ['c'] name no student"),
+    ({"router": {"enabled": False, "fixed": {"a": ["cot"]}}}, "config key 'router.fixed': a fixed assignment needs"),
 ])
 def test_bad_values_name_the_key(over, needle):
     with pytest.raises(ConfigError) as e:

@@ -369,12 +369,11 @@ def harm_rows(results: dict[Spec, list[dict]], steps: int, seeds: list[int], har
         base = None
         for form, pool, styles, masked in harm_forms(harm):
             runs = [results[Spec(k, pool, styles, steps, s, masked)] for s in seeds]
-            acc = [accuracy(r) for r in runs]
             row = {"student": k.split("-")[0], "form": form, **_split_accuracy(runs)}
             if base is None:
-                base = acc
+                base = row["acc"]
             else:
-                gain = [b - a for a, b in zip(base, acc)]
+                gain = [b - a for a, b in zip(base, row["acc"])]
                 m, sd = mean_sd(gain)
                 row |= {"gain over all six": pm(gain), "in seed-SDs": round(m / sd, 1) if sd and sd > 0 else None,
                         "gain": gain}

@@ -92,7 +92,7 @@ class RouterConfig:
                                        "epoch, where later the paths were trained on and a step's change on them "
                                        "is its interference with what the student memorised. Measured on the "
                                        "demo's harm_long variant (5 seeds, with gain_relative): not a harm "
-                                       "detector there; kinds of either sign reach |z| 10-16 by seed, and "
+                                       "detector there; kinds of either sign reach |z| 13.5-16.6 by seed, and "
                                        "routing drops random kinds (docs/demo-study/routing-harm-long)"))
     gain_relative: bool = field(
         default=False, metadata=rule(help="gain_scale: evidence only. Move the router by each kind's deviation "

@@ -191,6 +191,10 @@ class TrainConfig:
             unknown = sorted(set(getattr(self.router, key)) - set(names))
             if unknown:
                 raise ConfigError(f"config key 'router.{key}': {unknown} name no student; the students are {names}")
+        if self.router.assigned and not self.router.enabled:  # else the assignment is dropped unseen
+            key = "fixed" if self.router.fixed else "withhold"
+            raise ConfigError(f"config key 'router.{key}': a fixed assignment needs router.enabled: true "
+                              f"(with enabled: false every path goes to every student)")
         for name, file in self.router.withhold.items():
             if not Path(file).is_file():
                 raise ConfigError(f"config key 'router.withhold.{name}': no file {file}")
