@@ -58,12 +58,20 @@ MAX_LEN = {"llama-bpe": 150, "qwen-bpe": 512}
 # to judge a router by.
 VARIANTS = {"original": {}, "harm": {"harm_styles": ["backward"]},
             "harm_long": {"harm_styles": ["tot", "fact_retrieval", "backward"]}}
+# A harm variant's training settings: its harmful paths state their wrong answer before the short
+# student's cut, which data.drop_cut_wrong (on by default) keeps from that student in every arm; the
+# variants exist to test whether routing finds them, so they switch it off (the `checked` arms keep it).
+VARIANT_TRAIN = {"harm": {"data": {"drop_cut_wrong": False}}, "harm_long": {"data": {"drop_cut_wrong": False}}}
 # method -> (report label, config overrides): the full method and the ablations of Table 2, plus SFT
 # (the default set), and the routing study's arms (docs/demo-study).
 RUNS = {
     "qr_distill": ("QR-Distill", {}),
     "no_filter": ("w/o QF", {"data": {"quality_filter": False}}),
     "no_route": ("w/o Route", {"router": {"enabled": False}}),
+    # on a harm variant: the default filter, that keeps from a student the cut paths that state a wrong answer
+    "checked": ("QR-Distill, cut paths answer-checked", {"data": {"drop_cut_wrong": True}}),
+    "no_route_checked": ("w/o Route, cut paths answer-checked", {"router": {"enabled": False},
+                                                                  "data": {"drop_cut_wrong": True}}),
     "no_mutual": ("w/o Collab", {"mutual": {"enabled": False}}),
     "sft_single": ("SFT (one path per question)", {"router": {"enabled": False}, "mutual": {"enabled": False},
                                                    "data": {"paths_per_question": 1}}),
@@ -108,7 +116,9 @@ ORACLE_WITHHOLD = "oracle_withhold_llama.txt"  # in the demo's data folder: the 
 def overrides(method: str, variant: str, data: Path = Path("data")) -> dict:
     """The config overrides of ``method`` on task ``variant``: the oracles' fixed assignments are the
     variant's (the path oracle's file of harmful path ids in ``data``: ``write_oracle_withhold``)."""
-    over = RUNS[method][1]
+    over = {key: dict(value) for key, value in VARIANT_TRAIN.get(variant, {}).items()}
+    for key, value in RUNS[method][1].items():  # the method's settings win over the variant's
+        over[key] = {**over.get(key, {}), **value}
     if not method.startswith("oracle"):
         return over
     harm = VARIANTS[variant].get("harm_styles", [])
@@ -117,8 +127,8 @@ def overrides(method: str, variant: str, data: Path = Path("data")) -> dict:
                          f"--variant {variant} has none (choose one of "
                          f"{', '.join(v for v in VARIANTS if VARIANTS[v].get('harm_styles'))})")
     if method == "oracle":
-        return {"router": {"withhold": {"llama": str(data / ORACLE_WITHHOLD)}}}
-    return {"router": {"fixed": {"llama": [s for s in STYLES if s not in harm]}}}
+        return {**over, "router": {"withhold": {"llama": str(data / ORACLE_WITHHOLD)}}}
+    return {**over, "router": {"fixed": {"llama": [s for s in STYLES if s not in harm]}}}
 
 
 def write_oracle_withhold(pool: Path) -> Path:

@@ -159,10 +159,18 @@ def test_harm_variant_paths_teach_the_short_student_the_wrong_rule_and_pass_ever
 def test_the_oracle_arms_keep_each_variants_own_harm_from_the_short_student_only(tmp_path):
     from qr_ds.demo import overrides, run_demo, write_oracle_withhold
 
-    assert overrides("oracle_style", "harm") == {"router": {"fixed": {"llama": [s for s in STYLES if s != "backward"]}}}
-    assert overrides("oracle_style", "harm_long") == {"router": {"fixed": {"llama": list(QUICK_STYLES)}}}
+    # a harm variant keeps its harmful paths in the data (data.drop_cut_wrong would drop them in every arm)
+    kept = {"data": {"drop_cut_wrong": False}}
+    assert overrides("oracle_style", "harm") == {
+        **kept, "router": {"fixed": {"llama": [s for s in STYLES if s != "backward"]}}}
+    assert overrides("oracle_style", "harm_long") == {**kept, "router": {"fixed": {"llama": list(QUICK_STYLES)}}}
     assert overrides("oracle", "harm_long", tmp_path) == {
-        "router": {"withhold": {"llama": str(tmp_path / "oracle_withhold_llama.txt")}}}
+        **kept, "router": {"withhold": {"llama": str(tmp_path / "oracle_withhold_llama.txt")}}}
+    # the checked arms switch the filter back on; the original task takes the defaults
+    assert overrides("no_route_checked", "harm_long") == {"data": {"drop_cut_wrong": True},
+                                                          "router": {"enabled": False}}
+    assert overrides("no_filter", "harm") == {"data": {"drop_cut_wrong": False, "quality_filter": False}}
+    assert overrides("qr_distill", "original") == {}
     # the path oracle's file lists exactly the corrected-late paths of the variant's pool
     pool = tmp_path / "pool.jsonl"
     write_synthetic(tmp_path / "train.jsonl", 40, seed=0)
@@ -174,7 +182,7 @@ def test_the_oracle_arms_keep_each_variants_own_harm_from_the_short_student_only
     listed = write_oracle_withhold(pool).read_text().split()
     assert listed and listed == [r.id for r in records if "Corrected pass" in r.response]
     assert {r.style for r in records if r.id in listed} == {"backward"}
-    assert overrides("no_route", "harm_long") == {"router": {"enabled": False}}
+    assert overrides("no_route", "harm_long") == {**kept, "router": {"enabled": False}}
     # the original task has nothing to keep away: refused before any stage writes a file
     with pytest.raises(SystemExit, match="--variant original has none"):
         run_demo(Path("/nonexistent/demo-out"), "small", methods=("no_route", "oracle"))

@@ -296,6 +296,42 @@ def test_a_router_that_sends_every_path_trains_the_students_as_w_o_route(strateg
             assert torch.equal(p, ours[name]), name
 
 
+@pytest.mark.parametrize("drop,router", [(True, True), (False, False)])
+def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strategy, kit, tmp_path, drop, router):
+    """data.drop_cut_wrong, the answer check on what each student sees: a path with a wrong interim
+    answer before a long check is cut after that answer for the short student only, which then never
+    trains on it in a whole epoch, whatever the router wants; the long student does. Off, both do."""
+    from qr_ds.config import load_config
+    from qr_ds.train.config import TrainConfig
+    from qr_ds.train.trainer import Trainer
+
+    d, _, studs = kit
+    recs = trainkit.synthetic_records(4)
+    recs[0].response = (f"Let me solve this.\nThe answer is {int(recs[0].gold) + 1}.\n"
+                        + "Now a careful check of every step. " * 60 + recs[0].response)
+    pool = trainkit.embedded_pool(tmp_path / "pool", recs)
+    path = trainkit.write_config(tmp_path / "cut.yaml", studs, pool, tmp_path / "run", placement="colocated",
+                                 data={"pool": str(pool), "max_len": 256, "drop_cut_wrong": drop},
+                                 router={"hidden": 16, "enabled": router})
+    c = yaml.safe_load(path.read_text())
+    c["students"][0]["max_len"], c["students"][1]["max_len"] = 96, 2048
+    path.write_text(yaml.safe_dump(c))
+    tr = Trainer(load_config(TrainConfig, path), strategy, log=lambda *_: None)
+    planted = tr.data.prepared.path_ids().index(recs[0].id)
+    assert tr.data.cut_wrong[:, 0].nonzero().flatten().tolist() == [planted] and not tr.data.cut_wrong[:, 1].any()
+    assert bool(tr.data.trainable[planted, 0]) == (not drop) and tr.data.trainable[:, 1].all()
+    seen = [0, 0]
+    for idx in tr.data.epoch_batches(0, tr.P):
+        rec = tr.micro_step(idx)
+        for s in range(2):
+            assert rec.stats.students[s].routed == rec.hard[:, s].sum()
+            seen[s] += int(rec.hard[idx == planted, s].sum())
+    if drop:
+        assert seen[0] == 0, "the short student trained on the path that shows it a wrong answer"
+    if not router:  # no router: every path it may train on reaches every student (twice if the epoch wraps)
+        assert seen[1] >= 1 and seen[0] == (0 if drop else seen[1]), seen
+
+
 def test_withhold_keeps_its_paths_from_one_student_in_every_micro_step(strategy, kit, tmp_path):
     """router.withhold (the path oracle): the listed paths never reach the named student's loss, in a
     whole epoch; the other student trains on everything."""

@@ -124,10 +124,13 @@ class RoutingPolicy:
         """The trainer measures each student's held-out loss change around each optimizer step."""
         return self.critic is not None
 
-    def route(self, embeddings: torch.Tensor, styles: torch.Tensor | None = None) -> torch.Tensor:
-        """Hard 0/1 routing [P, S] for a batch; keeps the straight-through graph for ``learn``."""
+    def route(self, embeddings: torch.Tensor, trainable: torch.Tensor | None = None) -> torch.Tensor:
+        """Hard 0/1 routing [P, S] for a batch; keeps the straight-through graph for ``learn``.
+        ``trainable`` [P, S] 0/1: pairs the data rules out (no route, no router gradient, no credit)."""
         logits = self.router(embeddings)
         alpha = straight_through_route(logits, self.cfg.tau, self.gumbel, ensure_one=self.cfg.ensure_one)
+        if trainable is not None:
+            alpha = alpha * trainable
         self._pending = (alpha, logits, embeddings)
         hard = alpha.detach().clone()
         if self.critic is not None:

@@ -102,6 +102,8 @@ class TrainData:
         self.response_tokens = [torch.from_numpy(t).clamp(min=1).float() for t in p.response_tokens]
         # [P, S]: the part of the path a student sees states a wrong answer (train/encoding.py)
         self.cut_wrong = torch.from_numpy(np.stack([np.asarray(v.cut_wrong) for v in p.students], axis=1) != 0)
+        # [P, S] what each student may train on: data.drop_cut_wrong keeps those paths from it alone
+        self.trainable = ~self.cut_wrong if cfg.data.drop_cut_wrong else torch.ones_like(self.cut_wrong)
         self.question_index = torch.from_numpy(np.array(p.question_index))
         self.styles = torch.from_numpy(np.asarray(p.style, dtype=np.int64))  # index into p.styles
         self.path_weight = path_weights(p.meta["train_tasks"], np.asarray(p.train_task), cfg.data.task_weights)
@@ -131,7 +133,9 @@ class TrainData:
         wrong = self.cut_wrong.sum(dim=0).tolist()
         if any(wrong):
             log("cut paths that state a wrong answer before the cut: " + ", ".join(
-                f"{n} {w}" for n, w in zip(names, wrong)))
+                f"{n} {w}" for n, w in zip(names, wrong)) + (
+                "; each of those students does not train on them (data.drop_cut_wrong)" if cfg.data.drop_cut_wrong
+                else "; trained on (data.drop_cut_wrong: false)"))
         # Ranks reach here minutes apart when one node built and another reused: wait without the
         # collective timeout, so the first collective after this finds every rank ready.
         wait_for_all_ranks("training data")

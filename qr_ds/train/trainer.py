@@ -109,10 +109,13 @@ class Trainer:
 
     # -- one micro-step -----------------------------------------------------------------------
     def route(self, idx: torch.Tensor) -> torch.Tensor:
-        """Hard 0/1 routing [P, S], the same on every rank (the coordinator's policy decides)."""
+        """Hard 0/1 routing [P, S], the same on every rank (the coordinator's policy decides), never to
+        a student a path is not trainable for (data.drop_cut_wrong)."""
+        trainable = self.data.trainable[idx].float()
         if not self.routing.learns:  # no router, or a fixed assignment: the same on every rank
-            return self.routing.route(None, idx)
-        hard = self.routing.route(self.data.embeddings[idx]) if self.is_coord else torch.zeros(len(idx), len(self.names))
+            return self.routing.route(None, idx) * trainable
+        hard = (self.routing.route(self.data.embeddings[idx], trainable=trainable) if self.is_coord
+                else torch.zeros(len(idx), len(self.names)))
         return self.strategy.broadcast_from_coordinator(hard)
 
     def forward_student(self, st: LocalStudent, idx: torch.Tensor, positions: list[int], hard: torch.Tensor,
