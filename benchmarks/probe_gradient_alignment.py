@@ -69,7 +69,11 @@ def main() -> None:
 
     run = RunDir(args.run)
     cfg = yaml.safe_load(run.config.read_text())
-    prep = Prepared(next(f for f in sorted(run.prepared.iterdir()) if (f / DONE).is_file()))
+    done = [f for f in sorted(run.prepared.iterdir()) if (f / DONE).is_file()] if run.prepared.is_dir() else []
+    if len(done) != 1:
+        raise SystemExit(f"{run.prepared}: expected one prepared folder, found {len(done)} (a run with "
+                         "data.prepared_dir elsewhere, or several kept: pass a run that prepared its own)")
+    prep = Prepared(done[0])
     harmful = set(write_oracle_withhold(Path(prep.meta["pool"])).read_text().split())
     harm = np.array([i in harmful for i in prep.path_ids()])
     enc, chars = prep.students[0], np.asarray(prep.response_chars).astype(np.float32)
@@ -78,6 +82,9 @@ def main() -> None:
     held_q = set(held_out_questions(prep.meta["n_questions"], args.holdout, seed).tolist())
     held = np.array([q in held_q for q in np.asarray(prep.question_index)])
     train, heldout = np.nonzero(~held)[0], np.nonzero(held)[0]
+    if not wrong[heldout].any() or wrong[heldout].all():
+        raise SystemExit("the held-out paths need both kinds, some showing Llama a wrong answer and some not "
+                         "(a harm_long demo run, data.quality_filter on)")
     styles = np.array(prep.meta["styles"])[np.asarray(prep.style)][train]
 
     torch.manual_seed(seed)

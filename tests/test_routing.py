@@ -55,6 +55,29 @@ def test_hard_alpha_is_binary_and_follows_the_noisy_winner():
     assert torch.allclose(soft, torch.softmax(noisy / 0.7, dim=-1)[..., 1])
 
 
+def test_a_pair_the_data_rules_out_is_never_routed_and_gets_no_gradient():
+    """``allowed`` (data.drop_cut_wrong): a ruled-out pair is 0 with no gradient; ensure_one gives an
+    orphan to an allowed student; a path no student may take stays with none; all allowed = no mask."""
+    logits = torch.randn(256, 2, 2)
+    logits[..., 1] += 4.0  # nearly every pair "on"
+    allowed = torch.ones(256, 2)
+    allowed[:128, 0] = 0.0
+    allowed[:8] = 0.0
+    leaf = logits.clone().requires_grad_(True)
+    alpha = straight_through_route(leaf, 1.0, _gen(), ensure_one=True, allowed=allowed)
+    assert (alpha[allowed == 0] == 0).all() and (alpha[8:].sum(1) >= 1).all() and (alpha[:8] == 0).all()
+    alpha.sum().backward()
+    assert (leaf.grad[allowed == 0] == 0).all() and (leaf.grad[allowed > 0].abs().sum(-1) > 0).all()
+    assert torch.equal(straight_through_route(logits, 1.0, _gen(), allowed=torch.ones(256, 2)),
+                       straight_through_route(logits, 1.0, _gen()))
+    # the orphan rule picks among the allowed: all "off" logits, student 1 the only one allowed
+    off = torch.zeros(4, 2, 2)
+    off[..., 0] = 9.0
+    off[:, 0, 1] = 5.0  # student 0 would win the orphan if it were allowed
+    picked = straight_through_route(off, 1.0, _gen(), ensure_one=True, allowed=torch.tensor([[0.0, 1.0]] * 4))
+    assert picked.tolist() == [[0.0, 1.0]] * 4
+
+
 def test_same_generator_state_gives_same_alpha_for_resume():
     logits = torch.randn(32, 2, 2)
     gen = _gen(7)

@@ -296,11 +296,14 @@ def test_a_router_that_sends_every_path_trains_the_students_as_w_o_route(strateg
             assert torch.equal(p, ours[name]), name
 
 
-@pytest.mark.parametrize("drop,router", [(True, True), (False, False)])
-def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strategy, kit, tmp_path, drop, router):
+@pytest.mark.parametrize("drop,router,mutual", [(True, True, "co_routed"), (True, False, "all"),
+                                                (False, False, "co_routed")])
+def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strategy, kit, tmp_path, drop, router,
+                                                                             mutual):
     """data.drop_cut_wrong, the answer check on what each student sees: a path with a wrong interim
     answer before a long check is cut after that answer for the short student only, which then never
-    trains on it in a whole epoch, whatever the router wants; the long student does. Off, both do."""
+    trains on it in a whole epoch, whatever the router wants, nor through the mutual term on every
+    path (``mutual.paths: all``); the long student does. Off, both do."""
     from qr_ds.config import load_config
     from qr_ds.train.config import TrainConfig
     from qr_ds.train.trainer import Trainer
@@ -312,7 +315,8 @@ def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strat
     pool = trainkit.embedded_pool(tmp_path / "pool", recs)
     path = trainkit.write_config(tmp_path / "cut.yaml", studs, pool, tmp_path / "run", placement="colocated",
                                  data={"pool": str(pool), "max_len": 256, "drop_cut_wrong": drop},
-                                 router={"hidden": 16, "enabled": router})
+                                 router={"hidden": 16, "enabled": router}, mutual={"shared_dim": 16, "max_spans": 8,
+                                                                                   "paths": mutual})
     c = yaml.safe_load(path.read_text())
     c["students"][0]["max_len"], c["students"][1]["max_len"] = 96, 2048
     path.write_text(yaml.safe_dump(c))
@@ -320,6 +324,14 @@ def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strat
     planted = tr.data.prepared.path_ids().index(recs[0].id)
     assert tr.data.cut_wrong[:, 0].nonzero().flatten().tolist() == [planted] and not tr.data.cut_wrong[:, 1].any()
     assert bool(tr.data.trainable[planted, 0]) == (not drop) and tr.data.trainable[:, 1].all()
+    # first, a batch of that path alone (fresh optimizers, no weight decay): with the check the short
+    # student's weights do not move (SFT weight 0, no party to the mutual term); the long student's do
+    before = [{n: p.detach().clone() for n, p in st.engine.module.named_parameters() if p.requires_grad}
+              for st in tr.students]
+    tr.micro_step(torch.full((tr.P,), planted))
+    moved = [any(not torch.equal(b[n], p) for n, p in st.engine.module.named_parameters() if n in b)
+             for b, st in zip(before, tr.students)]
+    assert moved == [not drop, True], moved
     seen = [0, 0]
     for idx in tr.data.epoch_batches(0, tr.P):
         rec = tr.micro_step(idx)
@@ -328,6 +340,7 @@ def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strat
             seen[s] += int(rec.hard[idx == planted, s].sum())
     if drop:
         assert seen[0] == 0, "the short student trained on the path that shows it a wrong answer"
+
     if not router:  # no router: every path it may train on reaches every student (twice if the epoch wraps)
         assert seen[1] >= 1 and seen[0] == (0 if drop else seen[1]), seen
 

@@ -48,17 +48,20 @@ class MutualExchange:
         return self.everywhere or bool(((routed > 0).sum(1) > 1).any())
 
     def __call__(self, losses: dict[int, torch.Tensor], shares: dict[int, Share], routed: torch.Tensor,
-                 span_mask: torch.Tensor) -> float:
+                 span_mask: torch.Tensor, trainable: torch.Tensor | None = None) -> float:
         """Add each local student's term to its loss in ``losses``. ``routed`` [P, S] and ``span_mask``
-        [P, M] cover the whole batch. Returns the mutual loss of this rank's chunks, counted once (on
-        student 0's ranks)."""
+        [P, M] cover the whole batch; ``trainable`` [P, S]: the pairs the data lets train (with
+        ``paths: all`` the parties, so a student the data keeps from a path is no party to it).
+        Returns the mutual loss of this rank's chunks, counted once (on student 0's ranks)."""
         c = self.c
         chunks = next(iter(shares.values())).chunks
         value = torch.zeros(())
         for k in chunks:
             rows, batch_rows = slice((k - chunks[0]) * c, (k - chunks[0] + 1) * c), slice(k * c, (k + 1) * c)
             flat = self.strategy.gather_chunk(k, {s: self._pack(share, rows) for s, share in shares.items()})
-            gathered = self._unpack(flat, routed[batch_rows], span_mask[batch_rows])
+            parties = routed if not self.everywhere else (trainable if trainable is not None
+                                                          else torch.ones_like(routed))
+            gathered = self._unpack(flat, parties[batch_rows], span_mask[batch_rows])
             for s, share in shares.items():
                 m = mutual_loss_for_student(s, share.z[rows].float(), share.logit[rows].float(), gathered)
                 losses[s] = losses[s] + self.lambda2 * len(self.layout.student_ranks[s]) * m
@@ -76,8 +79,6 @@ class MutualExchange:
         logits = torch.stack([f[c * M * D:c * M * D + c] for f in flat])
         nats = torch.stack([f[c * M * D + c:] for f in flat])
         routed = routed.T.bool().to(z.device)
-        if self.everywhere:
-            routed = torch.ones_like(routed)
         return MutualInputs(z, logits, routed, span_mask.to(z.device), self.n_paths, self.cfg.form, nats)
 
     def _bytes_received(self) -> int:

@@ -37,11 +37,14 @@ def straight_through_route(
     generator: torch.Generator | None,
     hard: bool = True,
     ensure_one: bool = True,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """alpha [P, S]: 1 where "on" wins after Gumbel noise; backward is d(soft "on" prob).
 
     With ``ensure_one`` (hard routing only) a path no student won goes to the student with the
     highest soft "on" probability, so no teacher path is silently dropped from the batch.
+    ``allowed`` [P, S] 0/1 (hard only): pairs that may be routed; the others are 0 with no gradient,
+    and ``ensure_one`` picks among the allowed students (a path none may take stays with none).
     """
     _check(logits, tau)
     noise = gumbel_noise(logits.shape, generator, logits.device)
@@ -49,8 +52,11 @@ def straight_through_route(
     if not hard:
         return soft
     decision = (soft > 0.5).float()  # "on" beats "off" exactly when its two-way softmax is > 1/2
+    ok = torch.ones_like(decision) if allowed is None else allowed.to(decision).clamp(0, 1)
+    decision = decision * ok
     if ensure_one:
-        orphan = decision.sum(dim=1) == 0
-        best = torch.nn.functional.one_hot(soft.argmax(dim=1), soft.shape[1]).float()
+        orphan = (decision.sum(dim=1) == 0) & (ok.sum(dim=1) > 0)
+        pick = soft.detach().masked_fill(ok == 0, -1.0).argmax(dim=1)
+        best = torch.nn.functional.one_hot(pick, soft.shape[1]).float()
         decision = torch.where(orphan[:, None], best, decision)
-    return decision + (soft - soft.detach())  # exactly 0/1 forward; d alpha = d soft backward
+    return (decision + (soft - soft.detach())) * ok  # exactly 0/1 forward; d alpha = d soft backward

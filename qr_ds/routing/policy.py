@@ -126,11 +126,12 @@ class RoutingPolicy:
 
     def route(self, embeddings: torch.Tensor, trainable: torch.Tensor | None = None) -> torch.Tensor:
         """Hard 0/1 routing [P, S] for a batch; keeps the straight-through graph for ``learn``.
-        ``trainable`` [P, S] 0/1: pairs the data rules out (no route, no router gradient, no credit)."""
+        ``trainable`` [P, S] 0/1: the pairs the data lets train; the others are never routed and give
+        the signal term no gradient and the critic no credit (the balance and decay terms still see
+        the router's P(on) for them)."""
         logits = self.router(embeddings)
-        alpha = straight_through_route(logits, self.cfg.tau, self.gumbel, ensure_one=self.cfg.ensure_one)
-        if trainable is not None:
-            alpha = alpha * trainable
+        alpha = straight_through_route(logits, self.cfg.tau, self.gumbel, ensure_one=self.cfg.ensure_one,
+                                       allowed=trainable)
         self._pending = (alpha, logits, embeddings)
         hard = alpha.detach().clone()
         if self.critic is not None:

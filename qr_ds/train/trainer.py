@@ -200,7 +200,8 @@ class Trainer:
                 stats.students[st.index].compute_s += time.perf_counter() - t0  # the gain signal's cost
         t_x = time.perf_counter()
         if self.exchange is not None:
-            stats.mutual_loss = self.exchange(losses, shares, hard, self.data.span_mask(idx, self.cfg.mutual.max_spans))
+            stats.mutual_loss = self.exchange(losses, shares, hard, self.data.span_mask(idx, self.cfg.mutual.max_spans),
+                                              self.data.trainable[idx].float())
         t_x = time.perf_counter() - t_x
         for st in self.students:
             self.backward_step(st, losses[st.index], stats.students[st.index])
