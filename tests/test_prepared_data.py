@@ -121,6 +121,17 @@ def test_a_cut_path_that_states_a_wrong_answer_before_the_cut_is_marked():
     assert not cut_states_wrong_answer(early_wrong, len(early_wrong.response) - len("Let me solve this.\n"))
     early_right = rec("Let me solve this.\nThe answer is 12.\nA check agrees.\nThe verified answer is 12.")
     assert not cut_states_wrong_answer(early_right, len(early_right.response) - early_right.response.index("A check"))
+    # a cut inside a line reads nothing of it: the number may go on past the cut, a step is no bare answer
+    mid_number = rec("Let me solve this.\nThe answer is 12.\nA check agrees.")
+    assert not cut_states_wrong_answer(mid_number, len(mid_number.response) - len("Let me solve this.\nThe answer is 1"))
+    step = rec("1. **Read the question:** 12 is asked for.\nThe answer is 12.")
+    assert not cut_states_wrong_answer(step, len(step.response) - len("1. **R"))
+    # whole sentences are read: a wrong answer cut just before its line break, or earlier on the cut line
+    assert cut_states_wrong_answer(early_wrong, len(early_wrong.response) - len("Let me solve this.\nThe answer is 7."))
+    one_line = rec("Let me solve this. The answer is 7. Now a careful check finds a slip. The verified answer is 12.")
+    assert cut_states_wrong_answer(one_line, len(one_line.response) - one_line.response.index("finds"))
+    decimal = rec("Let me solve this.\nThe answer is 7.5 apples.\n")
+    assert not cut_states_wrong_answer(decimal, len(decimal.response) - len("Let me solve this.\nThe answer is 7."))
     late = rec("Forward: 3 + 4 = 7.\nThe forward pass ends at 7.\nThe verified answer is 12.")
     assert not cut_states_wrong_answer(late, len("The verified answer is 12."))
     # the filter's own check: a choice stated by its text is read against the question's choices

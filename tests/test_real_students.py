@@ -7,6 +7,7 @@ Tests that need the converted models are slow: the first conversion on a machine
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -223,6 +224,43 @@ def test_span_alignment_on_real_teacher_paths(pair):
         n_spans += len(spans)
     assert covered == total
     assert n_spans / total > 1 / 8  # mean span under 8 characters: about one per word
+
+
+@needs_pair
+@pytest.mark.slow
+def test_the_answer_check_keeps_every_right_real_path_a_real_student_sees_cut(pair):
+    """data.drop_cut_wrong on what a user meets: the real teacher's right answers of all five tasks,
+    cut where each real tokenizer cuts them. The teacher never states a wrong interim answer, so the
+    check must fire on none, while most paths are cut at 128 tokens (it fired on 3-4 per student and
+    length before cut text was read as cut: a step "1. **R" as the bare answer 1, an option list)."""
+    from qr_ds.train.encoding import ChunkEncoder, cut_states_wrong_answer
+
+    recs = [r for file in real.TASK_FILES for r in real.teacher_records(file)]
+    toks = [pair["smollm2"][1], pair["gemma3"][1]]
+    for max_len in (128, 256):
+        rows = ChunkEncoder(toks, [max_len, max_len], 16)(recs)
+        for s, name in enumerate(("smollm2", "gemma3")):
+            cut = [(r, e[s].unseen_chars) for r, (e, _) in zip(recs, rows) if e[s].unseen_chars > 0]
+            assert len(cut) > len(recs) / 3, (name, max_len, len(cut))
+            fired = [r.id for r, unseen in cut if cut_states_wrong_answer(r, unseen)]
+            assert not fired, f"{name} at {max_len} tokens: the check fired on right paths {fired}"
+    # and it finds a wrong first guess planted before each of them, wherever the cut leaves the guess
+    # as the only answer the student sees (the right one stated before the cut overrules it)
+    from qr_ds.filter.run import checked_answer, example_of
+    from qr_ds.tasks import get_task
+
+    def planted(r):
+        task, example = get_task(r.task), example_of(r)
+        guess = task.answer_text(task.wrong_answer(example), example)
+        return dataclasses.replace(r, response=f"A first guess: the answer is {guess}.\n{r.response}")
+
+    rows = ChunkEncoder(toks, [256, 256], 16)([planted(r) for r in recs])
+    for s, name in enumerate(("smollm2", "gemma3")):
+        alone = [(planted(r), e[s].unseen_chars) for r, (e, _) in zip(recs, rows)
+                 if 0 < e[s].unseen_chars < len(r.response)  # the guess seen whole
+                 and checked_answer(r, r.response[:len(r.response) - e[s].unseen_chars + 1], partial=True)[0] is None]
+        missed = [g.id for g, unseen in alone if not cut_states_wrong_answer(g, unseen)]
+        assert len(alone) > 20 and not missed, f"{name}: the planted wrong guess was not found in {missed}"
 
 
 @needs_pair

@@ -74,6 +74,38 @@ def test_yes_no_phrasing(response: str, expected: str | None) -> None:
     ("3. **Contradiction:** the passage calls him a retiree.", None),  # a heading, not a verdict
     ("True", "entailment"),
     ("The answer is: it cannot be determined.", "neutral"),
+    ("4. **Determine if the statement is true or false:** Since 65 is not 55, the", None),  # asks, says nothing
+    ("The statement is false or at best unsupported.", "contradiction"),
 ])
 def test_nli_phrasing(response: str, expected: str | None) -> None:
     assert get_task("anli").extract(response, ANLI) == expected
+
+
+ARC = get_task("arc_challenge").from_record({"id": "a", "question": "Which is a mammal?", "answerKey": "B",
+                                             "choices": {"text": ["shark", "whale"], "label": ["A", "B"]}})
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("Let's examine each answer choice:\n\nA. **shark** is a fish.", None),  # a list of the options opens
+    ("Let's examine every answer option:\n\n* A. a shark breathes through gills.", None),
+    ("Each answer choice: A. is a fish.\n\nSo the answer is B.", "B"),
+    ("A shark is a fish.\n\nThe answer choice is B.", "B"),
+    ("Answer: B", "B"),
+])
+def test_choice_phrasing(response: str, expected: str | None) -> None:
+    assert get_task("arc_challenge").extract(response, ARC) == expected
+
+
+@pytest.mark.parametrize("file", TASKS)
+def test_a_right_response_cut_anywhere_states_no_wrong_answer(file: str) -> None:
+    """data.drop_cut_wrong on real teachers: none of them states a wrong interim answer, so the check
+    must fire on no prefix of a right response, cut after any of its characters (202,495 cuts in
+    all). Reading a cut text whole fired on 335 of every 7th (a step "1." as the bare answer 1, a
+    number cut short); "each answer choice:" and "is true or false" fired on 308 of them."""
+    from qr_ds.testing.real_students import teacher_records
+    from qr_ds.train.encoding import cut_states_wrong_answer
+
+    fired = [f"{r.id} cut after {seen} characters: ...{r.response[max(0, seen - 60):seen]!r}"
+             for r in teacher_records(file) for seen in range(1, len(r.response))
+             if cut_states_wrong_answer(r, len(r.response) - seen)]
+    assert not fired, "\n".join(fired[:20])

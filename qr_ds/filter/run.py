@@ -128,13 +128,14 @@ def example_of(rec: PathRecord):
                    meta=rec.meta.get("example_meta") or {})
 
 
-def checked_answer(rec: PathRecord, text: str) -> tuple[str | None, bool]:
+def checked_answer(rec: PathRecord, text: str, partial: bool = False) -> tuple[str | None, bool]:
     """The answer ``text`` states for ``rec``'s question (the task's extractor) and whether it is right
-    (its scorer): what step 1 records for the whole path, and the trainer asks of a cut path's visible part."""
+    (its scorer): what step 1 records for the whole path, and the trainer asks of a cut path's visible
+    part (``partial``: the extractor's reading of a cut text)."""
     from qr_ds.tasks import get_task
 
     task, ex = get_task(rec.task), example_of(rec)
-    answer = task.extract(text, ex)
+    answer = task.extract(text, ex, partial=partial)
     return answer, task.is_correct(answer, ex)
 
 

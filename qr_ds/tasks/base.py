@@ -134,15 +134,21 @@ class Task:
         """The canonical answer stated in a short candidate span, or None."""
         raise NotImplementedError
 
-    def extract(self, text: str, example: Example | None = None) -> str | None:
-        """The final stated answer in a model output, canonical; None when none is stated."""
+    def extract(self, text: str, example: Example | None = None, partial: bool = False) -> str | None:
+        """The final stated answer in a model output, canonical; None when none is stated.
+
+        ``partial``: ``text`` is the start of an output cut at a context length (with the character
+        after the cut when that is a space or line break). Only its whole lines and sentences are read
+        (``extract.whole_part``), and it is no whole output that could be a bare answer."""
+        if partial:
+            text = ex.whole_part(text)
         if not text or not text.strip():
             return None
         for cand in reversed(ex.candidates(text, verdicts=self.verdict_lines)):
             ans = self.parse_candidate(cand, example)
             if ans is not None:
                 return ans
-        bare = ex.bare_answer(text)
+        bare = None if partial else ex.bare_answer(text)
         return self.parse_candidate(bare, example) if bare is not None else None
 
     def same(self, pred: str, gold: str) -> bool:

@@ -18,7 +18,8 @@ import re
 _CONNECT = r"\s*+(?:is|was|would be|should be|must be|will be|=|:|-|\u2014|\u2013)\s*:?"
 _MARKERS = re.compile(
     "|".join([
-        r"\banswer(?:\s+(?:choice|option))?" + _CONNECT,
+        # not "each answer choice:", which opens a list of the options, not the answer
+        r"(?<!\beach )(?<!\bevery )\banswer(?:\s+(?:choice|option))?" + _CONNECT,
         r"\b(?:correct|right|best|final)\s+(?:option|choice|label)" + _CONNECT,
         r"\b(?:label|relationship|relation|classification|verdict)\s*(?:is|:)\s*:?",
         r"^[^\S\n]*#{4}[^\S\n]*",  # GSM8K-style "#### 42" (not \s*: it would span blank lines from each one)
@@ -30,7 +31,8 @@ _MARKERS = re.compile(
         # "is" inside the quoted hypothesis does not end the marker early
         # (bounded runs: "\s+" then "\W*" over one long blank run was quadratic)
         r"\b(?:statement|hypothesis|claim)\b[^\n]{0,300}?(?=\b(?:is|was)(?:n't)?\s{1,20}"
-        r"(?:(?:\w{1,30}ly|therefore|thus|not)\s{1,20}){0,2}\W{0,20}(?:true|false|neither|untrue|incorrect|correct)\b)",
+        r"(?:(?:\w{1,30}ly|therefore|thus|not)\s{1,20}){0,2}\W{0,20}(?:true|false|neither|untrue|incorrect|correct)\b"
+        r"(?!\s{1,20}or\s{1,20}(?:true|false|not|neither)\b))",  # "is true or false" asks, it does not say
     ]),
     re.IGNORECASE | re.MULTILINE,
 )
@@ -133,6 +135,19 @@ def candidates(text: str, verdicts: bool = False) -> list[str]:
             found.append((m.start(), rest))
     found.sort(key=lambda x: x[0])
     return [c for _, c in found]
+
+
+# a sentence end inside a line: the sentence is whole, whatever the cut after it took
+_SENTENCE_END = re.compile(r"[.!?](?=\s)")
+
+
+def whole_part(text: str) -> str:
+    """The part of a cut text whose lines and sentences are whole: up to its last line break, then on
+    the line the cut runs through up to its last sentence end before a space. A number, word or step
+    the cut runs through may go on past it ("The answer is 1" of "150", "1. **R" of a numbered step)."""
+    start = text.rfind("\n") + 1
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, start)]
+    return text[: ends[-1] if ends else start]
 
 
 def bare_answer(text: str) -> str | None:

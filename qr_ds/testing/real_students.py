@@ -44,7 +44,8 @@ def teacher_records(file: str = "arc", limit: int | None = None, correct_only: b
         out.append(PathRecord(
             id=f"{ex.id}/cot/0", task=task.name, question_id=ex.id, question=ex.question, gold=ex.gold,
             teacher="gemini (published)", style="cot", sample=0, prompt=ex.question, response=rec["response"],
-            answer=rec["ref_answer"], correct=rec["ref_correct"], judge=JudgeVerdict("VALID", "reference")))
+            answer=rec["ref_answer"], correct=rec["ref_correct"], judge=JudgeVerdict("VALID", "reference"),
+            meta={"choices": [list(c) for c in ex.choices]} if ex.choices else {}))  # as generate keeps them
         if limit and len(out) == limit:
             break
     return out

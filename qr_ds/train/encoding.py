@@ -94,7 +94,10 @@ def cut_states_wrong_answer(r: PathRecord, unseen_chars: int) -> bool:
         return False
     from qr_ds.filter.run import checked_answer
 
-    stated, right = checked_answer(r, r.response[: len(r.response) - unseen_chars])
+    seen = len(r.response) - unseen_chars
+    if r.response[seen].isspace():  # a space or line break right after the cut: what precedes it is whole
+        seen += 1
+    stated, right = checked_answer(r, r.response[:seen], partial=True)
     return stated is not None and not right
 
 

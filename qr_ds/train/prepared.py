@@ -34,7 +34,7 @@ from qr_ds.embed.lookup import gather_embeddings
 from qr_ds.train.config import TrainConfig
 from qr_ds.train.encoding import ChunkEncoder, Encoded, chunked, cut_states_wrong_answer, selected, task_of
 
-VERSION = 4  # bump when the folder's layout or the encoding changes: old folders are then not reused
+VERSION = 5  # bump when the folder's layout, the encoding or the cut check (cut_wrong) changes: old folders are then not reused
 DONE = "meta.json"  # written last: a folder holding it is complete
 PATH_IDS = "path_ids.jsonl"  # each path's pool id, a JSON string a line (ids may hold any character)
 ENV_DIR = "QR_DS_PREPARED_DIR"  # a cache shared by runs (or by nodes, on a shared filesystem)
