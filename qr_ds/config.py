@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import filecmp
 import math
 import os
 import re
@@ -232,6 +233,33 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def flatten(value, prefix: str = "", whole: bool = False) -> dict[str, object]:
+    """Nested config -> {"router.hidden": 64, "students[0].lr": 0.003, ...}. ``whole``: an empty mapping
+    or list, and a list of plain values, stay one value ({"router.withhold": {}, "report_to": [...]})."""
+    if whole and (value == {} or isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value)):
+        return {prefix: value}
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items()
+                for k, v in flatten(sub, f"{prefix}.{key}" if prefix else key, whole).items()}
+    if isinstance(value, list):
+        return {k: v for i, sub in enumerate(value) for k, v in flatten(sub, f"{prefix}[{i}]", whole).items()}
+    return {prefix: value}
+
+
+def same_value(a: object, b: object) -> bool:
+    """Equal, two spellings of one existing path (relative and absolute), or two paths of files with the
+    same bytes: a DeepSpeed config or pool that moved with its checkout (a demo resumed from another
+    folder) is the same input."""
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists() and pa.resolve() == pb.resolve():
+        return True
+    return pa.is_file() and pb.is_file() and filecmp.cmp(pa, pb, shallow=False)
 
 
 # An alias bomb is harmless while it stays a graph, but every walk over the loaded value (validation,

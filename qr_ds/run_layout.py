@@ -187,6 +187,10 @@ class RunDir:
     prepared = property(lambda self: self.root / "prepared")  # prepared training data, unless configured elsewhere
     pool = property(lambda self: self.root / "pool.jsonl")  # a copy of the pool the run trained on, if kept
 
+    def config_before(self, step: int) -> Path:
+        """The config.yaml a run had before it was resumed at ``step`` with other settings."""
+        return self.root / f"config.before_{step_name(step)}.yaml"
+
     def is_run(self) -> bool:
         """A training run's folder: checkpoints/ beside its config.yaml or its checkpoints/latest."""
         return self.checkpoints.is_dir() and (self.config.is_file() or self.latest_marker.is_file())

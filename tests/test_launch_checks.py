@@ -3,6 +3,7 @@ collective and a refusal ends every rank; `--resume auto` starts a first run and
 import json
 
 import pytest
+import yaml
 
 from qr_ds.testing import builders as trainkit
 
@@ -43,3 +44,7 @@ def test_resume_auto_starts_a_first_run_and_resumes_a_requeued_one(kit):
     assert "resumed from" in res.stdout + res.stderr
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+    # the longer run's config.yaml is today's; the one it started with is kept, named by the resume step
+    assert yaml.safe_load((run / "config.yaml").read_text())["max_steps"] == 4
+    assert yaml.safe_load((run / "config.before_step_000002.yaml").read_text())["max_steps"] == 2
+    assert "the run's earlier config.yaml is kept as config.before_step_000002.yaml" in res.stdout + res.stderr

@@ -194,6 +194,42 @@ def test_training_into_a_finished_run_needs_resume_or_overwrite(setup):
     refused(proc, s, "give one")
 
 
+def test_a_resume_refuses_changed_training_settings_and_announces_keys_new_since_it_started(setup):
+    """A resumed run trains as it started: a changed setting (router.lr) is refused naming both values,
+    the run untouched; a longer run is fine; a key its config.yaml lacks (data.drop_cut_wrong, added
+    after the run started) is announced with the value it takes, not switched on in silence."""
+    from qr_ds.config import from_dict, to_dict
+    from qr_ds.train.config import TrainConfig
+    from qr_ds.train.preflight import resume_config_changes
+
+    tmp_path, cfg = setup
+    embedded_setup(tmp_path, cfg)
+    run = Path(cfg["output_dir"])
+    finished_run(run)
+    started = to_dict(from_dict(TrainConfig, cfg))
+    del started["data"]["drop_cut_wrong"]
+    (run / "config.yaml").write_text(yaml.safe_dump(started))
+    before = snapshot(run)
+    refused(*train(tmp_path, {**cfg, "router": {"lr": 0.01}}, "--resume"),
+            f"config key 'router.lr': the run in {run} trained with 0.001, this start gives 0.01; "
+            "a resumed run keeps its training settings")
+    assert snapshot(run) == before
+    problems, notes = resume_config_changes(from_dict(TrainConfig, {**cfg, "max_steps": 9}))
+    assert problems == []
+    assert notes == [f"resume: {run / 'config.yaml'} predates these config keys, which take these values from "
+                     "now on: data.drop_cut_wrong=True"]
+    started["router"]["withhold"] = {"a": "ids.txt"}  # a value where today's config has none: one change
+    started["students"][0]["model"] = os.path.relpath(started["students"][0]["model"])  # the same folder
+    started["students"][1]["lora"]["target_modules"] = ["q_proj"]
+    (run / "config.yaml").write_text(yaml.safe_dump(started))
+    assert [p.split(";")[0] for p in resume_config_changes(from_dict(TrainConfig, cfg))[0]] == [
+        f"config key 'router.withhold.a': the run in {run} trained with 'ids.txt', this start gives nothing",
+        f"config key 'students[1].lora.target_modules': the run in {run} trained with ['q_proj'], this start gives "
+        "['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']"]
+    (run / "config.yaml").write_text("")  # not the run's config: refused, never read as 'no settings'
+    assert "is not the run's config (not a YAML mapping)" in resume_config_changes(from_dict(TrainConfig, cfg))[0][0]
+
+
 @pytest.mark.parametrize("latest,needle", [
     ("../../outside/step_9", "checkpoints/latest: names '../../outside/step_9', not a step_NNNNNN folder"),
     ("", "checkpoints/latest: names '', not a step_NNNNNN folder"),

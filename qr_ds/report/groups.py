@@ -2,13 +2,13 @@
 folder, with the budget they trained on and their final routers' routing across seeds."""
 from __future__ import annotations
 
-import filecmp
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from qr_ds.config import flatten, same_value
 from qr_ds.report.runs import Run, final_routing, load_run, routing_cells
 
 # the config keys that may differ between the runs of one group: run_name only labels a run in trackers
@@ -58,26 +58,6 @@ def load_groups(groups: dict[str, Path | str | list], may_differ: tuple[str, ...
         raise ValueError(f"report: group labels {[g.label for g in out]} give the same figure file names "
                          f"({slugs}); rename one")
     return out
-
-
-def flatten(value, prefix: str = "") -> dict[str, object]:
-    """Nested config -> {"router.hidden": 64, "students[0].lr": 0.003, ...}."""
-    if isinstance(value, dict):
-        return {k: v for key, sub in value.items() for k, v in flatten(sub, f"{prefix}.{key}" if prefix else key).items()}
-    if isinstance(value, list):
-        return {k: v for i, sub in enumerate(value) for k, v in flatten(sub, f"{prefix}[{i}]").items()}
-    return {prefix: value}
-
-
-def same_value(a: object, b: object) -> bool:
-    """Equal, or two paths of files with the same bytes: a DeepSpeed config or pool that moved with its
-    checkout (a demo resumed from another folder) is the same input."""
-    if a == b:
-        return True
-    if not (isinstance(a, str) and isinstance(b, str)):
-        return False
-    pa, pb = Path(a), Path(b)
-    return pa.is_file() and pb.is_file() and filecmp.cmp(pa, pb, shallow=False)
 
 
 def check_group(label: str, runs: list[Run], may_differ: tuple[str, ...] = ()) -> None:

@@ -153,6 +153,26 @@ def report_lost_ranks(ranks_dir: Path, wait_s: float = 3.0) -> None:
               ", ".join(f"{r} on {host} (pid {pid})" for r, pid, host in remote), file=sys.stderr, flush=True)
 
 
+def keep_config(run, cfg, resume: bool, text: str) -> None:
+    """Write the run's config.yaml; a resume that changed a setting it may change (max_steps, ...) first
+    keeps the one the run had, named by the step it resumes from, and says which keys are new."""
+    import shutil
+
+    if resume:
+        from qr_ds.train.preflight import resume_config_changes
+
+        for note in resume_config_changes(cfg)[1]:
+            print(f"[qr_ds] {note}", flush=True)
+    if resume and run.config.is_file() and run.config.read_text(encoding="utf-8") != text:
+        kept = run.config_before(run.require_latest().step)
+        if not kept.exists():  # a second change before the next checkpoint keeps the first one's config
+            shutil.copyfile(run.config, kept)
+            print(f"[qr_ds] resume: the run's earlier config.yaml is kept as {kept.name}", flush=True)
+    tmp = run.config.with_name(run.config.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, run.config)  # a kill mid-write leaves the old config.yaml or the new one, never half
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", required=True, help="training YAML (see docs/config-reference.md)")
@@ -186,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         strategy = Strategy(checked_layout(cfg, resume), cfg.backend, cfg.collective_timeout_s)
         trainer = Trainer(cfg, strategy)
         if strategy.is_coordinator:
-            run.config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            keep_config(run, cfg, resume, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         trainer.fit(resume=resume)
     except Refused:  # said already; no collective ran, so there is no peer to name
         os._exit(2)

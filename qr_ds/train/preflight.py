@@ -9,11 +9,13 @@ naming the config key, so a user fixes all of them in one go.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from qr_ds.config import flatten, same_value, to_dict
 from qr_ds.data.pool import normalise_question, pool_questions
 from qr_ds.distributed.ds_json import read_ds_json
 from qr_ds.distributed.engines import find_ds_config
@@ -37,7 +39,10 @@ def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bo
         found += student_problems(i, student)
     found += path_problem("data.pool", cfg.data.pool, "the embedded pool from `qr-ds embed`")
     found += output_dir_problem(cfg.output_dir)
-    found += existing_run_problems(cfg.run, resume, overwrite)
+    run_found = existing_run_problems(cfg.run, resume, overwrite)
+    found += run_found
+    if resume and not run_found:
+        found += resume_config_changes(cfg)[0]
     found += world_problem(cfg, world)
     if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
         found.append(f"config key 'seed': {cfg.seed} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]} "
@@ -185,6 +190,60 @@ def existing_run_problems(run: RunDir, resume: bool, overwrite: bool) -> list[st
                 "checkpoints/latest), so there is nothing to resume: pass --overwrite to move it aside and "
                 "start again (under torchrun, move the folder aside yourself)"]
     return []
+
+
+# What a resumed run may change: how long it trains, how often it saves, logs and evaluates, where its
+# ranks run and where prepared data is cached, and memory-for-speed trades. Any other setting would
+# train the rest of the run as another method than its start.
+RESUME_MAY_CHANGE = ("max_steps", "epochs", "save_every", "keep_last", "log_every", "backend", "collective_timeout_s",
+                     "report_to", "eval", "run_name", "output_dir", "placement", "data.prepared_dir", "students[].ranks",
+                     "students[].gradient_checkpointing", "students[].use_kernels")
+
+
+def _generic(key: str) -> str:
+    return re.sub(r"\[\d+\]", "[]", key)
+
+
+def _related(key: str, others) -> bool:
+    """Whether ``key`` or a key above or below it is among ``others`` (generic forms)."""
+    return any(key == o or key.startswith((o + ".", o + "[")) or o.startswith((key + ".", key + "[")) for o in others)
+
+
+def resume_config_changes(cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """(problems, notes) of resuming the run in output_dir with ``cfg``, against the config.yaml it
+    started with: a setting outside RESUME_MAY_CHANGE that differs is a problem naming both values; a
+    key that config.yaml does not have at all (added to qr_ds since the run started) is a note, so a
+    new default never switches on mid-run unannounced."""
+    import yaml
+
+    saved = cfg.run.config
+    if not saved.is_file():
+        return [], [f"resume: {cfg.run.root} has no config.yaml, so this start's settings are not compared with the run's"]
+    try:
+        started = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        started = e
+    if not isinstance(started, dict):
+        return [f"config key 'output_dir': {saved} is not the run's config (not a YAML mapping), so a resume cannot "
+                "check it trains as the run started; put the run's config back, or --overwrite to start again"], []
+    before, now = flatten(started, whole=True), flatten(to_dict(cfg), whole=True)
+    generic_before, generic_now = {_generic(k) for k in before}, {_generic(k) for k in now}
+    found, new = [], []
+    for key in sorted(before.keys() | now.keys()):
+        generic = _generic(key)
+        if _related(generic, RESUME_MAY_CHANGE) or (key in before and key in now and same_value(before[key], now[key])):
+            continue
+        if {**before, **now}[key] in ({}, []) and (key not in before or key not in now):
+            continue  # an empty mapping or list where the other side has entries: those entries say it
+        if key not in before and not _related(generic, generic_before):
+            new.append(f"{key}={now[key]!r}")
+        elif key in now or _related(generic, generic_now):  # not a key since removed from qr_ds
+            was, given = (repr(side[key]) if key in side else "nothing" for side in (before, now))
+            found.append(f"config key '{key}': the run in {cfg.run.root} trained with {was}, this start gives "
+                         f"{given}; a resumed run keeps its training settings (set it back as in {saved}, or train "
+                         "into a new output_dir)")
+    notes = [f"resume: {saved} predates these config keys, which take these values from now on: {', '.join(new)}"] if new else []
+    return found, notes
 
 
 # ---- what the ranks will read -------------------------------------------------------------------
