@@ -296,14 +296,9 @@ def test_a_router_that_sends_every_path_trains_the_students_as_w_o_route(strateg
             assert torch.equal(p, ours[name]), name
 
 
-@pytest.mark.parametrize("drop,router,mutual", [(True, True, "co_routed"), (True, False, "all"),
-                                                (False, False, "co_routed")])
-def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strategy, kit, tmp_path, drop, router,
-                                                                             mutual):
-    """data.drop_cut_wrong, the answer check on what each student sees: a path with a wrong interim
-    answer before a long check is cut after that answer for the short student only, which then never
-    trains on it in a whole epoch, whatever the router wants, nor through the mutual term on every
-    path (``mutual.paths: all``); the long student does. Off, both do."""
+def _cut_trainer(strategy, kit, tmp_path, drop: bool, log=lambda *_: None, **over):
+    """A trainer on 4 synthetic paths, the first stating a wrong answer before a long check: cut after
+    that answer for the short student (max_len 96) only."""
     from qr_ds.config import load_config
     from qr_ds.train.config import TrainConfig
     from qr_ds.train.trainer import Trainer
@@ -314,13 +309,23 @@ def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strat
                         + "Now a careful check of every step. " * 60 + recs[0].response)
     pool = trainkit.embedded_pool(tmp_path / "pool", recs)
     path = trainkit.write_config(tmp_path / "cut.yaml", studs, pool, tmp_path / "run", placement="colocated",
-                                 data={"pool": str(pool), "max_len": 256, "drop_cut_wrong": drop},
-                                 router={"hidden": 16, "enabled": router}, mutual={"shared_dim": 16, "max_spans": 8,
-                                                                                   "paths": mutual})
+                                 data={"pool": str(pool), "max_len": 256, "drop_cut_wrong": drop}, **over)
     c = yaml.safe_load(path.read_text())
     c["students"][0]["max_len"], c["students"][1]["max_len"] = 96, 2048
     path.write_text(yaml.safe_dump(c))
-    tr = Trainer(load_config(TrainConfig, path), strategy, log=lambda *_: None)
+    return recs, Trainer(load_config(TrainConfig, path), strategy, log=log)
+
+
+@pytest.mark.parametrize("drop,router,mutual", [(True, True, "co_routed"), (True, False, "all"),
+                                                (False, False, "co_routed")])
+def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strategy, kit, tmp_path, drop, router,
+                                                                             mutual):
+    """data.drop_cut_wrong, the answer check on what each student sees: a path with a wrong interim
+    answer before a long check is cut after that answer for the short student only, which then never
+    trains on it in a whole epoch, whatever the router wants, nor through the mutual term on every
+    path (``mutual.paths: all``); the long student does. Off, both do."""
+    recs, tr = _cut_trainer(strategy, kit, tmp_path, drop, router={"hidden": 16, "enabled": router},
+                            mutual={"shared_dim": 16, "max_spans": 8, "paths": mutual})
     planted = tr.data.prepared.path_ids().index(recs[0].id)
     assert tr.data.cut_wrong[:, 0].nonzero().flatten().tolist() == [planted] and not tr.data.cut_wrong[:, 1].any()
     assert bool(tr.data.trainable[planted, 0]) == (not drop) and tr.data.trainable[:, 1].all()
@@ -343,6 +348,20 @@ def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strat
 
     if not router:  # no router: every path it may train on reaches every student (twice if the epoch wraps)
         assert seen[1] >= 1 and seen[0] == (0 if drop else seen[1]), seen
+
+
+def test_the_fixed_routing_line_counts_the_paths_the_answer_check_keeps_out_too(strategy, kit, tmp_path):
+    """A withheld path and a checked-out one: the start-up line says the short student never trains on
+    both, the long one on none, and names the check."""
+    listed = tmp_path / "withheld.txt"
+    listed.write_text(trainkit.synthetic_records(4)[1].id + "\n")
+    for drop, line in ((True, "llama never trains on 2 of 24 paths, gemma never trains on 0 of 24 paths (the "
+                                "assignment and data.drop_cut_wrong)"),
+                       (False, "llama never trains on 1 of 24 paths, gemma never trains on 0 of 24 paths")):
+        said = []
+        _cut_trainer(strategy, kit, tmp_path / str(drop), drop, log=said.append,
+                     router={"withhold": {"llama": str(listed)}})
+        assert "fixed routing: " + line in said, said
 
 
 def test_withhold_keeps_its_paths_from_one_student_in_every_micro_step(strategy, kit, tmp_path):

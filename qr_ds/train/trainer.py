@@ -76,10 +76,12 @@ class Trainer:
         self.routing = make_policy(cfg.router, self.data.embeddings, [s.name for s in cfg.students],
                                    self.data.prepared.styles, cfg.lambda1, cfg.seed, coordinator=self.is_coord,
                                    path_styles=self.data.styles, path_ids=self.data.prepared.path_ids)
-        if cfg.router.assigned:
-            off = (1 - self.routing.allowed[self.data.trained]).sum(0).int().tolist()
+        if cfg.router.assigned:  # with the answer check's pairs: what each student will in fact not see
+            allowed = self.routing.allowed[self.data.trained]
+            kept = allowed * self.data.trainable[self.data.trained].float()
             self.say("fixed routing: " + ", ".join(f"{s.name} never trains on {k} of {len(self.data.trained)} paths"
-                                                   for s, k in zip(cfg.students, off)))
+                                                   for s, k in zip(cfg.students, (1 - kept).sum(0).int().tolist()))
+                     + (" (the assignment and data.drop_cut_wrong)" if bool((kept < allowed).any()) else ""))
         self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None  # (measured batch, its losses before the step)
         self.holdout = len(self.data.heldout) > 0
         self.pos = Position()
