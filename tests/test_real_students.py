@@ -231,7 +231,7 @@ def test_span_alignment_on_real_teacher_paths(pair):
 def test_the_answer_check_keeps_every_right_real_path_a_real_student_sees_cut(pair):
     """data.drop_cut_wrong on what a user meets: the real teacher's right answers of all five tasks,
     cut where each real tokenizer cuts them. The teacher never states a wrong interim answer, so the
-    check must fire on none, while most paths are cut at 128 tokens (it fired on 3-4 per student and
+    check must fire on none, while most paths are cut at 128 tokens (it fired on 0-4 per student and
     length before cut text was read as cut: a step "1. **R" as the bare answer 1, an option list)."""
     from qr_ds.train.encoding import ChunkEncoder, cut_states_wrong_answer
 

@@ -48,7 +48,7 @@ class MutualExchange:
         return self.everywhere or bool(((routed > 0).sum(1) > 1).any())
 
     def __call__(self, losses: dict[int, torch.Tensor], shares: dict[int, Share], routed: torch.Tensor,
-                 span_mask: torch.Tensor, trainable: torch.Tensor | None = None) -> float:
+                 span_mask: torch.Tensor, trainable: torch.Tensor) -> float:
         """Add each local student's term to its loss in ``losses``. ``routed`` [P, S] and ``span_mask``
         [P, M] cover the whole batch; ``trainable`` [P, S]: the pairs the data lets train (with
         ``paths: all`` the parties, so a student the data keeps from a path is no party to it).
@@ -56,11 +56,10 @@ class MutualExchange:
         c = self.c
         chunks = next(iter(shares.values())).chunks
         value = torch.zeros(())
+        parties = trainable if self.everywhere else routed
         for k in chunks:
             rows, batch_rows = slice((k - chunks[0]) * c, (k - chunks[0] + 1) * c), slice(k * c, (k + 1) * c)
             flat = self.strategy.gather_chunk(k, {s: self._pack(share, rows) for s, share in shares.items()})
-            parties = routed if not self.everywhere else (trainable if trainable is not None
-                                                          else torch.ones_like(routed))
             gathered = self._unpack(flat, parties[batch_rows], span_mask[batch_rows])
             for s, share in shares.items():
                 m = mutual_loss_for_student(s, share.z[rows].float(), share.logit[rows].float(), gathered)

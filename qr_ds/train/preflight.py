@@ -221,8 +221,8 @@ def resume_config_changes(cfg: TrainConfig) -> tuple[list[str], list[str]]:
         return [], [f"resume: {cfg.run.root} has no config.yaml, so this start's settings are not compared with the run's"]
     try:
         started = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        started = e
+    except (yaml.YAMLError, UnicodeDecodeError):
+        started = None
     if not isinstance(started, dict):
         return [f"config key 'output_dir': {saved} is not the run's config (not a YAML mapping), so a resume cannot "
                 "check it trains as the run started; put the run's config back, or --overwrite to start again"], []
@@ -233,7 +233,7 @@ def resume_config_changes(cfg: TrainConfig) -> tuple[list[str], list[str]]:
         generic = _generic(key)
         if _related(generic, RESUME_MAY_CHANGE) or (key in before and key in now and same_value(before[key], now[key])):
             continue
-        if {**before, **now}[key] in ({}, []) and (key not in before or key not in now):
+        if (key in before) != (key in now) and (now if key in now else before)[key] in ({}, []):
             continue  # an empty mapping or list where the other side has entries: those entries say it
         if key not in before and not _related(generic, generic_before):
             new.append(f"{key}={now[key]!r}")
