@@ -189,7 +189,8 @@ def peak_rss(d, stage) -> int:
     return int(p.stdout.split()[-1])
 
 
-# Above the largest batch any stage holds (the router's 4096 paths), so the small run's peak already has it.
+# Above the largest batch any stage holds (the filter's judge chunk of 4096 paths), so the small run's peak
+# already has it.
 SMALL = 4200
 
 
