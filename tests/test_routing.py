@@ -194,13 +194,46 @@ def test_rate_kl_takes_its_value_from_the_recent_rate_and_pushes_every_path_of_a
 
 
 def test_recent_paths_keep_the_last_paths_and_at_least_the_latest_batch():
-    recent = RecentPaths(size=5, dim=2)
+    recent = RecentPaths(size=5, dim=2, students=2)
     recent.add(torch.arange(6.0).view(3, 2))
-    kept = recent.add(torch.arange(6.0, 12.0).view(3, 2))
+    kept = recent.add(torch.arange(6.0, 12.0).view(3, 2), trainable=torch.tensor([[0, 1], [1, 1], [0, 1]]))
     assert torch.equal(kept, torch.arange(2.0, 12.0).view(5, 2))
-    assert torch.equal(RecentPaths(size=0, dim=2).add(torch.ones(4, 2)), torch.ones(4, 2))
+    assert torch.equal(RecentPaths(size=0, dim=2, students=1).add(torch.ones(4, 2)), torch.ones(4, 2))
     with pytest.raises(ValueError, match=r"\[P, 2\]"):
         recent.add(torch.ones(3, 4))
+    with pytest.raises(ValueError, match=r"trainable \[3, 2\]"):
+        recent.add(torch.ones(3, 2), trainable=torch.ones(3, 1))
+    # a student's rate is over the paths it may train on; its other paths are no part of it
+    p_on = torch.tensor([[0.1, 0.9], [0.2, 0.8], [0.9, 0.7], [0.3, 0.6], [0.9, 0.5]])
+    assert recent.rate(p_on).tolist() == pytest.approx([(0.1 + 0.2 + 0.3) / 3, 0.7])
+    recent.add(torch.ones(5, 2), trainable=torch.tensor([[0, 1]] * 5))
+    assert recent.rate(p_on).tolist() == pytest.approx([0.48, 0.7]), "a student with none: the plain mean"
+
+
+def test_the_balance_holds_a_students_rate_over_the_paths_it_may_train_on():
+    """Known answer. Student 0 may train on kind A only (the data rule keeps kind B, 3/4 of the paths,
+    from it) and fits A worse than student 1, so the fit signal pushes A off it. Its rate over what it
+    may train on is then P(on) of A, below rate_min: the balance must hold A near 0.25. Counted over
+    all paths (B at the prior 0.97 with it), the rate was ~0.75 and the balance let A fall to 0.02-0.03
+    (3 seeds), a student trained on under 1% of the paths."""
+    cfg = RouterConfig(hidden=16, lr=3e-3, signal="relative", entropy="range", logit_decay=0.01, prior_on=0.97,
+                       rate_min=0.25)
+    for seed in range(2):
+        g = _gen(seed)
+        centres = 3 * torch.randn(2, 8, generator=g)
+        policy = RoutingPolicy(cfg, in_dim=8, n_students=2, lambda1=10.0, seed=seed)
+        for _ in range(800):
+            kind = (torch.rand(8, generator=g) < 0.75).long()  # 1 = B
+            trainable = torch.ones(8, 2)
+            trainable[kind == 1, 0] = 0
+            policy.route(centres[kind] + 0.3 * torch.randn(8, 8, generator=g), trainable=trainable)
+            losses = torch.ones(8, 2)
+            losses[kind == 0, 0] = 6.0
+            stats = policy.learn(losses, torch.arange(8))
+            policy.step()
+        p_a = policy.probabilities(centres)[0]
+        assert 0.15 < p_a[0] < 0.35 and p_a[1] > 0.95, (seed, p_a)
+        assert stats["recent_rate/0"] == pytest.approx(p_a[0].item(), abs=0.05)
 
 
 def test_policy_logs_the_recent_rate_it_holds_at_the_target():

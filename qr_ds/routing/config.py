@@ -112,9 +112,10 @@ class RouterConfig:
                                                             "highest. Exclusive routing (each path to one of S "
                                                             "students) has rate 1/S: set 1/S for it at S > 2"))
     rate_window: int = field(
-        default=256, metadata=rule(min=0, help="entropy: rate only. A student's rate is the current router's mean "
-                                               "P(on) over the last rate_window routed paths, this batch's "
-                                               "included: many batches' worth without lag; 0 = this batch alone, "
+        default=256, metadata=rule(min=0, help="entropy: rate and range. A student's rate is the current router's "
+                                               "mean P(on) over the last rate_window routed paths that the data "
+                                               "lets it train on (data.drop_cut_wrong), this batch's included: "
+                                               "many batches' worth without lag; 0 = this batch alone, "
                                                "whose rate follows which styles landed in it and, at small batches, "
                                                "pulls every path towards rate_target"))
     ensure_one: bool = field(

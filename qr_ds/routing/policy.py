@@ -110,14 +110,14 @@ class RoutingPolicy:
         self.router = Router(in_dim, n_students, cfg.hidden, start_on=cfg.prior_on)
         self.optimizer = torch.optim.Adam(self.router.parameters(), lr=cfg.lr)
         self.gumbel = torch.Generator().manual_seed(seed)
-        self.recent = RecentPaths(cfg.rate_window, in_dim)
+        self.recent = RecentPaths(cfg.rate_window, in_dim, n_students)
         self.critic = None
         if self.signal.needs_gain:
             if pool_sample is None:
                 raise ValueError(f"RoutingPolicy: signal {cfg.signal!r} needs pool_sample, embeddings of the pool")
             self.critic = GainCritic(kmeans(pool_sample, cfg.gain_kinds, seed), n_students, cfg.gain_forget)
         self.gain_ms = torch.zeros(())  # running mean square of the predicted gains: the signal's scale
-        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     @property
     def measures_gain(self) -> bool:
@@ -127,12 +127,12 @@ class RoutingPolicy:
     def route(self, embeddings: torch.Tensor, trainable: torch.Tensor | None = None) -> torch.Tensor:
         """Hard 0/1 routing [P, S] for a batch; keeps the straight-through graph for ``learn``.
         ``trainable`` [P, S] 0/1: the pairs the data lets train; the others are never routed and give
-        the signal term no gradient and the critic no credit (the balance and decay terms still see
-        the router's P(on) for them)."""
+        the signal term no gradient, the critic no credit and the balance no part of a student's rate
+        (the decay term still pulls their P(on) to the prior)."""
         logits = self.router(embeddings)
         alpha = straight_through_route(logits, self.cfg.tau, self.gumbel, ensure_one=self.cfg.ensure_one,
                                        allowed=trainable)
-        self._pending = (alpha, logits, embeddings)
+        self._pending = (alpha, logits, embeddings, trainable)
         hard = alpha.detach().clone()
         if self.critic is not None:
             self.critic.routed(embeddings, hard)
@@ -147,7 +147,7 @@ class RoutingPolicy:
         last optimizer step (after minus before; None when it was not measured)."""
         if self._pending is None:
             raise RuntimeError("RoutingPolicy.learn: no routed batch to learn from (call route first)")
-        alpha, logits, embeddings = self._pending
+        alpha, logits, embeddings, trainable = self._pending
         self._pending = None
         stats: dict[str, float] = {}
         gain = None
@@ -176,7 +176,7 @@ class RoutingPolicy:
         recent_rate = None
         if self.balance.needs_recent_rate:
             with torch.no_grad():  # the current router re-scores the recent paths: no lag
-                recent_rate = route_probs(self.router(self.recent.add(embeddings))).mean(dim=0)
+                recent_rate = self.recent.rate(route_probs(self.router(self.recent.add(embeddings, trainable))))
         loss, more = router_objective(alpha, logits, signal, question_index, self.lambda1, self.balance,
                                       recent_rate, self.cfg)
         # Keeps each on/off logit gap where the straight-through gradient is alive (P(on) ~0.96 at a
