@@ -186,6 +186,8 @@ class RunDir:
     latest_marker = property(lambda self: self.checkpoints / "latest")
     prepared = property(lambda self: self.root / "prepared")  # prepared training data, unless configured elsewhere
     pool = property(lambda self: self.root / "pool.jsonl")  # a copy of the pool the run trained on, if kept
+    # {"student", "path"} rows: the pairs data.drop_cut_wrong keeps from training, whatever the router says
+    kept_from = property(lambda self: self.root / "kept_from_students.jsonl")
 
     def config_before(self, step: int) -> Path:
         """The config.yaml a run had before it was resumed at ``step`` with other settings."""

@@ -114,6 +114,36 @@ def test_embed_matrix_and_routing_equal_the_whole_pool_results(pool, tmp_path, m
     assert routing["styles"] == [r.style for r in chosen] and routing["levels"] == [r.level for r in chosen]
 
 
+def test_routing_shows_a_path_the_answer_check_keeps_from_a_student_at_p_0_for_it_alone(pool, tmp_path):
+    """The trainer lists the pairs data.drop_cut_wrong keeps out (RUN/kept_from_students.jsonl): the report
+    shows them at P 0 (never trained on) where the router says ~0.97, counts them, and names a bad row."""
+    from bench_scale import STUDENTS
+
+    cfg = from_dict(EmbedConfig, {"pool": str(pool), "out": str(tmp_path / "e.jsonl"), "cache_dir": str(tmp_path / "c")})
+    run_embed(cfg, encoder=StubEncoder(), progress=False)
+    out = load_pool(cfg.out).records
+    for r in out:
+        r.correct = True
+    write_pool(cfg.out, out)
+    run = RunDir(make_run(tmp_path / "run", cfg.out))
+    before = final_routing(run.root)
+    assert before["kept_out"] is None, "a run without the list says so, not 'none kept'"
+    kept = [out[3].id, out[8].id]
+    run.kept_from.write_text("".join(json.dumps({"student": STUDENTS[0], "path": i}) + "\n" for i in kept))
+    after = final_routing(run.root)
+    ids = [r.id for r in select_paths(load_config(TrainConfig, run.config), out)]
+    rows = [ids.index(i) for i in kept]
+    assert (before["probabilities"][rows, 0] > 0.5).all() and (after["probabilities"][rows, 0] == 0).all()
+    others = np.ones(len(ids), bool)
+    others[rows] = False
+    np.testing.assert_array_equal(after["probabilities"][others], before["probabilities"][others])
+    np.testing.assert_array_equal(after["probabilities"][:, 1], before["probabilities"][:, 1])
+    assert after["kept_out"] == {STUDENTS[0]: 2, STUDENTS[1]: 0}
+    run.kept_from.write_text(run.kept_from.read_text() + json.dumps({"student": "nobody", "path": kept[0]}) + "\n")
+    with pytest.raises(ValueError, match=r"kept_from_students.jsonl:3: not a row"):
+        final_routing(run.root)
+
+
 def test_routing_names_the_first_selected_path_without_a_vector(pool, tmp_path):
     cfg = from_dict(EmbedConfig, {"pool": str(pool), "out": str(tmp_path / "e.jsonl"), "cache_dir": str(tmp_path / "c")})
     run_embed(cfg, encoder=StubEncoder(), progress=False)

@@ -329,6 +329,10 @@ def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strat
     planted = tr.data.prepared.path_ids().index(recs[0].id)
     assert tr.data.cut_wrong[:, 0].nonzero().flatten().tolist() == [planted] and not tr.data.cut_wrong[:, 1].any()
     assert bool(tr.data.trainable[planted, 0]) == (not drop) and tr.data.trainable[:, 1].all()
+    # listed for the report, which shows the pair at P 0 whatever the router says
+    listed = tr.run.kept_from
+    assert ([json.loads(line) for line in listed.read_text().splitlines()] == [{"student": tr.names[0], "path": recs[0].id}]
+            if drop else not listed.exists())
     # first, a batch of that path alone (fresh optimizers, no weight decay): with the check the short
     # student's weights do not move (SFT weight 0, no party to the mutual term); the long student's do
     before = [{n: p.detach().clone() for n, p in st.engine.module.named_parameters() if p.requires_grad}

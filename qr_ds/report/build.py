@@ -101,7 +101,7 @@ def routing_section(groups: list[Group], out: Path, skipped: list[str]) -> tuple
         md += [f"### {group.label}", "",
                f"Noise-free P(student gets path) of each seed's final router, averaged over every path the run "
                f"trained on ({routing['paths']} paths of `{routing['pool']}`); {over}; n = paths per cell. "
-               f"Per-seed numbers in report.json.", ""]
+               f"Per-seed numbers in report.json.", ""] + kept_out_lines(routing["runs"])
         for key, what in (("style", "style"), ("level", "question level")):
             if any(routing[key].values()):
                 name = f"routing_{key}_{group.slug}"
@@ -113,6 +113,22 @@ def routing_section(groups: list[Group], out: Path, skipped: list[str]) -> tuple
                "the group's seeds), to read beside the routing above.", "",
                f"![loss per style](style_loss_{group.slug}.png)", ""]
     return md, figs, numbers
+
+
+def kept_out_lines(runs: dict[str, dict]) -> list[str]:
+    """What data.drop_cut_wrong kept from each student, per seed: those pairs count at P 0 above (never
+    trained on); a run written before the trainer listed them shows the router's P for them."""
+    listed = [f"{label}: " + ", ".join(f"{k} of {s}'s paths" for s, k in run["kept_out"].items() if k)
+              for label, run in runs.items() if run.get("kept_out") and any(run["kept_out"].values())]
+    older = [label for label, run in runs.items() if run.get("kept_out") is None]
+    md = []
+    if listed:
+        md += ["Paths the answer check kept from a student (`data.drop_cut_wrong`: a cut path stating a wrong "
+               "answer before its cut) count at P 0 for it, whatever its router said: " + "; ".join(listed) + ".", ""]
+    if older:
+        md += [f"{', '.join(older)}: written before the trainer listed the paths the answer check keeps from a "
+               "student (RUN/kept_from_students.jsonl), so P there is the router's even for such paths.", ""]
+    return md
 
 
 def retention_section(path: Path, out: Path) -> tuple[list[str], dict, dict]:

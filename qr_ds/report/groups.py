@@ -160,7 +160,8 @@ def group_routing(group: Group, skipped: list[str]) -> dict | None:
             continue
         if routing is not None:
             per_run[run.label] = {"checkpoint": routing["checkpoint"], "pool": routing["pool"],
-                                  "style": routing_cells(routing, "styles"), "level": routing_cells(routing, "levels")}
+                                  "style": routing_cells(routing, "styles"), "level": routing_cells(routing, "levels"),
+                                  "kept_out": routing["kept_out"]}
     if not per_run:
         return None
     first = next(iter(per_run.values()))

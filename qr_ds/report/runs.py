@@ -2,6 +2,7 @@
 curve, and how its final router splits the pool it trained on."""
 from __future__ import annotations
 
+import json
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ def final_routing(run: Path) -> dict | None:
     saved = load_state(state)
     if not isinstance(saved, dict) or "router" not in saved:
         raise ValueError(f"{state}: not a router policy's state (no 'router' entry)")
+    kept = _kept_from(layout, [s.name for s in cfg.students]) if cfg.data.drop_cut_wrong else {}
     router = None
     routed: list[_Routed] = []
     batches: list[np.ndarray] = []  # probabilities of each routed batch; a record keeps its row in them
@@ -115,7 +117,8 @@ def final_routing(run: Path) -> dict | None:
         if len(emb):
             batches.append(router_probabilities(router, torch.from_numpy(emb)).numpy())
         for k, (_, rec) in enumerate(batch):
-            routed.append(_Routed(rec, offset + at[k] if at[k] is not None else None, errors.get(k)))
+            routed.append(_Routed(rec, offset + at[k] if at[k] is not None else None, errors.get(k),
+                                  kept.get(rec.id, 0) if kept is not None else 0))
 
     for lineno, rec in PoolStream(cfg.data.pool):
         if rec.ok:  # select_paths's first rule; what else it drops, it drops from the slim records
@@ -131,9 +134,16 @@ def final_routing(run: Path) -> dict | None:
         raise failed
     probabilities = (np.concatenate(batches)[[r.row for r in chosen]] if chosen
                      else np.zeros((0, len(cfg.students)), np.float32))
+    # a pair the answer check keeps from training is never trained on, whatever the router says
+    kept_out = np.array([[r.kept_out >> s & 1 for s in range(len(cfg.students))] for r in chosen], bool)
+    if kept_out.any():
+        probabilities = np.where(kept_out, np.float32(0), probabilities)
     return {"checkpoint": state.parent.name, "pool": str(cfg.data.pool), "students": [s.name for s in cfg.students],
             "probabilities": probabilities, "styles": [r.style for r in chosen],
-            "levels": [r.level for r in chosen]}
+            "levels": [r.level for r in chosen],
+            "kept_out": None if kept is None else dict(zip((s.name for s in cfg.students),
+                                                           kept_out.sum(axis=0).tolist() if len(chosen)
+                                                           else [0] * len(cfg.students)))}
 
 
 # Paths routed per batch: a memory bound (the router scores each path on its own, so batching
@@ -148,9 +158,10 @@ class _Routed:
     row of routing probabilities (or the error that kept it from having any). Strings shared by many
     records are interned, so a million of these hold no pool text."""
 
-    __slots__ = ("ok", "correct", "judge", "question_id", "style", "level", "train_task", "meta", "row", "error")
+    __slots__ = ("ok", "correct", "judge", "question_id", "style", "level", "train_task", "meta", "row", "error",
+                 "kept_out")
 
-    def __init__(self, rec, row, error):
+    def __init__(self, rec, row, error, kept_out: int = 0):
         self.ok, self.correct = rec.ok, rec.correct
         self.judge = _VERDICTS.setdefault(rec.judge.verdict, rec.judge) if rec.judge else None
         self.question_id, self.style = sys.intern(rec.question_id), sys.intern(rec.style)
@@ -159,12 +170,33 @@ class _Routed:
         source = (rec.meta.get("example_meta") or {}).get("source_id")  # question_fraction picks by it
         self.meta = {"example_meta": {"source_id": sys.intern(source)}} if source else _NO_META
         self.row, self.error = row, error
+        self.kept_out = kept_out  # bit s: data.drop_cut_wrong keeps this path from student s
 
 
 _NO_META: dict = {}  # never written: most records share it
 
 
 _VERDICTS: dict[str, object] = {}  # select_paths reads only .verdict: one object per verdict suffices
+
+
+def _kept_from(layout: RunDir, students: list[str]) -> dict[str, int] | None:
+    """Pool id -> bit mask of the students the answer check keeps that path from (the trainer's
+    RUN/kept_from_students.jsonl); None for a run that predates the file."""
+    if not layout.kept_from.is_file():
+        return None
+    bit = {name: 1 << s for s, name in enumerate(students)}
+    kept: dict[str, int] = {}
+    with open(layout.kept_from, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict) or row.get("student") not in bit or not isinstance(row.get("path"), str):
+                raise ValueError(f"{layout.kept_from}:{lineno}: not a row {{'student': one of {students}, "
+                                 f"'path': a pool id}}: {line.strip()[:80]!r}")
+            kept[row["path"]] = kept.get(row["path"], 0) | bit[row["student"]]
+    return kept
 
 
 def _embeddings(pool: Path, batch: list[tuple[int, object]]) -> tuple[np.ndarray, list[int | None], dict]:

@@ -69,9 +69,8 @@ class DataConfig:
         "with quality_filter only. A student does not train on a path cut at its max_len whose part before "
         "the cut states a wrong answer (the filter's answer check on what that student sees: a path kept for "
         "its right final answer can show a wrong interim one that a later check corrects); the other "
-        "students still do. On 358 right real-teacher responses cut at 25-90% of their length it fired "
-        "3-5 times per cut, each a misread (an option list's 'A.', 'true or false' read as a verdict), none an "
-        "interim wrong answer (docs/method.md). "
+        "students still do; the pairs it keeps out are listed in RUN/kept_from_students.jsonl. On the 358 "
+        "right real-teacher responses, cut after each of their characters, it fires on none (docs/method.md). "
         "false = such paths teach the short student their wrong answer (the demo's harm variants, which test "
         "whether routing finds them)")))
     paths_per_question: int = field(default=0, metadata=rule(min=0, help="0 = all; 1 = single-path SFT baseline"))

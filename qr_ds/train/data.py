@@ -140,6 +140,15 @@ class TrainData:
         # collective timeout, so the first collective after this finds every rank ready.
         wait_for_all_ranks("training data")
 
+    def write_kept_from(self, path, names: list[str]) -> None:
+        """The pairs the answer check keeps from training, one {"student", "path"} row each (the path's
+        pool id), written atomically: what the report shows at P 0 whatever the router said."""
+        from qr_ds.data.jsonl import write_jsonl
+
+        pairs = torch.nonzero(self.cut_wrong).tolist()
+        ids = self.prepared.path_ids() if pairs else []
+        write_jsonl(path, ({"student": names[s], "path": ids[i]} for i, s in pairs))
+
     def __len__(self) -> int:
         return len(self.records)
 

@@ -82,6 +82,8 @@ class Trainer:
             self.say("fixed routing: " + ", ".join(f"{s.name} never trains on {k} of {len(self.data.trained)} paths"
                                                    for s, k in zip(cfg.students, (1 - kept).sum(0).int().tolist()))
                      + (" (the assignment and data.drop_cut_wrong)" if bool((kept < allowed).any()) else ""))
+        if self.is_coord and cfg.data.drop_cut_wrong:  # the report shows these pairs as never trained on
+            self.data.write_kept_from(self.run.kept_from, [s.name for s in cfg.students])
         self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None  # (measured batch, its losses before the step)
         self.holdout = len(self.data.heldout) > 0
         self.pos = Position()
