@@ -341,14 +341,21 @@ def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strat
     moved = [any(not torch.equal(b[n], p) for n, p in st.engine.module.named_parameters() if n in b)
              for b, st in zip(before, tr.students)]
     assert moved == [not drop, True], moved
-    seen = [0, 0]
+    seen, probed = [0, 0], 0
     for idx in tr.data.epoch_batches(0, tr.P):
         rec = tr.micro_step(idx)
         for s in range(2):
             assert rec.stats.students[s].routed == rec.hard[:, s].sum()
             seen[s] += int(rec.hard[idx == planted, s].sum())
+        if drop and router:  # never probed either: no routing decision rests on it (only the weight-0
+            # stand-in forward, at position 0, when nothing is routed to the student)
+            measured = ~torch.isnan(rec.nats_per_char[:, 0])
+            stand_in = not rec.hard[:, 0].any()
+            assert all(k == 0 and stand_in for k in torch.nonzero(measured & (idx == planted)).flatten().tolist())
+            probed += int((idx == planted).sum()) - int(stand_in and idx[0] == planted)
     if drop:
         assert seen[0] == 0, "the short student trained on the path that shows it a wrong answer"
+    assert probed >= (1 if drop and router else 0), "the epoch never offered the planted path to probe"
 
     if not router:  # no router: every path it may train on reaches every student (twice if the epoch wraps)
         assert seen[1] >= 1 and seen[0] == (0 if drop else seen[1]), seen

@@ -157,8 +157,8 @@ class Trainer:
     def train_forward(self, st: LocalStudent, idx: torch.Tensor, hard: torch.Tensor, path_loss: torch.Tensor,
                       stats: StepStats) -> tuple[torch.Tensor, Share | None]:
         """Forward with grad the paths of this rank's chunks routed to ``st``; forward without grad the
-        rest, so the router still sees this student's loss on every path at a third of the cost of
-        training on it. ``path_loss`` gets total nats per path; ``stats`` the SFT loss, paths and
+        rest it may train on, so the router still sees this student's loss on every such path at a third
+        of the cost of training on it. ``path_loss`` gets total nats per path; ``stats`` the SFT loss, paths and
         tokens. Returns the loss and, with the mutual term on, what the student brings to the exchange."""
         chunks = self.layout.chunks_of(st.index, self.strategy.rank)
         pos_t = self.my_positions(st)
@@ -169,8 +169,9 @@ class Trainer:
         loss, nats, z, logit = self.forward_student(st, idx, train.tolist(), hard)
         path_loss[0, train, st.index] = nats.detach().float().cpu()
         path_loss[1, train, st.index] = 1
-        if self.routing.learns:
-            self.probe(st, idx, pos_t[~routed & ~torch.isin(pos_t, train)], path_loss)
+        if self.routing.learns:  # not the pairs the data keeps out: no routing decision rests on them
+            probe = ~routed & ~torch.isin(pos_t, train) & self.data.trainable[idx[pos_t], st.index]
+            self.probe(st, idx, pos_t[probe], path_loss)
         n_tok = self.data.response_tokens[st.index][idx[pos_t[routed]]]
         mine = stats.students[st.index]
         mine.sft_loss_sum += float((path_loss[0, pos_t[routed], st.index] / n_tok).sum())
