@@ -131,6 +131,33 @@ def overrides(method: str, variant: str, data: Path = Path("data")) -> dict:
     return {**over, "router": {"fixed": {"llama": [s for s in STYLES if s not in harm]}}}
 
 
+def refuse_same_training(methods: tuple[str, ...], variant: str) -> None:
+    """Two methods whose overrides differ only by settings at their defaults train identically: on the
+    original variant `checked` is `qr_distill` (data.drop_cut_wrong is on by default), and the report
+    would show one config twice under two names, as if compared."""
+    from dataclasses import MISSING, fields
+    from typing import get_type_hints
+
+    from qr_ds.train.config import TrainConfig
+
+    sections = get_type_hints(TrainConfig)
+
+    def default(section: str, key: str):
+        f = next((f for f in fields(sections[section]) if f.name == key), None)
+        if f is None:
+            return MISSING
+        return f.default_factory() if f.default_factory is not MISSING else f.default
+
+    seen: dict[str, str] = {}
+    for name in methods:
+        set_ = {sec: {k: v for k, v in keys.items() if v != default(sec, k)} for sec, keys in overrides(name, variant).items()}
+        key = json.dumps({sec: keys for sec, keys in set_.items() if keys}, sort_keys=True, default=str)
+        if key in seen:
+            raise SystemExit(f"qr-ds demo: --methods {seen[key]} and {name} train identically on --variant {variant} "
+                             f"(beyond the defaults each sets {key if key != '{}' else 'nothing'}); keep one")
+        seen[key] = name
+
+
 def write_oracle_withhold(pool: Path) -> Path:
     """The ids of the pool's harmful paths (the stand-in teacher's corrected-late ones, whose plain-SFT
     probe is in benchmarks/README.md), one a line, beside the pool: the path oracle's assignment."""
@@ -306,6 +333,7 @@ def run_demo(out: Path, size_name: str, seeds: int = 1, skip_eval: bool = False,
         raise ValueError(f"demo: --seeds must be >= 1, got {seeds}")
     for name in methods:  # a bad method/variant pair fails before any stage runs
         overrides(name, variant)
+    refuse_same_training(methods, variant)
     size = SIZES[size_name]
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)

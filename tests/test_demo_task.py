@@ -186,3 +186,16 @@ def test_the_oracle_arms_keep_each_variants_own_harm_from_the_short_student_only
     # the original task has nothing to keep away: refused before any stage writes a file
     with pytest.raises(SystemExit, match="--variant original has none"):
         run_demo(Path("/nonexistent/demo-out"), "small", methods=("no_route", "oracle"))
+
+
+def test_methods_that_train_identically_on_a_variant_are_refused_before_any_stage():
+    """On the original task `checked` sets only what is already the default: the report would show one
+    config twice under two names. On a harm variant the two differ (it switches the check off there)."""
+    from qr_ds.demo import refuse_same_training, run_demo
+
+    with pytest.raises(SystemExit, match="qr_distill and checked train identically on --variant original"):
+        run_demo(Path("/nonexistent/demo-out"), "small", methods=("qr_distill", "no_route", "checked"))
+    with pytest.raises(SystemExit, match="no_route and no_route_checked"):
+        run_demo(Path("/nonexistent/demo-out"), "small", methods=("no_route", "no_route_checked"))
+    assert not Path("/nonexistent/demo-out").exists()
+    refuse_same_training(("qr_distill", "checked", "no_route", "no_route_checked"), "harm_long")  # no error
