@@ -139,6 +139,13 @@ def test_routing_shows_a_path_the_answer_check_keeps_from_a_student_at_p_0_for_i
     np.testing.assert_array_equal(after["probabilities"][others], before["probabilities"][others])
     np.testing.assert_array_equal(after["probabilities"][:, 1], before["probabilities"][:, 1])
     assert after["kept_out"] == {STUDENTS[0]: 2, STUDENTS[1]: 0}
+    from qr_ds.report.build import kept_out_lines
+
+    said = "".join(kept_out_lines({"s0": {"kept_out": after["kept_out"]}, "s1": {"kept_out": {"a": 0, "b": 0}},
+                                   "old": {"kept_out": None}}))
+    assert "count at P 0 for it, whatever its router said: s0: 2 of a's paths." in said and "s1" not in said
+    assert "old: written before the trainer listed" in said
+    assert kept_out_lines({"s0": {"kept_out": {"a": 0, "b": 0}}}) == []
     run.kept_from.write_text(run.kept_from.read_text() + json.dumps({"student": "nobody", "path": kept[0]}) + "\n")
     with pytest.raises(ValueError, match=r"kept_from_students.jsonl:3: not a row"):
         final_routing(run.root)

@@ -135,15 +135,15 @@ def final_routing(run: Path) -> dict | None:
     probabilities = (np.concatenate(batches)[[r.row for r in chosen]] if chosen
                      else np.zeros((0, len(cfg.students)), np.float32))
     # a pair the answer check keeps from training is never trained on, whatever the router says
-    kept_out = np.array([[r.kept_out >> s & 1 for s in range(len(cfg.students))] for r in chosen], bool)
+    bits = np.fromiter((r.kept_out for r in chosen), np.int64, len(chosen))
+    kept_out = ((bits[:, None] >> np.arange(len(cfg.students))) & 1).astype(bool)
     if kept_out.any():
         probabilities = np.where(kept_out, np.float32(0), probabilities)
     return {"checkpoint": state.parent.name, "pool": str(cfg.data.pool), "students": [s.name for s in cfg.students],
             "probabilities": probabilities, "styles": [r.style for r in chosen],
             "levels": [r.level for r in chosen],
             "kept_out": None if kept is None else dict(zip((s.name for s in cfg.students),
-                                                           kept_out.sum(axis=0).tolist() if len(chosen)
-                                                           else [0] * len(cfg.students)))}
+                                                           kept_out.sum(axis=0).tolist()))}
 
 
 # Paths routed per batch: a memory bound (the router scores each path on its own, so batching

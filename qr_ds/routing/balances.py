@@ -18,6 +18,7 @@ class BalanceInputs:
     question_index: torch.Tensor  # [P]
     recent_rate: torch.Tensor | None  # [S] the current router's mean P(on) over the recent paths
     cfg: object  # RouterConfig: the form's own settings (rate_target, rate_min, ...)
+    trainable: torch.Tensor | None = None  # [P, S] 0/1: the pairs the data lets train (None: all)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def _recent_stats(recent: torch.Tensor) -> dict[str, float]:
     "nearer bound outside it: the signal decides how much data a student takes, the bounds stop all-off "
     "and a starved student"))
 def range_balance(x: BalanceInputs):
-    term = range_kl(x.p_on, x.recent_rate, x.cfg.rate_min, x.cfg.rate_max)
+    term = range_kl(x.p_on, x.recent_rate, x.cfg.rate_min, x.cfg.rate_max, x.trainable)
     return term, {"range_kl": term.item(), **_recent_stats(x.recent_rate)}
 
 
@@ -56,7 +57,7 @@ def range_balance(x: BalanceInputs):
     "hold each student's recent rate at rate_target by a binary KL (the previous default: the target, "
     "not the signal, decides how much data each student gets)"))
 def rate_balance(x: BalanceInputs):
-    term = rate_kl(x.p_on, x.recent_rate, x.cfg.rate_target)
+    term = rate_kl(x.p_on, x.recent_rate, x.cfg.rate_target, x.trainable)
     return term, {"rate_kl": term.item(), **_recent_stats(x.recent_rate)}
 
 

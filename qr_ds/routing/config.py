@@ -57,8 +57,9 @@ class RouterConfig:
                                        "loss change is the gain: right = all but, per student, a path cut at its "
                                        "max_len whose part before the cut states a wrong answer (a gain towards "
                                        "what the filter checks, not towards a wrong answer the pool repeats); "
-                                       "all = every path of the next batch. The same where no cut path states "
-                                       "a wrong answer"))
+                                       "all = every path of the next batch (with data.drop_cut_wrong, but for "
+                                       "the same paths, which a student never trains on nor is probed on). The "
+                                       "same where no cut path states a wrong answer"))
     gain_scale: str = field(
         default="evidence", metadata=rule(choices=("evidence", "peak"), help="signal: gain only. How a predicted "
                                           "gain becomes the router's signal: evidence = its z-score (gain over "

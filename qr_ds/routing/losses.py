@@ -46,13 +46,19 @@ def balance_entropy(alpha: torch.Tensor, question_index: torch.Tensor) -> torch.
     return -(abar * abar.log() + (1 - abar) * (1 - abar).log()).mean()
 
 
-def _rate_valued_recent(name: str, p_on: torch.Tensor, recent_rate: torch.Tensor) -> torch.Tensor:
+def _rate_valued_recent(name: str, p_on: torch.Tensor, recent_rate: torch.Tensor,
+                        trainable: torch.Tensor | None = None) -> torch.Tensor:
     """Each student's rate [S]: the value of ``recent_rate`` (many recent paths), the gradient of this
-    batch's mean P(on) [P, S], clamped off 0 and 1 with the gradient kept."""
+    batch's mean P(on) [P, S] over the pairs ``trainable`` [P, S] (0/1; None: all) lets train, clamped
+    off 0 and 1 with the gradient kept."""
     if p_on.dim() != 2 or recent_rate.shape != p_on.shape[1:]:
         raise ValueError(f"{name}: p_on must be [P, S] and recent_rate [S], got {tuple(p_on.shape)} "
                          f"and {tuple(recent_rate.shape)}")
-    batch_rate = p_on.mean(dim=0)
+    if trainable is None:
+        batch_rate = p_on.mean(dim=0)
+    else:  # a pair the data keeps out is no part of the rate: no push on it, none diluted by it
+        t = trainable.to(p_on)
+        batch_rate = (p_on * t).sum(dim=0) / t.sum(dim=0).clamp(min=1)
     return _clamp_keep_grad(recent_rate.detach().to(batch_rate) + (batch_rate - batch_rate.detach()), _EPS, 1 - _EPS)
 
 
@@ -66,7 +72,8 @@ def _binary_kl(target: float, rate: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def rate_kl(p_on: torch.Tensor, recent_rate: torch.Tensor, target: float) -> torch.Tensor:
+def rate_kl(p_on: torch.Tensor, recent_rate: torch.Tensor, target: float,
+            trainable: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over students of the binary KL(target || rate), rate = each student's expected share of paths.
 
     The value is ``recent_rate`` [S], taken over many recent paths: a single batch's rate follows
@@ -76,15 +83,16 @@ def rate_kl(p_on: torch.Tensor, recent_rate: torch.Tensor, target: float) -> tor
     student, so it sets how many paths a student takes and leaves which ones to the signal, which
     is centred per student and so says nothing about how many.
     """
-    return _binary_kl(target, _rate_valued_recent("rate_kl", p_on, recent_rate)).sum()
+    return _binary_kl(target, _rate_valued_recent("rate_kl", p_on, recent_rate, trainable)).sum()
 
 
-def range_kl(p_on: torch.Tensor, recent_rate: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+def range_kl(p_on: torch.Tensor, recent_rate: torch.Tensor, lo: float, hi: float,
+             trainable: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over students of the binary KL back to the nearer of [lo, hi] when the rate is outside it;
     0 inside. Value and gradient path as ``rate_kl``."""
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"range_kl: need 0 <= lo <= hi <= 1, got lo={lo}, hi={hi}")
-    rate = _rate_valued_recent("range_kl", p_on, recent_rate)
+    rate = _rate_valued_recent("range_kl", p_on, recent_rate, trainable)
     below = (rate < lo).to(rate) * _binary_kl(lo, rate)
     above = (rate > hi).to(rate) * _binary_kl(hi, rate)
     return (below + above).sum()

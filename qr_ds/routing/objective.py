@@ -17,13 +17,15 @@ def router_objective(
     balance: Balance,
     recent_rate: torch.Tensor | None = None,
     cfg=None,
+    trainable: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """sum_{p,s known} alpha * signal / P + lambda1 * balance.
 
     ``alpha`` [P, S] is the straight-through routing, so d/d soft_on[p, s] = signal[p, s] / P.
     ``signal`` [P, S] comes from a registered signal (routing/signals.py; NaN = unknown, no push);
     ``balance`` is a registered ``Balance`` (routing/balances.py), fed ``recent_rate`` [S] (each
-    student's rate over the recent paths) when it needs it and ``cfg`` (its settings).
+    student's rate over the recent paths) when it needs it, ``cfg`` (its settings) and ``trainable``
+    [P, S] (the pairs the data lets train; the rate forms leave the others out of a student's rate).
     """
     if signal.shape != alpha.shape or logits.shape[:2] != alpha.shape:
         raise ValueError(f"router_objective: signal {tuple(signal.shape)} and logits "
@@ -34,7 +36,8 @@ def router_objective(
     known = ~torch.isnan(sig)
     sig = torch.where(known, sig, torch.zeros_like(sig)).to(alpha.dtype)
     route_loss = (alpha * sig).sum() / max(alpha.shape[0], 1)
-    term, stats = balance.fn(BalanceInputs(route_probs(logits), alpha, question_index, recent_rate, cfg))
+    term, stats = balance.fn(BalanceInputs(route_probs(logits), alpha, question_index, recent_rate, cfg,
+                                                 trainable))
     stats.update(route_loss=route_loss.item(), known_frac=known.float().mean().item())
     stats.update({f"rate/{s}": r for s, r in enumerate(alpha.detach().mean(dim=0).tolist())})
     return route_loss + lambda1 * term, stats

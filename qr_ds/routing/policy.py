@@ -127,8 +127,8 @@ class RoutingPolicy:
     def route(self, embeddings: torch.Tensor, trainable: torch.Tensor | None = None) -> torch.Tensor:
         """Hard 0/1 routing [P, S] for a batch; keeps the straight-through graph for ``learn``.
         ``trainable`` [P, S] 0/1: the pairs the data lets train; the others are never routed and give
-        the signal term no gradient, the critic no credit and the balance no part of a student's rate
-        (the decay term still pulls their P(on) to the prior)."""
+        the signal term no gradient, the critic no credit and the balance no part of a student's rate,
+        neither its value nor its push (the decay term still pulls their P(on) to the prior)."""
         logits = self.router(embeddings)
         alpha = straight_through_route(logits, self.cfg.tau, self.gumbel, ensure_one=self.cfg.ensure_one,
                                        allowed=trainable)
@@ -178,7 +178,7 @@ class RoutingPolicy:
             with torch.no_grad():  # the current router re-scores the recent paths: no lag
                 recent_rate = self.recent.rate(route_probs(self.router(self.recent.add(embeddings, trainable))))
         loss, more = router_objective(alpha, logits, signal, question_index, self.lambda1, self.balance,
-                                      recent_rate, self.cfg)
+                                      recent_rate, self.cfg, trainable)
         # Keeps each on/off logit gap where the straight-through gradient is alive (P(on) ~0.96 at a
         # unit signal): a saturated router (P(on) 1.00) cannot hear that a path it took has turned harmful.
         # The pull is towards the prior's gap, so a path no evidence speaks about sits at prior_on.

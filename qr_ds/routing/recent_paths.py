@@ -43,7 +43,7 @@ class RecentPaths:
         """Each student's rate [S] from the current router's P(on) [n, S] over the kept paths: the mean
         over the paths the data lets it train on (data.drop_cut_wrong keeps the rest from it whatever
         the router says, so they are no part of what it decides), over all where it may train on none."""
-        t = self.trainable.to(p_on.dtype)
+        t = self.trainable.to(p_on.device, p_on.dtype)
         n = t.sum(dim=0)
         return torch.where(n > 0, (p_on * t).sum(dim=0) / n.clamp(min=1), p_on.mean(dim=0))
 

@@ -153,7 +153,9 @@ class MetricsLog:
             for name, cells in tally.per_student().items():
                 row[f"{key}/{name}"] = {v: [int(routed), seen] for v, (routed, seen) in cells.items()}
         styles = [r.style for r in recs]
-        for s, name in enumerate(names):  # every student's loss on every style of the batch (probes included)
+        # every student's loss on every style of the batch, probes included; a pair data.drop_cut_wrong keeps
+        # from a student is measured only where a forward ran anyway (one pass), so it is mostly absent
+        for s, name in enumerate(names):
             per_style: dict[str, list[float]] = {}
             for style, v in zip(styles, rec.nats_per_char[:, s].tolist()):
                 if v == v:  # not NaN

@@ -242,6 +242,9 @@ class Trainer:
             per_char = self.per_char(idx, path_loss[0], path_loss[1])
             record.nats_per_char = per_char
             if self.routing.learns:
+                # a pair the data keeps out decides nothing, even where a forward measured it (one pass,
+                # or the weight-0 stand-in of a student with nothing routed)
+                per_char = per_char.masked_fill(~self.data.trainable[idx], float("nan"))
                 change = None
                 now = self.per_char(ahead, path_loss[2], path_loss[3]) if ahead is not None else None
                 # after the last step: this batch's own forward (the look-ahead), or the held-out
