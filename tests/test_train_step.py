@@ -312,18 +312,24 @@ def _cut_trainer(strategy, kit, tmp_path, drop: bool, log=lambda *_: None, **ove
                                  data={"pool": str(pool), "max_len": 256, "drop_cut_wrong": drop}, **over)
     c = yaml.safe_load(path.read_text())
     c["students"][0]["max_len"], c["students"][1]["max_len"] = 96, 2048
+    # The torch path: under TRITON_INTERPRET the kernels took ~45 s of each case's ~47 (test_kernels checks
+    # them against this path; what is tested here is which data trains, and the other trainers keep them)
+    for st in c["students"]:
+        st["use_kernels"] = False
     path.write_text(yaml.safe_dump(c))
     return recs, Trainer(load_config(TrainConfig, path), strategy, log=log)
 
 
-@pytest.mark.parametrize("drop,router,mutual", [(True, True, "co_routed"), (True, False, "all"),
-                                                (True, True, "all"), (False, False, "co_routed")])
+# mutual on every path runs with the router on: one pass then forwards the kept-out pair too, and the
+# router must still not hear of it
+@pytest.mark.parametrize("drop,router,mutual", [(True, True, "co_routed"), (True, True, "all"),
+                                                (False, False, "co_routed")])
 def test_a_student_never_trains_on_a_cut_path_that_shows_it_a_wrong_answer(strategy, kit, tmp_path, drop, router,
                                                                              mutual):
     """data.drop_cut_wrong, the answer check on what each student sees: a path with a wrong interim
     answer before a long check is cut after that answer for the short student only, which then never
     trains on it in a whole epoch, whatever the router wants, nor through the mutual term on every
-    path (``mutual.paths: all``); the long student does. Off, both do."""
+    path (``mutual.paths: all``), and the router never hears of it; the long student does. Off, both do."""
     recs, tr = _cut_trainer(strategy, kit, tmp_path, drop, router={"hidden": 16, "enabled": router},
                             mutual={"shared_dim": 16, "max_spans": 8, "paths": mutual})
     planted = tr.data.prepared.path_ids().index(recs[0].id)
