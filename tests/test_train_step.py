@@ -40,7 +40,9 @@ def kit(tmp_path_factory):
     return d, pool, studs
 
 
-def _trainer(strategy, kit, name, **over):
+def _trainer(strategy, kit, name, kernels: bool = True, **over):
+    """``kernels=False``: the torch path, for tests of what trains rather than how (under TRITON_INTERPRET
+    the kernels cost most of a test's time; test_kernels checks them against that path)."""
     from qr_ds.config import load_config
     from qr_ds.train.config import TrainConfig
     from qr_ds.train.trainer import Trainer
@@ -48,6 +50,11 @@ def _trainer(strategy, kit, name, **over):
     d, pool, studs = kit
     over = {"placement": "colocated", **over}
     path = trainkit.write_config(d / f"{name}.yaml", studs, pool, d / name, **over)
+    if not kernels:
+        cfg = yaml.safe_load(path.read_text())
+        for st in cfg["students"]:
+            st["use_kernels"] = False
+        path.write_text(yaml.safe_dump(cfg))
     return Trainer(load_config(TrainConfig, path), strategy, log=lambda *_: None)
 
 
@@ -103,12 +110,12 @@ def test_checkpoint_folders_load_with_auto_classes_and_peft(strategy, kit):
 
 def test_resume_logs_each_step_once(strategy, kit):
     d = kit[0]
-    tr = _trainer(strategy, kit, "resume", max_steps=4, save_every=2, keep_last=3)
+    tr = _trainer(strategy, kit, "resume", kernels=False, max_steps=4, save_every=2, keep_last=3)
     tr.fit()
     run = RunDir(d / "resume")
     # a crash after step 4 was logged but before its checkpoint: 'latest' names step 2
     run.set_latest(run.checkpoint(2))
-    tr2 = _trainer(strategy, kit, "resume", max_steps=4, save_every=2, keep_last=3)
+    tr2 = _trainer(strategy, kit, "resume", kernels=False, max_steps=4, save_every=2, keep_last=3)
     tr2.fit(resume=True)
     steps = [json.loads(l)["step"] for l in run.metrics.read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
@@ -276,8 +283,9 @@ def test_a_router_that_sends_every_path_trains_the_students_as_w_o_route(strateg
     w/o Route (docs/demo-study); this rules out the code path as the cause."""
     from qr_ds.routing.config import GAIN_FORM
 
-    plain = _trainer(strategy, kit, "all_plain", lr_schedule="constant", router={"enabled": False})
-    routed = _trainer(strategy, kit, "all_routed", lr_schedule="constant", router={"hidden": 16, **GAIN_FORM})
+    plain = _trainer(strategy, kit, "all_plain", kernels=False, lr_schedule="constant", router={"enabled": False})
+    routed = _trainer(strategy, kit, "all_routed", kernels=False, lr_schedule="constant",
+                      router={"hidden": 16, **GAIN_FORM})
     own_route = routed.route
 
     def all_on(idx):
@@ -312,8 +320,7 @@ def _cut_trainer(strategy, kit, tmp_path, drop: bool, log=lambda *_: None, **ove
                                  data={"pool": str(pool), "max_len": 256, "drop_cut_wrong": drop}, **over)
     c = yaml.safe_load(path.read_text())
     c["students"][0]["max_len"], c["students"][1]["max_len"] = 96, 2048
-    # The torch path: under TRITON_INTERPRET the kernels took ~45 s of each case's ~47 (test_kernels checks
-    # them against this path; what is tested here is which data trains, and the other trainers keep them)
+    # the torch path (see _trainer): under TRITON_INTERPRET the kernels took ~45 s of each case's ~47
     for st in c["students"]:
         st["use_kernels"] = False
     path.write_text(yaml.safe_dump(c))
@@ -394,7 +401,7 @@ def test_withhold_keeps_its_paths_from_one_student_in_every_micro_step(strategy,
     withheld = {r.id for r in load_pool(pool).records[::3]}
     listed = tmp_path / "withheld.txt"
     listed.write_text("".join(f"{i}\n" for i in sorted(withheld)))
-    tr = _trainer(strategy, kit, "withhold", router={"withhold": {"llama": str(listed)}})
+    tr = _trainer(strategy, kit, "withhold", kernels=False, router={"withhold": {"llama": str(listed)}})
     ids = tr.data.prepared.path_ids()
     for idx in tr.data.epoch_batches(0, tr.P):
         keep = torch.tensor([float(ids[i] not in withheld) for i in idx.tolist()])
