@@ -103,6 +103,7 @@ def final_routing(run: Path) -> dict | None:
     if not isinstance(saved, dict) or "router" not in saved:
         raise ValueError(f"{state}: not a router policy's state (no 'router' entry)")
     kept = _kept_from(layout, [s.name for s in cfg.students]) if cfg.data.drop_cut_wrong else {}
+    kept_bits = kept or {}  # None: a run older than the list, reported as such below
     router = None
     routed: list[_Routed] = []
     batches: list[np.ndarray] = []  # probabilities of each routed batch; a record keeps its row in them
@@ -118,7 +119,7 @@ def final_routing(run: Path) -> dict | None:
             batches.append(router_probabilities(router, torch.from_numpy(emb)).numpy())
         for k, (_, rec) in enumerate(batch):
             routed.append(_Routed(rec, offset + at[k] if at[k] is not None else None, errors.get(k),
-                                  kept.get(rec.id, 0) if kept is not None else 0))
+                                  kept_bits.get(rec.id, 0)))
 
     for lineno, rec in PoolStream(cfg.data.pool):
         if rec.ok:  # select_paths's first rule; what else it drops, it drops from the slim records
@@ -137,8 +138,7 @@ def final_routing(run: Path) -> dict | None:
     # a pair the answer check keeps from training is never trained on, whatever the router says
     bits = np.fromiter((r.kept_out for r in chosen), np.int64, len(chosen))
     kept_out = ((bits[:, None] >> np.arange(len(cfg.students))) & 1).astype(bool)
-    if kept_out.any():
-        probabilities = np.where(kept_out, np.float32(0), probabilities)
+    probabilities[kept_out] = 0  # a copy already (fancy indexing), so no second [N, S] array
     return {"checkpoint": state.parent.name, "pool": str(cfg.data.pool), "students": [s.name for s in cfg.students],
             "probabilities": probabilities, "styles": [r.style for r in chosen],
             "levels": [r.level for r in chosen],
@@ -149,7 +149,8 @@ def final_routing(run: Path) -> dict | None:
 # Paths routed per batch: a memory bound (the router scores each path on its own, so batching
 # changes nothing but the float summation order). A batch holds whole records (text and all) while
 # the slim ones it leaves behind pile up between them: at 4096 the heap's high-water mark drifted
-# 15-28 MB from 4.2k to 42k paths, run to run; at 1024 it grows 10-11 MB, steadily (this 2-core VM).
+# 15-28 MB from 4.2k to 42k paths, run to run; at 1024 it grew 6-16 MB (three runs each, the
+# memory test's method; this 2-core VM).
 ROUTE_BATCH = 1024
 
 

@@ -54,12 +54,17 @@ def _rate_valued_recent(name: str, p_on: torch.Tensor, recent_rate: torch.Tensor
     if p_on.dim() != 2 or recent_rate.shape != p_on.shape[1:]:
         raise ValueError(f"{name}: p_on must be [P, S] and recent_rate [S], got {tuple(p_on.shape)} "
                          f"and {tuple(recent_rate.shape)}")
-    if trainable is None:
-        batch_rate = p_on.mean(dim=0)
-    else:  # a pair the data keeps out is no part of the rate: no push on it, none diluted by it
-        t = trainable.to(p_on)
-        batch_rate = (p_on * t).sum(dim=0) / t.sum(dim=0).clamp(min=1)
+    # a pair the data keeps out is no part of the rate: no push on it, none diluted by it
+    batch_rate = p_on.mean(dim=0) if trainable is None else trainable_mean(p_on, trainable)[0]
     return _clamp_keep_grad(recent_rate.detach().to(batch_rate) + (batch_rate - batch_rate.detach()), _EPS, 1 - _EPS)
+
+
+def trainable_mean(p_on: torch.Tensor, trainable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each student's mean P(on) [S] over the pairs ``trainable`` [n, S] lets it train on (0 where it
+    may train on none), and how many there are [S]."""
+    t = trainable.to(p_on.device, p_on.dtype)
+    n = t.sum(dim=0)
+    return (p_on * t).sum(dim=0) / n.clamp(min=1), n
 
 
 def _binary_kl(target: float, rate: torch.Tensor) -> torch.Tensor:

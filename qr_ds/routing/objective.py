@@ -37,7 +37,7 @@ def router_objective(
     sig = torch.where(known, sig, torch.zeros_like(sig)).to(alpha.dtype)
     route_loss = (alpha * sig).sum() / max(alpha.shape[0], 1)
     term, stats = balance.fn(BalanceInputs(route_probs(logits), alpha, question_index, recent_rate, cfg,
-                                                 trainable))
+                                           trainable))
     stats.update(route_loss=route_loss.item(), known_frac=known.float().mean().item())
     stats.update({f"rate/{s}": r for s, r in enumerate(alpha.detach().mean(dim=0).tolist())})
     return route_loss + lambda1 * term, stats

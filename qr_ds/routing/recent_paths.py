@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from qr_ds.routing.losses import trainable_mean
+
 
 class RecentPaths:
     """Embeddings of the last ``size`` routed paths (at least the latest batch), and which students
@@ -43,9 +45,8 @@ class RecentPaths:
         """Each student's rate [S] from the current router's P(on) [n, S] over the kept paths: the mean
         over the paths the data lets it train on (data.drop_cut_wrong keeps the rest from it whatever
         the router says, so they are no part of what it decides), over all where it may train on none."""
-        t = self.trainable.to(p_on.device, p_on.dtype)
-        n = t.sum(dim=0)
-        return torch.where(n > 0, (p_on * t).sum(dim=0) / n.clamp(min=1), p_on.mean(dim=0))
+        rate, n = trainable_mean(p_on, self.trainable)
+        return torch.where(n > 0, rate, p_on.mean(dim=0))
 
     def state_dict(self) -> dict:
         return {"embeddings": self.embeddings.clone(), "trainable": self.trainable.clone()}
