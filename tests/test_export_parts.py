@@ -1,5 +1,8 @@
 """`qr-ds data export --part`: train and dev are disjoint cuts of the training source that together
 hold all of it, test is the evaluation split, and a train or dev part never reads a test split."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,16 @@ def test_every_task_has_a_training_source_that_is_not_its_test_split():
     for task, parts in SOURCES.items():
         assert not is_test_split(get_task(task), parts["train"][2]), task
         assert parts["test"][:1] + parts["test"][2:] == (get_task(task).hub[0], get_task(task).hub[2]), task
+
+
+def test_offline_a_part_is_told_to_export_that_part_not_its_whole_source_split(tmp_path):
+    """The hint once said `--split train` for a dev part: followed, it wrote all of train as dev."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "QR_DS_TRACEBACK": "0"}
+    out = tmp_path / "dev.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "qr_ds", "data", "export", "gsm8k", "--part", "dev", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    message = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and not out.exists()
+    assert f"`qr-ds data export gsm8k --part dev --out {out}`" in message, message
+    assert f"`qr-ds data export gsm8k --part dev --from-file gsm8k_train_hub.jsonl --out {out}`" in message
+    assert "--split" not in message

@@ -239,27 +239,34 @@ class HubUnavailable(ValueError):
     """A hub dataset could not be downloaded; the message says what to fetch, from where, and how."""
 
 
-def hub_help(task: Task, dataset: str, config: str | None, split: str, reason: str, out: str | None = None) -> str:
-    """One line: what to download, from where, and the command that does it on a machine with internet."""
+def hub_help(task: Task, dataset: str, config: str | None, split: str, reason: str, out: str | None = None,
+             export_args: str | None = None) -> str:
+    """One line: what to download, from where, and the commands that do it, through `qr-ds data export`
+    with the flags that name this source (``export_args``; a part's cut or the split's own), since only
+    that command checks every record and writes the split the records came from."""
     out = out or f"{task.name}_{split}.jsonl"
+    raw = f"{task.name}_{split}_hub.jsonl"
     configured = f", config {config!r}" if config else ""
     load_args = f"{dataset!r}, {config!r}" if config else repr(dataset)
+    other = [f"--dataset {dataset}"] + ([f"--config {config}"] if config else []) if dataset != task.hub[0] else []
+    args = export_args or " ".join([f"--split {split}"] + other)
     return (f"cannot download {dataset}{configured}, split {split!r} from the Hugging Face hub ({reason}). "
             f"Dataset page: https://huggingface.co/datasets/{dataset} . On a machine with internet run "
-            f"`qr-ds data export {task.name} --split {split} --out {out}` (or `python -c \"import datasets; "
-            f"datasets.load_dataset({load_args}, split={split!r}).to_json({out!r})\"`), "
-            f"then copy {out} here and give that file as the data.")
+            f"`qr-ds data export {task.name} {args} --out {out}` and copy {out} here; or there save the split "
+            f"with `python -c \"import datasets; datasets.load_dataset({load_args}, split={split!r}).to_json("
+            f"{raw!r})\"`, copy {raw} here and run `qr-ds data export {task.name} {args} --from-file {raw} "
+            f"--out {out}`. Then give {out} as the data.")
 
 
 def hub_rows(task: Task, dataset: str, config: str | None, split: str, limit: int | None,
-             out: str | None = None) -> list[dict]:
+             out: str | None = None, export_args: str | None = None) -> list[dict]:
     """Records of a hub split via ``datasets``; HubUnavailable saying how to get them when that fails."""
     try:
         return datasets_rows(lambda d: d.load_dataset(dataset, config, split=split), limit)
     except ValueError as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         reason = "HF_HUB_OFFLINE=1 and no cached copy" if offline else str(e)
-        raise HubUnavailable(hub_help(task, dataset, config, split, reason, out)) from e
+        raise HubUnavailable(hub_help(task, dataset, config, split, reason, out, export_args)) from e
 
 
 def datasets_rows(open_ds: Callable[[Any], Any], limit: int | None) -> list[dict]:

@@ -103,10 +103,14 @@ def part_source(task_name: str, part: str, split: str | None, config: str | None
 def export_part(task_name: str, part: str, out: str | Path, dev_size: int | None = None, split: str | None = None,
                 config: str | None = None, dataset: str | None = None, from_file: str | Path | None = None) -> dict:
     """Write one part: test as it is; train and dev as two disjoint cuts of the training source."""
+    # offline, the hint repeats this command: --split of the part's source would write the whole split
+    given = " ".join(f"--{k} {v}" for k, v in (("part", part), ("split", split), ("dataset", dataset),
+                                               ("config", config)) if v is not None)
     name, config, split = part_source(task_name, part, split, config, dataset)
     if part == "test":
-        return export_split(task_name, out, split=split, config=config, dataset=name, from_file=from_file)
-    rows, origin = source_rows(task_name, name, config, split, None, from_file, out)
+        return export_split(task_name, out, split=split, config=config, dataset=name, from_file=from_file,
+                            export_args=given)
+    rows, origin = source_rows(task_name, name, config, split, None, from_file, out, given)
     if dev_size is not None and not 0 < dev_size < len(rows):
         raise ValueError(f"--dev-size {dev_size}: give 1..{len(rows) - 1} (the training source has {len(rows)})")
     n_dev = dev_size or min(DEV_SIZE, len(rows) // 10)
@@ -116,7 +120,8 @@ def export_part(task_name: str, part: str, out: str | Path, dev_size: int | None
 
 
 def source_rows(task_name: str, name: str, config: str | None, split: str, limit: int | None,
-                from_file: str | Path | None, out: str | Path) -> tuple[list[dict], str]:
+                from_file: str | Path | None, out: str | Path,
+                export_args: str | None = None) -> tuple[list[dict], str]:
     """The split's records, each checked to load as the task's example, and where they came from."""
     from qr_ds.tasks.base import _read_json_rows, datasets_rows, get_task, hub_rows
 
@@ -130,7 +135,7 @@ def source_rows(task_name: str, name: str, config: str | None, split: str, limit
                                                                          split="train"), limit), start=1))
         origin = str(from_file)
     else:
-        numbered = list(enumerate(hub_rows(task, name, config, split, limit, out=str(out)), start=1))
+        numbered = list(enumerate(hub_rows(task, name, config, split, limit, str(out), export_args), start=1))
         origin = f"{name}" + (f" ({config})" if config else "")
     for where, rec in numbered:
         try:
@@ -151,13 +156,13 @@ def write_rows(rows: list[dict], out: str | Path, split: str, config: str | None
 
 def export_split(task_name: str, out: str | Path, split: str | None = None, config: str | None = None,
                  dataset: str | None = None, limit: int | None = None,
-                 from_file: str | Path | None = None) -> dict[str, Any]:
+                 from_file: str | Path | None = None, export_args: str | None = None) -> dict[str, Any]:
     """Write the split's records to ``out`` after checking that each one loads as the task's example."""
     from qr_ds.tasks.base import get_task
 
     task = get_task(task_name)
     name, config, split = task.hub_source(dataset or task.hub[0], split, config)
-    rows, origin = source_rows(task_name, name, config, split, limit, from_file, out)
+    rows, origin = source_rows(task_name, name, config, split, limit, from_file, out, export_args)
     return write_rows(rows, out, split, config, origin)
 
 
