@@ -57,6 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """As parse_args, but a KEY=VALUE after a flag (`train --config C --dry-run seed=3`) is an override
+    like one before it: argparse takes a positional list in one run, and refused the rest. Anything
+    else left over is refused by the subcommand's parser, whose usage line is the one that helps."""
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+        return args
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    subparsers.choices.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
+
+
 # What Ctrl-C leaves and how to go on, per command: every stage keeps what it finished.
 RESUME = {
     "generate": "paths written so far are kept; run the same command again to resume",
@@ -81,7 +95,7 @@ def quiet_known_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     quiet_known_warnings()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

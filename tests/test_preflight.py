@@ -301,3 +301,18 @@ def test_a_deepspeed_json_with_a_bom_is_read_alike_by_preflight_and_ranks(tmp_pa
     path.write_text("[1]")
     assert deepspeed_json_problem("students[0].deepspeed", path) == [
         f"config key 'students[0].deepspeed': {path}: expected a JSON object, got list"]
+
+
+def test_overrides_after_a_flag_are_overrides_and_a_stray_argument_is_named_by_the_subcommand(setup, capsys):
+    from qr_ds.cli import build_parser, parse_args
+
+    args = parse_args(build_parser(), ["train", "--config", "c.yaml", "epochs=2", "--dry-run", "seed=3"])
+    assert args.overrides == ["epochs=2", "seed=3"] and args.dry_run
+    with pytest.raises(SystemExit) as e:
+        parse_args(build_parser(), ["train", "--config", "c.yaml", "--dry-run", "--bogus", "seed=3"])
+    assert e.value.code == 2 and "usage: qr-ds train" in capsys.readouterr().err
+    tmp_path, cfg = setup
+    embedded_setup(tmp_path, cfg)
+    proc, _ = train(tmp_path, cfg, "--dry-run", "micro_batch_paths=3")
+    assert proc.returncode == 0 and "3 paths a chunk (micro_batch_paths)" in proc.stdout, proc.stderr
+    refused(*train(tmp_path, cfg, "--dry-run", "--resume", "no"), "--resume no: give --resume alone, or --resume auto")

@@ -36,13 +36,18 @@ RESUME_HELP = ("continue from OUTPUT_DIR/checkpoints/latest; `--resume auto` con
 
 
 def add_resume_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", nargs="?", const="yes", default="no", metavar="auto", help=RESUME_HELP)
+    p.add_argument("--resume", nargs="?", const="yes", default=None, metavar="auto", help=RESUME_HELP)
 
 
 def resume_mode(args) -> str:
     """'yes', 'no' or 'auto'. `--resume key=value` has argparse take the override for the flag's
-    value: it goes back to the overrides."""
-    if args.resume not in ("yes", "no", "auto"):
+    value: it goes back to the overrides. Any other value is refused (`--resume no` read as a
+    request to resume, or not, is a guess either way)."""
+    if args.resume is None:
+        args.resume = "no"
+    elif args.resume not in ("yes", "auto"):
+        if "=" not in args.resume:
+            raise ValueError(f"--resume {args.resume}: give --resume alone, or --resume auto")
         args.overrides.insert(0, args.resume)
         args.resume = "yes"
     return args.resume
@@ -179,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     add_resume_flag(p)
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = p.parse_args(argv)
-    mode = resume_mode(args)
+    args = p.parse_intermixed_args(argv)  # KEY=VALUE also after a flag, as `qr-ds train` takes them
+    try:
+        mode = resume_mode(args)
+    except ValueError as e:
+        p.error(str(e))
 
     import yaml
 
