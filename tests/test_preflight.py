@@ -316,3 +316,14 @@ def test_overrides_after_a_flag_are_overrides_and_a_stray_argument_is_named_by_t
     proc, _ = train(tmp_path, cfg, "--dry-run", "micro_batch_paths=3")
     assert proc.returncode == 0 and "3 paths a chunk (micro_batch_paths)" in proc.stdout, proc.stderr
     refused(*train(tmp_path, cfg, "--dry-run", "--resume", "no"), "--resume no: give --resume alone, or --resume auto")
+
+
+def test_an_output_dir_that_holds_an_input_or_the_working_directory_is_refused(setup):
+    """--overwrite moves output_dir aside whole: it once moved the pool and the models with it."""
+    tmp_path, cfg = setup
+    cfg["output_dir"] = str(tmp_path)
+    err = refused(*train(tmp_path, cfg, "--overwrite"), f"{tmp_path} holds the input data.pool",
+                  "holds the input students[0].model", "holds the config file")
+    assert "every check passed" not in err and (tmp_path / "pool.jsonl").is_file()
+    cfg["output_dir"] = str(ROOT.parent)  # train() runs in ROOT
+    refused(*train(tmp_path, cfg, "--dry-run"), "is the working directory or a folder above it")

@@ -31,14 +31,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds are uint32; torch's int64 holds them
 
 
-def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bool = False) -> list[str]:
+def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bool = False,
+             config_file: Path | None = None) -> list[str]:
     """Every reason the launch would fail, one line each naming the config key; [] when ready.
     A refused run leaves no output_dir behind (reading the pool may write its quarantine file beside it)."""
     found = []
     for i, student in enumerate(cfg.students):
         found += student_problems(i, student)
     found += path_problem("data.pool", cfg.data.pool, "the embedded pool from `qr-ds embed`")
-    found += output_dir_problem(cfg.output_dir)
+    found += output_dir_problem(cfg.output_dir) + inputs_inside_problems(cfg, config_file)
     run_found = existing_run_problems(cfg.run, resume, overwrite)
     found += run_found
     if resume and not run_found:
@@ -166,6 +167,32 @@ def output_dir_problem(out: Path) -> list[str]:
         return [f"config key 'output_dir': {out} is inside another training run ({other}); "
                 "its checkpoints would be pruned or overwritten: choose a folder outside it"]
     return []
+
+
+def inputs_inside_problems(cfg: TrainConfig, config_file: Path | None = None) -> list[str]:
+    """output_dir must hold none of the run's inputs, nor the working directory: --overwrite moves the
+    whole folder aside (the ranks would start without their pool, models or config), and a run's
+    checkpoints and pruning do not belong among a user's files."""
+    out = Path(os.path.realpath(cfg.output_dir))
+    inputs = {"config file": config_file, "data.pool": cfg.data.pool, **{f"eval.tasks.{t}": f for t, f in cfg.eval.tasks.items()},
+              **{f"router.withhold.{n}": f for n, f in cfg.router.withhold.items()}}
+    for i, s in enumerate(cfg.students):
+        inputs.update({f"students[{i}].model": s.model, f"students[{i}].tokenizer": s.tokenizer,
+                       f"students[{i}].deepspeed": resolve_deepspeed_json(s.deepspeed)})
+    found = []
+    for key, path in inputs.items():
+        if path is not None and Path(path).exists() and _within(Path(os.path.realpath(path)), out):
+            what = key if key == "config file" else f"input {key}"
+            found.append(f"config key 'output_dir': {cfg.output_dir} holds the {what} ({path}); "
+                         "a run folder holds only what the run writes: choose a folder of its own")
+    if _within(Path(os.path.realpath(Path.cwd())), out):
+        found.append(f"config key 'output_dir': {cfg.output_dir} is the working directory or a folder above it; "
+                     "choose a folder of its own (e.g. runs/NAME)")
+    return found
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def existing_run_problems(run: RunDir, resume: bool, overwrite: bool) -> list[str]:
