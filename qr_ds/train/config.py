@@ -29,7 +29,9 @@ class LoraSettings:
     r: int = field(default=32, metadata=rule(min=1, max=1024, help="LoRA rank (paper: 32)"))
     alpha: int = field(default=64, metadata=rule(min=1))
     dropout: float = field(default=0.0, metadata=rule(min=0.0, max=0.9))
-    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS), metadata=rule(
+        help="module names that get LoRA adapters; a list you give must name only modules the model has (the "
+             "default keeps those of its names the model has)"))
     quantize: Literal["none", "nf4"] = field(
         default="none", metadata=rule(help="nf4 = QLoRA through bitsandbytes (the paper's setup)"))
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from qr_ds.models.packaged import resolve
 from qr_ds.mutual.config import MutualConfig
-from qr_ds.train.config import StudentConfig
+from qr_ds.train.config import LORA_TARGETS, StudentConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -79,6 +79,11 @@ def build_student(cfg: StudentConfig, mutual: MutualConfig | None, device: torch
     if cfg.finetune == "lora":
         present = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
         targets = [t for t in cfg.lora.target_modules if t in present]
+        missing = [t for t in cfg.lora.target_modules if t not in present]
+        if missing and cfg.lora.target_modules != LORA_TARGETS:  # a list the user gave: a typo adapts less, silently
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if isinstance(m, nn.Linear)})
+            raise ValueError(f"student '{cfg.name}': lora.target_modules {missing} name no module of {cfg.model}; "
+                             f"its linear layers are {linear}")
         if not targets:
             raise ValueError(f"student '{cfg.name}': none of lora.target_modules {cfg.lora.target_modules} "
                              f"exist in {cfg.model}")
