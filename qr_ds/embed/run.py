@@ -23,6 +23,7 @@ from qr_ds.data.pool import EmbeddingRef, PathRecord, PoolStream, write_pool
 from qr_ds.embed.config import EmbedConfig, matrix_path
 from qr_ds.embed.encoder import Encoder, encoder_slug
 from qr_ds.embed.lookup import text_hash
+from qr_ds.stages import output_lock
 
 
 class VectorCache:
@@ -111,9 +112,19 @@ def run_embed(cfg: EmbedConfig, encoder: Encoder | None = None, progress: bool =
     """Streams the pool twice and holds neither it nor its texts: the first pass assigns rows and
     writes the embedded pool aside, the second reads back only the texts the cache lacks and
     encodes them in batches into the matrix, written once into a preallocated .npy memmap."""
+    folder = cfg.out.parent
+    made = not folder.exists()  # a refused pool leaves no output folder behind
+    try:
+        with output_lock(cfg.out):  # before loading the encoder: a refused second run should cost nothing
+            return _embed(cfg, encoder, progress)
+    except BaseException:
+        if made and folder.is_dir() and not any(folder.iterdir()):  # checked once the lock file is gone
+            folder.rmdir()
+        raise
+
+
+def _embed(cfg: EmbedConfig, encoder: Encoder | None, progress: bool) -> EmbedResult:
     mpath = matrix_path(cfg.out)
-    made = not mpath.parent.exists()  # a refused pool leaves no output folder behind
-    mpath.parent.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(mpath, cfg.out.parent)
     stream, rows = PoolStream(cfg.pool), Rows()
 
@@ -130,10 +141,6 @@ def run_embed(cfg: EmbedConfig, encoder: Encoder | None = None, progress: bool =
         encoder = encoder or Encoder(cfg.encoder, cfg.device, cfg.max_seq_length, cfg.normalize)
         encoded = _write_matrix(cfg, encoder, rows, mpath, progress)
         os.replace(pending, cfg.out)
-    except BaseException:
-        if made and not any(mpath.parent.iterdir()):
-            mpath.parent.rmdir()
-        raise
     finally:
         pending.unlink(missing_ok=True)
     meta = {"encoder": cfg.encoder, "dim": encoder.dim, "rows": len(rows.of), "normalize": cfg.normalize}

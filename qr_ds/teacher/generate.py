@@ -6,6 +6,9 @@ retries those recorded as failed. The log is the source of truth; the pool at ``
 compaction: one record per key (the latest success, else the latest failure), in plan order.
 A key is (record id, teacher model, sampling parameters): changing either asks again.
 
+A file at ``out`` that generate did not write (no log beside it, or a filtered or embedded pool) is
+refused, in ``--plan`` too: the compaction would replace it without a word.
+
 A run holds ``<out>.lock`` (a second run on the same output is refused) and fails with
 TooFewSucceeded when less than ``min_success_share`` of the planned paths have a response, so a
 dead server or a bad key cannot end in exit 0 with an empty pool. An empty reply is a failure.
@@ -23,7 +26,7 @@ from tqdm import tqdm
 from qr_ds.config import ConfigError
 from qr_ds.data.baselines import WRITERS
 from qr_ds.data.jsonl import JsonlAppender, repair_tail
-from qr_ds.data.pool import PathRecord, iter_pool, write_pool
+from qr_ds.data.pool import PathRecord, iter_pool, parse_record, write_pool
 from qr_ds.stages import StageFailed, derive_seed, output_lock
 from qr_ds.tasks.base import Example, LoadedExamples, Task, is_file_source, is_test_split
 from qr_ds.teacher.backends import make_teacher
@@ -137,11 +140,44 @@ def generate(cfg: GenerateConfig, teacher: Teacher | None = None, progress: bool
              examples: list[Example] | None = None) -> GenerateStats:
     """Ask for every path not yet done, write the pool; raise TooFewSucceeded after writing it.
     ``examples``: these questions instead of ``cfg.data``'s (questions a teacher wrote, teacher/derive.py)."""
+    refuse_foreign_out(cfg.out)
     examples = load_questions(cfg) if examples is None else examples  # a refused split, like a refused second run, should cost nothing
     with output_lock(cfg.out):  # before loading a model: a refused second run should cost nothing
         stats = _generate(cfg, examples, teacher or make_teacher(cfg.teacher), progress)
     check_success(stats, cfg)
     return stats
+
+
+def refuse_foreign_out(out: Path) -> None:
+    """ConfigError when ``out`` holds a file generate did not write. Resuming reads only the log, and the
+    pool at ``out`` is rewritten from it, so the log beside ``out`` is what marks the pool as generate's."""
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    seems = _not_generated(out)
+    if seems is None:
+        if log_path(out).is_file():
+            return
+        seems = f"a path pool without generate's request log ({log_path(out).name}) beside it"
+    raise ConfigError(f"config key 'out': {out} is {seems}, not a pool generate wrote, and generating would "
+                      "replace it: set another out= or move the file aside")
+
+
+def _not_generated(out: Path) -> str | None:
+    """What ``out`` seems to be, from its first line, when that is not a record generate writes."""
+    with out.open("rb") as fh:
+        first = fh.readline()
+    try:
+        obj = json.loads(first)
+        rec = parse_record(obj) if isinstance(obj, dict) else None
+    except ValueError:  # not JSON, not UTF-8, or a RecordError
+        rec = None
+    if rec is None:
+        return "not a path pool (its first line is not a pool record)"
+    if rec.embedding is not None:
+        return "an embedded pool (qr-ds embed's output)"
+    if rec.correct is not None or rec.answer is not None or rec.judge is not None:
+        return "a filtered pool (qr-ds filter's output)"
+    return None
 
 
 def check_success(stats: GenerateStats, cfg: GenerateConfig) -> None:
@@ -202,6 +238,7 @@ def spending_plan(cfg: GenerateConfig) -> list[str]:
     per-path estimate."""
     from qr_ds.teacher.scripted import MODEL_NAME
 
+    refuse_foreign_out(cfg.out)
     examples = load_questions(cfg)
     model = MODEL_NAME if cfg.teacher.backend == "scripted" else cfg.teacher.model
     requests, skeletons = plan(cfg, model, examples)
