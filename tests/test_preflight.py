@@ -327,3 +327,19 @@ def test_an_output_dir_that_holds_an_input_or_the_working_directory_is_refused(s
     assert "every check passed" not in err and (tmp_path / "pool.jsonl").is_file()
     cfg["output_dir"] = str(ROOT.parent)  # train() runs in ROOT
     refused(*train(tmp_path, cfg, "--dry-run"), "is the working directory or a folder above it")
+
+
+def test_a_dry_run_names_the_pool_lines_the_ranks_will_skip_writes_nothing_and_refuses_a_repeated_id(setup):
+    tmp_path, cfg = setup
+    pool = embedded_setup(tmp_path, cfg)
+    lines = pool.read_text().splitlines()
+    pool.write_text("\n".join(lines[:2] + ['{"id": "cut short'] + lines[2:]) + "\n")
+    before = snapshot(pool.parent)
+    proc, _ = train(tmp_path, cfg, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"data.pool: 1 of {len(lines) + 1} lines are not records and will not train" in proc.stderr
+    assert f"the first, {pool}:3: not valid JSON" in proc.stderr
+    assert snapshot(pool.parent) == before  # no quarantine file: nothing is written
+    pool.write_text("\n".join(lines + lines[:1]) + "\n")
+    refused(*train(tmp_path, cfg, "--dry-run"), "1 path id(s) occur more than once",
+            f"at lines 1, {len(lines) + 1}")

@@ -180,8 +180,10 @@ class PoolStream:
     and summarised (to ``log``, stderr by default) once the iteration ends; ``accepted``,
     ``rejected`` and ``quarantine`` are complete from then on."""
 
-    def __init__(self, path: str | Path, *, log: Callable[[str], None] | None = None, max_reasons: int = 5):
+    def __init__(self, path: str | Path, *, log: Callable[[str], None] | None = None, max_reasons: int = 5,
+                 quarantine: bool = True):
         self.path = Path(path)
+        self.write_quarantine = quarantine  # False: a check that must write nothing (a dry run)
         require_file(self.path)
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self.max_reasons = max_reasons
@@ -209,17 +211,17 @@ class PoolStream:
         self._finish(bad_lines)
 
     def _finish(self, bad_lines: list[dict]) -> None:
-        if bad_lines:
+        if bad_lines and self.write_quarantine:
             self.quarantine = quarantine_path(self.path)
             with self.quarantine.open("w", encoding="utf-8") as q:
                 for b in bad_lines:
                     q.write(json.dumps(b, ensure_ascii=False) + "\n")
         summary = f"{self.path}: accepted {self.accepted}, rejected {len(self.rejected)}"
-        self.log(summary + (f" (quarantined to {self.quarantine})" if self.rejected else ""))
+        self.log(summary + (f" (quarantined to {self.quarantine})" if self.quarantine else ""))
         for lineno, reason in self.rejected[: self.max_reasons]:
             self.log(f"  {self.path}:{lineno}: {reason}")
         if len(self.rejected) > self.max_reasons:
-            self.log(f"  ... and {len(self.rejected) - self.max_reasons} more in {self.quarantine}")
+            self.log(f"  ... and {len(self.rejected) - self.max_reasons} more" + (f" in {self.quarantine}" if self.quarantine else ""))
 
 
 def iter_pool(path: str | Path, *, log: Callable[[str], None] | None = None) -> Iterator[PathRecord]:

@@ -68,7 +68,11 @@ def run(args) -> int:
         return usage_error(f"--nnodes {args.nnodes} is for --dry-run: `qr-ds train` starts ranks on this node or "
                            "on a --hostfile's nodes; on SLURM the ranks start by srun + torchrun (docs/clusters.md)")
     world = launch_world(args, cfg)
-    found = problems(cfg, world, resume=wants_resume(mode, cfg.run), overwrite=args.overwrite, config_file=args.config)
+    notes: list[str] = []
+    found = problems(cfg, world, resume=wants_resume(mode, cfg.run), overwrite=args.overwrite, config_file=args.config,
+                     notes=notes)
+    for line in notes:
+        print(f"qr-ds train: note: {args.config}: {line}", file=sys.stderr)
     for line in found:
         print(f"qr-ds train: error: {args.config}: {line}", file=sys.stderr)
     if found:

@@ -32,9 +32,10 @@ SEED_RANGE = (0, 2**32 - 1)  # numpy's seeds are uint32; torch's int64 holds the
 
 
 def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bool = False,
-             config_file: Path | None = None) -> list[str]:
-    """Every reason the launch would fail, one line each naming the config key; [] when ready.
-    A refused run leaves no output_dir behind (reading the pool may write its quarantine file beside it)."""
+             config_file: Path | None = None, notes: list[str] | None = None) -> list[str]:
+    """Every reason the launch would fail, one line each naming the config key; [] when ready. What is
+    not a failure but the user should know (pool lines the ranks will skip) goes to ``notes``.
+    Nothing is written: no output_dir, no quarantine file beside the pool (the ranks write that)."""
     found = []
     for i, student in enumerate(cfg.students):
         found += student_problems(i, student)
@@ -49,7 +50,7 @@ def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bo
         found.append(f"config key 'seed': {cfg.seed} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]} "
                      "(numpy and torch take 32-bit seeds)")
     if not found:  # contents and leakage need a readable pool and eval files
-        found += pool_problems(cfg) + leakage_problems(cfg)
+        found += pool_problems(cfg, notes) + leakage_problems(cfg)
     return found
 
 
@@ -278,15 +279,22 @@ def resume_config_changes(cfg: TrainConfig) -> tuple[list[str], list[str]]:
 EMBEDDING_CHUNK = 8192  # records per finiteness check: bounded memory on a large pool
 
 
-def pool_problems(cfg: TrainConfig) -> list[str]:
-    """The pool's records parse, at least one is left, and (router on) every
-    record's embedding is readable, of one width and finite. The pool is streamed."""
+def pool_problems(cfg: TrainConfig, notes: list[str] | None = None) -> list[str]:
+    """The pool's records parse, at least one is left, each path id is used once (the trainer matches
+    embeddings, routing lists and kept-out pairs by id), and (router on) every record's embedding is
+    readable, of one width and finite. The pool is streamed. Lines the ranks will skip go to ``notes``."""
+    from qr_ds.data.jsonl import quarantine_path
     from qr_ds.data.pool import PoolStream
     from qr_ds.embed.lookup import EmbeddingError, gather_embeddings
+    from qr_ds.filter.run import check_unique_ids
     from qr_ds.train.encoding import chunked, selected
 
     pool = cfg.data.pool
-    stream = PoolStream(pool, log=lambda m: None)
+    try:
+        check_unique_ids(pool)
+    except ValueError as e:
+        return [f"config key 'data.pool': {e}"]
+    stream = PoolStream(pool, log=lambda m: None, quarantine=False)
     width = None
     try:  # the trainer's own choice of paths: only these must be usable
         for part in chunked(selected(cfg, stream), EMBEDDING_CHUNK):
@@ -315,6 +323,11 @@ def pool_problems(cfg: TrainConfig) -> list[str]:
                    f"{stream.rejected[0][1]}" if stream.rejected else "it holds no records")
             return [f"config key 'data.pool': {pool}: nothing to train on: {why}"]
         return [f"config key 'data.pool': {e}"]
+    if stream.rejected and notes is not None:
+        line, reason = stream.rejected[0]
+        notes.append(f"data.pool: {len(stream.rejected)} of {stream.accepted + len(stream.rejected)} lines are "
+                     f"not records and will not train (the ranks set them aside in {quarantine_path(pool)}); "
+                     f"the first, {pool}:{line}: {reason}")
     return []
 
 
