@@ -159,7 +159,7 @@ def _acquire(path: Path) -> int:
             holder = _pid_in(fd) or "unknown"
             os.close(fd)
             raise LockHeld(f"another run (pid {holder}) is writing this output: {path} is held. "
-                           f"Wait for it to finish; two runs on one output would ask for the same paths twice.") from None
+                           f"Wait for it to finish; two runs on one output would overwrite each other's work.") from None
         try:
             same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:

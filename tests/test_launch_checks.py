@@ -48,3 +48,24 @@ def test_resume_auto_starts_a_first_run_and_resumes_a_requeued_one(kit):
     assert yaml.safe_load((run / "config.yaml").read_text())["max_steps"] == 4
     assert yaml.safe_load((run / "config.before_step_000002.yaml").read_text())["max_steps"] == 2
     assert "the run's earlier config.yaml is kept as config.before_step_000002.yaml" in res.stdout + res.stderr
+
+
+def test_a_second_job_into_a_folder_a_live_job_trains_is_refused(kit):
+    """Both would pass every check (nothing is written yet) and then write one folder."""
+    import os
+    import subprocess
+    import sys
+
+    from qr_ds.stages import lock_path, output_lock
+
+    d, pool, studs = kit
+    run = d / "busy"
+    cfg = trainkit.write_config(d / "busy.yaml", studs, pool, run, ranks=["auto", "auto"])
+    held = f"another run (pid {os.getpid()}) is writing this output: {lock_path(run)} is held"
+    with output_lock(run):  # the first job, as `qr-ds train` or a direct launch's rank 0 holds it
+        res = trainkit.launch(cfg, 2, launcher="torchrun", timeout=300)
+        assert res.returncode != 0 and f"[qr_ds] preflight: config key 'output_dir': {held}" in res.stderr, res.stderr[-3000:]
+        res = subprocess.run([sys.executable, "-m", "qr_ds", "train", "--config", str(cfg), "--num-procs", "2"],
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+        assert res.returncode == 1 and held in res.stderr and "deepspeed.launcher" not in res.stderr, res.stderr
+    assert not (run / "metrics.jsonl").exists() and not lock_path(run).exists()

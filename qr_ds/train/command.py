@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from qr_ds.stages import output_lock
 from qr_ds.train.launch import CHECKED, add_resume_flag, resume_mode, script, wants_resume
+
 LAUNCH = script()  # launch/train.py, installed or in this checkout
 
 
@@ -81,11 +83,14 @@ def run(args) -> int:
         print("\n".join(plan(cfg, world)))
         print(f"qr-ds train: dry run: every check passed for {args.config}; nothing was started")
         return 0
-    if args.overwrite:
-        set_aside(cfg.output_dir)
     env = dict(os.environ, **{CHECKED: "1"})
     env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
-    return subprocess.call(launcher_command(args, world.size), env=env)
+    # held for the whole job: a second `qr-ds train` into the same output_dir passes every check
+    # (nothing is written yet) and its ranks would then write one folder with these
+    with output_lock(cfg.output_dir):
+        if args.overwrite:
+            set_aside(cfg.output_dir)
+        return subprocess.call(launcher_command(args, world.size), env=env)
 
 
 def launch_world(args, cfg):

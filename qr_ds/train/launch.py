@@ -92,7 +92,8 @@ def verdict(cfg, world_size: int, resume: bool, poll_s: float = 0.2) -> None:
     key, rank = "qr_ds/preflight", dist.get_rank()
     store = _get_default_store()
     if rank == 0:
-        found = problems(cfg, World(world_size, "the launcher (WORLD_SIZE)"), resume=resume)
+        found = (problems(cfg, World(world_size, "the launcher (WORLD_SIZE)"), resume=resume)
+                 or hold_output_lock(cfg.output_dir))
         for line in found:  # before the verdict: the launcher stops this rank once another has left
             print(f"[qr_ds] preflight: {line}", file=sys.stderr, flush=True)
         store.set(key, "\n".join(found))
@@ -111,6 +112,22 @@ def verdict(cfg, world_size: int, resume: bool, poll_s: float = 0.2) -> None:
     store.add(f"{key}/read", 1)
     if found:
         raise Refused("")
+
+
+def hold_output_lock(out: Path) -> list[str]:
+    """Rank 0 of a launch not made by `qr-ds train` (which holds it itself) holds ``<output_dir>.lock``
+    until it exits: a second job into the same folder is refused, not interleaved. [] once held."""
+    import atexit
+
+    from qr_ds.stages import LockHeld, output_lock
+
+    held = output_lock(out)
+    try:
+        held.__enter__()
+    except LockHeld as e:
+        return [f"config key 'output_dir': {e}"]
+    atexit.register(held.__exit__, None, None, None)  # a clean exit removes the file; a crash leaves it, named
+    return []
 
 
 class Terminated(Exception):
