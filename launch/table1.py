@@ -24,7 +24,8 @@ def task_commands(task: str, hostfile: str | None) -> list[list[str]]:
              f"data.pool=runs/{task}/embedded.jsonl", f"output_dir=runs/{task}/qr_distill",
              f"eval.tasks={{{task}: data/{task}/dev.jsonl}}", *TASKS[task]]
     evaluate = [*qr_ds, "eval", "--config", EVAL, "--run", f"runs/{task}/qr_distill",
-                "--task", f"{task}=data/{task}/test.jsonl", "--out", f"runs/{task}/eval"]
+                "--task", f"{task}=data/{task}/test.jsonl", "--out", f"runs/{task}/eval",
+                "--overwrite"]  # run only where no summary.json is: an evaluation cut short is moved aside
     return [train, evaluate]
 
 

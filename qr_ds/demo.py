@@ -322,7 +322,8 @@ def evaluate_seed(out: Path, seed: int, runs: dict[str, Path], size: Size, test_
     if not (ev / "summary.json").is_file():
         args = ["eval", "--task", f"synthetic={test_q}", "--out", str(ev), "--limit", str(size.eval_limit),
                 "--max-new-tokens", str(size.max_new_tokens), "--max-model-len", "512",
-                "--gpu-memory-utilization", "0.1", "--teacher-pool", str(pool)]
+                "--gpu-memory-utilization", "0.1", "--teacher-pool", str(pool),
+                "--overwrite"]  # no summary: an evaluation cut short, which is moved aside, not kept as results
         for run in runs.values():
             args += ["--checkpoint", str(RunDir(run).require_latest().path)]
         timings.run(f"evaluate seed {seed}: every student of every method with vLLM", _qr_ds, out, *args)

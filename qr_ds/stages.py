@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -134,6 +135,19 @@ def refuse_overwrite(outputs: dict[str, Path], inputs: dict[str, Path], config_f
         if run is not None:
             raise ConfigError(f"{_named(okey)}: {out} is inside the training run {run}; "
                               "write stage outputs outside run folders")
+
+
+def set_aside(out: Path, command: str, what: str) -> None:
+    """--overwrite: the old ``out`` is renamed, not deleted: nothing is lost by a flag given by mistake."""
+    if out.exists() and any(out.iterdir()):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = out.with_name(f"{out.name}.replaced-{stamp}")
+        n = 1
+        while aside.exists():  # two --overwrite runs within one second
+            n += 1
+            aside = out.with_name(f"{out.name}.replaced-{stamp}-{n}")
+        out.rename(aside)
+        print(f"qr-ds {command}: --overwrite: moved the previous {what} {out} to {aside}", file=sys.stderr)
 
 
 class LockHeld(StageFailed):

@@ -130,6 +130,10 @@ def test_background_evaluator_hands_off_without_waiting_and_reports_through_poll
         assert r["returncode"] == 0 and set(r["accuracy"]) == {"a/synthetic", "b/synthetic",
                                                                 "ensemble-logprob/synthetic", "ensemble-vote/synthetic"}
     assert (tmp_path / "evals/step_000030/summary.md").is_file()
+    # a resumed finished run saves its last step again: not evaluated again (its folder holds the results)
+    again = BackgroundEvaluator(ev.cfg, tmp_path / "evals", log=logs.append)
+    again.submit(ckpts / "step_000020", 30)
+    assert again.running == [] and again.pending is None and any("step 30 was evaluated before" in m for m in logs)
 
 
 def test_background_evaluator_close_terminates_running_evaluation(run, tmp_path):

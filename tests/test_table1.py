@@ -40,5 +40,5 @@ def test_each_task_trains_with_the_paper_config_and_its_own_paths():
     assert train[3:] == ["train", "--config", "configs/paper-mistral-gemma.yaml", "--hostfile", "hostfile", "--resume",
                          "auto", "data.pool=runs/math/embedded.jsonl", "output_dir=runs/math/qr_distill",
                          "eval.tasks={math: data/math/dev.jsonl}", "epochs=3"]
-    assert evaluate[-6:] == ["--run", "runs/math/qr_distill", "--task", "math=data/math/test.jsonl",
-                             "--out", "runs/math/eval"]
+    assert evaluate[-7:] == ["--run", "runs/math/qr_distill", "--task", "math=data/math/test.jsonl",
+                             "--out", "runs/math/eval", "--overwrite"]

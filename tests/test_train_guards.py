@@ -161,15 +161,18 @@ def test_checkpoint_names_from_files_stay_in_the_run(tmp_path, monkeypatch):
 
 
 def test_overwrite_moves_the_old_run_aside(tmp_path, capsys):
-    from qr_ds.train.command import set_aside
+    from qr_ds.stages import set_aside
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
-    set_aside(run)
+    set_aside(run, "train", "run")
     (aside,) = tmp_path.glob("run.replaced-*")
     assert not run.exists() and (aside / "metrics.jsonl").read_text() == '{"step": 1}\n'
     assert f"moved the previous run {run} to {aside}" in capsys.readouterr().err
+    (run / "checkpoints").mkdir(parents=True)
+    set_aside(run, "train", "run")  # within the same second: a second name, not a failed rename
+    assert len(list(tmp_path.glob("run.replaced-*"))) == 2 and not run.exists()
 
 
 class _Planted:  # a pickle that would run code when loaded

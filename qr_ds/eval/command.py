@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--limit", type=int, help="first N examples per task")
     p.add_argument("--out", help="output dir for predictions.jsonl and summary.{json,md}")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out already holds an evaluation: move it aside (to OUT.replaced-TIME) and evaluate again")
     p.add_argument("--no-zero-shot", action="store_true", help="skip the base models without adapters")
     p.add_argument("--teacher-pool", help="pool JSONL for the teacher row (default: the run's pool)")
     p.add_argument("--max-lora-rank", type=int)
@@ -67,5 +69,5 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from qr_ds.eval.run import evaluate
 
-    evaluate(config_from_args(args))
+    evaluate(config_from_args(args), overwrite=args.overwrite)
     return 0

@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable
 
+from qr_ds.config import ConfigError
 from qr_ds.data.format import encode_prompt, render_prompt
 from qr_ds.data.jsonl import write_jsonl
 from qr_ds.data.pool import normalise_question, pool_questions
@@ -20,6 +21,7 @@ from qr_ds.eval.backends import make_backend
 from qr_ds.eval.generation import FullRef, Request, new_lora, stop_ids
 from qr_ds.eval.scoring import ENSEMBLES, ensemble, markdown, summarize, teacher_rows
 from qr_ds.run_layout import CheckpointDir, RunDir
+from qr_ds.stages import output_lock, set_aside
 from qr_ds.tasks import Example, get_task
 from qr_ds.tasks.base import is_file_source
 
@@ -137,13 +139,54 @@ def collect_adapters(cfg: EvalConfig) -> list[Adapter]:
     return adapters
 
 
-def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
-    from transformers import AutoTokenizer
+def held_evaluation(out: Path) -> str | None:
+    """What an earlier evaluation left in ``out``, in words (from its summary.json when readable);
+    None when it holds none."""
+    if not any((out / name).is_file() for name in ("predictions.jsonl", "summary.json")):
+        return None
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        # summaries written before "checkpoints" was recorded name them by their row labels only
+        ckpts = summary.get("checkpoints") or sorted({r["checkpoint"] for r in summary["rows"]}
+                                                     - {"zero-shot", "teacher"})
+        more = f" and {len(ckpts) - 3} more" if len(ckpts) > 3 else ""
+        return f"an evaluation of {', '.join(ckpts[:3])}{more} on {', '.join(summary['tasks'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "the predictions.jsonl of an evaluation (no readable summary.json)"
 
+
+def claim_out(out: Path, overwrite: bool) -> None:
+    """Results already in ``out`` may be hours of GPU work: refuse before anything loads, or with
+    ``overwrite`` move them aside (never delete them)."""
+    held = held_evaluation(out)
+    if held is None:
+        return
+    if not overwrite:
+        raise ConfigError(f"config key 'out': {out} already holds {held}; pass another --out, or --overwrite "
+                          "to move it aside and evaluate again")
+    set_aside(out, "eval", "evaluation")
+
+
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+             overwrite: bool = False) -> dict:
+    """Refused when ``cfg.out`` holds an earlier evaluation (``overwrite``: moved aside first) or another
+    evaluation is writing it."""
     t0 = time.perf_counter()
     examples = load_tasks(cfg.tasks, cfg.limit, cfg.split)
     adapters = collect_adapters(cfg)
-    warn_overlap(training_pools(cfg), examples, cfg.tasks, log)
+    # Held until the results are written: two evaluations started side by side into one folder would
+    # both find it empty, and the later to finish would replace the other's. Absolute: "." has no name.
+    with output_lock(Path(cfg.out).absolute()):
+        claim_out(Path(cfg.out), overwrite)  # before any model loads: a refused run costs nothing
+        warn_overlap(training_pools(cfg), examples, cfg.tasks, log)
+        return score(cfg, examples, adapters, t0, log)
+
+
+def score(cfg: EvalConfig, examples: dict[str, list[Example]], adapters: list[Adapter], t0: float,
+          log: Callable[[str], None]) -> dict:
+    """Generate for every adapter and base model, score, and write the results into ``cfg.out``."""
+    from transformers import AutoTokenizer
+
     backend = make_backend(cfg.backend, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
                            gpu_memory_utilization=cfg.gpu_memory_utilization, batch_size=cfg.batch_size,
                            max_loras=cfg.max_loras)
@@ -196,9 +239,10 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, fi
     (out / "adapters.json").write_text(json.dumps(served, indent=1))
     ensembles = coincide(rows)
     notes = table_notes(pool, pool_only, ensembles)
-    summary = {"tasks": tasks, "backend": backend.name, "teacher_pool": str(pool) if pool else None,
-               "seconds": round(time.perf_counter() - t0, 2), "rows": table,
-               "teacher_pool_rows": pool_only, "ensembles_coincide": ensembles, "notes": notes}
+    checkpoints = sorted({str(CheckpointDir.of_weights(a.path).path) for a in adapters})
+    summary = {"tasks": tasks, "checkpoints": checkpoints, "backend": backend.name,
+               "teacher_pool": str(pool) if pool else None, "seconds": round(time.perf_counter() - t0, 2),
+               "rows": table, "teacher_pool_rows": pool_only, "ensembles_coincide": ensembles, "notes": notes}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     md = "\n\n".join([markdown(table, tasks), *notes])
     (out / "summary.md").write_text(md + "\n")

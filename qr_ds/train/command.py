@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qr_ds.stages import output_lock
+from qr_ds.stages import output_lock, set_aside
 from qr_ds.train.launch import CHECKED, add_resume_flag, resume_mode, script, wants_resume
 
 LAUNCH = script()  # launch/train.py, installed or in this checkout
@@ -89,7 +89,7 @@ def run(args) -> int:
     # (nothing is written yet) and its ranks would then write one folder with these
     with output_lock(cfg.output_dir):
         if args.overwrite:
-            set_aside(cfg.output_dir)
+            set_aside(cfg.output_dir, "train", "run")
         return subprocess.call(launcher_command(args, world.size), env=env)
 
 
@@ -108,16 +108,6 @@ def launch_world(args, cfg):
         raise ValueError(f"{args.config}: config key 'students[].ranks': 'auto' shares the world the launcher "
                          "starts, and this node shows no GPU to count: give --num-procs N (or --hostfile)")
     return nodes_world(args.nnodes, per_node)
-
-
-def set_aside(out: Path) -> None:
-    """--overwrite: the old run is renamed, not deleted: nothing is lost by a flag given by mistake."""
-    import time
-
-    if out.exists() and any(out.iterdir()):
-        aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        out.rename(aside)
-        print(f"qr-ds train: --overwrite: moved the previous run {out} to {aside}", file=sys.stderr)
 
 
 def _free_port() -> int:

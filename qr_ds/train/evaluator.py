@@ -44,6 +44,9 @@ class BackgroundEvaluator:
 
     def submit(self, checkpoint_dir: Path, step: int) -> None:
         job = _Job(step, Path(checkpoint_dir).resolve(), self.out_dir / step_name(step))
+        if (job.out / "summary.json").is_file():  # a resumed finished run saves its last step again
+            self.log(f"eval: step {step} was evaluated before ({job.out}); not again")
+            return
         if len(self._alive()) < self.cfg.max_in_flight:
             self._start(job)
             return
