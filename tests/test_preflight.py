@@ -343,3 +343,11 @@ def test_a_dry_run_names_the_pool_lines_the_ranks_will_skip_writes_nothing_and_r
     pool.write_text("\n".join(lines + lines[:1]) + "\n")
     refused(*train(tmp_path, cfg, "--dry-run"), "1 path id(s) occur more than once",
             f"at lines 1, {len(lines) + 1}")
+
+
+def test_launcher_flags_out_of_range_are_refused_not_ignored(setup):
+    """--num-procs 0 was ignored and printed as 2 processes; a port past 65535 reached the launcher."""
+    tmp_path, cfg = setup
+    refused(*train(tmp_path, cfg, "--dry-run", "--num-procs", "0"), "--num-procs 0: give a number from 1")
+    refused(*train(tmp_path, cfg, "--master-port", "70000"), "--master-port 70000: give a number from 1 to 65535")
+    refused(*train(tmp_path, cfg, "--dry-run", "--nnodes", "2"), "--nnodes 2: this node shows no GPU to count")

@@ -99,11 +99,18 @@ def launch_world(args, cfg):
     node's GPUs. Bad input raises ValueError (exit 2)."""
     from qr_ds.train.world import fixed_world, hostfile_world, local_gpus, nodes_world, slurm_world
 
+    for flag, value, top in (("--num-procs", args.num_procs, None), ("--nnodes", args.nnodes, None),
+                             ("--master-port", args.master_port, 65535)):
+        if value is not None and (value < 1 or (top is not None and value > top)):
+            raise ValueError(f"{flag} {value}: give a number from 1" + (f" to {top}" if top else ""))
     if args.hostfile is not None:
         return hostfile_world(args.hostfile)
     if args.dry_run and args.nnodes == 1 and (slurm := slurm_world(per_node=args.num_procs)) is not None:
         return slurm
     per_node = args.num_procs or (fixed_world(cfg) if args.nnodes == 1 else None) or local_gpus()
+    if not per_node and args.nnodes > 1:
+        raise ValueError(f"--nnodes {args.nnodes}: this node shows no GPU to count the processes on each node: "
+                         "give --num-procs N")
     if not per_node:
         raise ValueError(f"{args.config}: config key 'students[].ranks': 'auto' shares the world the launcher "
                          "starts, and this node shows no GPU to count: give --num-procs N (or --hostfile)")
