@@ -188,6 +188,8 @@ class RunDir:
     pool = property(lambda self: self.root / "pool.jsonl")  # a copy of the pool the run trained on, if kept
     # {"student", "path"} rows: the pairs data.drop_cut_wrong keeps from training, whatever the router says
     kept_from = property(lambda self: self.root / "kept_from_students.jsonl")
+    # sha256 of data.pool when the run started: a resume continues its epoch by position, so not over another pool
+    pool_digest = property(lambda self: self.root / "pool.sha256")
 
     def config_before(self, step: int) -> Path:
         """The config.yaml a run had before it was resumed at ``step`` with other settings."""

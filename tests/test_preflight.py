@@ -351,3 +351,23 @@ def test_launcher_flags_out_of_range_are_refused_not_ignored(setup):
     refused(*train(tmp_path, cfg, "--dry-run", "--num-procs", "0"), "--num-procs 0: give a number from 1")
     refused(*train(tmp_path, cfg, "--master-port", "70000"), "--master-port 70000: give a number from 1 to 65535")
     refused(*train(tmp_path, cfg, "--dry-run", "--nnodes", "2"), "--nnodes 2: this node shows no GPU to count")
+
+
+def test_a_resume_refuses_a_pool_that_changed_under_the_same_path(setup):
+    """A resume continues its epoch by batch position: over another pool those positions are other paths."""
+    from qr_ds.config import from_dict
+    from qr_ds.data.jsonl import file_sha256
+    from qr_ds.train.config import TrainConfig
+    from qr_ds.train.preflight import pool_changed_problems
+
+    tmp_path, cfg = setup
+    pool = embedded_setup(tmp_path, cfg)
+    run = Path(cfg["output_dir"])
+    finished_run(run)
+    train_cfg = from_dict(TrainConfig, cfg)
+    assert pool_changed_problems(train_cfg) == []  # a run older than the record: nothing to compare
+    (run / "pool.sha256").write_text(file_sha256(pool) + "\n")
+    assert pool_changed_problems(train_cfg) == []
+    pool.write_text("".join(pool.read_text().splitlines(keepends=True)[1:]))  # one path fewer
+    refused(*train(tmp_path, cfg, "--resume"), f"config key 'data.pool': {pool} is not the pool the run in {run} "
+                                               "started on", "put the pool back, or start a new run")

@@ -47,6 +47,9 @@ def test_two_students_resume_equals_straight_run(kit):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["mutual_loss"] > 0 for r in rows) and all(r["sft_loss/llama"] > 0 for r in rows)
     assert set(rows[0]["route_rate/gemma"]) <= {"vanilla", "cot", "tot", "program", "fact_retrieval", "backward"}
+    from qr_ds.data.jsonl import file_sha256
+
+    assert (run / "pool.sha256").read_text() == file_sha256(pool) + "\n"  # what a resume checks its pool against
 
     # The router moved: its saved weights differ from the seeded initial ones.
     from qr_ds.routing.router import Router

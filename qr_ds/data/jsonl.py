@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import os
 import tempfile
@@ -35,6 +36,14 @@ class LoadReport(Generic[T]):
         if self.rejected:
             s += f" (quarantined to {self.quarantine})"
         return s
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 23):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def quarantine_path(path: Path) -> Path:

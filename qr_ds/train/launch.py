@@ -175,6 +175,14 @@ def report_lost_ranks(ranks_dir: Path, wait_s: float = 3.0) -> None:
               ", ".join(f"{r} on {host} (pid {pid})" for r, pid, host in remote), file=sys.stderr, flush=True)
 
 
+def keep_pool_digest(run, pool) -> None:
+    from qr_ds.data.jsonl import file_sha256
+
+    tmp = run.pool_digest.with_name(run.pool_digest.name + ".tmp")
+    tmp.write_text(file_sha256(pool) + "\n")
+    os.replace(tmp, run.pool_digest)
+
+
 def keep_config(run, cfg, resume: bool, text: str) -> None:
     """Write the run's config.yaml; a resume that changed a setting it may change (max_steps, ...) first
     keeps the one the run had, named by the step it resumes from, and says which keys are new."""
@@ -232,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, strategy)
         if strategy.is_coordinator:
             keep_config(run, cfg, resume, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            if not resume or not run.pool_digest.is_file():  # what a resume checks its pool against
+                keep_pool_digest(run, cfg.data.pool)
         trainer.fit(resume=resume)
     except Refused:  # said already; no collective ran, so there is no peer to name
         os._exit(2)

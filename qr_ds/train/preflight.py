@@ -44,7 +44,7 @@ def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bo
     run_found = existing_run_problems(cfg.run, resume, overwrite)
     found += run_found
     if resume and not run_found:
-        found += resume_config_changes(cfg)[0]
+        found += resume_config_changes(cfg)[0] + pool_changed_problems(cfg)
     found += world_problem(cfg, world)
     if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
         found.append(f"config key 'seed': {cfg.seed} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]} "
@@ -272,6 +272,21 @@ def resume_config_changes(cfg: TrainConfig) -> tuple[list[str], list[str]]:
                          "into a new output_dir)")
     notes = [f"resume: {saved} predates these config keys, which take these values from now on: {', '.join(new)}"] if new else []
     return found, notes
+
+
+def pool_changed_problems(cfg: TrainConfig) -> list[str]:
+    """The pool's bytes against those the run started on (the same path may hold another pool)."""
+    from qr_ds.data.jsonl import file_sha256
+
+    saved, pool = cfg.run.pool_digest, Path(cfg.data.pool)
+    if not saved.is_file() or not pool.is_file():  # a run older than the record, or the pool's own problem
+        return []
+    was, now = saved.read_text().strip(), file_sha256(pool)
+    if was == now:
+        return []
+    return [f"config key 'data.pool': {pool} is not the pool the run in {cfg.run.root} started on (sha256 "
+            f"{was[:12]} then, {now[:12]} now); a resumed run goes on with its epoch by position, which over "
+            "another pool means other paths: put the pool back, or start a new run (--overwrite moves this one aside)"]
 
 
 # ---- what the ranks will read -------------------------------------------------------------------
