@@ -36,11 +36,16 @@ def derive_seed(base: int, *parts: object) -> int:
     return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
 
 
+# an override each stage takes, for its --help
+OVERRIDE_EXAMPLES = {"generate": "limit=10 teacher.base_url=http://...", "filter": "judge.model=gpt-4o-mini judge_retries=0",
+                     "embed": "batch_size=32 device=cpu"}
+
+
 def add_stage_args(p, cls_name: str, stage: str) -> None:
     """The arguments generate, filter and embed share: the config, its overrides, the progress bar."""
     p.add_argument("config", type=Path, help=f"YAML with a {cls_name}, or a pipeline YAML with a {stage}: section")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, dotted keys as for train "
-                                                                    "(limit=10 teacher.base_url=http://...)")
+                                                                    f"({OVERRIDE_EXAMPLES[stage]})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the same as a bare KEY=VALUE")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -53,6 +58,7 @@ def load_stage_config(cls, path: Path, stage: str, overrides: list[tuple[str, ob
     """A stage's config from its own YAML, or from the ``<stage>:`` section of a pipeline YAML; refused
     (ConfigError) when one of its outputs would overwrite one of its inputs (``refuse_overwrite``)."""
     data = load_yaml(path)
+    pipeline_problem(path, data, stage)
     if stage in data:
         if not isinstance(data[stage], dict):  # an empty section must not fall back to the whole file
             got = "empty" if data[stage] is None else f"a {type(data[stage]).__name__}, not a mapping"
@@ -69,6 +75,26 @@ def load_stage_config(cls, path: Path, stage: str, overrides: list[tuple[str, ob
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return cfg
+
+
+PIPELINE_SECTIONS = ("generate", "filter", "embed")
+
+
+def pipeline_problem(path: Path, data: dict, stage: str) -> None:
+    """A pipeline YAML (a mapping of sections) names only the stages' sections, and this stage's: a
+    misspelled one was read as the stage's own keys, or skipped unseen by the other stages."""
+    import difflib
+
+    if not any(key in data for key in PIPELINE_SECTIONS):
+        return  # the stage's own YAML
+    unknown = [k for k in data if k not in PIPELINE_SECTIONS]
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], PIPELINE_SECTIONS, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"{path}: a pipeline YAML has the sections {', '.join(PIPELINE_SECTIONS)}; "
+                          f"'{unknown[0]}:' is none of them{hint}")
+    if stage not in data:
+        raise ConfigError(f"{path}: this pipeline YAML has no '{stage}:' section (it has {', '.join(data)})")
 
 
 def refuse_folders(inputs: dict[str, Path]) -> None:

@@ -210,6 +210,13 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     (["score", "--task", "gsm8k", "pool_empty.jsonl"], "pool_empty.jsonl: nothing to score: it is empty"),
     (["filter", "filter_empty_section.yaml"],
      "filter_empty_section.yaml: the 'filter:' section is empty; it needs the filter keys"),
+    (["filter", "pipeline_misspelled_section.yaml"], "pipeline_misspelled_section.yaml: a pipeline YAML has the "
+                                                     "sections generate, filter, embed; 'filtr:' is none of them "
+                                                     "(did you mean 'filter'?)"),
+    (["generate", "filter_empty_section.yaml"], "filter_empty_section.yaml: this pipeline YAML has no 'generate:' "
+                                                "section (it has embed, filter)"),
+    (["generate", "generate_scripted_gsm8k.yaml", "task=gsm9k"], "generate_scripted_gsm8k.yaml: config key 'task': "
+                                                                 "unknown task 'gsm9k'; known tasks: "),
     (["generate", "generate_no_styles.yaml"], "generate_no_styles.yaml: config key 'styles': an empty list names no style"),
     (["generate", "generate_scripted_gsm8k.yaml"], "generate_scripted_gsm8k.yaml: config key 'teacher.backend': the "
                                                    "scripted stand-in teacher writes paths for the synthetic task only"),

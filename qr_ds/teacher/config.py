@@ -117,6 +117,12 @@ class GenerateConfig:
         "none at all always fails")))
 
     def validate(self, key: str = "") -> None:
+        from qr_ds.tasks import get_task
+
+        try:  # first: an unknown task is the mistake, not the teacher that cannot write it
+            get_task(self.task)
+        except ValueError as e:
+            raise ConfigError(f"config key 'task': {e}") from None
         if self.teacher.backend == "scripted" and self.task != "synthetic":  # its canned paths state the gold
             raise ConfigError(f"config key 'teacher.backend': the scripted stand-in teacher writes paths for the "
                               f"synthetic task only, not {self.task!r} (its paths would put the gold into training data)")
