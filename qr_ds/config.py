@@ -346,8 +346,11 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}:{e.line}: {e}") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a config") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # one line, at the line the parser stopped (its own message spans seven)
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        what = " ".join(filter(None, (getattr(e, "context", None), getattr(e, "problem", None)))) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML: {what}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data or {}

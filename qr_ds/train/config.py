@@ -134,7 +134,8 @@ class TrainConfig:
     mutual: MutualConfig = field(default_factory=MutualConfig)
     lambda1: float = field(default=0.1, metadata=rule(min=0.0, help="weight of the router's balance term (eq. 9's "
                                                                     "L_entropy; router.entropy picks its form); the "
-                                                                    "paper gives no value, our configs use 1.0"))
+                                                                    "paper gives no value; configs/paper-mistral-gemma.yaml "
+                                                                    "uses 1.0"))
     lambda2: float = field(default=0.1, metadata=rule(min=0.0, help="mutual loss weight (eq. 9)"))
     placement: str = field(default="separate", metadata=rule(choices=tuple(PLACEMENTS), help="how students share "
                            "the processes: " + "; ".join(f"{k} = {p.help}" for k, p in PLACEMENTS.items())))

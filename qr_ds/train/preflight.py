@@ -39,7 +39,8 @@ def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bo
     found = []
     for i, student in enumerate(cfg.students):
         found += student_problems(i, student)
-    found += path_problem("data.pool", cfg.data.pool, "the embedded pool from `qr-ds embed`")
+    found += path_problem("data.pool", cfg.data.pool, "the embedded pool from `qr-ds embed`" if cfg.router.enabled
+                          else "the filtered pool from `qr-ds filter`; with router.enabled: false no embeddings are read")
     found += output_dir_problem(cfg.output_dir) + inputs_inside_problems(cfg, config_file)
     run_found = existing_run_problems(cfg.run, resume, overwrite)
     found += run_found
