@@ -16,6 +16,7 @@ def test_plan_counts_calls_and_tokens_and_asks_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "10 questions x 6 styles x 2 samples = 120 paths; 0 already done" in out
     assert "teacher calls: 120 (scripted" in out and "tokens out: ~12,000 (100 a path: sampling.max_tokens" in out
+    assert "the scripted stand-in asks no endpoint" in out  # the estimates are not what it costs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]  # nothing asked, nothing written
 
     assert main([*args, "limit=4", "--no-progress"]) == 0

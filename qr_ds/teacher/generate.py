@@ -256,7 +256,7 @@ def spending_plan(cfg: GenerateConfig) -> list[str]:
     took = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
     basis = (f"the mean of {len(measured)} paths already generated" if measured
              else f"sampling.max_tokens, an upper bound: run with limit=20 to measure")
-    return [
+    lines = [
         f"plan for {cfg.out}: {len(examples)} questions x {len(cfg.style_templates())} styles x "
         f"{cfg.samples_per_style} samples = {len(requests)} paths; {len(requests) - len(todo)} already done",
         f"teacher calls: {len(todo)} ({cfg.teacher.backend}, {model or '(no model)'}); each retried up to "
@@ -266,8 +266,12 @@ def spending_plan(cfg: GenerateConfig) -> list[str]:
         f"time: ~{took} at concurrency {cfg.teacher.concurrency}, assuming {TOKENS_PER_S} output tokens/s "
         "a request",
         "cost: tokens in x the endpoint's input price + tokens out x its output price; nothing was asked",
-    ] + ([f"then `qr-ds derive`: up to {written} more calls, one to solve each written question"]
-         if (written := sum(r.context["style"] in WRITERS for r in requests)) else [])
+    ]
+    if cfg.teacher.backend == "scripted":  # the estimates above are what a model would take for these calls
+        lines.append("the scripted stand-in asks no endpoint: it writes these paths here in seconds, for nothing; "
+                     "the estimates are a model's for the same calls")
+    return lines + ([f"then `qr-ds derive`: up to {written} more calls, one to solve each written question"]
+                    if (written := sum(r.context["style"] in WRITERS for r in requests)) else [])
 
 
 def print_summary(stats: GenerateStats, out: Path) -> None:
