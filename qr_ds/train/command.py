@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from qr_ds.stages import output_lock, set_aside
-from qr_ds.train.launch import CHECKED, add_resume_flag, resume_mode, script, wants_resume
+from qr_ds.train.launch import add_resume_flag, resume_mode, script, wants_resume
 
 LAUNCH = script()  # launch/train.py, installed or in this checkout
 
@@ -42,7 +42,7 @@ def launcher_command(args, n_procs: int) -> list[str]:
     else:
         cmd += ["--num_gpus", str(n_procs)]
     cmd += ["--master_port", str(args.master_port or _free_port())]
-    cmd += [str(LAUNCH), "--config", str(args.config)]
+    cmd += [str(LAUNCH), "--config", str(args.config), "--preflight-done"]
     if args.resume != "no":
         cmd += ["--resume", args.resume] if args.resume == "auto" else ["--resume"]
     return cmd + list(args.overrides)
@@ -83,7 +83,7 @@ def run(args) -> int:
         print("\n".join(plan(cfg, world)))
         print(f"qr-ds train: dry run: every check passed for {args.config}; nothing was started")
         return 0
-    env = dict(os.environ, **{CHECKED: "1"})
+    env = dict(os.environ)
     env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
     # held for the whole job: a second `qr-ds train` into the same output_dir passes every check
     # (nothing is written yet) and its ranks would then write one folder with these

@@ -208,12 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="training YAML (see docs/config-reference.md)")
     add_resume_flag(p)
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
+    # `qr-ds train` ran the checks and holds the output lock: an argument, since the DeepSpeed runner
+    # passes only a few environment variables (MLFLOW*, NCCL*, PYTHON*, ...) to other hosts over pdsh
+    p.add_argument("--preflight-done", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_intermixed_args(argv)  # KEY=VALUE also after a flag, as `qr-ds train` takes them
     try:
         mode = resume_mode(args)
     except ValueError as e:
         p.error(str(e))
+    if args.preflight_done:
+        os.environ[CHECKED] = "1"
 
     import yaml
 
