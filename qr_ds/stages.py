@@ -8,6 +8,7 @@ file's pid then only names who left it, in a note.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -176,6 +177,22 @@ def set_aside(out: Path, command: str, what: str) -> None:
         print(f"qr-ds {command}: --overwrite: moved the previous {what} {out} to {aside}", file=sys.stderr)
 
 
+WORKING_DIRECTORY = "the working directory"
+
+
+def held_inputs(folder: Path, inputs: dict[str, str | Path | None]) -> list[str]:
+    """The keys of the inputs that are ``folder`` or lie in it, and WORKING_DIRECTORY when that does:
+    what moving ``folder`` aside (--overwrite) would take with it."""
+    root = Path(os.path.realpath(folder))
+
+    def inside(path) -> bool:
+        real = Path(os.path.realpath(path))
+        return real == root or root in real.parents
+
+    found = [key for key, path in inputs.items() if path is not None and Path(path).exists() and inside(path)]
+    return found + ([WORKING_DIRECTORY] if inside(Path.cwd()) else [])
+
+
 class LockHeld(StageFailed):
     """Another live run holds the output's lock."""
 
@@ -200,6 +217,9 @@ def _acquire(path: Path) -> int:
             os.close(fd)
             raise LockHeld(f"another run (pid {holder}) is writing this output: {path} is held. "
                            f"Wait for it to finish; two runs on one output would overwrite each other's work.") from None
+        except OSError:
+            os.close(fd)
+            raise
         try:
             same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -211,10 +231,22 @@ def _acquire(path: Path) -> int:
 
 @contextmanager
 def output_lock(out: Path, log=lambda m: print(m, file=sys.stderr)) -> Iterator[None]:
-    """Hold ``<out>.lock`` for the block; refuse (LockHeld) when a live run holds it."""
+    """Hold ``<out>.lock`` for the block; refuse (LockHeld) when a live run holds it. Where no lock can
+    be taken (a filesystem without flock, such as Lustre mounted noflock; a folder above ``out`` that
+    is not writable) the run goes on unlocked, saying so: the lock guards against a mistake, and
+    refusing every run there would be worse than the mistake."""
     path = lock_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(path)
+    except LockHeld:
+        raise
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)  # an empty file a filesystem without flock let us create
+        log(f"note: no lock on {out} ({(e.strerror or str(e)).lower()}): two runs on it are not kept apart")
+        yield
+        return
     left_by = _pid_in(fd)
     if left_by:
         log(f"note: took over {path}, left by pid {left_by}, which no longer holds it (killed or crashed)")

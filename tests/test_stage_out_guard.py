@@ -189,3 +189,22 @@ def test_a_refused_pool_still_leaves_no_output_folder(tmp_path):
     with pytest.raises(ValueError, match="nothing to embed"):
         run_embed(cfg, encoder=FakeEncoder(), progress=False)
     assert not (tmp_path / "new").exists()
+
+
+def test_where_no_lock_can_be_taken_the_run_goes_on_and_says_so(tmp_path, monkeypatch):
+    """Lustre mounted noflock answers flock with ENOLCK: refusing every run there would be worse."""
+    import errno
+    import fcntl
+
+    from qr_ds.stages import output_lock
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    said, ran = [], []
+    with output_lock(tmp_path / "out.jsonl", log=said.append):
+        ran.append(True)
+    assert not (tmp_path / "out.jsonl.lock").exists()
+    assert ran == [True] and said == [f"note: no lock on {tmp_path / 'out.jsonl'} (no locks available): two runs on "
+                                      "it are not kept apart"]
