@@ -134,6 +134,11 @@ def test_background_evaluator_hands_off_without_waiting_and_reports_through_poll
     again = BackgroundEvaluator(ev.cfg, tmp_path / "evals", log=logs.append)
     again.submit(ckpts / "step_000020", 30)
     assert again.running == [] and again.pending is None and any("step 30 was evaluated before" in m for m in logs)
+    other = BackgroundEvaluator(EvalDuringTraining(tasks={"gsm8k": str(data)}, backend="hf"), tmp_path / "evals",
+                                log=logs.append)  # a resume that changed eval.tasks: scored again, the old kept
+    other.submit(ckpts / "step_000020", 30)
+    other.close(wait=False)
+    assert len(other.running) == 0 and list(tmp_path.glob("evals/step_000030.replaced-*/summary.md"))
 
 
 def test_background_evaluator_close_terminates_running_evaluation(run, tmp_path):

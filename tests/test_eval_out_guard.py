@@ -86,3 +86,18 @@ def test_an_evaluation_into_a_folder_another_one_is_writing_is_refused(run, tmp_
         assert evaluate(run_dir, data, out) == 1
     assert f"{tmp_path / 'out.lock'} is held" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_overwrite_never_moves_an_input_aside_with_the_old_results(run, tmp_path, capsys):
+    """--out runs --overwrite, where runs/ holds an earlier evaluation, once moved every run with it."""
+    run_dir, data = run
+    (run_dir.parent / "summary.json").write_text("[]")  # an earlier evaluation, its summary not an object
+    try:
+        assert evaluate(run_dir, data, run_dir.parent, "--overwrite") == 2
+        err = capsys.readouterr().err
+        assert f"--overwrite would move {run_dir.parent} aside and with it the run, checkpoint step_000020 of a" in err
+        assert run_dir.is_dir() and not list(run_dir.parent.parent.glob("*.replaced-*"))
+        assert evaluate(run_dir, data, run_dir.parent) == 2  # no --overwrite: named as results, not a crash
+        assert "(no readable summary.json)" in capsys.readouterr().err
+    finally:
+        (run_dir.parent / "summary.json").unlink()

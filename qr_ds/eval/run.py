@@ -21,7 +21,7 @@ from qr_ds.eval.backends import make_backend
 from qr_ds.eval.generation import FullRef, Request, new_lora, stop_ids
 from qr_ds.eval.scoring import ENSEMBLES, ensemble, markdown, summarize, teacher_rows
 from qr_ds.run_layout import CheckpointDir, RunDir
-from qr_ds.stages import output_lock, set_aside
+from qr_ds.stages import held_inputs, output_lock, set_aside
 from qr_ds.tasks import Example, get_task
 from qr_ds.tasks.base import is_file_source
 
@@ -146,6 +146,8 @@ def held_evaluation(out: Path) -> str | None:
         return None
     try:
         summary = json.loads((out / "summary.json").read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not an object")
         # summaries written before "checkpoints" was recorded name them by their row labels only
         ckpts = summary.get("checkpoints") or sorted({r["checkpoint"] for r in summary["rows"]}
                                                      - {"zero-shot", "teacher"})
@@ -155,15 +157,18 @@ def held_evaluation(out: Path) -> str | None:
         return "the predictions.jsonl of an evaluation (no readable summary.json)"
 
 
-def claim_out(out: Path, overwrite: bool) -> None:
+def claim_out(out: Path, overwrite: bool, inputs: dict[str, Path | str | None]) -> None:
     """Results already in ``out`` may be hours of GPU work: refuse before anything loads, or with
-    ``overwrite`` move them aside (never delete them)."""
+    ``overwrite`` move them aside (never delete them), unless that would move an input with them."""
     held = held_evaluation(out)
     if held is None:
         return
     if not overwrite:
         raise ConfigError(f"config key 'out': {out} already holds {held}; pass another --out, or --overwrite "
                           "to move it aside and evaluate again")
+    if taken := held_inputs(out, inputs):
+        raise ConfigError(f"config key 'out': --overwrite would move {out} aside and with it {', '.join(taken)}: "
+                          "give --out a folder of its own")
     set_aside(out, "eval", "evaluation")
 
 
@@ -174,10 +179,14 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, fi
     t0 = time.perf_counter()
     examples = load_tasks(cfg.tasks, cfg.limit, cfg.split)
     adapters = collect_adapters(cfg)
+    out = Path(cfg.out).resolve()  # "." or ".." has no name to put a lock or an aside beside
+    inputs = {"the run": cfg.run_dir, "the teacher pool": cfg.teacher_pool,
+              **{f"checkpoint {a.checkpoint} of {a.student}": a.path for a in adapters},
+              **{f"the {task} data": source for task, source in cfg.tasks.items()}}
     # Held until the results are written: two evaluations started side by side into one folder would
-    # both find it empty, and the later to finish would replace the other's. Absolute: "." has no name.
-    with output_lock(Path(cfg.out).absolute()):
-        claim_out(Path(cfg.out), overwrite)  # before any model loads: a refused run costs nothing
+    # both find it empty, and the later to finish would replace the other's.
+    with output_lock(out):
+        claim_out(out, overwrite, inputs)  # before any model loads: a refused run costs nothing
         warn_overlap(training_pools(cfg), examples, cfg.tasks, log)
         return score(cfg, examples, adapters, t0, log)
 

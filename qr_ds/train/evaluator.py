@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from qr_ds.run_layout import step_name
+from qr_ds.stages import set_aside
 from qr_ds.train.config import EvalDuringTraining
 
 
@@ -45,8 +46,10 @@ class BackgroundEvaluator:
     def submit(self, checkpoint_dir: Path, step: int) -> None:
         job = _Job(step, Path(checkpoint_dir).resolve(), self.out_dir / step_name(step))
         if (job.out / "summary.json").is_file():  # a resumed finished run saves its last step again
-            self.log(f"eval: step {step} was evaluated before ({job.out}); not again")
-            return
+            if self._same_evaluation(job):
+                self.log(f"eval: step {step} was evaluated before ({job.out}); not again")
+                return
+            set_aside(job.out, "train", f"evaluation of step {step} (other tasks or checkpoint)")
         if len(self._alive()) < self.cfg.max_in_flight:
             self._start(job)
             return
@@ -54,6 +57,15 @@ class BackgroundEvaluator:
             self.log(f"eval: skipping step {self.pending.step}: superseded by step {step} while "
                      f"{self.cfg.max_in_flight} evaluation(s) still run")
         self.pending = job
+
+    def _same_evaluation(self, job: _Job) -> bool:
+        """Whether job.out's summary is of this checkpoint on these tasks (a resume may change eval.tasks)."""
+        try:
+            summary = json.loads((job.out / "summary.json").read_text())
+            return (summary.get("checkpoints") == [str(job.checkpoint)]
+                    and sorted(summary.get("tasks", [])) == sorted(self.cfg.tasks))
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def protected(self) -> set[str]:
         """Names of the checkpoints an evaluation still has to read: pruning keeps them."""
