@@ -347,9 +347,12 @@ def load_yaml(path: str | Path) -> dict:
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a config") from None
     except yaml.YAMLError as e:  # one line, at the line the parser stopped (its own message spans seven)
-        mark = getattr(e, "problem_mark", None)
+        mark, context = getattr(e, "problem_mark", None), getattr(e, "context", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        what = " ".join(filter(None, (getattr(e, "context", None), getattr(e, "problem", None)))) or str(e).splitlines()[0]
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if context:
+            opened = getattr(e, "context_mark", None)
+            what += f" ({context}" + (f" opened at line {opened.line + 1})" if opened is not None else ")")
         raise ConfigError(f"{path}{where}: not valid YAML: {what}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")

@@ -107,7 +107,8 @@ def test_qr_ds_traceback_shows_the_traceback(inputs):
     (["train", "--config", "train_unknown_key.yaml"], "train_unknown_key.yaml: unknown config key 'lamda1'"),
     (["train", "--config", "train_wrong_type.yaml"],
      "train_wrong_type.yaml: config key 'epochs': got 'ten'; allowed: an integer"),
-    (["train", "--config", "train_bad_yaml.yaml"], "train_bad_yaml.yaml:3:1: not valid YAML: while parsing a flow mapping"),
+    (["train", "--config", "train_bad_yaml.yaml"], "train_bad_yaml.yaml:3:1: not valid YAML: expected ',' or '}', but got '<stream end>' (while parsing a flow "
+                                                   "mapping opened at line 2)"),
     (["generate", "generate_list.yaml"], "generate_list.yaml: expected a mapping at the top level, got list"),
     (["filter", "filter_nan_backoff.yaml"],
      "filter_nan_backoff.yaml: config key 'judge.backoff_s': got nan; allowed: a finite number"),

@@ -48,8 +48,8 @@ def test_bad_values_name_the_key(over, needle):
 def test_yaml_errors_name_the_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("students: [\n")
-    with pytest.raises(ConfigError, match=r"c.yaml:2:1: not valid YAML: while parsing a flow node expected the node "
-                                          r"content, but found '<stream end>'$"):  # one line, where it stopped
+    with pytest.raises(ConfigError, match=r"c.yaml:2:1: not valid YAML: expected the node content, but found "
+                                          r"'<stream end>' \(while parsing a flow node opened at line 2\)$"):
         load_config(TrainConfig, p)
     p.write_text("students: []\ndata: {pool: x}\nepochs: -1\n")
     with pytest.raises(ConfigError, match=r"c.yaml: config key 'epochs': got -1; allowed: >= 1"):

@@ -160,8 +160,10 @@ def test_checkpoint_names_from_files_stay_in_the_run(tmp_path, monkeypatch):
     assert CheckpointDir(Path("step_000001")).run.root == run.root
 
 
-def test_overwrite_moves_the_old_run_aside(tmp_path, capsys):
+def test_overwrite_moves_the_old_run_aside(tmp_path, capsys, monkeypatch):
     from qr_ds.stages import set_aside
+
+    monkeypatch.setattr("qr_ds.stages.time.strftime", lambda fmt: "20261206-120000")  # one second for both
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -172,7 +174,9 @@ def test_overwrite_moves_the_old_run_aside(tmp_path, capsys):
     assert f"moved the previous run {run} to {aside}" in capsys.readouterr().err
     (run / "checkpoints").mkdir(parents=True)
     set_aside(run, "train", "run")  # within the same second: a second name, not a failed rename
-    assert len(list(tmp_path.glob("run.replaced-*"))) == 2 and not run.exists()
+    assert sorted(p.name for p in tmp_path.glob("run.replaced-*")) == ["run.replaced-20261206-120000",
+                                                                       "run.replaced-20261206-120000-2"]
+    assert not run.exists()
 
 
 class _Planted:  # a pickle that would run code when loaded

@@ -38,12 +38,17 @@ class LoadReport(Generic[T]):
         return s
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
+def hash_file(path: str | Path, h=None):
+    """``h`` (a new sha256 when None) updated with the file's bytes, read in 8 MiB chunks."""
+    h = h or hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 23):
             h.update(chunk)
-    return h.hexdigest()
+    return h
+
+
+def file_sha256(path: str | Path) -> str:
+    return hash_file(path).hexdigest()
 
 
 def quarantine_path(path: Path) -> Path:

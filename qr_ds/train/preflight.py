@@ -41,7 +41,7 @@ def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bo
         found += student_problems(i, student)
     found += path_problem("data.pool", cfg.data.pool, "the embedded pool from `qr-ds embed`" if cfg.router.enabled
                           else "the filtered pool from `qr-ds filter`; with router.enabled: false no embeddings are read")
-    found += output_dir_problem(cfg.output_dir) + inputs_inside_problems(cfg, config_file)
+    found += output_dir_problem(cfg.output_dir) + inputs_inside_problems(cfg, config_file if overwrite else None)
     run_found = existing_run_problems(cfg.run, resume, overwrite)
     found += run_found
     if resume and not run_found:
@@ -174,27 +174,20 @@ def output_dir_problem(out: Path) -> list[str]:
 def inputs_inside_problems(cfg: TrainConfig, config_file: Path | None = None) -> list[str]:
     """output_dir must hold none of the run's inputs, nor the working directory: --overwrite moves the
     whole folder aside (the ranks would start without their pool, models or config), and a run's
-    checkpoints and pruning do not belong among a user's files."""
-    out = Path(os.path.realpath(cfg.output_dir))
-    inputs = {"config file": config_file, "data.pool": cfg.data.pool, **{f"eval.tasks.{t}": f for t, f in cfg.eval.tasks.items()},
-              **{f"router.withhold.{n}": f for n, f in cfg.router.withhold.items()}}
+    checkpoints and pruning do not belong among a user's files. ``config_file``: checked only when
+    given (with --overwrite: resuming from the run's own config.yaml is fine)."""
+    from qr_ds.stages import WORKING_DIRECTORY, held_inputs
+
+    inputs = {"config file": config_file, "input data.pool": cfg.data.pool,
+              **{f"input eval.tasks.{t}": f for t, f in cfg.eval.tasks.items()},
+              **{f"input router.withhold.{n}": f for n, f in cfg.router.withhold.items()}}
     for i, s in enumerate(cfg.students):
-        inputs.update({f"students[{i}].model": s.model, f"students[{i}].tokenizer": s.tokenizer,
-                       f"students[{i}].deepspeed": resolve_deepspeed_json(s.deepspeed)})
-    found = []
-    for key, path in inputs.items():
-        if path is not None and Path(path).exists() and _within(Path(os.path.realpath(path)), out):
-            what = key if key == "config file" else f"input {key}"
-            found.append(f"config key 'output_dir': {cfg.output_dir} holds the {what} ({path}); "
-                         "a run folder holds only what the run writes: choose a folder of its own")
-    if _within(Path(os.path.realpath(Path.cwd())), out):
-        found.append(f"config key 'output_dir': {cfg.output_dir} is the working directory or a folder above it; "
-                     "choose a folder of its own (e.g. runs/NAME)")
-    return found
-
-
-def _within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+        inputs.update({f"input students[{i}].model": s.model, f"input students[{i}].tokenizer": s.tokenizer,
+                       f"input students[{i}].deepspeed": resolve_deepspeed_json(s.deepspeed)})
+    return [f"config key 'output_dir': {cfg.output_dir} is {WORKING_DIRECTORY} or a folder above it; choose a "
+            "folder of its own (e.g. runs/NAME)" if key == WORKING_DIRECTORY else
+            f"config key 'output_dir': {cfg.output_dir} holds the {key} ({inputs[key]}); a run folder holds only "
+            "what the run writes: choose a folder of its own" for key in held_inputs(cfg.output_dir, inputs)]
 
 
 def existing_run_problems(run: RunDir, resume: bool, overwrite: bool) -> list[str]:
@@ -341,7 +334,7 @@ def pool_problems(cfg: TrainConfig, notes: list[str] | None = None) -> list[str]
         return [f"config key 'data.pool': {e}"]
     if stream.rejected and notes is not None:
         line, reason = stream.rejected[0]
-        notes.append(f"data.pool: {len(stream.rejected)} of {stream.accepted + len(stream.rejected)} lines are "
+        notes.append(f"data.pool: {len(stream.rejected)} lines are "
                      f"not records and will not train (the ranks set them aside in {quarantine_path(pool)}); "
                      f"the first, {pool}:{line}: {reason}")
     return []

@@ -27,6 +27,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from qr_ds.data.baselines import TRAIN_TASKS
+from qr_ds.data.jsonl import hash_file
 from qr_ds.data.pool import PoolStream
 from qr_ds.distributed.health import launch_id
 from qr_ds.distributed.topology import local_rank
@@ -63,12 +64,6 @@ def older_for_pool(root: Path, key: str, pool: Path) -> list[tuple[Path, int]]:
     return sorted(found)
 
 
-def _file_digest(path: Path, h) -> None:
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 23):
-            h.update(chunk)
-
-
 def tokenizer_fingerprint(tok) -> str:
     """What decides a tokenizer's ids and offsets: its serialized pipeline and vocabulary, the chat
     template and the special tokens (the same files under another path give the same key)."""
@@ -90,7 +85,7 @@ def data_key(cfg: TrainConfig, tokenizers: list) -> str:
     pool = Path(cfg.data.pool)
     if not pool.is_file():
         raise FileNotFoundError(f"data.pool: {pool} not found")
-    _file_digest(pool, h)
+    hash_file(pool, h)
     for tok in tokenizers:
         h.update(tokenizer_fingerprint(tok).encode())
     if cfg.router.enabled:  # matrices beside the pool: by size and time, not bytes (they are large)
