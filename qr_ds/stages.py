@@ -13,6 +13,7 @@ import dataclasses
 import fcntl
 import hashlib
 import os
+import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -201,9 +202,11 @@ def lock_path(out: Path) -> Path:
     return out.with_name(out.name + ".lock")
 
 
-def _pid_in(fd: int) -> str:
+def _holder(fd: int) -> str:
+    """Who wrote the lock file: "pid N on HOST" (a lock on a shared filesystem may be another node's)."""
     os.lseek(fd, 0, os.SEEK_SET)
-    return os.read(fd, 64).decode(errors="replace").strip()
+    pid, _, host = os.read(fd, 256).decode(errors="replace").strip().partition(" ")
+    return f"pid {pid}" + (f" on {host}" if host else "") if pid else ""
 
 
 def _acquire(path: Path) -> int:
@@ -213,9 +216,9 @@ def _acquire(path: Path) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _pid_in(fd) or "unknown"
+            holder = _holder(fd) or "pid unknown"
             os.close(fd)
-            raise LockHeld(f"another run (pid {holder}) is writing this output: {path} is held. "
+            raise LockHeld(f"another run ({holder}) is writing this output: {path} is held. "
                            f"Wait for it to finish; two runs on one output would overwrite each other's work.") from None
         except OSError:
             os.close(fd)
@@ -235,7 +238,7 @@ def output_lock(out: Path, log=lambda m: print(m, file=sys.stderr)) -> Iterator[
     be taken (a filesystem without flock, such as Lustre mounted noflock; a folder above ``out`` that
     is not writable) the run goes on unlocked, saying so: the lock guards against a mistake, and
     refusing every run there would be worse than the mistake."""
-    path = lock_path(out)
+    path, fd = lock_path(out), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = _acquire(path)
@@ -245,13 +248,14 @@ def output_lock(out: Path, log=lambda m: print(m, file=sys.stderr)) -> Iterator[
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)  # an empty file a filesystem without flock let us create
         log(f"note: no lock on {out} ({(e.strerror or str(e)).lower()}): two runs on it are not kept apart")
+    if fd is None:
         yield
         return
-    left_by = _pid_in(fd)
+    left_by = _holder(fd)
     if left_by:
-        log(f"note: took over {path}, left by pid {left_by}, which no longer holds it (killed or crashed)")
+        log(f"note: took over {path}, left by {left_by}, which no longer holds it (killed or crashed)")
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
     try:
         yield
     finally:

@@ -53,6 +53,7 @@ def test_resume_auto_starts_a_first_run_and_resumes_a_requeued_one(kit):
 def test_a_second_job_into_a_folder_a_live_job_trains_is_refused(kit):
     """Both would pass every check (nothing is written yet) and then write one folder."""
     import os
+    import socket
     import subprocess
     import sys
 
@@ -61,7 +62,7 @@ def test_a_second_job_into_a_folder_a_live_job_trains_is_refused(kit):
     d, pool, studs = kit
     run = d / "busy"
     cfg = trainkit.write_config(d / "busy.yaml", studs, pool, run, ranks=["auto", "auto"])
-    held = f"another run (pid {os.getpid()}) is writing this output: {lock_path(run)} is held"
+    held = f"another run (pid {os.getpid()} on {socket.gethostname()}) is writing this output: {lock_path(run)} is held"
     with output_lock(run):  # the first job, as `qr-ds train` or a direct launch's rank 0 holds it
         res = trainkit.launch(cfg, 2, launcher="torchrun", timeout=300)
         assert res.returncode != 0 and f"[qr_ds] preflight: config key 'output_dir': {held}" in res.stderr, res.stderr[-3000:]

@@ -315,6 +315,7 @@ def test_overrides_after_a_flag_are_overrides_and_a_stray_argument_is_named_by_t
     embedded_setup(tmp_path, cfg)
     proc, _ = train(tmp_path, cfg, "--dry-run", "micro_batch_paths=3")
     assert proc.returncode == 0 and "3 paths a chunk (micro_batch_paths)" in proc.stdout, proc.stderr
+    assert "world: 2 processes (2 a node by the students' fixed ranks)" in proc.stdout  # no --num-procs given
     refused(*train(tmp_path, cfg, "--dry-run", "--resume", "no"), "--resume no: give --resume alone, or --resume auto")
 
 

@@ -4,6 +4,7 @@ output lock as generate and filter do."""
 import dataclasses
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -170,7 +171,7 @@ def test_a_second_embed_on_the_same_output_is_refused_before_the_encoder_loads(t
         first.stdin.close()
     assert first.wait(timeout=60) == 0
     err = capfd.readouterr().err
-    assert f"qr-ds embed: failed: another run (pid {first.pid}) is writing this output: {lock_path(out)} is held" in err
+    assert f"qr-ds embed: failed: another run (pid {first.pid} on {socket.gethostname()}) is writing this output: {lock_path(out)} is held" in err
     assert not made and not out.exists() and not (tmp_path / "emb" / "embedded.npy").exists()
 
     assert main(args) == 0  # released: the run goes ahead, and lets go of the lock at the end

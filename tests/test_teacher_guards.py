@@ -2,6 +2,7 @@
 second run on the same output. The teacher is a real HTTP server on loopback."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -115,7 +116,7 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path, monkeypatch, capfd
         finally:
             release.set()
         err = capfd.readouterr().err
-        assert f"another run (pid {first.pid}) is writing this output: {lock_path(tmp_path / 'pool.jsonl')} is held" in err
+        assert f"another run (pid {first.pid} on {socket.gethostname()}) is writing this output: {lock_path(tmp_path / 'pool.jsonl')} is held" in err
         assert first.wait(timeout=120) == 0, first.stderr.read()
         prompts = [s.prompt for s in server.seen]
         assert len(prompts) == 12 == len(set(prompts))  # no path asked twice

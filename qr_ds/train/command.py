@@ -107,14 +107,17 @@ def launch_world(args, cfg):
         return hostfile_world(args.hostfile)
     if args.dry_run and args.nnodes == 1 and (slurm := slurm_world(per_node=args.num_procs)) is not None:
         return slurm
-    per_node = args.num_procs or (fixed_world(cfg) if args.nnodes == 1 else None) or local_gpus()
+    fixed = fixed_world(cfg) if args.nnodes == 1 and not args.num_procs else None
+    per_node = args.num_procs or fixed or local_gpus()
     if not per_node and args.nnodes > 1:
         raise ValueError(f"--nnodes {args.nnodes}: this node shows no GPU to count the processes on each node: "
                          "give --num-procs N")
     if not per_node:
         raise ValueError(f"{args.config}: config key 'students[].ranks': 'auto' shares the world the launcher "
                          "starts, and this node shows no GPU to count: give --num-procs N (or --hostfile)")
-    return nodes_world(args.nnodes, per_node)
+    # say where the count came from: "--num-procs 2" when none was given misled
+    how = None if args.num_procs else "the students' fixed ranks" if fixed else "this node's GPUs"
+    return nodes_world(args.nnodes, per_node, how)
 
 
 def _free_port() -> int:

@@ -80,8 +80,10 @@ def slurm_world(env: dict | None = None, per_node: int | None = None) -> World |
                  tuple((f"node {i}", per_node) for i in range(nodes)))
 
 
-def nodes_world(nnodes: int, per_node: int) -> World:
-    source = f"--nnodes {nnodes} x --num-procs {per_node}" if nnodes > 1 else f"--num-procs {per_node}"
+def nodes_world(nnodes: int, per_node: int, counted_by: str | None = None) -> World:
+    """``counted_by``: where per_node came from when not from --num-procs."""
+    procs = f"{per_node} a node by {counted_by}" if counted_by else f"--num-procs {per_node}"
+    source = f"--nnodes {nnodes} x {procs}" if nnodes > 1 else procs
     return World(nnodes * per_node, source, tuple((f"node {i}", per_node) for i in range(nnodes)))
 
 
