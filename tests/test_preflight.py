@@ -385,3 +385,19 @@ def test_the_ranks_of_qr_ds_train_hear_by_argument_that_the_checks_ran():
                      overrides=["epochs=2"])
     cmd = launcher_command(args, 4)
     assert cmd[cmd.index("--config"):] == ["--config", "c.yaml", "--preflight-done", "--resume", "auto", "epochs=2"]
+
+
+def test_a_fixed_assignment_that_matches_nothing_in_the_pool_is_refused_before_launch(setup):
+    """The ranks refused these only after loading every model."""
+    tmp_path, cfg = setup
+    pool = embedded_setup(tmp_path, cfg)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("not/a/path\nnor/this\n")
+    cfg["router"] = {"enabled": True, "fixed": {"a": ["cot", "cots"]}, "withhold": {"b": str(ids)}}
+    refused(*train(tmp_path, cfg, "--dry-run"), "config key 'router.fixed.a': styles ['cots'] are not in the pool",
+            f"config key 'router.withhold.b': none of the 2 path ids in {ids} is a path of this run (first: 'not/a/path')")
+    first_id = json.loads(pool.read_text().splitlines()[0])["id"]
+    ids.write_text(f"not/a/path\n{first_id}\n")
+    cfg["router"]["fixed"]["a"] = ["cot"]
+    proc, _ = train(tmp_path, cfg, "--dry-run")
+    assert proc.returncode == 0, proc.stderr

@@ -59,27 +59,40 @@ class FixedRouting(AllPaths):
         return self.allowed[idx].clone()
 
 
+def withheld_ids(file) -> list[str]:
+    """The path ids a router.withhold file lists, one a line."""
+    with open(file, encoding="utf-8") as fh:
+        return [line.strip() for line in fh if line.strip()]
+
+
+def unknown_styles(name: str, kept: list[str], styles) -> str | None:
+    missing = sorted(set(kept) - set(styles))
+    return (f"config key 'router.fixed.{name}': styles {missing} are not in the pool (its styles: "
+            f"{sorted(styles)})" if missing else None)
+
+
+def unmatched_withhold(name: str, file, listed: list[str]) -> str:
+    return (f"config key 'router.withhold.{name}': none of the {len(listed)} path ids in {file} is a path of "
+            f"this run (first: {listed[0]!r})")
+
+
 def fixed_assignment(cfg: RouterConfig, students: list[str], styles: list[str], path_styles: torch.Tensor,
                      path_ids) -> torch.Tensor:
     """[n_paths, S] 0/1 of ``router.fixed`` (by style) and ``router.withhold`` (by path id; ``path_ids``
     is called only then), with the config key of any style or file that matches nothing."""
     by_style = torch.ones(len(styles), len(students))
     for name, kept in cfg.fixed.items():
-        missing = sorted(set(kept) - set(styles))
-        if missing:
-            raise ValueError(f"config key 'router.fixed.{name}': styles {missing} are not in the pool "
-                             f"(its styles: {styles})")
+        if problem := unknown_styles(name, kept, styles):
+            raise ValueError(problem)
         by_style[:, students.index(name)] = torch.tensor([float(style in kept) for style in styles])
     allowed = by_style[path_styles]
     if cfg.withhold:
         row = {pid: i for i, pid in enumerate(path_ids())}
         for name, file in cfg.withhold.items():
-            with open(file, encoding="utf-8") as fh:
-                listed = [line.strip() for line in fh if line.strip()]
+            listed = withheld_ids(file)
             hit = [row[pid] for pid in listed if pid in row]
             if listed and not hit:
-                raise ValueError(f"config key 'router.withhold.{name}': none of the {len(listed)} path ids in "
-                                 f"{file} is a path of this run (first: {listed[0]!r})")
+                raise ValueError(unmatched_withhold(name, file, listed))
             allowed[hit, students.index(name)] = 0.0
     return allowed
 

@@ -296,6 +296,7 @@ def pool_problems(cfg: TrainConfig, notes: list[str] | None = None) -> list[str]
     from qr_ds.data.pool import PoolStream
     from qr_ds.embed.lookup import EmbeddingError, gather_embeddings
     from qr_ds.filter.run import check_unique_ids
+    from qr_ds.routing.policy import unknown_styles, unmatched_withhold, withheld_ids
     from qr_ds.train.encoding import chunked, selected
 
     pool = cfg.data.pool
@@ -304,10 +305,18 @@ def pool_problems(cfg: TrainConfig, notes: list[str] | None = None) -> list[str]
     except ValueError as e:
         return [f"config key 'data.pool': {e}"]
     stream = PoolStream(pool, log=lambda m: None, quarantine=False)
+    # a fixed assignment that matches nothing in the pool: the ranks refused it only after loading models
+    styles: set[str] = set()
+    listed = {name: withheld_ids(file) for name, file in cfg.router.withhold.items()}
+    withheld = {name: set(ids) for name, ids in listed.items()}
+    matched = {name: False for name in withheld}
     width = None
     try:  # the trainer's own choice of paths: only these must be usable
         for part in chunked(selected(cfg, stream), EMBEDDING_CHUNK):
             lines = {r.id: line for line, r in part}  # (empty questions never get here: the reader sets them aside)
+            styles.update(r.style for _, r in part)
+            for name, ids in withheld.items():
+                matched[name] = matched[name] or not ids.isdisjoint(lines)
             if not cfg.router.enabled:
                 continue
             chunk = [r for _, r in part]
@@ -332,6 +341,11 @@ def pool_problems(cfg: TrainConfig, notes: list[str] | None = None) -> list[str]
                    f"{stream.rejected[0][1]}" if stream.rejected else "it holds no records")
             return [f"config key 'data.pool': {pool}: nothing to train on: {why}"]
         return [f"config key 'data.pool': {e}"]
+    assignment = [p for name, kept in cfg.router.fixed.items() if (p := unknown_styles(name, kept, styles))]
+    assignment += [unmatched_withhold(name, cfg.router.withhold[name], listed[name])
+                   for name, hit in matched.items() if listed[name] and not hit]
+    if assignment:
+        return assignment
     if stream.rejected and notes is not None:
         line, reason = stream.rejected[0]
         notes.append(f"data.pool: {len(stream.rejected)} lines are "
