@@ -29,8 +29,6 @@ def script() -> Path:
     return Path(spec.origin) if spec and spec.origin else Path(__file__).resolve().parents[2] / "launch" / "train.py"
 
 
-# `qr-ds train` sets it for the ranks it starts: it ran every check before launching, over the whole pool.
-CHECKED = "QR_DS_PREFLIGHT_DONE"
 RESUME_HELP = ("continue from OUTPUT_DIR/checkpoints/latest; `--resume auto` continues when a checkpoint "
                "is there and starts the run when none is (one command for a first run and a requeue)")
 
@@ -68,13 +66,14 @@ class Refused(Exception):
     """Rank 0's checks refused the run; every rank stops before the first collective."""
 
 
-def checked_layout(cfg, resume: bool):
-    """The strategy's layout function: the checks on rank 0 first, then the ranks of each student."""
+def checked_layout(cfg, resume: bool, checked: bool):
+    """The strategy's layout function: the checks on rank 0 first (``checked``: `qr-ds train` ran them,
+    over the whole pool, before launching), then the ranks of each student."""
     from qr_ds.distributed.topology import make_layout
     from qr_ds.train.world import student_ranks
 
     def layout(world_size: int):
-        if os.environ.get(CHECKED) != "1":
+        if not checked:
             verdict(cfg, world_size, resume)
         return make_layout(student_ranks(cfg, world_size, "the launcher (WORLD_SIZE)"), world_size, cfg.placement)
     return layout
@@ -217,8 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         mode = resume_mode(args)
     except ValueError as e:
         p.error(str(e))
-    if args.preflight_done:
-        os.environ[CHECKED] = "1"
 
     import yaml
 
@@ -241,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         write_pid_file(run.ranks, rank)  # before any collective can fail
         check_shm_build_lock()
         resume = wants_resume(mode, run)
-        strategy = Strategy(checked_layout(cfg, resume), cfg.backend, cfg.collective_timeout_s)
+        strategy = Strategy(checked_layout(cfg, resume, args.preflight_done), cfg.backend, cfg.collective_timeout_s)
         trainer = Trainer(cfg, strategy)
         if strategy.is_coordinator:
             keep_config(run, cfg, resume, yaml.safe_dump(to_dict(cfg), sort_keys=False))
