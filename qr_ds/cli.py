@@ -67,8 +67,17 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = list(args.overrides) + extra
         return args
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    subparsers.choices.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    innermost_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+
+
+def innermost_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)subcommand that ran, so `data export --bogus` shows export's usage."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = sub and sub.choices.get(getattr(args, sub.dest, None))
+        if not chosen:
+            return parser
+        parser = chosen
 
 
 # What Ctrl-C leaves and how to go on, per command: every stage keeps what it finished.

@@ -311,6 +311,9 @@ def test_overrides_after_a_flag_are_overrides_and_a_stray_argument_is_named_by_t
     with pytest.raises(SystemExit) as e:
         parse_args(build_parser(), ["train", "--config", "c.yaml", "--dry-run", "--bogus", "seed=3"])
     assert e.value.code == 2 and "usage: qr-ds train" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a sub-subcommand's stray flag: its own usage, not `qr-ds data`'s
+        parse_args(build_parser(), ["data", "export", "gsm8k", "--out", "x.jsonl", "--bogus"])
+    assert "usage: qr-ds data export" in capsys.readouterr().err
     tmp_path, cfg = setup
     embedded_setup(tmp_path, cfg)
     proc, _ = train(tmp_path, cfg, "--dry-run", "micro_batch_paths=3")
