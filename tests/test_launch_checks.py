@@ -1,5 +1,6 @@
 """The torchrun path (what srun starts on SLURM) runs `qr-ds train`'s checks on rank 0 before the first
 collective and a refusal ends every rank; `--resume auto` starts a first run and resumes a requeued one."""
+import contextlib
 import json
 
 import pytest
@@ -69,4 +70,42 @@ def test_a_second_job_into_a_folder_a_live_job_trains_is_refused(kit):
         res = subprocess.run([sys.executable, "-m", "qr_ds", "train", "--config", str(cfg), "--num-procs", "2"],
                              capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
         assert res.returncode == 1 and held in res.stderr and "deepspeed.launcher" not in res.stderr, res.stderr
+        assert lock_path(run).read_text().split() == [str(os.getpid()), socket.gethostname()]  # not taken over
     assert not (run / "metrics.jsonl").exists() and not lock_path(run).exists()
+
+
+def test_stopping_the_train_wrapper_stops_its_ranks_before_it_lets_the_output_go(kit):
+    """`kill PID` of `qr-ds train` alone once left the launcher and the ranks training, lock released."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from qr_ds.run_layout import RunDir
+    from qr_ds.stages import lock_path
+
+    d, pool, studs = kit
+    run = d / "stopped"
+    cfg = trainkit.write_config(d / "stopped.yaml", studs, pool, run, ranks=["auto", "auto"], max_steps=100000)
+    wrapper = subprocess.Popen([sys.executable, "-m", "qr_ds", "train", "--config", str(cfg), "--num-procs", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    metrics, deadline = RunDir(run).metrics, time.monotonic() + 240
+    while not (metrics.is_file() and metrics.read_text().strip()) and wrapper.poll() is None:
+        assert time.monotonic() < deadline, "no training step logged in 240 s"
+        time.sleep(0.5)
+    assert wrapper.poll() is None, wrapper.stderr.read()[-3000:]
+    ranks = [int(f.read_text().split()[0]) for f in sorted(RunDir(run).ranks.glob("rank*.pid"))]
+    assert len(ranks) == 2 and lock_path(run).read_text().split()[0] == str(wrapper.pid)
+    wrapper.send_signal(signal.SIGTERM)
+    try:
+        assert wrapper.wait(timeout=120) == 128 + signal.SIGTERM
+        alive = [p for p in ranks if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert not alive and not lock_path(run).exists()
+    finally:  # a failure here must not leave ranks training beside the rest of the suite
+        for pid in ranks:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
