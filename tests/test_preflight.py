@@ -322,6 +322,19 @@ def test_overrides_after_a_flag_are_overrides_and_a_stray_argument_is_named_by_t
     refused(*train(tmp_path, cfg, "--dry-run", "--resume", "no"), "--resume no: give --resume alone, or --resume auto")
 
 
+def test_a_lora_target_the_model_lacks_is_refused_by_the_dry_run(setup):
+    """The ranks refused it only after loading every model (minutes for a 7B); the dry run builds the
+    model's modules from its config alone, on the meta device."""
+    tmp_path, cfg = setup
+    embedded_setup(tmp_path, cfg)
+    cfg["students"][0]["lora"] = {"target_modules": ["q_proj", "v_porj"]}
+    refused(*train(tmp_path, cfg, "--dry-run"),
+            "config key 'students[0].lora.target_modules': ['v_porj'] name no module of", "'v_proj'")
+    cfg["students"][0]["lora"] = {"target_modules": ["q_proj", "v_proj"]}
+    proc, _ = train(tmp_path, cfg, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_an_output_dir_that_holds_an_input_or_the_working_directory_is_refused(setup):
     """--overwrite moves output_dir aside whole: it once moved the pool and the models with it."""
     tmp_path, cfg = setup

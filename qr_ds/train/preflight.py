@@ -21,7 +21,7 @@ from qr_ds.distributed.ds_json import read_ds_json
 from qr_ds.distributed.engines import find_ds_config
 from qr_ds.models.packaged import is_gguf_spec, spec_problems
 from qr_ds.run_layout import RunDir
-from qr_ds.train.config import StudentConfig, TrainConfig
+from qr_ds.train.config import LORA_TARGETS, StudentConfig, TrainConfig
 from qr_ds.train.world import World, student_ranks
 
 # Any one of these makes a folder a tokenizer (fast, sentencepiece, BPE and WordPiece layouts).
@@ -69,7 +69,20 @@ def student_problems(i: int, s: StudentConfig) -> list[str]:
                      "the configs shipped with qr_ds)")
     else:
         found += deepspeed_json_problem(f"{key}.deepspeed", ds_json)
+    if not found and s.finetune == "lora" and s.lora.target_modules != LORA_TARGETS:
+        found += lora_problem(key, s)  # else the ranks find a typo only after loading every model
     return found
+
+
+def lora_problem(key: str, s: StudentConfig) -> list[str]:
+    from qr_ds.train.student import lora_targets, skeleton
+
+    try:
+        lm = skeleton(s.model)
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta: the ranks check it once loaded
+        return []
+    problem = lora_targets(s, lm)[1]
+    return [f"config key '{key}.lora.target_modules': {problem}"] if problem else []
 
 
 def deepspeed_json_problem(key: str, path: Path) -> list[str]:

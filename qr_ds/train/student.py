@@ -53,6 +53,29 @@ class Student(nn.Module):
         return loss, nats, z, logit
 
 
+def lora_targets(cfg: StudentConfig, lm: nn.Module) -> tuple[list[str], str | None]:
+    """The target_modules ``lm`` has, and what is wrong with the list (None when nothing): a module
+    named in a list the user gave that ``lm`` lacks (a typo would adapt less, silently), or none found."""
+    present = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
+    targets = [t for t in cfg.lora.target_modules if t in present]
+    missing = [t for t in cfg.lora.target_modules if t not in present]
+    if missing and cfg.lora.target_modules != LORA_TARGETS:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if isinstance(m, nn.Linear)})
+        return targets, f"{missing} name no module of {cfg.model}; its linear layers are {linear}"
+    if not targets:
+        return targets, f"{cfg.lora.target_modules}: none exists in {cfg.model}"
+    return targets, None
+
+
+def skeleton(model: str) -> nn.Module:
+    """``model``'s modules from its config alone, on the meta device: no weight is read, so a login
+    node checks a 7B's module names in a second."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve(model)))
+
+
 def build_student(cfg: StudentConfig, mutual: MutualConfig | None, device: torch.device) -> Student:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -77,16 +100,9 @@ def build_student(cfg: StudentConfig, mutual: MutualConfig | None, device: torch
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.enable_input_require_grads()
     if cfg.finetune == "lora":
-        present = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
-        targets = [t for t in cfg.lora.target_modules if t in present]
-        missing = [t for t in cfg.lora.target_modules if t not in present]
-        if missing and cfg.lora.target_modules != LORA_TARGETS:  # a list the user gave: a typo adapts less, silently
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if isinstance(m, nn.Linear)})
-            raise ValueError(f"student '{cfg.name}': lora.target_modules {missing} name no module of {cfg.model}; "
-                             f"its linear layers are {linear}")
-        if not targets:
-            raise ValueError(f"student '{cfg.name}': none of lora.target_modules {cfg.lora.target_modules} "
-                             f"exist in {cfg.model}")
+        targets, problem = lora_targets(cfg, lm)
+        if problem:
+            raise ValueError(f"student '{cfg.name}': lora.target_modules {problem}")
         lm = get_peft_model(lm, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                            target_modules=targets, task_type="CAUSAL_LM"))
     head = None
