@@ -40,11 +40,16 @@ def test_a_second_evaluation_into_the_same_folder_is_refused_before_a_model_load
     assert evaluate(run_dir, data, out) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and loaded == []
-    assert err.startswith(f"qr-ds eval: error: config key 'out': {out} already holds an evaluation of ")
+    assert err.startswith(f"qr-ds eval: error: --out: {out} already holds an evaluation of ")  # as it was set
     for step in ("step_000010", "step_000020"):  # what it evaluated, read from its summary.json
         assert str(run_dir / "checkpoints" / step) in err
     assert "another --out" in err and "--overwrite" in err
     assert files(out) == first and not list(tmp_path.glob("out.replaced-*"))
+    config = tmp_path / "eval.yaml"  # out from a config file: that file's key is named
+    config.write_text(json.dumps({"out": str(out)}))
+    assert main(["eval", "--config", str(config), "--run", str(run_dir), "--task", f"synthetic={data}",
+                 "--backend", "hf", "--limit", "1", "--no-zero-shot"]) == 2
+    assert capsys.readouterr().err.startswith(f"qr-ds eval: error: {config}: config key 'out': {out} already holds")
 
 
 def test_predictions_without_a_summary_are_results_too(run, tmp_path, capsys):

@@ -69,5 +69,6 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from qr_ds.eval.run import evaluate
 
-    evaluate(config_from_args(args), overwrite=args.overwrite)
+    evaluate(config_from_args(args), overwrite=args.overwrite,
+             out_named="--out" if args.out is not None else "config key 'out'")
     return 0

@@ -157,25 +157,26 @@ def held_evaluation(out: Path) -> str | None:
         return "the predictions.jsonl of an evaluation (no readable summary.json)"
 
 
-def claim_out(out: Path, overwrite: bool, inputs: dict[str, Path | str | None]) -> None:
+def claim_out(out: Path, overwrite: bool, inputs: dict[str, Path | str | None], named: str = "config key 'out'") -> None:
     """Results already in ``out`` may be hours of GPU work: refuse before anything loads, or with
-    ``overwrite`` move them aside (never delete them), unless that would move an input with them."""
+    ``overwrite`` move them aside (never delete them), unless that would move an input with them.
+    ``named``: how the user set ``out`` (the --out flag, or the key in a config file)."""
     held = held_evaluation(out)
     if held is None:
         return
     if not overwrite:
-        raise ConfigError(f"config key 'out': {out} already holds {held}; pass another --out, or --overwrite "
+        raise ConfigError(f"{named}: {out} already holds {held}; pass another --out, or --overwrite "
                           "to move it aside and evaluate again")
     if taken := held_inputs(out, inputs):
-        raise ConfigError(f"config key 'out': --overwrite would move {out} aside and with it {', '.join(taken)}: "
+        raise ConfigError(f"{named}: --overwrite would move {out} aside and with it {', '.join(taken)}: "
                           "give --out a folder of its own")
     set_aside(out, "eval", "evaluation")
 
 
 def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, out_named: str = "config key 'out'") -> dict:
     """Refused when ``cfg.out`` holds an earlier evaluation (``overwrite``: moved aside first) or another
-    evaluation is writing it."""
+    evaluation is writing it; ``out_named`` says how the user set ``cfg.out``."""
     t0 = time.perf_counter()
     examples = load_tasks(cfg.tasks, cfg.limit, cfg.split)
     adapters = collect_adapters(cfg)
@@ -186,7 +187,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda m: print(m, fi
     # Held until the results are written: two evaluations started side by side into one folder would
     # both find it empty, and the later to finish would replace the other's.
     with output_lock(out):
-        claim_out(out, overwrite, inputs)  # before any model loads: a refused run costs nothing
+        claim_out(out, overwrite, inputs, out_named)  # before any model loads: a refused run costs nothing
         warn_overlap(training_pools(cfg), examples, cfg.tasks, log)
         return score(cfg, examples, adapters, t0, log)
 
