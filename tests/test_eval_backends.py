@@ -203,12 +203,21 @@ def test_vllm_start_fits_the_machine_and_names_its_root_cause(tiny, tmp_path):
     import subprocess
     import sys
 
-    from qr_ds.eval.vllm_backend import memory_fraction, model_limit, root_cause, stderr_kept
+    import psutil
+    import transformers
+
+    from qr_ds.eval.vllm_backend import kv_cache_bytes, memory_fraction, model_limit, root_cause, stderr_kept
 
     assert model_limit(str(tiny[1])) == 1024  # the tiny model's max_position_embeddings
     if not torch.cuda.is_available():  # 6 of 24 GiB available
         assert memory_fraction(0.8, 6 / 24) == pytest.approx(0.9 * 6 / 24)  # not 0.8 of RAM others hold
         assert memory_fraction(0.1, 6 / 24) == 0.1  # never more than asked
+        # the KV cache a CPU engine gets: what 32 sequences need (vLLM took 0.8 of all RAM for any model)
+        c = transformers.AutoConfig.from_pretrained(tiny[1])
+        per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+        assert kv_cache_bytes(str(tiny[1]), 512, "float32", 0.8) == per_token * 512 * 32
+        total = psutil.virtual_memory().total  # never above the fraction asked (nor what is free now)
+        assert 0.01 * total <= kv_cache_bytes(str(tiny[1]), 10**9, "float32", 0.8) <= 0.8 * total
     log = ("INFO 12-01 engine starting\nTraceback (most recent call last):\n  File \"x.py\", line 3\n"
            "ValueError: To serve at least one request with max_model_len (2048), 2.1 GiB KV cache is needed, "
            "which is larger than the available KV cache memory (0.4 GiB).\n"

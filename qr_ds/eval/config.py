@@ -27,7 +27,8 @@ class EvalConfig:
     max_lora_rank: int = field(default=0, metadata=rule(min=0, help="0 = the largest adapter rank"))
     max_model_len: int = field(default=2048, metadata=rule(min=16, help="vLLM: prompt + generation tokens"))
     gpu_memory_utilization: float = field(default=0.8, metadata=rule(min=0.01, max=1.0,
-                                          help="vLLM: memory fraction (host RAM on CPU)"))
+                                          help="vLLM: memory fraction; on CPU the most of host RAM the KV "
+                                               "cache may take (it takes what 32 sequences of max_model_len need)"))
     max_loras: int = field(default=8, metadata=rule(min=1, help="vLLM: adapter slots (more adapters are swapped in)"))
     batch_size: int = field(default=16, metadata=rule(min=1, help="hf backend: prompts per generate call"))
 
