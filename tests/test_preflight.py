@@ -335,6 +335,19 @@ def test_a_lora_target_the_model_lacks_is_refused_by_the_dry_run(setup):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_a_max_len_over_the_models_positions_is_refused_naming_the_key_that_set_it(setup):
+    """Tokenizers converted from GGUF say model_max_length 1e30: nothing else stops a path there."""
+    tmp_path, cfg = setup
+    embedded_setup(tmp_path, cfg)
+    cfg["data"]["max_len"] = 4096  # the fake students are Llama's defaults: 2048 positions
+    cfg["students"][1]["max_len"] = 2048
+    err = refused(*train(tmp_path, cfg, "--dry-run"), "config key 'data.max_len': 4096 tokens is over",
+                  "2048 positions (max_position_embeddings); give at most 2048")
+    assert "students[1]" not in err
+    cfg["students"][1]["max_len"] = 3000
+    refused(*train(tmp_path, cfg, "--dry-run"), "config key 'students[1].max_len': 3000 tokens is over")
+
+
 def test_an_output_dir_that_holds_an_input_or_the_working_directory_is_refused(setup):
     """--overwrite moves output_dir aside whole: it once moved the pool and the models with it."""
     tmp_path, cfg = setup

@@ -38,7 +38,7 @@ def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bo
     Nothing is written: no output_dir, no quarantine file beside the pool (the ranks write that)."""
     found = []
     for i, student in enumerate(cfg.students):
-        found += student_problems(i, student)
+        found += student_problems(i, student, cfg.max_len_of(i))
     found += path_problem("data.pool", cfg.data.pool, "the embedded pool from `qr-ds embed`" if cfg.router.enabled
                           else "the filtered pool from `qr-ds filter`; with router.enabled: false no embeddings are read")
     found += output_dir_problem(cfg.output_dir) + inputs_inside_problems(cfg, config_file if overwrite else None)
@@ -57,7 +57,7 @@ def problems(cfg: TrainConfig, world: World, resume: bool = False, overwrite: bo
 
 # ---- students ------------------------------------------------------------------------------------
 
-def student_problems(i: int, s: StudentConfig) -> list[str]:
+def student_problems(i: int, s: StudentConfig, max_len: int) -> list[str]:
     key = f"students[{i}]"
     found = model_problem(f"{key}.model", s.model, ("config.json",), "a model")
     if s.tokenizer is not None:
@@ -71,7 +71,25 @@ def student_problems(i: int, s: StudentConfig) -> list[str]:
         found += deepspeed_json_problem(f"{key}.deepspeed", ds_json)
     if not found and s.finetune == "lora" and s.lora.target_modules != LORA_TARGETS:
         found += lora_problem(key, s)  # else the ranks find a typo only after loading every model
+    if not found:
+        found += context_problem(f"{key}.max_len" if s.max_len else "data.max_len", s.model, max_len)
     return found
+
+
+def context_problem(key: str, model: str, max_len: int) -> list[str]:
+    """A max_len over the model's positions: tokenizers converted from GGUF say model_max_length 1e30,
+    so nothing else cuts a path there, and the model sees positions it never learned."""
+    from qr_ds.eval.vllm_backend import model_limit
+    from qr_ds.models.packaged import resolve
+
+    try:
+        limit = model_limit(resolve(model))
+    except (OSError, ValueError, KeyError):  # a config transformers cannot read: the ranks say why when they load it
+        return []
+    if limit is None or max_len <= limit:
+        return []
+    return [f"config key '{key}': {max_len} tokens is over {model}'s {limit} positions "
+            f"(max_position_embeddings); give at most {limit}"]
 
 
 def lora_problem(key: str, s: StudentConfig) -> list[str]:
