@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import base_argparser, markdown_table, save_results
+from common import base_argparser, claim_results, markdown_table, save_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qr_ds.data.format import encode_sft, render_prompt  # noqa: E402
@@ -198,6 +198,7 @@ def main() -> None:
     if args.child_step:
         print(json.dumps(step_row(*args.child_step, args.max_len, args.paths, args.steps, args.lora_r)))
         return
+    claim_results(args)
     from transformers import AutoTokenizer
 
     toks = {n: AutoTokenizer.from_pretrained(str(materialize(s))) for n, s in real.PAIR.items()}
