@@ -171,11 +171,14 @@ def timeit(fn: Callable[[], object], warmup: int = 1, iters: int = 3, sync: Call
     return sorted(times)[len(times) // 2]
 
 
-def base_argparser(description: str, results_name: str | None = None) -> argparse.ArgumentParser:
-    """The options every benchmark takes; with ``results_name``, also ``--name`` (its default)."""
+def base_argparser(description: str, results_name: str | None = None,
+                   size_help: str | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark takes; with ``results_name``, also ``--name`` (its default).
+    ``size_help``: what ``--size`` means for this benchmark, where not the 7B shapes."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--size", choices=["toy", "full"], default=None,
-                   help="toy: CPU-sized shapes (default without CUDA); full: the 7B shapes (default with CUDA)")
+                   help=size_help or "toy: CPU-sized shapes (default without CUDA); full: the 7B shapes "
+                                     "(default with CUDA)")
     p.add_argument("--out", type=Path, default=None, help="folder for JSON/PNG (default benchmarks/results)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing results file, keeping the old one as <file>.replaced-<time> "
