@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from common import base_argparser, markdown_table, plot_bars, resolve_size, save_results
+from common import base_argparser, claim_results, markdown_table, plot_bars, resolve_size, save_results
 
 
 def random_adapter(base: Path, out: Path) -> Path:
@@ -79,6 +79,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 32 toy, 256 full")
     p.add_argument("--backends", default="vllm,hf")
     args = p.parse_args()
+    claim_results(args)
     size = resolve_size(args)
     n = args.prompts or (32 if size == "toy" else 512)
     new_tokens = args.max_new_tokens or (32 if size == "toy" else 256)

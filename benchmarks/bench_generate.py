@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import base_argparser, markdown_table, plot_bars, save_results  # noqa: E402
+from benchmarks.common import base_argparser, claim_results, markdown_table, plot_bars, save_results  # noqa: E402
 from qr_ds.config import from_dict  # noqa: E402
 from qr_ds.tasks import write_synthetic  # noqa: E402
 from qr_ds.teacher.config import GenerateConfig  # noqa: E402
@@ -38,7 +38,7 @@ def measure(url: str, model: str, concurrency: int, questions: int, max_tokens: 
 
 
 def main() -> None:
-    p = base_argparser(__doc__.splitlines()[0])
+    p = base_argparser(__doc__.splitlines()[0], "bench_generate")
     p.add_argument("--server-url", default=None, help="OpenAI-compatible base URL (default: loopback stub)")
     p.add_argument("--model", default="stub", help="model name to request (with --server-url)")
     p.add_argument("--latency", type=float, default=0.05, help="stub server's per-request latency, seconds")
@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     args = p.parse_args()
+    claim_results(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.server_url:
@@ -58,7 +59,7 @@ def main() -> None:
     target = args.server_url or f"loopback stub server, {args.latency * 1000:.0f} ms per request (client concurrency, not a model)"
     print(f"# generate throughput vs concurrency\n\nserver: {target}\n")
     print(markdown_table(rows))
-    path = save_results("bench_generate", rows, {"server": target}, args.out)
+    path = save_results(args.name, rows, {"server": target}, args.out)
     if args.plot:
         plot_bars(path.with_suffix(".png"), rows, "concurrency", "requests_per_s", "generate: requests/s")
     print(f"\nresults: {path}")

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import base_argparser, markdown_table, save_results
+from common import base_argparser, claim_results, markdown_table, save_results
 
 
 def submit_rows(root: Path, iters: int) -> list[dict]:
@@ -63,6 +63,7 @@ def main() -> None:
     p = base_argparser(__doc__, results_name="handoffs")
     p.add_argument("--iters", type=int, default=3)
     args = p.parse_args()
+    claim_results(args)
     with tempfile.TemporaryDirectory() as tmp:
         rows = submit_rows(Path(tmp), args.iters) + embed_rows(Path(tmp), args.iters)
     print(markdown_table(rows))

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from common import base_argparser, markdown_table, plot_bars, resolve_size, save_results, timeit
+from common import base_argparser, claim_results, markdown_table, plot_bars, resolve_size, save_results, timeit
 from qr_ds.kernels import (
     fused_linear_cross_entropy,
     reference_linear_cross_entropy,
@@ -159,6 +159,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads; 1 avoids oversubscription noise on a shared machine (CPU only)")
     args = p.parse_args()
+    claim_results(args)
     torch.set_num_threads(args.threads)
     size = resolve_size(args)
     device = "cuda" if size == "full" else "cpu"

@@ -22,7 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks")]
 
-from common import base_argparser, markdown_table, plot_bars, resolve_size, save_results  # noqa: E402
+from common import base_argparser, claim_results, markdown_table, plot_bars, resolve_size, save_results  # noqa: E402
 
 # size -> what each student trains with, and the batch: full = the pair's bf16 LoRA on a GPU
 SETTINGS = {
@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=16, help="synthetic questions in the pool (6 paths each)")
     p.add_argument("--launch-timeout", type=float, default=1200, help="seconds per training launch")
     args = p.parse_args()
+    claim_results(args)
     size = resolve_size(args)
     from qr_ds.testing import builders as trainkit
 

@@ -11,15 +11,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import base_argparser, markdown_table, save_results  # noqa: E402
+from common import base_argparser, claim_results, markdown_table, save_results  # noqa: E402
 
 from qr_ds.experiments.planted_mutual import Competence, run_competence  # noqa: E402
 
 
 def main() -> None:
-    p = base_argparser(__doc__)
+    p = base_argparser(__doc__, "known-answer-mutual")
     p.add_argument("--steps", type=int, default=300, help="mutual-training steps after pre-training")
     args = p.parse_args()
+    claim_results(args)
     torch.set_num_threads(1)
     rows = []
     for form in ("anchored", "paper"):
@@ -32,7 +33,7 @@ def main() -> None:
                      "SFT/token end (pre, scratch)": "/".join(f"{v:.2f}" for v in r["sft_per_token_end"]),
                      "history": r["history"]})
     print(markdown_table(rows, [k for k in rows[0] if k != "history"]))
-    print(f"\nwrote {save_results('known-answer-mutual', rows, {'steps': args.steps}, args.out)}")
+    print(f"\nwrote {save_results(args.name, rows, {'steps': args.steps}, args.out)}")
 
 
 if __name__ == "__main__":

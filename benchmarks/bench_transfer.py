@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import base_argparser, markdown_table, save_results  # noqa: E402
+from common import base_argparser, claim_results, markdown_table, save_results  # noqa: E402
 
 from qr_ds.experiments.transfer import Arm, Transfer, mutual_gradient_on_x, prepare, run_arm  # noqa: E402
 
@@ -65,13 +65,14 @@ def table(runs: list[dict], seeds: list[int]) -> list[dict]:
 
 
 def main() -> None:
-    p = base_argparser(__doc__)
+    p = base_argparser(__doc__, "known-answer-transfer")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=200, help="joint-training steps, the same in every arm")
     p.add_argument("--warm-steps", type=int, default=200)
     p.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 1.0, 10.0])
     p.add_argument("--head-lrs", type=float, nargs="*", default=[1e-4, 1e-2], help="besides the default 1e-3")
     args = p.parse_args()
+    claim_results(args)
     torch.set_num_threads(1)
     seeds = list(range(args.seeds))
     runs, gradients = [], []
@@ -91,7 +92,7 @@ def main() -> None:
     print(markdown_table([g for g in gradients if g["seed"] == 0]))
     extra = {"setup": vars(args) | {"out": None}, "x_styles": "program, fact_retrieval, backward",
              "gradients_on_x": gradients, "runs": runs}
-    print(f"\nwrote {save_results('known-answer-transfer', rows, extra, args.out)}")
+    print(f"\nwrote {save_results(args.name, rows, extra, args.out)}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@
 
 Every benchmark prints a markdown table and writes ``benchmarks/results/<name>-<device>.json``
 holding the rows and the machine they were measured on. Numbers are only ever measured ones.
+
+Results files are measurements the READMEs cite, so none is replaced silently: right after parsing
+its arguments a benchmark calls ``claim_results``, which refuses an existing file before any work
+(``--out DIR`` writes elsewhere; ``--overwrite`` replaces it, keeping the old file as
+``<file>.replaced-<time>``), and ``save_results`` never writes over a file this run did not claim.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,10 +33,9 @@ def machine() -> dict:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "device": "cpu",
+        "device": device(),
     }
-    if torch.cuda.is_available():
-        info["device"] = "cuda"
+    if info["device"] == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_mem_GiB"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
         try:
@@ -41,6 +46,13 @@ def machine() -> dict:
         except (OSError, subprocess.SubprocessError):
             pass
     return info
+
+
+def device() -> str:
+    """The ``<device>`` of results file names: "cuda" where torch sees a GPU, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
@@ -59,12 +71,72 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def results_path(name: str, out_dir: Path | None = None) -> Path:
+    return Path(out_dir or RESULTS) / f"{name}-{device()}.json"
+
+
+_OVERWRITE: set[Path] = set()  # results files this run may replace (--overwrite), the old one set aside
+_WRITTEN: dict[Path, Path] = {}  # results file -> the file this run wrote (a later save rewrites that one)
+
+
+def claim_results(args: argparse.Namespace, name: str | None = None) -> Path:
+    """Call right after ``parse_args``, before any work: the results file ``save_results`` will write
+    (``name`` or ``--name``, in ``--out``). An existing one is refused (SystemExit, one line naming it and
+    the ways on) unless ``--overwrite``, which lets ``save_results`` set it aside. Nothing is run for nothing."""
+    path = results_path(name or args.name, args.out)
+    if path.exists() and not args.overwrite:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {path} exists (results measured earlier); nothing was run. "
+                         f"Write elsewhere with --out DIR, or replace it with --overwrite (the old file is kept "
+                         f"as {path.name}.replaced-<time>)")
+    if args.overwrite:
+        _OVERWRITE.add(path.resolve())
+    return path
+
+
 def save_results(name: str, rows: list[dict], extra: dict | None = None, out_dir: Path | None = None) -> Path:
+    """Write the results; returns the file written. Called again in one run (benchmarks that save as
+    they go), it rewrites this run's file. An existing file is never written over: with ``--overwrite``
+    given to ``claim_results`` it is renamed ``<file>.replaced-<time>`` first; otherwise (a file that
+    appeared during the run, or a caller that claimed nothing) these results go to ``<stem>.<time>.json``
+    beside it, and stderr says so."""
     info = machine()
-    out_dir = Path(out_dir or RESULTS)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}-{info['device']}.json"
-    path.write_text(json.dumps({"benchmark": name, "machine": info, "rows": rows, **(extra or {})}, indent=1))
+    target = Path(out_dir or RESULTS) / f"{name}-{info['device']}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"benchmark": name, "machine": info, "rows": rows, **(extra or {})}, indent=1)
+    key = target.resolve()
+    if key in _WRITTEN:
+        path = _WRITTEN[key]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)  # a run killed mid-write keeps its previous save whole
+        return path
+    if key in _OVERWRITE and target.exists():
+        aside = _free_name(target, f"{target.name}.replaced-", "")
+        target.rename(aside)
+        print(f"{Path(sys.argv[0]).name}: --overwrite: moved the previous results {target} to {aside}",
+              file=sys.stderr)
+    path = target
+    while True:
+        try:
+            with path.open("x") as f:  # exclusive: never over a file another run wrote meanwhile
+                f.write(text)
+            break
+        except FileExistsError:
+            path = _free_name(target, f"{target.stem}.", target.suffix)
+    if path != target:
+        print(f"{Path(sys.argv[0]).name}: {target} exists and was not claimed with --overwrite: "
+              f"wrote these results to {path}", file=sys.stderr)
+    _WRITTEN[key] = path
+    return path
+
+
+def _free_name(beside: Path, prefix: str, suffix: str) -> Path:
+    """``prefix<time>suffix`` beside ``beside``, a name no file has (-2, -3... for runs within one second)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = beside.with_name(f"{prefix}{stamp}{suffix}"), 1
+    while path.exists():
+        n += 1
+        path = beside.with_name(f"{prefix}{stamp}-{n}{suffix}")
     return path
 
 
@@ -99,12 +171,18 @@ def timeit(fn: Callable[[], object], warmup: int = 1, iters: int = 3, sync: Call
     return sorted(times)[len(times) // 2]
 
 
-def base_argparser(description: str, results_name: str | None = None) -> argparse.ArgumentParser:
-    """The options every benchmark takes; with ``results_name``, also ``--name`` (its default)."""
+def base_argparser(description: str, results_name: str | None = None,
+                   size_help: str | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark takes; with ``results_name``, also ``--name`` (its default).
+    ``size_help``: what ``--size`` means for this benchmark, where not the 7B shapes."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--size", choices=["toy", "full"], default=None,
-                   help="toy: CPU-sized shapes (default without CUDA); full: the 7B shapes (default with CUDA)")
+                   help=size_help or "toy: CPU-sized shapes (default without CUDA); full: the 7B shapes "
+                                     "(default with CUDA)")
     p.add_argument("--out", type=Path, default=None, help="folder for JSON/PNG (default benchmarks/results)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing results file, keeping the old one as <file>.replaced-<time> "
+                        "(without it, an existing file is refused before the benchmark runs)")
     p.add_argument("--plot", action="store_true", help="also draw a PNG")
     if results_name:
         p.add_argument("--name", default=results_name, help="results file stem, so that two runs of one "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import base_argparser, markdown_table, save_results  # noqa: E402
+from common import base_argparser, claim_results, markdown_table, save_results  # noqa: E402
 
 
 def main() -> None:
@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--draws", type=int, default=6)
     p.add_argument("--lr", type=float, default=0.05)
     args = p.parse_args()
+    claim_results(args)
     torch.set_num_threads(1)
 
     cfg = load_config(TrainConfig, args.demo / "configs" / f"{args.run}_s{args.seed}.yaml")

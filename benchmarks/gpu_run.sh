@@ -57,7 +57,9 @@ else
     SIZE=full
     STEP=() KERN=() MULTI=(--steps 20 --questions 32) EVAL=(--prompts 64 --max-new-tokens 128)
 fi
-COMMON=(--size "$SIZE" --out "$OUTDIR")
+# --overwrite: a rerun into the same OUTDIR (--only STAGE) replaces that stage's JSON; the old one is kept
+# as <file>.replaced-<time>, which status.py's <stage>-*.json does not read
+COMMON=(--size "$SIZE" --out "$OUTDIR" --overwrite)
 
 failed=0
 stage() {

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import base_argparser, markdown_table, save_results  # noqa: E402
+from common import base_argparser, claim_results, markdown_table, save_results  # noqa: E402
 
 from qr_ds.experiments import probes  # noqa: E402
 from qr_ds.filter.run import STAND_IN  # noqa: E402
@@ -49,6 +49,12 @@ def main() -> None:
     args = p.parse_args()
     harm = tuple(s for s in args.harm_styles.split(",") if s)
     harm_kinds = tuple(args.harm_kinds.split(","))
+    # one file per harm variant and set of students (the demo's `harm` keeps its first name), so no
+    # probe overwrites another's
+    results_name = ("known-answer-demo-probes" + ("-harm" if harm else "")
+                    + ("-" + "-".join(harm) if harm and harm != ("backward",) else ""))
+    results_name += "-" + "-".join(harm_kinds) if harm and harm_kinds != probes.KINDS else ""
+    claim_results(args, results_name)
     knobs, work, wanted = probes.Knobs(harm_styles=harm), args.work.resolve(), args.probes.split(",")
     seeds, style_seeds, curve_seeds = list(range(args.seeds)), list(range(args.style_seeds)), list(range(args.curve_seeds))
     steps, budgets = [int(n) for n in args.steps.split(",")], [int(b) for b in args.curve.split(",")]
@@ -79,11 +85,7 @@ def main() -> None:
             print(f"\n## harm variant: all six styles against all but {'+'.join(harm)}, {n} steps ({len(seeds)} seeds)\n")
             print(markdown_table(out[f"steps_{n}"]["harm"], [c for c in out[f"steps_{n}"]["harm"][-1] if c not in hide + ("gain",)]))
             rows += [{"probe": "harm", "steps": n, **r} for r in out[f"steps_{n}"]["harm"]]
-    # one file per harm variant and set of students (the demo's `harm` keeps its first name), so no
-    # probe overwrites another's
-    name = "known-answer-demo-probes" + ("-harm" if harm else "") + ("-" + "-".join(harm) if harm and harm != ("backward",) else "")
-    name += "-" + "-".join(harm_kinds) if harm and harm_kinds != probes.KINDS else ""
-    print(f"\nwrote {save_results(name, rows, out, args.out)}")
+    print(f"\nwrote {save_results(results_name, rows, out, args.out)}")
 
 
 def report_budget(results, wanted, n, seeds, style_seeds, out, hide) -> list[dict]:

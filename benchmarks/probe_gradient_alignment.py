@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import base_argparser, markdown_table, save_results  # noqa: E402
+from common import base_argparser, claim_results, markdown_table, save_results  # noqa: E402
 
 
 def batch(enc, idx):
@@ -52,11 +52,12 @@ def head_gradients(model, enc, idx, chars) -> torch.Tensor:
 
 
 def main() -> None:
-    p = base_argparser(__doc__)
+    p = base_argparser(__doc__, "probe-gradient-alignment")
     p.add_argument("--run", type=Path, required=True, help="a run folder of `qr-ds demo --variant harm_long`")
     p.add_argument("--steps", default="0,25,75,150", help="SFT steps at which the paths are scored")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of questions held out (router.gain_holdout's pick)")
     args = p.parse_args()
+    claim_results(args)
 
     from transformers import AutoModelForCausalLM
 
@@ -114,9 +115,9 @@ def main() -> None:
             rows.append(row)
             print(markdown_table([row]) if len(rows) == 1 else "| " + " | ".join(
                 f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()) + " |", flush=True)
-    path = save_results("probe-gradient-alignment", rows, {"run": str(args.run), "seed": seed,
-                                                             "held_out_paths": int(len(heldout)),
-                                                             "held_out_wrong": int(wrong[heldout].sum())}, args.out)
+    path = save_results(args.name, rows, {"run": str(args.run), "seed": seed,
+                                          "held_out_paths": int(len(heldout)),
+                                          "held_out_wrong": int(wrong[heldout].sum())}, args.out)
     print(f"\n{markdown_table(rows)}\nwrote {path}")
 
 
