@@ -20,7 +20,7 @@ import os
 import pickle
 import sys
 
-from qr_ds.stages import StageFailed
+from qr_ds.stages import StageFailed, quiet_known_warnings
 
 # (subcommand module, one-line help): each module defines register(subparsers).
 COMMANDS = [
@@ -90,15 +90,6 @@ RESUME = {
     "report": "run the same command again",
     "demo": "finished stages are kept; run the same command again to resume",
 }
-
-
-def quiet_known_warnings() -> None:
-    """bitsandbytes warns on every import on CPU that an optional Hub kernel is missing (it falls
-    back to its own); the warning is harmless and says nothing about this run."""
-    import logging
-
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-        lambda record: "kernels-community" not in record.getMessage())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -261,3 +261,13 @@ def output_lock(out: Path, log=lambda m: print(m, file=sys.stderr)) -> Iterator[
     finally:
         path.unlink(missing_ok=True)  # unlink before unlocking, so a waiter re-checks the inode
         os.close(fd)
+
+
+def quiet_known_warnings() -> None:
+    """bitsandbytes warns on every import on CPU that an optional Hub kernel is missing (it falls
+    back to its own); the warning is harmless and says nothing about this run. For every process
+    that may import it: the CLI and each training rank."""
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: "kernels-community" not in record.getMessage())

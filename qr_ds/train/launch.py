@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     from qr_ds.config import load_config, parse_override, to_dict
     from qr_ds.train.config import TrainConfig
 
+    from qr_ds.stages import quiet_known_warnings
+
+    quiet_known_warnings()
     rank = int(os.environ.get("RANK", "0"))
     die_with_launcher()
     signal.signal(signal.SIGTERM, _terminated)
