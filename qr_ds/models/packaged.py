@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,10 +82,15 @@ def cache_root(cache_dir: Path | None = None) -> Path:
     return Path(cache_dir or env or Path.home() / ".cache" / "qr_ds" / "models").expanduser()
 
 
+def _say(line: str) -> None:
+    print(f"[qr_ds] {line}", file=sys.stderr, flush=True)
+
+
 def materialize(spec: str, cache_dir: Path | None = None) -> Path:
     """The cached Hugging Face folder of ``spec`` (``packaged:<name>``, a bare packaged name, or a
     ``.gguf`` path), converted on first use. Built in a temporary folder and renamed into place under
-    a file lock, so ranks starting together convert once and never read a half-written folder."""
+    a file lock, so ranks starting together convert once and never read a half-written folder. Says one
+    line on stderr before it converts (a minute or more)."""
     name, source = _source(spec)
     root = cache_root(cache_dir)
     folder = root / name
@@ -94,6 +100,7 @@ def materialize(spec: str, cache_dir: Path | None = None) -> Path:
     with _locked(root / f".{name}.lock"):
         if (folder / DONE).is_file():  # another process finished it while we waited
             return folder
+        _say(f"converting {spec} once into {folder} (a minute or more; later runs reuse it)")
         work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
         try:
             gguf_file = source(work)
