@@ -7,13 +7,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 from qr_ds.models import packaged
-from qr_ds.models.packaged import Packaged, Part, materialize
+from qr_ds.models.packaged import DONE, Packaged, Part, materialize
 
 PART = "fake_model/m.gguf"
 
@@ -71,3 +72,50 @@ def test_one_line_on_stderr_before_converting_and_none_when_cached(fake, capsys)
                                        "(a minute or more; later runs reuse it)\n")
     fake["get"]()
     assert capsys.readouterr().err == ""
+
+
+# ---- a package upgrade converts again ----------------------------------------------------------
+
+def test_marker_records_the_package_version_and_where_the_gguf_came_from(fake):
+    folder = fake["get"]()
+    marker = json.loads((folder / DONE).read_text())
+    assert marker == {"spec": "packaged:fake", "packages": {"fake-model": "1.0"}, "gguf": [f"fake-model: {PART}"]}
+
+
+def test_upgraded_package_is_converted_again_in_place(fake, monkeypatch, tmp_path):
+    folder = fake["get"]()
+    (folder / "from-1.0").touch()
+    _install(monkeypatch, _distribution(tmp_path / "fake-site-1.1", "fake-model", "1.1", b"GGUF newer weights"))
+    assert fake["get"]() == folder
+    assert len(fake["converted"]) == 2 and not (folder / "from-1.0").exists()
+    assert json.loads((folder / DONE).read_text())["packages"] == {"fake-model": "1.1"}
+    assert fake["said"]()[-1] == (f"{folder} is stale (converted from fake-model 1.0, 1.1 installed now): "
+                                "converting packaged:fake again (a minute or more; later runs reuse it)")
+    assert sorted(p.name for p in fake["cache"].iterdir()) == [".fake.lock", "fake"]  # nothing set aside is left
+    fake["get"]()
+    assert len(fake["converted"]) == 2  # 1.1 is reused
+
+
+def test_marker_without_versions_converts_again_and_uninstalled_package_keeps_the_folder(fake, monkeypatch):
+    folder = fake["get"]()
+    (folder / DONE).write_text(json.dumps({"spec": "packaged:fake", "gguf": "/gone/.fake.abcdefgh/fake.gguf"}))
+    fake["get"]()
+    assert len(fake["converted"]) == 2
+    assert "is stale (its marker records no package version (converted by an older qr-ds))" in fake["said"]()[-1]
+    _install(monkeypatch, fake["cache"] / "fake-site-none")  # uninstalled: nothing to compare nor convert from
+    assert fake["get"]() == folder and len(fake["converted"]) == 2
+    said = len(fake["said"]())
+    with pytest.raises(packaged.ModelSourceError, match=r"^packaged model 'fake' needs fake-model, which is not "
+                                                        r"installed: pip install fake-model$"):
+        materialize("packaged:fake", fake["cache"] / "elsewhere")
+    assert len(fake["said"]()) == said  # no "converting" announced for a conversion that cannot start
+
+
+def test_gguf_file_marker_names_the_file(fake, tmp_path):
+    src = tmp_path / "mine.gguf"
+    src.write_bytes(b"GGUF mine")
+    folder = materialize(str(src), fake["cache"])
+    st = src.stat()
+    assert json.loads((folder / DONE).read_text()) == {"spec": str(src), "gguf": str(src), "size": st.st_size,
+                                                       "mtime_ns": st.st_mtime_ns}
+    assert materialize(str(src), fake["cache"]) == folder and len(fake["converted"]) == 1

@@ -4,6 +4,9 @@ once into an ordinary Hugging Face folder that every loader (trainer, HF and vLL
 transformers dequantizes a GGUF to float32 when it loads one, but then refuses to save it while the
 GGUF quantizer marker is on the model; the weights it holds are plain tensors, so the marker is
 dropped before saving. Nothing is downloaded: the packages are installed with the project.
+
+The folder is keyed by name; its marker (``DONE``) records the version of each distribution the GGUF
+came from, and a different version installed now converts it again in place.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,6 +27,7 @@ from pathlib import Path
 PREFIX = "packaged:"
 GGUF_PIN = "gguf==0.19.0"
 DONE = "qr_ds_source.json"  # written last into the built folder: its presence means complete
+NOT_CONVERTED = "not converted"  # why_convert's answer for a folder that does not exist or is incomplete
 
 
 class ModelSourceError(ValueError):
@@ -88,46 +93,98 @@ def _say(line: str) -> None:
 
 def materialize(spec: str, cache_dir: Path | None = None) -> Path:
     """The cached Hugging Face folder of ``spec`` (``packaged:<name>``, a bare packaged name, or a
-    ``.gguf`` path), converted on first use. Built in a temporary folder and renamed into place under
-    a file lock, so ranks starting together convert once and never read a half-written folder. Says one
-    line on stderr before it converts (a minute or more)."""
-    name, source = _source(spec)
+    ``.gguf`` path), converted on first use, and again when the package it came from is now another
+    version. Built in a temporary folder and renamed into place under a file lock, so ranks starting
+    together convert once and never read a half-written folder. Says one line on stderr before it
+    converts (a minute or more)."""
+    src = _source(spec)
     root = cache_root(cache_dir)
-    folder = root / name
-    if (folder / DONE).is_file():
+    folder = root / src.name
+    if why_convert(folder, src) is None:
         return folder
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f".{name}.lock"):
-        if (folder / DONE).is_file():  # another process finished it while we waited
+    with _locked(root / f".{src.name}.lock"):
+        why = why_convert(folder, src)
+        if why is None:  # another process finished it while we waited
             return folder
-        _say(f"converting {spec} once into {folder} (a minute or more; later runs reuse it)")
-        work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        if src.missing:
+            raise ModelSourceError(src.missing)
+        if why == NOT_CONVERTED:
+            _say(f"converting {spec} once into {folder} (a minute or more; later runs reuse it)")
+        else:
+            _say(f"{folder} is stale ({why}): converting {spec} again (a minute or more; later runs reuse it)")
+        work = Path(tempfile.mkdtemp(prefix=f".{src.name}.", dir=root))
         try:
-            gguf_file = source(work)
+            gguf_file = src.write(work)
             _convert(gguf_file, work / "model")
-            (work / "model" / DONE).write_text(json.dumps({"spec": spec, "gguf": str(gguf_file)}) + "\n")
-            if folder.exists():  # an incomplete folder from a killed conversion of an older version
-                shutil.rmtree(folder)
+            (work / "model" / DONE).write_text(json.dumps({"spec": spec, **src.record}) + "\n")
+            if folder.exists():  # stale, or incomplete from a killed conversion by an older qr-ds
+                folder.rename(work / "old")  # removed with the scratch folder; a reader meanwhile waits
+                #  on the lock
             (work / "model").rename(folder)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return folder
 
 
-def _source(spec: str):
-    """(cache name, function writing or finding the .gguf given a scratch folder)."""
+@dataclass(frozen=True)
+class Source:
+    name: str  # the cache folder's name
+    write: Callable[[Path], Path]  # writes (or finds) the .gguf, given a scratch folder
+    record: dict  # what the marker keeps: where the GGUF came from (and "packages", for a packaged model)
+    packages: dict[str, str | None] | None  # installed version of each distribution it is read from (None:
+    #  not installed); None for a .gguf file, whose name already changes with its content
+    missing: str | None = None  # why it cannot be converted here: a distribution not installed
+
+
+def _source(spec: str) -> Source:
     if spec.endswith(".gguf") and not spec.startswith(PREFIX):
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
             raise ModelSourceError(f"GGUF file {spec} does not exist")
         st = path.stat()  # a rewritten file gets a new folder: nothing converted from it is reused
         tag = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-        return f"{path.stem}-{tag}", lambda _work: path
+        return Source(f"{path.stem}-{tag}", lambda _work: path,
+                      {"gguf": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}, None)
     name = spec.removeprefix(PREFIX)
     entry = PACKAGED.get(name)
     if entry is None:
         raise ModelSourceError(f"unknown packaged model {name!r}; known: {', '.join(sorted(PACKAGED))}")
-    return name, lambda work: _join(name, entry, work / f"{name}.gguf")
+    packages = installed_versions(entry)
+    record = {"packages": packages, "gguf": [f"{p.distribution}: {p.path}" for p in entry.parts]}
+    missing = next((_not_installed(name, entry, d) for d, v in packages.items() if v is None), None)
+    return Source(name, lambda work: _join(name, entry, work / f"{name}.gguf"), record, packages, missing)
+
+
+def installed_versions(entry: Packaged) -> dict[str, str | None]:
+    """{distribution: its installed version, or None} for each distribution holding a part of ``entry``."""
+    out: dict[str, str | None] = {}
+    for part in entry.parts:
+        try:
+            out[part.distribution] = metadata.version(part.distribution)
+        except metadata.PackageNotFoundError:
+            out[part.distribution] = None
+    return out
+
+
+def why_convert(folder: Path, src: Source) -> str | None:
+    """None when ``folder`` is a finished conversion of what is installed now; else why it is (re)built:
+    NOT_CONVERTED, or what changed. With the package not installed, a finished folder is kept (there is
+    nothing to compare, nor to convert from)."""
+    if not (folder / DONE).is_file():
+        return NOT_CONVERTED
+    if src.packages is None or None in src.packages.values():
+        return None
+    try:
+        made = json.loads((folder / DONE).read_text()).get("packages")
+    except (OSError, ValueError, AttributeError):
+        made = "?"
+    if made == src.packages:
+        return None
+    if not isinstance(made, dict):
+        return "its marker records no package version (converted by an older qr-ds)"
+    return "; ".join(f"converted from {d} {made.get(d) or 'absent'}, {v} installed now"
+                     for d, v in src.packages.items() if made.get(d) != v) or "converted from other packages"
 
 
 def _join(name: str, entry: Packaged, out: Path) -> Path:
@@ -144,8 +201,7 @@ def _installed(name: str, entry: Packaged, part: Part) -> Path:
     try:
         files = metadata.distribution(part.distribution).files or []
     except metadata.PackageNotFoundError:
-        raise ModelSourceError(f"packaged model {name!r} needs {part.distribution}, which is not installed: "
-                               f"{entry.pip}") from None
+        raise ModelSourceError(_not_installed(name, entry, part.distribution)) from None
     record = next((f for f in files if str(f) == part.path), None)
     src = Path(record.locate()) if record is not None else None
     if src is None or not src.is_file():
@@ -155,6 +211,10 @@ def _installed(name: str, entry: Packaged, part: Part) -> Path:
         raise ModelSourceError(f"packaged model {name!r}: {src} fails its sha256 check against "
                                f"{part.distribution}'s RECORD (corrupted; reinstall: {entry.pip} --force-reinstall)")
     return src
+
+
+def _not_installed(name: str, entry: Packaged, distribution: str) -> str:
+    return f"packaged model {name!r} needs {distribution}, which is not installed: {entry.pip}"
 
 
 def _record_hash(path: Path, mode: str) -> str:
