@@ -8,7 +8,11 @@ import base64
 import hashlib
 import importlib
 import json
+import os
+import signal
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ import pytest
 from qr_ds.models import packaged
 from qr_ds.models.packaged import DONE, Packaged, Part, materialize
 
+ROOT = Path(__file__).resolve().parents[1]
 PART = "fake_model/m.gguf"
 
 
@@ -119,3 +124,85 @@ def test_gguf_file_marker_names_the_file(fake, tmp_path):
     assert json.loads((folder / DONE).read_text()) == {"spec": str(src), "gguf": str(src), "size": st.st_size,
                                                        "mtime_ns": st.st_mtime_ns}
     assert materialize(str(src), fake["cache"]) == folder and len(fake["converted"]) == 1
+
+
+# ---- what a killed conversion leaves ---------------------------------------------------------
+
+def test_scratch_folders_of_a_killed_conversion_are_removed_by_the_next_one(fake):
+    cache = fake["cache"]
+    for leftover in (".fake.k1ll3d_a", ".fake.9zzzzzzz"):  # what mkdtemp names and SIGKILL leaves
+        (cache / leftover).mkdir(parents=True)
+        (cache / leftover / "fake.gguf").write_bytes(b"x" * 2_000_000)
+    kept = [cache / ".fake.lock", cache / ".fake.x-0123456789ab.abcdefgh", cache / ".fakeother.abcdefgh",
+            cache / "fake.abcdefgh"]  # the lock, another name's scratch (a .gguf named fake.x.gguf), not scratch
+    kept[0].touch()
+    for d in kept[1:]:
+        d.mkdir()
+    folder = fake["get"]()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([folder.name] + [p.name for p in kept])
+    said = fake["said"]()
+    assert said[0] == (f"removed 2 leftover folder(s) of an interrupted conversion of fake from {cache} "
+                       "(4 MB): .fake.9zzzzzzz, .fake.k1ll3d_a")
+    assert said[1].startswith("converting packaged:fake once into")
+
+
+def test_leftovers_beside_a_finished_folder_go_unless_a_conversion_holds_the_lock(fake):
+    """A finished, current folder returns without the lock; scratch folders beside it (a kill mid-way
+    through converting it again) go when nobody holds the lock, and stay while somebody does."""
+    folder = fake["get"]()
+    (fake["cache"] / ".fake.abcdefgh").mkdir()
+    with packaged._locked(fake["cache"] / ".fake.lock"):
+        assert fake["get"]() == folder
+        assert (fake["cache"] / ".fake.abcdefgh").is_dir()
+    assert fake["get"]() == folder
+    assert not (fake["cache"] / ".fake.abcdefgh").exists()
+    assert len(fake["converted"]) == 1 and fake["said"]()[-1].startswith("removed 1 leftover folder(s)")
+
+
+SLOW_CONVERSION = """
+    import sys, time
+    from pathlib import Path
+    from qr_ds.models import packaged
+
+    def convert(gguf_file, out):
+        out.mkdir(parents=True)
+        (out / "model.safetensors").write_bytes(b"0" * 1_000_000)
+        print("converting", flush=True)
+        time.sleep(60)
+
+    packaged._convert = convert
+    packaged.materialize(sys.argv[1], Path(sys.argv[2]))
+"""
+
+
+def test_sigterm_while_converting_removes_the_scratch_folder(tmp_path):
+    """SLURM's time limit sends SIGTERM, whose default action skips `finally:`; the conversion now
+    cleans up and the process still ends by SIGTERM."""
+    (tmp_path / "m.gguf").write_bytes(b"GGUF not really")
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW_CONVERSION), str(tmp_path / "m.gguf"),
+                             str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.readline() == "converting\n", proc.communicate()
+    assert [p for p in cache.iterdir() if p.is_dir()], "no scratch folder while converting"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, err
+    assert [p.name for p in cache.iterdir()] == [f".m-{_tag(tmp_path / 'm.gguf')}.lock"]
+
+
+def _tag(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def test_sigterm_handler_is_set_only_while_converting(fake):
+    seen = []
+    real = packaged._convert
+    packaged._convert = lambda g, o: (seen.append(signal.getsignal(signal.SIGTERM)), real(g, o))
+    try:
+        fake["get"]()
+    finally:
+        packaged._convert = real
+    assert callable(seen[0]) and seen[0] not in (signal.SIG_DFL, signal.SIG_IGN)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -6,7 +6,10 @@ GGUF quantizer marker is on the model; the weights it holds are plain tensors, s
 dropped before saving. Nothing is downloaded: the packages are installed with the project.
 
 The folder is keyed by name; its marker (``DONE``) records the version of each distribution the GGUF
-came from, and a different version installed now converts it again in place.
+came from, and a different version installed now converts it again in place. A conversion killed
+by SIGKILL leaves its scratch folder (``.<name>.xxxxxxxx``, 0.1-1 GB): the next conversion of that
+name removes it, under the lock no live conversion lacks. SIGTERM (SLURM's time limit) removes it
+on the way out.
 """
 from __future__ import annotations
 
@@ -15,10 +18,13 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -27,6 +33,7 @@ from pathlib import Path
 PREFIX = "packaged:"
 GGUF_PIN = "gguf==0.19.0"
 DONE = "qr_ds_source.json"  # written last into the built folder: its presence means complete
+SCRATCH = re.compile(r"[a-z0-9_]{8}")  # tempfile.mkdtemp's random part, after the ".<name>." prefix
 NOT_CONVERTED = "not converted"  # why_convert's answer for a folder that does not exist or is incomplete
 
 
@@ -96,34 +103,40 @@ def materialize(spec: str, cache_dir: Path | None = None) -> Path:
     ``.gguf`` path), converted on first use, and again when the package it came from is now another
     version. Built in a temporary folder and renamed into place under a file lock, so ranks starting
     together convert once and never read a half-written folder. Says one line on stderr before it
-    converts (a minute or more)."""
+    converts (a minute or more), and one when it removes what a killed conversion left."""
     src = _source(spec)
     root = cache_root(cache_dir)
     folder = root / src.name
     if why_convert(folder, src) is None:
+        if _leftovers(root, src.name):  # beside a finished folder; a busy lock means a conversion: leave them
+            with _locked(root / f".{src.name}.lock", wait=False) as held:
+                if held:
+                    _remove_leftovers(root, src.name)
         return folder
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / f".{src.name}.lock"):
         why = why_convert(folder, src)
         if why is None:  # another process finished it while we waited
             return folder
+        _remove_leftovers(root, src.name)  # no live conversion of this name: we hold its lock
         if src.missing:
             raise ModelSourceError(src.missing)
         if why == NOT_CONVERTED:
             _say(f"converting {spec} once into {folder} (a minute or more; later runs reuse it)")
         else:
             _say(f"{folder} is stale ({why}): converting {spec} again (a minute or more; later runs reuse it)")
-        work = Path(tempfile.mkdtemp(prefix=f".{src.name}.", dir=root))
-        try:
-            gguf_file = src.write(work)
-            _convert(gguf_file, work / "model")
-            (work / "model" / DONE).write_text(json.dumps({"spec": spec, **src.record}) + "\n")
-            if folder.exists():  # stale, or incomplete from a killed conversion by an older qr-ds
-                folder.rename(work / "old")  # removed with the scratch folder; a reader meanwhile waits
-                #  on the lock
-            (work / "model").rename(folder)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        with _sigterm_cleans_up():
+            work = Path(tempfile.mkdtemp(prefix=f".{src.name}.", dir=root))
+            try:
+                gguf_file = src.write(work)
+                _convert(gguf_file, work / "model")
+                (work / "model" / DONE).write_text(json.dumps({"spec": spec, **src.record}) + "\n")
+                if folder.exists():  # stale, or incomplete from a killed conversion by an older qr-ds
+                    folder.rename(work / "old")  # removed with the scratch folder; a reader meanwhile waits
+                    #  on the lock
+                (work / "model").rename(folder)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     return folder
 
 
@@ -185,6 +198,58 @@ def why_convert(folder: Path, src: Source) -> str | None:
         return "its marker records no package version (converted by an older qr-ds)"
     return "; ".join(f"converted from {d} {made.get(d) or 'absent'}, {v} installed now"
                      for d, v in src.packages.items() if made.get(d) != v) or "converted from other packages"
+
+
+def _leftovers(root: Path, name: str) -> list[Path]:
+    """Scratch folders of ``name``'s conversions (mkdtemp's ``.<name>.xxxxxxxx``) in ``root``."""
+    prefix = f".{name}."
+    try:
+        with os.scandir(root) as entries:
+            return sorted(Path(e.path) for e in entries if e.name.startswith(prefix)
+                          and SCRATCH.fullmatch(e.name[len(prefix):]) and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def _remove_leftovers(root: Path, name: str) -> None:
+    """Call with ``name``'s lock held: any scratch folder of it then belongs to a dead conversion."""
+    found = _leftovers(root, name)
+    if not found:
+        return
+    size = sum(f.stat().st_size for d in found for f in d.rglob("*") if f.is_file() and not f.is_symlink())
+    for d in found:
+        shutil.rmtree(d, ignore_errors=True)
+    _say(f"removed {len(found)} leftover folder(s) of an interrupted conversion of {name} from {root} "
+        f"({size / 1e6:.0f} MB): {', '.join(d.name for d in found)}")
+
+
+class _Terminated(BaseException):
+    """SIGTERM during a conversion: a BaseException, so no ``except Exception`` on the way swallows it."""
+
+
+@contextmanager
+def _sigterm_cleans_up() -> Iterator[None]:
+    """SIGTERM with its default action (what SLURM sends at a time limit) ends the process without
+    running ``finally:``. While converting, it raises instead, so the scratch folder goes, and then the
+    process ends by the same signal. A handler someone else set is left alone (a rank's raises)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _join(name: str, entry: Packaged, out: Path) -> Path:
@@ -269,10 +334,15 @@ def _header(gguf_file: Path) -> tuple[str, bool]:
 
 
 @contextmanager
-def _locked(path: Path):
+def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold ``path``'s exclusive flock; with ``wait=False`` yield False at once when another holds it."""
     with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
