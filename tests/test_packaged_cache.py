@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from qr_ds.cli import main as cli
 from qr_ds.models import packaged
 from qr_ds.models.packaged import DONE, Packaged, Part, materialize
 
@@ -206,3 +207,44 @@ def test_sigterm_handler_is_set_only_while_converting(fake):
         packaged._convert = real
     assert callable(seen[0]) and seen[0] not in (signal.SIG_DFL, signal.SIG_IGN)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# ---- qr-ds models: which cache train and eval read ------------------------------------------------
+
+def test_convert_into_another_cache_dir_says_how_train_finds_it(fake, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("QR_DS_MODEL_CACHE", str(tmp_path / "train-cache"))
+    assert cli(["models", "convert", "packaged:fake", "--cache-dir", str(fake["cache"])]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{fake['cache'] / 'fake'}\n"
+    assert err.splitlines()[-1] == (f"qr-ds models: note: train and eval look in {tmp_path / 'train-cache'} "
+                                    f"($QR_DS_MODEL_CACHE={tmp_path / 'train-cache'}), not {fake['cache']}: "
+                                    f"export QR_DS_MODEL_CACHE={fake['cache']} for them to use this folder")
+    monkeypatch.setenv("QR_DS_MODEL_CACHE", str(fake["cache"]))
+    assert cli(["models", "convert", "packaged:fake", "--cache-dir", str(fake["cache"])]) == 0
+    assert capsys.readouterr().err == ""  # the cache train uses, converted: nothing to say
+    with pytest.raises(SystemExit):
+        cli(["models", "convert", "--help"])
+    assert "export QR_DS_MODEL_CACHE=X" in " ".join(capsys.readouterr().out.split())
+
+
+def test_list_says_installed_and_converted_in_the_cache_train_uses(fake, monkeypatch, capsys):
+    monkeypatch.setenv("QR_DS_MODEL_CACHE", str(fake["cache"]))
+    monkeypatch.setattr(packaged, "PACKAGED", {
+        "fake": packaged.PACKAGED["fake"],
+        "absent": Packaged("pip install absent-pkg", (Part("absent-pkg", "x.gguf"),), "MIT")})
+    assert cli(["models", "list"]) == 0
+    before = capsys.readouterr().out
+    assert before.splitlines() == [
+        f"model cache of train and eval: {fake['cache']} ($QR_DS_MODEL_CACHE={fake['cache']})",
+        "packaged:fake", "  license:   none", "  package:   installed (1.0)",
+        "  converted: no (train converts it on first use, or: qr-ds models convert packaged:fake)",
+        "packaged:absent", "  license:   MIT",
+        "  package:   not installed (absent-pkg missing): pip install absent-pkg",
+        "  converted: no (train converts it on first use, or: qr-ds models convert packaged:absent)"]
+    folder = fake["get"]()
+    assert cli(["models", "list"]) == 0
+    assert f"  converted: {folder}" in capsys.readouterr().out.splitlines()
+    (folder / DONE).write_text("{}")
+    assert cli(["models", "list"]) == 0
+    assert (f"  converted: stale, {folder}: its marker records no package version (converted by an older "
+            "qr-ds); converted again on next use") in capsys.readouterr().out.splitlines()

@@ -169,6 +169,14 @@ def _source(spec: str) -> Source:
     return Source(name, lambda work: _join(name, entry, work / f"{name}.gguf"), record, packages, missing)
 
 
+def cached(spec: str, cache_dir: Path | None = None) -> tuple[Path, str | None, dict[str, str | None] | None]:
+    """Without converting: (the folder of ``spec`` in the cache, why_convert's answer for it, the installed
+    version of each distribution it comes from, None for a .gguf file)."""
+    src = _source(spec)
+    folder = cache_root(cache_dir) / src.name
+    return folder, why_convert(folder, src), src.packages
+
+
 def installed_versions(entry: Packaged) -> dict[str, str | None]:
     """{distribution: its installed version, or None} for each distribution holding a part of ``entry``."""
     out: dict[str, str | None] = {}
