@@ -4,6 +4,12 @@ once into an ordinary Hugging Face folder that every loader (trainer, HF and vLL
 transformers dequantizes a GGUF to float32 when it loads one, but then refuses to save it while the
 GGUF quantizer marker is on the model; the weights it holds are plain tensors, so the marker is
 dropped before saving. Nothing is downloaded: the packages are installed with the project.
+
+The folder is keyed by name; its marker (``DONE``) records the version of each distribution the GGUF
+came from, and a different version installed now converts it again in place. A conversion killed
+by SIGKILL leaves its scratch folder (``.<name>.xxxxxxxx``, 0.1-1 GB): the next conversion of that
+name removes it, under the lock no live conversion lacks. SIGTERM (SLURM's time limit) removes it
+on the way out.
 """
 from __future__ import annotations
 
@@ -12,8 +18,13 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -22,6 +33,8 @@ from pathlib import Path
 PREFIX = "packaged:"
 GGUF_PIN = "gguf==0.19.0"
 DONE = "qr_ds_source.json"  # written last into the built folder: its presence means complete
+SCRATCH = re.compile(r"[a-z0-9_]{8}")  # tempfile.mkdtemp's random part, after the ".<name>." prefix
+NOT_CONVERTED = "not converted"  # why_convert's answer for a folder that does not exist or is incomplete
 
 
 class ModelSourceError(ValueError):
@@ -81,46 +94,170 @@ def cache_root(cache_dir: Path | None = None) -> Path:
     return Path(cache_dir or env or Path.home() / ".cache" / "qr_ds" / "models").expanduser()
 
 
+def _say(line: str) -> None:
+    print(f"[qr_ds] {line}", file=sys.stderr, flush=True)
+
+
 def materialize(spec: str, cache_dir: Path | None = None) -> Path:
     """The cached Hugging Face folder of ``spec`` (``packaged:<name>``, a bare packaged name, or a
-    ``.gguf`` path), converted on first use. Built in a temporary folder and renamed into place under
-    a file lock, so ranks starting together convert once and never read a half-written folder."""
-    name, source = _source(spec)
+    ``.gguf`` path), converted on first use, and again when the package it came from is now another
+    version. Built in a temporary folder and renamed into place under a file lock, so ranks starting
+    together convert once and never read a half-written folder. Says one line on stderr before it
+    converts (a minute or more), and one when it removes what a killed conversion left."""
+    src = _source(spec)
     root = cache_root(cache_dir)
-    folder = root / name
-    if (folder / DONE).is_file():
+    folder = root / src.name
+    if why_convert(folder, src) is None:
+        if _leftovers(root, src.name):  # beside a finished folder; a busy lock means a conversion: leave them
+            with _locked(root / f".{src.name}.lock", wait=False) as held:
+                if held:
+                    _remove_leftovers(root, src.name)
         return folder
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f".{name}.lock"):
-        if (folder / DONE).is_file():  # another process finished it while we waited
+    with _locked(root / f".{src.name}.lock"):
+        why = why_convert(folder, src)
+        if why is None:  # another process finished it while we waited
             return folder
-        work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        try:
-            gguf_file = source(work)
-            _convert(gguf_file, work / "model")
-            (work / "model" / DONE).write_text(json.dumps({"spec": spec, "gguf": str(gguf_file)}) + "\n")
-            if folder.exists():  # an incomplete folder from a killed conversion of an older version
-                shutil.rmtree(folder)
-            (work / "model").rename(folder)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        _remove_leftovers(root, src.name)  # no live conversion of this name: we hold its lock
+        if src.missing:
+            raise ModelSourceError(src.missing)
+        if why == NOT_CONVERTED:
+            _say(f"converting {spec} once into {folder} (a minute or more; later runs reuse it)")
+        else:
+            _say(f"{folder} is stale ({why}): converting {spec} again (a minute or more; later runs reuse it)")
+        with _sigterm_cleans_up():
+            work = Path(tempfile.mkdtemp(prefix=f".{src.name}.", dir=root))
+            try:
+                gguf_file = src.write(work)
+                _convert(gguf_file, work / "model")
+                (work / "model" / DONE).write_text(json.dumps({"spec": spec, **src.record}) + "\n")
+                if folder.exists():  # stale, or incomplete from a killed conversion by an older qr-ds
+                    folder.rename(work / "old")  # removed with the scratch folder; a reader meanwhile waits
+                    #  on the lock
+                (work / "model").rename(folder)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     return folder
 
 
-def _source(spec: str):
-    """(cache name, function writing or finding the .gguf given a scratch folder)."""
+@dataclass(frozen=True)
+class Source:
+    name: str  # the cache folder's name
+    write: Callable[[Path], Path]  # writes (or finds) the .gguf, given a scratch folder
+    record: dict  # what the marker keeps: where the GGUF came from (and "packages", for a packaged model)
+    packages: dict[str, str | None] | None  # installed version of each distribution it is read from (None:
+    #  not installed); None for a .gguf file, whose name already changes with its content
+    missing: str | None = None  # why it cannot be converted here: a distribution not installed
+
+
+def _source(spec: str) -> Source:
     if spec.endswith(".gguf") and not spec.startswith(PREFIX):
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
             raise ModelSourceError(f"GGUF file {spec} does not exist")
         st = path.stat()  # a rewritten file gets a new folder: nothing converted from it is reused
         tag = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-        return f"{path.stem}-{tag}", lambda _work: path
+        return Source(f"{path.stem}-{tag}", lambda _work: path,
+                      {"gguf": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}, None)
     name = spec.removeprefix(PREFIX)
     entry = PACKAGED.get(name)
     if entry is None:
         raise ModelSourceError(f"unknown packaged model {name!r}; known: {', '.join(sorted(PACKAGED))}")
-    return name, lambda work: _join(name, entry, work / f"{name}.gguf")
+    packages = installed_versions(entry)
+    record = {"packages": packages, "gguf": [f"{p.distribution}: {p.path}" for p in entry.parts]}
+    missing = next((_not_installed(name, entry, d) for d, v in packages.items() if v is None), None)
+    return Source(name, lambda work: _join(name, entry, work / f"{name}.gguf"), record, packages, missing)
+
+
+def cached(spec: str, cache_dir: Path | None = None) -> tuple[Path, str | None, dict[str, str | None] | None]:
+    """Without converting: (the folder of ``spec`` in the cache, why_convert's answer for it, the installed
+    version of each distribution it comes from, None for a .gguf file)."""
+    src = _source(spec)
+    folder = cache_root(cache_dir) / src.name
+    return folder, why_convert(folder, src), src.packages
+
+
+def installed_versions(entry: Packaged) -> dict[str, str | None]:
+    """{distribution: its installed version, or None} for each distribution holding a part of ``entry``."""
+    out: dict[str, str | None] = {}
+    for part in entry.parts:
+        try:
+            out[part.distribution] = metadata.version(part.distribution)
+        except metadata.PackageNotFoundError:
+            out[part.distribution] = None
+    return out
+
+
+def why_convert(folder: Path, src: Source) -> str | None:
+    """None when ``folder`` is a finished conversion of what is installed now; else why it is (re)built:
+    NOT_CONVERTED, or what changed. With the package not installed, a finished folder is kept (there is
+    nothing to compare, nor to convert from)."""
+    if not (folder / DONE).is_file():
+        return NOT_CONVERTED
+    if src.packages is None or None in src.packages.values():
+        return None
+    try:
+        made = json.loads((folder / DONE).read_text()).get("packages")
+    except (OSError, ValueError, AttributeError):
+        made = "?"
+    if made == src.packages:
+        return None
+    if not isinstance(made, dict):
+        return "its marker records no package version (converted by an older qr-ds)"
+    return "; ".join(f"converted from {d} {made.get(d) or 'absent'}, {v} installed now"
+                     for d, v in src.packages.items() if made.get(d) != v) or "converted from other packages"
+
+
+def _leftovers(root: Path, name: str) -> list[Path]:
+    """Scratch folders of ``name``'s conversions (mkdtemp's ``.<name>.xxxxxxxx``) in ``root``."""
+    prefix = f".{name}."
+    try:
+        with os.scandir(root) as entries:
+            return sorted(Path(e.path) for e in entries if e.name.startswith(prefix)
+                          and SCRATCH.fullmatch(e.name[len(prefix):]) and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def _remove_leftovers(root: Path, name: str) -> None:
+    """Call with ``name``'s lock held: any scratch folder of it then belongs to a dead conversion."""
+    found = _leftovers(root, name)
+    if not found:
+        return
+    size = sum(f.stat().st_size for d in found for f in d.rglob("*") if f.is_file() and not f.is_symlink())
+    for d in found:
+        shutil.rmtree(d, ignore_errors=True)
+    _say(f"removed {len(found)} leftover folder(s) of an interrupted conversion of {name} from {root} "
+        f"({size / 1e6:.0f} MB): {', '.join(d.name for d in found)}")
+
+
+class _Terminated(BaseException):
+    """SIGTERM during a conversion: a BaseException, so no ``except Exception`` on the way swallows it."""
+
+
+@contextmanager
+def _sigterm_cleans_up() -> Iterator[None]:
+    """SIGTERM with its default action (what SLURM sends at a time limit) ends the process without
+    running ``finally:``. While converting, it raises instead, so the scratch folder goes, and then the
+    process ends by the same signal. A handler someone else set is left alone (a rank's raises)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _join(name: str, entry: Packaged, out: Path) -> Path:
@@ -137,8 +274,7 @@ def _installed(name: str, entry: Packaged, part: Part) -> Path:
     try:
         files = metadata.distribution(part.distribution).files or []
     except metadata.PackageNotFoundError:
-        raise ModelSourceError(f"packaged model {name!r} needs {part.distribution}, which is not installed: "
-                               f"{entry.pip}") from None
+        raise ModelSourceError(_not_installed(name, entry, part.distribution)) from None
     record = next((f for f in files if str(f) == part.path), None)
     src = Path(record.locate()) if record is not None else None
     if src is None or not src.is_file():
@@ -148,6 +284,10 @@ def _installed(name: str, entry: Packaged, part: Part) -> Path:
         raise ModelSourceError(f"packaged model {name!r}: {src} fails its sha256 check against "
                                f"{part.distribution}'s RECORD (corrupted; reinstall: {entry.pip} --force-reinstall)")
     return src
+
+
+def _not_installed(name: str, entry: Packaged, distribution: str) -> str:
+    return f"packaged model {name!r} needs {distribution}, which is not installed: {entry.pip}"
 
 
 def _record_hash(path: Path, mode: str) -> str:
@@ -202,10 +342,15 @@ def _header(gguf_file: Path) -> tuple[str, bool]:
 
 
 @contextmanager
-def _locked(path: Path):
+def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold ``path``'s exclusive flock; with ``wait=False`` yield False at once when another holds it."""
     with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
