@@ -275,6 +275,7 @@ def test_one_run_per_group_is_questions_only(built, tmp_path):
     assert not llama["significant"]  # one run per group says nothing about the method
     assert "- llama, synthetic: **questions only**" in text and "no training-noise estimate" in text
     assert "A llama" in text and "B qwen" in text  # per-run accuracy rows named by run
+    assert "| A | 1: 0 |" in text  # one run, of seed 0 (a bare "0" under "seeds" read as no seeds)
 
 
 def test_cli_refuses_bad_groups(report, tmp_path, capsys):

@@ -33,14 +33,14 @@ def budget_markdown(groups: list[Group], budgets: dict) -> list[str]:
           "paths and makes as many updates; which paths each student trains on is the method under test). "
           "Beside it, the compute: tokens each student trained on (prompt + response of the paths it took "
           "gradients on; the router's forward-only probes not counted). See docs/comparisons.md.", "",
-          "| group | seeds | optimizer steps | paths per step | tokens trained per student (mean over seeds, "
+          "| group | runs: their seeds | optimizer steps | paths per step | tokens trained per student (mean over seeds, "
           "min-max) | budget |", "|---|---|---|---|---|---|"]
     notes = []
     for i, g in enumerate(groups):
         b = budgets[g.label]
         tokens = "; ".join(f"{s} {spread(t)}" for s, t in b["tokens"].items())
         flags = "reference" if i == 0 and not b["flags"] else "**" + "; ".join(b["flags"]) + "**" if b["flags"] else "equal"
-        md.append(f"| {g.label} | {', '.join(str(r.seed) for r in g.runs)} | {'/'.join(map(str, b['steps']))} | "
+        md.append(f"| {g.label} | {len(g.runs)}: {', '.join(str(r.seed) for r in g.runs)} | {'/'.join(map(str, b['steps']))} | "
                   f"{'/'.join(map(str, b['paths_per_step']))} | {tokens} | {flags} |")
         notes += [f"{label}, {s}: tokens {how}." for label, rb in b["runs"].items()
                   for s, how in rb["tokens_from"].items() if how not in ("logged", "summed over every step")]
