@@ -181,6 +181,7 @@ class RunDir:
     eval_log = property(lambda self: self.root / "eval.jsonl")
     tensorboard = property(lambda self: self.root / "tb")
     ranks = property(lambda self: self.root / "ranks")
+    stop_marker = property(lambda self: self.ranks / "stopped")  # `qr-ds train` was stopped: ranks say so
     evaluations = property(lambda self: self.root / "eval")
     checkpoints = property(lambda self: self.root / "checkpoints")
     latest_marker = property(lambda self: self.checkpoints / "latest")

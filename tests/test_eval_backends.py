@@ -196,12 +196,14 @@ def test_checkpoints_of_several_runs_at_one_step_get_labels_that_tell_the_runs_a
     assert [a.checkpoint for a in runs] == ["qr_s0/step_000006", "qr_s1/step_000006"]
 
 
-def test_vllm_start_fits_the_machine_and_names_its_root_cause(tiny, tmp_path):
+def test_vllm_start_fits_the_machine_and_names_its_root_cause(tiny, tmp_path, monkeypatch):
     """What the vLLM backend decides before and around an engine start (no vLLM here): the length
     capped to the model's limit, a memory fraction that fits what this host has free, and the
     engine's own root-cause line out of its log, which an engine process writes to fd 2."""
     import subprocess
     import sys
+
+    import types
 
     import psutil
     import transformers
@@ -216,8 +218,9 @@ def test_vllm_start_fits_the_machine_and_names_its_root_cause(tiny, tmp_path):
         c = transformers.AutoConfig.from_pretrained(tiny[1])
         per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
         assert kv_cache_bytes(str(tiny[1]), 512, "float32", 0.8) == per_token * 512 * 32
-        total = psutil.virtual_memory().total  # never above the fraction asked (nor what is free now)
-        assert 0.01 * total <= kv_cache_bytes(str(tiny[1]), 10**9, "float32", 0.8) <= 0.8 * total
+        gib = 2**30  # 6 of 24 GiB available: never above what memory_fraction allows of it
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(total=24 * gib, available=6 * gib))
+        assert kv_cache_bytes(str(tiny[1]), 10**9, "float32", 0.8) == int(0.225 * 24 * gib)
     log = ("INFO 12-01 engine starting\nTraceback (most recent call last):\n  File \"x.py\", line 3\n"
            "ValueError: To serve at least one request with max_model_len (2048), 2.1 GiB KV cache is needed, "
            "which is larger than the available KV cache memory (0.4 GiB).\n"

@@ -91,22 +91,35 @@ def test_stopping_the_train_wrapper_stops_its_ranks_before_it_lets_the_output_go
     d, pool, studs = kit
     run = d / "stopped"
     cfg = trainkit.write_config(d / "stopped.yaml", studs, pool, run, ranks=["auto", "auto"], max_steps=100000)
-    wrapper = subprocess.Popen([sys.executable, "-m", "qr_ds", "train", "--config", str(cfg), "--num-procs", "2"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    log = d / "stopped.log"  # a file, not a pipe: an undrained pipe would stall the ranks' output
+    with log.open("w") as sink:
+        wrapper = subprocess.Popen([sys.executable, "-m", "qr_ds", "train", "--config", str(cfg), "--num-procs", "2"],
+                                   stdout=subprocess.DEVNULL, stderr=sink,
+                                   env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
     metrics, deadline = RunDir(run).metrics, time.monotonic() + 240
     while not (metrics.is_file() and metrics.read_text().strip()) and wrapper.poll() is None:
         assert time.monotonic() < deadline, "no training step logged in 240 s"
         time.sleep(0.5)
-    assert wrapper.poll() is None, wrapper.stderr.read()[-3000:]
+    assert wrapper.poll() is None, log.read_text()[-3000:]
     ranks = [int(f.read_text().split()[0]) for f in sorted(RunDir(run).ranks.glob("rank*.pid"))]
     assert len(ranks) == 2 and lock_path(run).read_text().split()[0] == str(wrapper.pid)
     wrapper.send_signal(signal.SIGTERM)
     try:
         assert wrapper.wait(timeout=120) == 128 + signal.SIGTERM
-        alive = [p for p in ranks if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        assert not alive and not lock_path(run).exists()
+        assert not [p for p in ranks if running(p)] and not lock_path(run).exists()
+        err = log.read_text()
+        assert "[qr_ds] rank 0 stopped: `qr-ds train` was stopped (SIGTERM)" in err, err[-3000:]
+        assert "failed" not in err, err[-3000:]  # a stop, not a crash, on every rank
     finally:  # a failure here must not leave ranks training beside the rest of the suite
         for pid in ranks:
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
+
+
+def running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

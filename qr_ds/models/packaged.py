@@ -255,7 +255,7 @@ def _sigterm_cleans_up() -> Iterator[None]:
     except _Terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
-        raise
+        os._exit(128 + signal.SIGTERM)  # as pid 1 (a container's entrypoint) the kernel drops that signal
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

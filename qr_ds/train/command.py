@@ -3,16 +3,13 @@ launcher (this node, or a hostfile's nodes). `--dry-run` checks and prints what 
 for the world a hostfile, `--nnodes` x `--num-procs` or the SLURM allocation gives, and starts nothing."""
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from qr_ds.stages import output_lock, set_aside
 from qr_ds.train.launch import add_resume_flag, resume_mode, script, wants_resume
+from qr_ds.train.supervise import run_launcher
 
 LAUNCH = script()  # launch/train.py, installed or in this checkout
 
@@ -93,49 +90,7 @@ def run(args) -> int:
     with output_lock(cfg.output_dir):
         if args.overwrite:
             set_aside(cfg.output_dir, "train", "run")
-        return run_launcher(launcher_command(args, world.size), env)
-
-
-STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def run_launcher(cmd: list[str], env: dict, wait_s: float = 60.0) -> int:
-    """Run the DeepSpeed launcher in a process group of its own and stop the whole group when this
-    wrapper is stopped (Ctrl-C, `kill PID`, a closed terminal). A `kill` of the wrapper alone used
-    to leave the launcher and its ranks training with the output lock released; the lock is now let
-    go only once every process of the group is gone. A SIGKILL of the wrapper cannot be caught."""
-    child = subprocess.Popen(cmd, env=env, start_new_session=True)
-    got: list[int] = []
-
-    def forward(signum, frame):
-        got.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signum)
-
-    before = {s: signal.signal(s, forward) for s in STOPPING}
-    try:
-        code = child.wait()
-        if got:  # the runner can exit before the launcher it started has stopped the ranks
-            deadline = time.monotonic() + wait_s
-            while _group_alive(child.pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-    if got and got[0] == signal.SIGINT:
-        raise KeyboardInterrupt  # the CLI says what Ctrl-C leaves and how to go on
-    return 128 + got[0] if got else code
-
-
-def _group_alive(pgid: int) -> bool:
-    """A live process in the group; zombies do not count (a container's pid 1 may never reap them)."""
-    import psutil
-
-    for proc in psutil.process_iter(["status"]):
-        with contextlib.suppress(OSError, psutil.Error):
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-    return False
+        return run_launcher(launcher_command(args, world.size), env, cfg.run.stop_marker)
 
 
 def launch_world(args, cfg):

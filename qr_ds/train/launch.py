@@ -16,6 +16,7 @@ import time
 import traceback
 from importlib.util import find_spec
 from pathlib import Path
+from typing import NoReturn
 
 from qr_ds.run_layout import RunDir
 
@@ -250,15 +251,24 @@ def main(argv: list[str] | None = None) -> int:
         trainer.fit(resume=resume)
     except Refused:  # said already; no collective ran, so there is no peer to name
         os._exit(2)
-    except Exception as e:  # name the rank, then leave at once: peers blocked in a collective must not wait on us
-        print(f"[qr_ds] rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        if run is not None:
-            report_lost_ranks(run.ranks)
-        if os.environ.get("QR_DS_TRACEBACK", "0") == "1":
-            traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
+    except Exception as e:
+        if run is not None and run.stop_marker.is_file():  # a stop of `qr-ds train`, said as one, not as a
+            # failure; by the marker, since its SIGTERM may come wrapped (Triton's interpreter wraps it)
+            print(f"[qr_ds] rank {rank} stopped: {run.stop_marker.read_text().strip()}", file=sys.stderr, flush=True)
+            os._exit(128 + signal.SIGTERM)
+        fail(rank, e, run)
     return 0
+
+
+def fail(rank: int, e: Exception, run) -> NoReturn:
+    """Name the rank, then leave at once: peers blocked in a collective must not wait on us."""
+    print(f"[qr_ds] rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    if run is not None:
+        report_lost_ranks(run.ranks)
+    if os.environ.get("QR_DS_TRACEBACK", "0") == "1":
+        traceback.print_exc()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 if __name__ == "__main__":
