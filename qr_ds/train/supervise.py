@@ -45,7 +45,7 @@ def run_launcher(cmd: list[str], env: dict, stop_marker: Path, grace_s: float = 
         if got:
             forward(got[0], None)
         code = child.wait()
-        wait_out(child.pid, got, grace_s)
+        wait_out(child.pid, got, grace_s, finished=code == 0)
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
@@ -57,11 +57,13 @@ def run_launcher(cmd: list[str], env: dict, stop_marker: Path, grace_s: float = 
     return 128 - code if code < 0 else code  # Popen's -N for a launcher ended by signal N
 
 
-def wait_out(pgid: int, stopped: list[int], grace_s: float) -> None:
+def wait_out(pgid: int, stopped: list[int], grace_s: float, finished: bool) -> None:
     """Reap every process left in the launcher's group: as their subreaper the wrapper inherits what
-    the launcher leaves behind (a rank still saving, a launcher whose runner was OOM-killed), and the
-    output stays locked until they are gone. After a stop, what still runs after ``grace_s`` is killed."""
-    deadline, said = None, False
+    the launcher leaves behind (ranks training on under a launcher whose runner was OOM-killed), and
+    the output stays locked until they are gone. After a stop, what still runs after ``grace_s`` is
+    killed; after a launcher that ``finished`` well, it is left (a helper process, not training)."""
+    deadline = time.monotonic() + grace_s
+    said = False
     while True:
         try:
             pid, _ = os.waitpid(-pgid, os.WNOHANG)
@@ -69,12 +71,15 @@ def wait_out(pgid: int, stopped: list[int], grace_s: float) -> None:
             return
         if pid:
             continue
-        if stopped:
-            deadline = deadline or time.monotonic() + grace_s
-            if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
-        elif not said:
+        late = time.monotonic() > deadline
+        if stopped and late:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        elif finished and late:
+            print(f"qr-ds train: the launcher finished; processes it started still run in group {pgid}, "
+                  "left running", file=sys.stderr, flush=True)
+            return
+        elif not stopped and not finished and not said:
             print("qr-ds train: the launcher exited while processes it started still run; waiting for them "
                   "(the output stays locked)", file=sys.stderr, flush=True)
             said = True
