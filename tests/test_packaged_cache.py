@@ -4,7 +4,6 @@ removes it, and `qr-ds models` saying which cache train and eval read. The real 
 test_real_students.py."""
 from __future__ import annotations
 
-import base64
 import hashlib
 import importlib
 import json
@@ -20,21 +19,14 @@ import pytest
 from qr_ds.cli import main as cli
 from qr_ds.models import packaged
 from qr_ds.models.packaged import DONE, Packaged, Part, materialize
+from qr_ds.testing.installed import fake_distribution
 
 ROOT = Path(__file__).resolve().parents[1]
 PART = "fake_model/m.gguf"
 
 
 def _distribution(site: Path, name: str, version: str, data: bytes = b"GGUF fake weights") -> Path:
-    """An installed distribution ``name`` at ``version`` in ``site`` holding PART, its RECORD true."""
-    (site / PART).parent.mkdir(parents=True, exist_ok=True)
-    (site / PART).write_bytes(data)
-    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    (info / "RECORD").write_text(f"{PART},sha256={digest},{len(data)}\n{info.name}/RECORD,,\n")
-    return site
+    return fake_distribution(site, name, PART, data, version)
 
 
 def _install(monkeypatch, site: Path) -> None:

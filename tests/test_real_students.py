@@ -6,9 +6,7 @@ Tests that need the converted models are slow: the first conversion on a machine
 (~1-3 min of CPU here); it is cached in $QR_DS_MODEL_CACHE (default ~/.cache/qr_ds/models)."""
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import json
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import pytest
 from qr_ds.models import packaged
 from qr_ds.models.packaged import ModelSourceError, Packaged, Part, materialize
 from qr_ds.testing import real_students as real
+from qr_ds.testing.installed import fake_distribution
 
 MISSING = real.missing_packages()
 needs_pair = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
@@ -68,22 +67,10 @@ def test_missing_file_and_not_a_gguf(tmp_path):
         materialize(str(tmp_path / "junk.gguf"), tmp_path / "cache")
 
 
-def _fake_distribution(site: Path, name: str, rel: str, data: bytes, recorded: bytes) -> None:
-    """An installed distribution (dist-info with a RECORD) whose file ``rel`` holds ``data`` but whose
-    RECORD gives the sha256 of ``recorded``: what a corrupted install looks like to importlib.metadata."""
-    (site / rel).parent.mkdir(parents=True, exist_ok=True)
-    (site / rel).write_bytes(data)
-    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    digest = base64.urlsafe_b64encode(hashlib.sha256(recorded).digest()).rstrip(b"=").decode()
-    (info / "RECORD").write_text(f"{rel},sha256={digest},{len(data)}\n{info.name}/RECORD,,\n")
-
-
 def test_chunk_failing_its_checksum_is_named(tmp_path, monkeypatch):
     site = tmp_path / "site"
-    _fake_distribution(site, "fake-part1", "fake_part1/m.gguf.part00", b"GGUF-first-half", b"GGUF-first-half")
-    _fake_distribution(site, "fake-part2", "fake_part2/m.gguf.part01", b"flipped bits", b"second half")
+    fake_distribution(site, "fake-part1", "fake_part1/m.gguf.part00", b"GGUF-first-half")
+    fake_distribution(site, "fake-part2", "fake_part2/m.gguf.part01", b"flipped bits", recorded=b"second half")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setitem(packaged.PACKAGED, "fake", Packaged(
         "pip install fake", (Part("fake-part1", "fake_part1/m.gguf.part00"),
