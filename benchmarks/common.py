@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from qr_ds.stages import free_name
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -111,7 +113,7 @@ def save_results(name: str, rows: list[dict], extra: dict | None = None, out_dir
         os.replace(tmp, path)  # a run killed mid-write keeps its previous save whole
         return path
     if key in _OVERWRITE and target.exists():
-        aside = _free_name(target, f"{target.name}.replaced-", "")
+        aside = free_name(target, f"{target.name}.replaced-")
         target.rename(aside)
         print(f"{Path(sys.argv[0]).name}: --overwrite: moved the previous results {target} to {aside}",
               file=sys.stderr)
@@ -122,21 +124,11 @@ def save_results(name: str, rows: list[dict], extra: dict | None = None, out_dir
                 f.write(text)
             break
         except FileExistsError:
-            path = _free_name(target, f"{target.stem}.", target.suffix)
+            path = free_name(target, f"{target.stem}.", target.suffix)
     if path != target:
         print(f"{Path(sys.argv[0]).name}: {target} exists and was not claimed with --overwrite: "
               f"wrote these results to {path}", file=sys.stderr)
     _WRITTEN[key] = path
-    return path
-
-
-def _free_name(beside: Path, prefix: str, suffix: str) -> Path:
-    """``prefix<time>suffix`` beside ``beside``, a name no file has (-2, -3... for runs within one second)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, n = beside.with_name(f"{prefix}{stamp}{suffix}"), 1
-    while path.exists():
-        n += 1
-        path = beside.with_name(f"{prefix}{stamp}-{n}{suffix}")
     return path
 
 

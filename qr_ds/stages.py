@@ -165,15 +165,20 @@ def refuse_overwrite(outputs: dict[str, Path], inputs: dict[str, Path], config_f
                               "write stage outputs outside run folders")
 
 
+def free_name(beside: Path, prefix: str, suffix: str = "") -> Path:
+    """``prefix<time>suffix`` beside ``beside``, a name no file has (-2, -3... for two within one second)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = beside.with_name(f"{prefix}{stamp}{suffix}"), 1
+    while path.exists():
+        n += 1
+        path = beside.with_name(f"{prefix}{stamp}-{n}{suffix}")
+    return path
+
+
 def set_aside(out: Path, command: str, what: str) -> None:
     """--overwrite: the old ``out`` is renamed, not deleted: nothing is lost by a flag given by mistake."""
     if out.exists() and any(out.iterdir()):
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = out.with_name(f"{out.name}.replaced-{stamp}")
-        n = 1
-        while aside.exists():  # two --overwrite runs within one second
-            n += 1
-            aside = out.with_name(f"{out.name}.replaced-{stamp}-{n}")
+        aside = free_name(out, f"{out.name}.replaced-")
         out.rename(aside)
         print(f"qr-ds {command}: --overwrite: moved the previous {what} {out} to {aside}", file=sys.stderr)
 
