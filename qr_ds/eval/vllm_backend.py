@@ -55,7 +55,7 @@ def memory_fraction(asked: float, available_share: float | None = None) -> float
     return round(max(0.01, min(asked, 0.9 * available_share)), 3)
 
 
-CPU_SEQUENCES = 32  # full-length sequences the KV cache holds on CPU; paged, so ~4x as many eval prompts
+CPU_SEQUENCES = 32  # full-length sequences the KV cache holds on CPU; paged, so more of the shorter eval prompts
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 

@@ -221,9 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from qr_ds.config import load_config, parse_override, to_dict
-    from qr_ds.train.config import TrainConfig
-
     from qr_ds.stages import quiet_known_warnings
+    from qr_ds.train.config import TrainConfig
 
     quiet_known_warnings()
     rank = int(os.environ.get("RANK", "0"))
