@@ -9,7 +9,9 @@ import time
 WRAPPER = """
 import signal, sys
 from pathlib import Path
-from qr_ds.train.supervise import run_launcher
+from qr_ds.train.supervise import STOPPING, run_launcher
+for s in STOPPING:  # as a terminal gives them; a shell's background job inherits SIGINT and SIGQUIT ignored
+    signal.signal(s, signal.SIG_DFL)
 {before}
 code = run_launcher([sys.executable, "-c", {child!r}], {{}}, Path({marker!r}))
 print("returned", code, flush=True)
